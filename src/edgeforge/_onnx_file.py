@@ -1,0 +1,146 @@
+"""Opening an `.onnx` file safely, without reading its external weights.
+
+Invariants enforced before a `Model` is returned:
+- the file parses as a ModelProto with a graph (a truncated file or another format is refused);
+- every external-data `location` is a relative path that stays inside the model's folder once
+  `..` and symbolic links are resolved (a model file must not make us read /etc/passwd);
+- every external-data file exists and holds `offset + length` bytes;
+- the graph passes `onnx.checker` (external weights are not loaded for that).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from edgeforge.errors import EdgeforgeError
+from edgeforge.model import Model, Provenance, TensorSpec
+
+__all__ = ["external_data_files", "iter_tensors", "open_onnx", "read_external_bytes"]
+
+
+def open_onnx(path: Path, provenance: Provenance | None = None) -> Model:
+    """Validate `path` and return its `Model`; raises EdgeforgeError on any bad input."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeforgeError(f"{path}: no such file; pass the path of an .onnx model")
+    proto = _parse(path)
+    external_data_files(proto, path.parent)
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EdgeforgeError(
+            f"{path}: fails the ONNX checker ({first}); re-export the model or repair the graph"
+        ) from None
+    return Model(
+        onnx_path=path.resolve(),
+        inputs=graph_inputs(proto.graph),
+        outputs=tuple(TensorSpec.from_value_info(v) for v in proto.graph.output),
+        provenance=provenance or Provenance(source=str(path), source_kind="onnx"),
+    )
+
+
+def graph_inputs(graph: onnx.GraphProto) -> tuple[TensorSpec, ...]:
+    """The inputs a caller feeds: graph inputs that are not also initializers (IR < 4)."""
+    weights = {t.name for t in graph.initializer}
+    return tuple(TensorSpec.from_value_info(v) for v in graph.input if v.name not in weights)
+
+
+def _parse(path: Path) -> onnx.ModelProto:
+    hint = "the file may be truncated or not an ONNX model; re-export or re-download it"
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as exc:
+        raise EdgeforgeError(
+            f"{path}: cannot parse as ONNX ({type(exc).__name__}); {hint}"
+        ) from None
+    # Protobuf accepts many byte strings as an (empty or odd) message, so check that what was
+    # parsed looks like a model: an IR version and a graph with at least one node or output.
+    if proto.ir_version <= 0 or not (proto.graph.node or proto.graph.output):
+        raise EdgeforgeError(f"{path}: not an ONNX model (no IR version or empty graph); {hint}")
+    return proto
+
+
+def iter_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every TensorProto stored in a graph: initializers, sparse ones, Constant attributes,
+    and those of subgraphs (If/Loop/Scan bodies)."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from iter_tensors(attr.g)
+            for sub in attr.graphs:
+                yield from iter_tensors(sub)
+
+
+def _external_info(tensor: onnx.TensorProto) -> dict[str, str]:
+    return {entry.key: entry.value for entry in tensor.external_data}
+
+
+def external_data_files(proto: onnx.ModelProto, base_dir: Path) -> dict[str, Path]:
+    """Validate every external-data reference and return location -> resolved path.
+
+    Raises EdgeforgeError naming the tensor for a location that is absolute, climbs out of
+    `base_dir` (through `..` or a symbolic link), is missing, or is shorter than the tensor.
+    """
+    base = base_dir.resolve()
+    files: dict[str, Path] = {}
+    for tensor in iter_tensors(proto.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = _external_info(tensor)
+        location = info.get("location", "")
+        where = f"tensor {tensor.name!r} points to external data {location!r}"
+        if not location:
+            raise EdgeforgeError(f"{where}, which has no location; re-save the model")
+        if os.path.isabs(location) or location.startswith(("/", "\\")) or ":" in location:
+            raise EdgeforgeError(
+                f"{where}, an absolute path; external data must sit beside the model "
+                "(re-save with onnx.save_model(..., location='<name>.data'))"
+            )
+        if ".." in Path(location).parts:
+            raise EdgeforgeError(
+                f"{where}, which leaves the model's folder; move the data beside the model "
+                "and re-save with a plain file name as location"
+            )
+        resolved = (base / location).resolve()
+        if not resolved.is_relative_to(base):
+            raise EdgeforgeError(
+                f"{where}, a link that resolves outside the model's folder ({resolved}); "
+                "copy the data file beside the model instead of linking it"
+            )
+        if not resolved.is_file():
+            raise EdgeforgeError(
+                f"{where}, which is missing; copy {location} into {base} next to the model"
+            )
+        offset = int(info.get("offset", 0) or 0)
+        length = info.get("length")
+        size = resolved.stat().st_size
+        if length is not None and offset + int(length) > size:
+            raise EdgeforgeError(
+                f"{where}, which holds {size} bytes but the tensor needs bytes "
+                f"{offset}..{offset + int(length)}; the data file is truncated, copy it again"
+            )
+        files[location] = resolved
+    return files
+
+
+def read_external_bytes(tensor: onnx.TensorProto, base_dir: Path) -> bytes:
+    """Read one external tensor's raw bytes (the reference must have been validated)."""
+    info = _external_info(tensor)
+    offset = int(info.get("offset", 0) or 0)
+    length = int(info["length"]) if "length" in info else -1
+    with open(base_dir / info["location"], "rb") as handle:
+        handle.seek(offset)
+        return handle.read(length)

@@ -1,0 +1,45 @@
+"""Progress shown to a person: spinners and bars on stderr, silent when stderr is not a TTY.
+
+All progress goes through here so the CLI and the API behave alike and tests stay quiet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+__all__ = ["console", "status", "track"]
+
+T = TypeVar("T")
+
+console = Console(stderr=True)
+
+
+@contextlib.contextmanager
+def status(message: str) -> Iterator[None]:
+    """A spinner with `message` while the block runs (only on a terminal)."""
+    if not console.is_terminal:
+        yield
+        return
+    with console.status(message):
+        yield
+
+
+def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    """Iterate `items` with a progress bar (only on a terminal)."""
+    if not console.is_terminal:
+        yield from items
+        return
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as progress:
+        yield from progress.track(items, total=total, description=description)

@@ -1,0 +1,389 @@
+"""Torch sources into ONNX: `nn.Module` + example inputs, saved `.pt2` programs, factories.
+
+Invariants:
+- export goes through `torch.onnx.export(dynamo=True)`; the TorchScript exporter is used only
+  when that fails, and a warning says why;
+- the exported file passes `onnx.checker` and, run once in ONNX Runtime on the example inputs,
+  matches torch's own outputs within a tolerance scaled to the outputs' magnitude, else the
+  model is refused;
+- the ONNX file is written into a temporary folder and moved into place only when accepted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import io
+import logging
+import shutil
+import sys
+import tempfile
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from edgeforge._onnx_file import open_onnx
+from edgeforge._progress import status
+from edgeforge.errors import EdgeforgeError
+from edgeforge.model import Model, Provenance, TorchParameters
+
+__all__ = ["ExportOptions", "export_module", "export_program", "load_factory"]
+
+# ONNX files above this size are written with external data (protobuf's limit is 2 GiB).
+_SINGLE_FILE_LIMIT = 1_800_000_000
+_RTOL, _ATOL = 1e-3, 1e-4
+
+
+# Keyword options a caller or a factory may give: input_names, output_names,
+# dynamic_axes ({input: {axis: name}}), opset.
+ExportOptions = dict[str, Any]
+
+
+def export_module(
+    module: Any,
+    example_inputs: Any,
+    out_dir: Path,
+    *,
+    source: str,
+    source_kind: str = "torch-module",
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
+    opset: int | None = None,
+) -> Model:
+    """Export an `nn.Module` called as `module(*args, **kwargs)` to `out_dir/model.onnx`."""
+    import torch
+
+    if not isinstance(module, torch.nn.Module):
+        raise EdgeforgeError(f"{source}: expected a torch.nn.Module, got {type(module).__name__}")
+    args, kwargs = _split_inputs(example_inputs, source)
+    module = module.eval()
+    if input_names is None and kwargs and not args:
+        input_names = list(kwargs)
+    with torch.no_grad():
+        try:
+            reference = module(*args, **kwargs)
+        except Exception as exc:
+            raise EdgeforgeError(
+                f"{source}: the module fails on its example inputs "
+                f"({type(exc).__name__}: {_first_line(exc)}); pass inputs it accepts"
+            ) from None
+    counts = _torch_counts(module)
+    common = dict(input_names=input_names, output_names=output_names, opset_version=opset)
+
+    def dynamo(path: Path) -> None:
+        program = torch.onnx.export(
+            module, args, kwargs=kwargs or None, dynamo=True, dynamic_axes=dynamic_axes, **common
+        )
+        _save_program(program, path)
+
+    def torchscript(path: Path) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                module,
+                args,
+                str(path),
+                kwargs=kwargs or None,
+                dynamo=False,
+                dynamic_axes=dynamic_axes,
+                **common,
+            )
+
+    return _export_checked(
+        dynamo,
+        torchscript,
+        out_dir,
+        args,
+        kwargs,
+        reference,
+        Provenance(source=source, source_kind=source_kind, torch_version=torch.__version__),
+        counts,
+    )
+
+
+def export_program(path: Path, out_dir: Path) -> Model:
+    """Export a saved `torch.export` program (`.pt2`) to ONNX."""
+    import torch
+
+    try:
+        program = torch.export.load(str(path))
+    except Exception as exc:
+        raise EdgeforgeError(
+            f"{path}: cannot load as a torch.export program ({type(exc).__name__}: "
+            f"{_first_line(exc)}); save it with torch.export.save"
+        ) from None
+    if program.example_inputs is None:
+        raise EdgeforgeError(
+            f"{path}: the saved program has no example inputs; export it with example "
+            "inputs (torch.export.export(module, args)) and save it again"
+        )
+    args, kwargs = program.example_inputs
+    with torch.no_grad():
+        reference = program.module()(*args, **kwargs)
+    counts = TorchParameters(
+        parameters=sum(p.numel() for p in program.parameters()),
+        buffers=sum(b.numel() for b in program.buffers()),
+    )
+
+    def dynamo(onnx_path: Path) -> None:
+        _save_program(
+            torch.onnx.export(program, args, kwargs=kwargs or None, dynamo=True), onnx_path
+        )
+
+    return _export_checked(
+        dynamo,
+        None,
+        out_dir,
+        args,
+        kwargs,
+        reference,
+        Provenance(source=str(path), source_kind="torch-export", torch_version=torch.__version__),
+        counts,
+    )
+
+
+def load_factory(reference: str) -> tuple[Any, Any, ExportOptions]:
+    """Call `package.module:factory` or `path/to/file.py:factory`.
+
+    The factory returns `(module, example_inputs)`, `(module, example_inputs, options)` or a
+    dict with keys `model`, `example_inputs` and any of the ExportOptions keys.
+    """
+    target, _, name = reference.rpartition(":")
+    if not target or not name.isidentifier():
+        raise EdgeforgeError(
+            f"{reference!r}: expected 'package.module:factory' or 'file.py:factory'"
+        )
+    module = _import_target(target, reference)
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise EdgeforgeError(f"{reference}: {target} has no callable named {name!r}")
+    try:
+        made = factory()
+    except Exception as exc:
+        raise EdgeforgeError(
+            f"{reference}: the factory raised {type(exc).__name__}: {_first_line(exc)}; "
+            "fix the factory so that it returns (module, example_inputs)"
+        ) from None
+    if isinstance(made, Mapping):
+        made = dict(made)
+        if "model" not in made or "example_inputs" not in made:
+            raise EdgeforgeError(
+                f"{reference}: a factory's dict needs the keys 'model' and 'example_inputs'"
+            )
+        model, inputs = made.pop("model"), made.pop("example_inputs")
+        return model, inputs, made
+    if isinstance(made, tuple) and len(made) in (2, 3):
+        options = dict(made[2]) if len(made) == 3 else {}
+        return made[0], made[1], options
+    raise EdgeforgeError(
+        f"{reference}: the factory returned {type(made).__name__}; "
+        "return (module, example_inputs) or a dict with 'model' and 'example_inputs'"
+    )
+
+
+def _import_target(target: str, reference: str) -> Any:
+    if target.endswith(".py"):
+        file = Path(target)
+        if not file.is_file():
+            raise EdgeforgeError(f"{reference}: no such file {file}")
+        spec = importlib.util.spec_from_file_location(f"_edgeforge_factory_{file.stem}", file)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        loader = spec.loader.exec_module
+        arg: Any = module
+    else:
+        module, loader, arg = None, importlib.import_module, target
+    try:
+        result = loader(arg)
+    except ModuleNotFoundError as exc:
+        raise EdgeforgeError(
+            f"{reference}: cannot import {exc.name!r}; install it or add its folder to PYTHONPATH"
+        ) from None
+    except Exception as exc:
+        raise EdgeforgeError(
+            f"{reference}: importing {target} raised {type(exc).__name__}: {_first_line(exc)}"
+        ) from None
+    return module if module is not None else result
+
+
+def _split_inputs(example_inputs: Any, source: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    import torch
+
+    if example_inputs is None:
+        raise EdgeforgeError(
+            f"{source}: example inputs are needed to export a torch module; pass a tensor, "
+            "a tuple of tensors or a dict of named tensors"
+        )
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,), {}
+    if isinstance(example_inputs, Mapping):
+        return (), dict(example_inputs)
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs), {}
+    raise EdgeforgeError(
+        f"{source}: example inputs must be a tensor, a tuple of tensors or a dict of tensors, "
+        f"not {type(example_inputs).__name__}"
+    )
+
+
+def _torch_counts(module: Any) -> TorchParameters:
+    return TorchParameters(
+        parameters=sum(p.numel() for p in module.parameters()),
+        buffers=sum(b.numel() for b in module.buffers()),
+    )
+
+
+def _save_program(program: Any, path: Path) -> None:
+    size = sum(
+        v.const_value.nbytes
+        for v in program.model.graph.initializers.values()
+        if v.const_value is not None
+    )
+    program.save(str(path), external_data=size > _SINGLE_FILE_LIMIT)
+
+
+def _export_checked(dynamo, torchscript, out_dir, args, kwargs, reference, provenance, counts):
+    """Run the exporter(s) into a temporary folder, check, then move into `out_dir`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
+    try:
+        path = staging / "model.onnx"
+        exporter, note = "torch.onnx dynamo", None
+        try:
+            with status("Exporting to ONNX (torch.onnx, dynamo)"), _quiet():
+                dynamo(path)
+        except EdgeforgeError:
+            raise
+        except Exception as exc:
+            if torchscript is None:
+                raise EdgeforgeError(
+                    f"{provenance.source}: torch.onnx (dynamo) could not export it "
+                    f"({type(exc).__name__}: {_first_line(exc)})"
+                ) from None
+            note = f"dynamo export failed ({type(exc).__name__}: {_first_line(exc)})"
+            warnings.warn(f"{note}; falling back to the TorchScript exporter", stacklevel=3)
+            exporter = "torch.onnx torchscript"
+            for leftover in staging.iterdir():
+                leftover.unlink()
+            try:
+                with status("Exporting to ONNX (TorchScript exporter)"), _quiet():
+                    torchscript(path)
+            except Exception as exc2:
+                raise EdgeforgeError(
+                    f"{provenance.source}: both ONNX exporters failed; dynamo: "
+                    f"{_first_line(exc)}; torchscript: {_first_line(exc2)}"
+                ) from None
+        try:
+            onnx.checker.check_model(str(path), full_check=False)
+        except onnx.checker.ValidationError as exc:
+            raise EdgeforgeError(
+                f"{provenance.source}: the exported ONNX fails the checker ({_first_line(exc)})"
+            ) from None
+        with status("Checking the export in ONNX Runtime"):
+            errors = _compare_with_onnxruntime(path, args, kwargs, reference, provenance.source)
+        for item in staging.iterdir():
+            shutil.move(str(item), out_dir / item.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    accepted = Provenance(
+        source=provenance.source,
+        source_kind=provenance.source_kind,
+        exporter=exporter,
+        exporter_note=note,
+        torch_version=provenance.torch_version,
+        export_check=errors,
+    )
+    model = open_onnx(out_dir / "model.onnx", accepted)
+    return Model(model.onnx_path, model.inputs, model.outputs, accepted, counts)
+
+
+def _compare_with_onnxruntime(path, args, kwargs, reference, source) -> dict[str, float]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = _feeds(session, args, kwargs)
+    names = [o.name for o in session.get_outputs()]
+    got = session.run(names, feeds)
+    expected = [t.detach().cpu().numpy() for t in _tensor_leaves(reference)]
+    if len(expected) != len(got):
+        raise EdgeforgeError(
+            f"{source}: the ONNX model has {len(got)} outputs but torch returned "
+            f"{len(expected)}; check the module's return value"
+        )
+    errors: dict[str, float] = {}
+    for name, want, have in zip(names, expected, got, strict=True):
+        if tuple(want.shape) != tuple(have.shape):
+            raise EdgeforgeError(
+                f"{source}: output {name!r} has shape {have.shape} in ONNX Runtime but "
+                f"{tuple(want.shape)} in torch"
+            )
+        diff = np.abs(want.astype(np.float64) - have.astype(np.float64))
+        error = float(diff.max()) if diff.size else 0.0
+        scale = float(np.abs(want).max()) if want.size else 0.0
+        if error > _ATOL + _RTOL * scale:
+            raise EdgeforgeError(
+                f"{source}: the exported ONNX disagrees with torch on output {name!r} "
+                f"(max abs error {error:.3g} for values up to {scale:.3g}); the exporter "
+                "mistranslated an op: try another opset or report the op"
+            )
+        errors[name] = error
+    return errors
+
+
+def _feeds(session, args, kwargs) -> dict[str, np.ndarray]:
+    onnx_inputs = [i.name for i in session.get_inputs()]
+    flat = _tensor_leaves(list(args))
+    named = {k: v for k, v in kwargs.items() if v is not None}
+    if named and all(name in named for name in onnx_inputs):
+        return {name: _to_numpy(named[name]) for name in onnx_inputs}
+    flat += _tensor_leaves(list(named.values()))
+    if len(flat) != len(onnx_inputs):
+        raise EdgeforgeError(
+            f"the exported model takes inputs {onnx_inputs} but {len(flat)} example tensors "
+            "were given; pass exactly the tensors the model uses"
+        )
+    return {name: _to_numpy(t) for name, t in zip(onnx_inputs, flat, strict=True)}
+
+
+def _to_numpy(tensor: Any) -> np.ndarray:
+    return tensor.detach().cpu().numpy()
+
+
+def _tensor_leaves(value: Any) -> list[Any]:
+    """Tensors of a nested output in the exporter's order (dicts by insertion order)."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, Mapping):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [leaf for item in value for leaf in _tensor_leaves(item)]
+    return []
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the exporters' own prints; errors still propagate."""
+    torch_logger = logging.getLogger("torch.onnx")
+    level = torch_logger.level
+    torch_logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        torch_logger.setLevel(level)
+        sys.stdout.flush()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__

@@ -1,0 +1,266 @@
+"""Concrete shapes for every tensor of a graph, with the dynamic dimensions pinned.
+
+Dynamic input dimensions get a value from `--shape` overrides, else an assumption that is
+reported back (batch-like axes 1, sequence-like axes 128, image-like axes 224). Shapes are then
+propagated with ONNX's own shape inference (with data propagation), on a copy of the graph
+whose large weight payloads are dropped: only dims and dtypes are needed, so a model's weights
+are never read, and only small integer tensors (shape arguments) are read from external data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import onnx.inliner
+import onnx.shape_inference
+
+from edgeforge._onnx_file import read_external_bytes
+from edgeforge.errors import EdgeforgeError
+
+__all__ = ["AssumedDim", "ShapedGraph", "parse_shape", "resolve_shapes"]
+
+Shape = tuple[int, ...]
+
+# Integer tensors up to this size are read from external data so that data propagation can
+# follow Reshape/Expand shape arguments; larger tensors are never read.
+_SMALL_TENSOR_BYTES = 4096
+_INT_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32}
+_SEQUENCE_WORDS = re.compile(r"seq|len|token|time|step|sentence|past|context", re.IGNORECASE)
+_BATCH_WORDS = re.compile(r"batch|^n$|^b$|^bs$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class AssumedDim:
+    """A dynamic input dimension and the value used for it."""
+
+    input: str
+    axis: int
+    name: str
+    value: int
+    reason: str  # "override" or the rule that chose it
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "input": self.input,
+            "axis": self.axis,
+            "name": self.name,
+            "value": self.value,
+            "reason": self.reason,
+        }
+
+
+@dataclass
+class ShapedGraph:
+    """A graph (functions inlined, weights stripped) and the concrete type of each tensor."""
+
+    graph: onnx.GraphProto
+    types: dict[str, tuple[int, Shape | None]]  # tensor -> (elem_type, shape or None)
+    weights: set[str]  # initializers and Constant outputs
+    assumed: list[AssumedDim]
+
+
+def parse_shape(text: str) -> tuple[str, Shape]:
+    """Parse `name=1x3x224x224` (commas also accepted) into (name, shape)."""
+    name, sep, dims = text.partition("=")
+    try:
+        if not sep or not name:
+            raise ValueError
+        shape = tuple(int(d) for d in re.split(r"[x,]", dims.strip()) if d != "")
+        if not shape or any(d <= 0 for d in shape):
+            raise ValueError
+    except ValueError:
+        raise EdgeforgeError(
+            f"--shape {text!r}: expected NAME=DxDx... with positive integers, "
+            "e.g. --shape image=1x3x224x224"
+        ) from None
+    return name.strip(), shape
+
+
+def resolve_shapes(
+    proto: onnx.ModelProto, base_dir: Path, overrides: dict[str, Shape] | None = None
+) -> ShapedGraph:
+    """Shapes for every tensor; raises EdgeforgeError when an override does not fit."""
+    overrides = dict(overrides or {})
+    weights = {t.name for t in proto.graph.initializer}
+    model = _lightweight_copy(proto, base_dir)
+    if model.functions:
+        model = onnx.inliner.inline_local_functions(model)
+    inputs = [v for v in model.graph.input if v.name not in weights]
+    unknown = set(overrides) - {v.name for v in inputs}
+    if unknown:
+        raise EdgeforgeError(
+            f"--shape names no input {sorted(unknown)[0]!r}; the model's inputs are "
+            f"{', '.join(v.name for v in inputs)}"
+        )
+    assumed: list[AssumedDim] = []
+    for value in inputs:
+        assumed += _pin_input(value, overrides.get(value.name))
+    inferred = _infer(model, strict_error=bool(overrides))
+    types = _collect_types(inferred.graph)
+    if _has_unknown_outputs(inferred.graph, types):
+        types = _fill_with_symbolic_inference(model, types)
+    weights |= {
+        out for node in inferred.graph.node if node.op_type == "Constant" for out in node.output
+    }
+    return ShapedGraph(inferred.graph, types, weights, assumed)
+
+
+def _lightweight_copy(proto: onnx.ModelProto, base_dir: Path) -> onnx.ModelProto:
+    """A copy whose large weights are turned into graph inputs of the same type and shape.
+
+    Shape inference needs only their dims and dtypes, and no inference engine then tries to
+    read their values. Small integer tensors (shape arguments) stay, read from external data
+    where needed, so that shape computations can be followed.
+    """
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    kept = []
+    for tensor in model.graph.initializer:
+        external = tensor.data_location == onnx.TensorProto.EXTERNAL
+        small_int = (
+            tensor.data_type in _INT_TYPES and _numel(tensor.dims) * 8 <= _SMALL_TENSOR_BYTES
+        )
+        if small_int or (not external and tensor.ByteSize() <= _SMALL_TENSOR_BYTES):
+            if external:
+                tensor.raw_data = read_external_bytes(tensor, base_dir)
+                del tensor.external_data[:]
+                tensor.data_location = onnx.TensorProto.DEFAULT
+            kept.append(tensor)
+            continue
+        model.graph.input.append(
+            onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
+        )
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    return model
+
+
+def _pin_input(value: onnx.ValueInfoProto, override: Shape | None) -> list[AssumedDim]:
+    tensor_type = value.type.tensor_type
+    if not tensor_type.HasField("shape"):
+        if override is None:
+            raise EdgeforgeError(
+                f"input {value.name!r} has no known rank; give its shape with "
+                f"--shape {value.name}=DxDx..."
+            )
+        for size in override:
+            tensor_type.shape.dim.add(dim_value=size)
+        return []
+    dims = tensor_type.shape.dim
+    if override is not None and len(override) != len(dims):
+        current = "x".join(d.dim_param or str(d.dim_value or "?") for d in dims)
+        raise EdgeforgeError(
+            f"--shape {value.name}: the input has rank {len(dims)} ({current}), "
+            f"the override gives {len(override)} dimensions"
+        )
+    assumed = []
+    is_integer = tensor_type.elem_type in _INT_TYPES
+    for axis, dim in enumerate(dims):
+        fixed = dim.dim_value if dim.HasField("dim_value") else None
+        if override is not None:
+            if fixed is not None and fixed != override[axis]:
+                raise EdgeforgeError(
+                    f"--shape {value.name}: axis {axis} is fixed at {fixed} in the model, "
+                    f"the override gives {override[axis]}"
+                )
+            if fixed is None:
+                assumed.append(
+                    AssumedDim(value.name, axis, dim.dim_param or "?", override[axis], "override")
+                )
+            dim.Clear()
+            dim.dim_value = override[axis]
+            continue
+        if fixed is not None:
+            continue
+        size, reason = _guess(dim.dim_param, axis, len(dims), is_integer)
+        assumed.append(AssumedDim(value.name, axis, dim.dim_param or "?", size, reason))
+        dim.Clear()
+        dim.dim_value = size
+    return assumed
+
+
+def _guess(name: str, axis: int, rank: int, is_integer: bool) -> tuple[int, str]:
+    """A documented default for a dynamic dimension; users override with --shape."""
+    if _BATCH_WORDS.search(name or "") or (axis == 0 and rank > 1):
+        return 1, "batch-like axis: 1"
+    if _SEQUENCE_WORDS.search(name or "") or is_integer or rank == 3:
+        return 128, "sequence-like axis: 128"
+    if rank == 4 and axis >= 2:
+        return 224, "image-like axis: 224"
+    return 1, "unnamed axis: 1"
+
+
+def _infer(model: onnx.ModelProto, strict_error: bool) -> onnx.ModelProto:
+    try:
+        return onnx.shape_inference.infer_shapes(
+            model, check_type=False, strict_mode=True, data_prop=True
+        )
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
+        if strict_error:
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else "inference failed"
+            raise EdgeforgeError(
+                f"the --shape override does not fit the model: {message[:300]}"
+            ) from None
+    # Inference failed without any override: keep what could be inferred.
+    return onnx.shape_inference.infer_shapes(
+        model, check_type=False, strict_mode=False, data_prop=True
+    )
+
+
+def _has_unknown_outputs(graph: onnx.GraphProto, types: dict) -> bool:
+    return any(
+        types.get(out, (0, None))[1] is None for node in graph.node for out in node.output if out
+    )
+
+
+def _fill_with_symbolic_inference(model: onnx.ModelProto, types: dict) -> dict:
+    """ONNX Runtime's symbolic shape inference follows shape arithmetic that ONNX's data
+    propagation does not (e.g. Slice ends computed from Shape); use it to fill the gaps."""
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+    except Exception:  # it gives up on graphs it cannot follow; keep ONNX's answer
+        return types
+    if inferred is None:
+        return types
+    merged = dict(types)
+    for name, (elem_type, shape) in _collect_types(inferred.graph).items():
+        if merged.get(name, (0, None))[1] is None and shape is not None:
+            merged[name] = (elem_type, shape)
+    return merged
+
+
+def _collect_types(graph: onnx.GraphProto) -> dict[str, tuple[int, Shape | None]]:
+    types: dict[str, tuple[int, Shape | None]] = {}
+    for value in [*graph.input, *graph.value_info, *graph.output]:
+        tensor_type = value.type.tensor_type
+        shape: Shape | None = None
+        if tensor_type.HasField("shape"):
+            dims = tensor_type.shape.dim
+            if all(d.HasField("dim_value") for d in dims):
+                shape = tuple(d.dim_value for d in dims)
+        previous = types.get(value.name)
+        if previous is None or previous[1] is None:
+            types[value.name] = (tensor_type.elem_type, shape)
+    for tensor in graph.initializer:
+        types[tensor.name] = (tensor.data_type, tuple(tensor.dims))
+    for node in graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value" and attr.HasField("t"):
+                    types[node.output[0]] = (attr.t.data_type, tuple(attr.t.dims))
+    return types
+
+
+def _numel(dims) -> int:
+    count = 1
+    for d in dims:
+        count *= d
+    return count

@@ -16,6 +16,7 @@ import importlib
 import importlib.util
 import io
 import logging
+import re
 import shutil
 import sys
 import tempfile
@@ -71,7 +72,7 @@ def export_module(
         except Exception as exc:
             raise EdgeforgeError(
                 f"{source}: the module fails on its example inputs "
-                f"({type(exc).__name__}: {_first_line(exc)}); pass inputs it accepts"
+                f"({_first_line(exc)}); pass inputs it accepts"
             ) from None
     counts = _torch_counts(module)
     common = dict(input_names=input_names, output_names=output_names, opset_version=opset)
@@ -115,8 +116,8 @@ def export_program(path: Path, out_dir: Path) -> Model:
         program = torch.export.load(str(path))
     except Exception as exc:
         raise EdgeforgeError(
-            f"{path}: cannot load as a torch.export program ({type(exc).__name__}: "
-            f"{_first_line(exc)}); save it with torch.export.save"
+            f"{path}: cannot load as a torch.export program "
+            f"({_first_line(exc)}); save it with torch.export.save"
         ) from None
     if program.example_inputs is None:
         raise EdgeforgeError(
@@ -167,7 +168,7 @@ def load_factory(reference: str) -> tuple[Any, Any, ExportOptions]:
         made = factory()
     except Exception as exc:
         raise EdgeforgeError(
-            f"{reference}: the factory raised {type(exc).__name__}: {_first_line(exc)}; "
+            f"{reference}: the factory raised {_first_line(exc)}; "
             "fix the factory so that it returns (module, example_inputs)"
         ) from None
     if isinstance(made, Mapping):
@@ -206,9 +207,7 @@ def _import_target(target: str, reference: str) -> Any:
             f"{reference}: cannot import {exc.name!r}; install it or add its folder to PYTHONPATH"
         ) from None
     except Exception as exc:
-        raise EdgeforgeError(
-            f"{reference}: importing {target} raised {type(exc).__name__}: {_first_line(exc)}"
-        ) from None
+        raise EdgeforgeError(f"{reference}: importing {target} raised {_first_line(exc)}") from None
     return module if module is not None else result
 
 
@@ -265,9 +264,9 @@ def _export_checked(dynamo, torchscript, out_dir, args, kwargs, reference, prove
             if torchscript is None:
                 raise EdgeforgeError(
                     f"{provenance.source}: torch.onnx (dynamo) could not export it "
-                    f"({type(exc).__name__}: {_first_line(exc)})"
+                    f"({_first_line(exc)})"
                 ) from None
-            note = f"dynamo export failed ({type(exc).__name__}: {_first_line(exc)})"
+            note = f"dynamo export failed ({_first_line(exc)})"
             warnings.warn(f"{note}; falling back to the TorchScript exporter", stacklevel=3)
             exporter = "torch.onnx torchscript"
             for leftover in staging.iterdir():
@@ -376,7 +375,11 @@ def _quiet():
     level = torch_logger.level
     torch_logger.setLevel(logging.ERROR)
     try:
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        with (
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+            warnings.catch_warnings(),
+        ):
             warnings.simplefilter("ignore")
             yield
     finally:
@@ -384,6 +387,14 @@ def _quiet():
         sys.stdout.flush()
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
+    """The first line of the innermost cause, which names the real problem (the exporters
+    wrap it in generic "step 1/3 failed" messages)."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = _ANSI.sub("", str(exc)).strip()
+    line = text.splitlines()[0][:300] if text else ""
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__

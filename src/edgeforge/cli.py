@@ -1,0 +1,161 @@
+"""The `edgeforge` command: a thin layer over the Python API of the same verbs.
+
+Option groups (model, output) are defined once and shared by every verb, so a flag means the
+same thing everywhere. `--json` prints exactly the object the API returns (`to_dict()`).
+Bad input exits with status 2 and one line on stderr, never a traceback (`--debug` shows it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from edgeforge.errors import EdgeforgeError
+
+__all__ = ["main"]
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "model",
+        metavar="MODEL",
+        help="an .onnx file, a saved torch.export program (.pt2), or a "
+        "'package.module:factory' / 'file.py:factory' reference returning (module, inputs)",
+    )
+    group.add_argument(
+        "--shape",
+        action="append",
+        default=[],
+        metavar="NAME=DIMS",
+        help="pin an input's shape, e.g. --shape image=1x3x224x224 (repeatable)",
+    )
+
+
+def _output_options(parser: argparse.ArgumentParser, report: bool = True) -> None:
+    group = parser.add_argument_group("output")
+    group.add_argument("--json", action="store_true", help="print the result as JSON")
+    if report:
+        group.add_argument(
+            "--report",
+            type=Path,
+            metavar="FILE.html",
+            help="also write an HTML report (and its JSON beside it)",
+        )
+
+
+def _shapes(args: argparse.Namespace) -> dict[str, tuple[int, ...]]:
+    from edgeforge.analysis import parse_shape
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for text in args.shape:
+        name, shape = parse_shape(text)
+        shapes[name] = shape
+    return shapes
+
+
+def _emit(args: argparse.Namespace, verb: str, data: Any, show: Callable[[], None]) -> None:
+    if getattr(args, "report", None):
+        from edgeforge.report import write_report
+
+        path = write_report({verb: data}, args.report, title=f"edgeforge {verb}")
+        print(f"report: {path}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        show()
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from edgeforge.analysis import inspect
+    from edgeforge.analysis.render import print_profile
+
+    profile = inspect(args.model, shapes=_shapes(args))
+    _emit(args, "inspect", profile.to_dict(), lambda: print_profile(profile, top=args.top))
+    return 0
+
+
+def _devices(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from edgeforge.devices import devices_table, get_device, list_devices
+
+    devices = [get_device(name) for name in args.names] if args.names else list_devices()
+    data = [d.to_dict() for d in devices]
+    _emit(args, "devices", data, lambda: Console().print(devices_table(devices)))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from edgeforge.demo import run_demo
+
+    report = run_demo(args.out)
+    print(f"Report: {report}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgeforge",
+        description="Take a trained model to a verified, measured model on edge devices.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    inspect = verbs.add_parser(
+        "inspect", help="parameters, weight bytes, FLOPs/MACs, activation memory, op census"
+    )
+    _model_options(inspect)
+    _output_options(inspect)
+    inspect.add_argument("--top", type=int, default=10, help="how many nodes to list by work")
+    inspect.set_defaults(run=_inspect)
+
+    devices = verbs.add_parser("devices", help="the device catalogue, each figure with a source")
+    devices.add_argument("names", nargs="*", metavar="DEVICE", help="only these devices")
+    _output_options(devices)
+    devices.set_defaults(run=_devices)
+
+    demo = verbs.add_parser("demo", help="build an example model and run every verb on it")
+    demo.add_argument("--out", type=Path, default=Path("edgeforge-demo"), help="output folder")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _one_line_warnings()
+    try:
+        return args.run(args)
+    except EdgeforgeError as exc:
+        if args.debug:
+            raise
+        print(f"edgeforge: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("edgeforge: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug, not bad input: say so in one line
+        if args.debug:
+            raise
+        print(
+            f"edgeforge: internal error: {type(exc).__name__}: {exc} "
+            "(rerun with --debug for the traceback and report it)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _one_line_warnings() -> None:
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"edgeforge: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Static plots as inline SVG (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+__all__ = ["activation_timeline_svg", "work_by_op_type_svg"]
+
+
+def _figure(width: float = 7.5, height: float = 3.2):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, axes = pyplot.subplots(figsize=(width, height), dpi=100)
+    return pyplot, figure, axes
+
+
+def _svg(pyplot, figure) -> str:
+    buffer = io.StringIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="svg")
+    pyplot.close(figure)
+    text = buffer.getvalue()
+    return text[text.index("<svg") :]
+
+
+def work_by_op_type_svg(profile: dict[str, Any], top: int = 12) -> str:
+    """Horizontal bars: GFLOPs per op type, largest first."""
+    rows = [r for r in profile["by_op_type"] if r["flops"] > 0][:top]
+    pyplot, figure, axes = _figure(height=0.9 + 0.28 * max(1, len(rows)))
+    names = [r["op_type"] for r in rows][::-1]
+    values = [r["flops"] / 1e9 for r in rows][::-1]
+    axes.barh(names, values, color="#3b6ea8")
+    axes.set_xlabel("GFLOPs")
+    axes.set_title("Work by op type")
+    return _svg(pyplot, figure)
+
+
+def activation_timeline_svg(profile: dict[str, Any]) -> str:
+    """Live activation memory while each node runs, with the peak marked."""
+    memory = profile["activation_memory"]
+    timeline = [b / 1e6 for b in memory["timeline_bytes"]]
+    pyplot, figure, axes = _figure()
+    axes.plot(range(len(timeline)), timeline, color="#3b6ea8", linewidth=1.2)
+    if timeline:
+        peak = max(range(len(timeline)), key=timeline.__getitem__)
+        axes.scatter([peak], [timeline[peak]], color="#c0392b", zorder=3)
+        axes.annotate(
+            f"peak {timeline[peak]:.2f} MB",
+            (peak, timeline[peak]),
+            textcoords="offset points",
+            xytext=(6, -12),
+            fontsize=8,
+        )
+    axes.set_xlabel("node (topological order)")
+    axes.set_ylabel("live activations (MB)")
+    axes.set_title("Activation memory over execution")
+    return _svg(pyplot, figure)

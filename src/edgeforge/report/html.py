@@ -1,0 +1,66 @@
+"""Render report sections to one self-contained HTML page."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from edgeforge._io import write_json, write_text
+from edgeforge.report import _plots
+
+__all__ = ["human_bytes", "human_count", "render_html", "write_report"]
+
+
+def human_count(value: float | None, unit: str = "") -> str:
+    """1234567 -> '1.23 M' (SI prefixes)."""
+    if value is None:
+        return "—"
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g} {prefix}{unit}"
+    return f"{value:.4g} {unit}".rstrip()
+
+
+def human_bytes(value: float | None) -> str:
+    """Bytes in binary-free SI units, as file managers show them: 1.5 MB."""
+    return human_count(value, "B") if value and value >= 1000 else f"{value or 0:.0f} B"
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("edgeforge.report", "templates"),
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["count"] = human_count
+    env.filters["bytes"] = human_bytes
+    env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, default=str)
+    return env
+
+
+def render_html(sections: dict[str, Any], title: str = "edgeforge report") -> str:
+    plots: dict[str, str] = {}
+    if "inspect" in sections:
+        plots["work"] = _plots.work_by_op_type_svg(sections["inspect"])
+        plots["memory"] = _plots.activation_timeline_svg(sections["inspect"])
+    template = _environment().get_template("report.html.j2")
+    return template.render(
+        title=title,
+        sections=sections,
+        plots=plots,
+        generated=_dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    )
+
+
+def write_report(sections: dict[str, Any], path: Path, title: str = "edgeforge report") -> Path:
+    """Write the HTML report at `path` and its JSON beside it; returns the HTML path."""
+    path = Path(path)
+    html = render_html(sections, title)  # render first: a failure writes nothing
+    write_json(path.with_suffix(".json"), sections)
+    return write_text(path, html)

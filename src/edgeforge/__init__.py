@@ -6,11 +6,34 @@ The public surface is small: `load` a model from any source, `inspect` it, and l
 
 from __future__ import annotations
 
-from edgeforge.analysis import Profile, inspect
+from typing import TYPE_CHECKING, Any
+
 from edgeforge.errors import EdgeforgeError
-from edgeforge.load import load
-from edgeforge.model import Model, TensorSpec
+
+if TYPE_CHECKING:
+    from edgeforge.analysis import Profile, inspect
+    from edgeforge.load import load
+    from edgeforge.model import Model, TensorSpec
 
 __all__ = ["EdgeforgeError", "Model", "Profile", "TensorSpec", "__version__", "inspect", "load"]
 
 __version__ = "0.1.0"
+
+# Imported on first use, so that `edgeforge devices` starts without onnx or torch.
+_LAZY = {
+    "Profile": "edgeforge.analysis",
+    "inspect": "edgeforge.analysis",
+    "load": "edgeforge.load",
+    "Model": "edgeforge.model",
+    "TensorSpec": "edgeforge.model",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'edgeforge' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value

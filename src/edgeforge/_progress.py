@@ -12,11 +12,17 @@ from typing import TypeVar
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-__all__ = ["console", "status", "track"]
+__all__ = ["console", "output_console", "status", "track"]
 
 T = TypeVar("T")
 
 console = Console(stderr=True)
+
+
+def output_console() -> Console:
+    """The console for results on stdout; wide when piped, so tables stay readable in logs."""
+    out = Console()
+    return out if out.is_terminal else Console(width=200)
 
 
 @contextlib.contextmanager

@@ -81,13 +81,12 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _devices(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
+    from edgeforge._progress import output_console
     from edgeforge.devices import devices_table, get_device, list_devices
 
     devices = [get_device(name) for name in args.names] if args.names else list_devices()
     data = [d.to_dict() for d in devices]
-    _emit(args, "devices", data, lambda: Console().print(devices_table(devices)))
+    _emit(args, "devices", data, lambda: output_console().print(devices_table(devices)))
     return 0
 
 

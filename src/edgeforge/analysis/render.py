@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from edgeforge._progress import output_console
 from edgeforge.analysis.profile import Profile
 from edgeforge.report.html import human_bytes, human_count
 
@@ -12,7 +13,7 @@ __all__ = ["print_profile"]
 
 
 def print_profile(profile: Profile, top: int = 10, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or output_console()
     weights = profile.weights
     summary = Table(title=f"inspect: {profile.model['provenance']['source']}", show_header=False)
     summary.add_column(style="bold")

@@ -27,14 +27,22 @@ def _svg(pyplot, figure) -> str:
     return text[text.index("<svg") :]
 
 
+def _scale(largest: float) -> tuple[float, str]:
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if largest >= factor:
+            return factor, prefix
+    return 1.0, ""
+
+
 def work_by_op_type_svg(profile: dict[str, Any], top: int = 12) -> str:
     """Horizontal bars: GFLOPs per op type, largest first."""
     rows = [r for r in profile["by_op_type"] if r["flops"] > 0][:top]
     pyplot, figure, axes = _figure(height=0.9 + 0.28 * max(1, len(rows)))
+    scale, prefix = _scale(max((r["flops"] for r in rows), default=1))
     names = [r["op_type"] for r in rows][::-1]
-    values = [r["flops"] / 1e9 for r in rows][::-1]
+    values = [r["flops"] / scale for r in rows][::-1]
     axes.barh(names, values, color="#3b6ea8")
-    axes.set_xlabel("GFLOPs")
+    axes.set_xlabel(f"{prefix}FLOPs")
     axes.set_title("Work by op type")
     return _svg(pyplot, figure)
 
@@ -42,20 +50,21 @@ def work_by_op_type_svg(profile: dict[str, Any], top: int = 12) -> str:
 def activation_timeline_svg(profile: dict[str, Any]) -> str:
     """Live activation memory while each node runs, with the peak marked."""
     memory = profile["activation_memory"]
-    timeline = [b / 1e6 for b in memory["timeline_bytes"]]
+    scale, prefix = _scale(max(memory["timeline_bytes"], default=1))
+    timeline = [b / scale for b in memory["timeline_bytes"]]
     pyplot, figure, axes = _figure()
     axes.plot(range(len(timeline)), timeline, color="#3b6ea8", linewidth=1.2)
     if timeline:
         peak = max(range(len(timeline)), key=timeline.__getitem__)
         axes.scatter([peak], [timeline[peak]], color="#c0392b", zorder=3)
         axes.annotate(
-            f"peak {timeline[peak]:.2f} MB",
+            f"peak {timeline[peak]:.3g} {prefix}B",
             (peak, timeline[peak]),
             textcoords="offset points",
             xytext=(6, -12),
             fontsize=8,
         )
     axes.set_xlabel("node (topological order)")
-    axes.set_ylabel("live activations (MB)")
+    axes.set_ylabel(f"live activations ({prefix}B)")
     axes.set_title("Activation memory over execution")
     return _svg(pyplot, figure)

@@ -29,9 +29,11 @@ def open_onnx(path: Path, provenance: Provenance | None = None) -> Model:
     if not path.is_file():
         raise EdgeforgeError(f"{path}: no such file; pass the path of an .onnx model")
     proto = _parse(path)
-    external_data_files(proto, path.parent)
+    external = external_data_files(proto, path.parent)
     try:
-        onnx.checker.check_model(proto)
+        # With external data the checker must know the model's folder, which only the
+        # path form gives it; it checks that the files exist but does not read them.
+        onnx.checker.check_model(str(path) if external else proto)
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EdgeforgeError(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import shutil
+import sys
 import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -85,11 +86,10 @@ def load(
 
 
 def _is_torch_module(source: Any) -> bool:
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
-        return False
-    return isinstance(source, torch.nn.Module)
+    # A module object can only exist if torch is imported already; never import it here,
+    # so that loading an .onnx file stays fast.
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(source, torch.nn.Module)
 
 
 def _is_zip(path: Path) -> bool:

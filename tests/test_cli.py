@@ -1,0 +1,81 @@
+"""The CLI as a user runs it: a subprocess, its exit code, stdout, stderr and files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edgeforge.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def test_inspect_prints_tables_and_writes_a_report(digits_model, tmp_path):
+    report = tmp_path / "out" / "inspect.html"
+    result = run("inspect", str(digits_model.onnx_path), "--report", str(report))
+    assert result.returncode == 0, result.stderr
+    assert "MACs" in result.stdout and "work by op type" in result.stdout
+    assert "Conv" in result.stdout
+    html = report.read_text()
+    assert "<svg" in html and "Op census" in html
+    data = json.loads(report.with_suffix(".json").read_text())
+    assert data["inspect"]["macs"] > 0
+
+
+def test_inspect_shape_override_reaches_the_counts(digits_model):
+    one = json.loads(run("inspect", str(digits_model.onnx_path), "--json").stdout)
+    eight = run("inspect", str(digits_model.onnx_path), "--json", "--shape", "image=8x1x8x8")
+    assert eight.returncode == 0, eight.stderr
+    assert json.loads(eight.stdout)["macs"] == 8 * one["macs"]
+
+
+def test_devices_lists_the_catalogue_with_sources():
+    result = run("devices", "--json")
+    assert result.returncode == 0, result.stderr
+    devices = {d["id"]: d for d in json.loads(result.stdout)}
+    for required in (
+        "jetson-nano",
+        "jetson-orin-nano",
+        "coral-dev-board",
+        "raspberry-pi-4",
+        "raspberry-pi-5",
+        "iphone-15-pro",
+        "pixel-8",
+        "laptop-cpu",
+        "browser-wasm",
+        "browser-webgpu",
+        "this-machine",
+    ):
+        assert required in devices
+    table = run("devices", "jetson-nano")
+    assert "Jetson Nano" in table.stdout
+
+
+def test_devices_unknown_name_lists_the_valid_ones():
+    result = run("devices", "jetson-nanoo")
+    assert result.returncode == 2
+    assert "jetson-nano" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_demo_builds_its_model_and_says_where_the_report_is(tmp_path):
+    result = run("demo", "--out", str(tmp_path / "demo"))
+    assert result.returncode == 0, result.stderr
+    report = tmp_path / "demo" / "report.html"
+    assert f"Report: {report}" in result.stdout
+    data = json.loads(report.with_suffix(".json").read_text())
+    assert set(data) >= {"demo", "inspect", "devices"}
+    assert data["inspect"]["macs"] > 0
+    accuracy = data["demo"]["facts"]["test accuracy (torch)"]
+    assert float(accuracy.split("%")[0]) > 90

@@ -18,9 +18,21 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from edgeforge.errors import EdgeforgeError
-from edgeforge.model import Model, Provenance, TensorSpec
+from edgeforge.model import Model, Provenance, TensorSpec, dtype_size
 
-__all__ = ["external_data_files", "iter_tensors", "open_onnx", "read_external_bytes"]
+__all__ = [
+    "external_data_files",
+    "iter_tensors",
+    "open_onnx",
+    "read_external_bytes",
+    "skeleton",
+]
+
+# Integer tensors up to this size stay in a skeleton (read from external data if need be) so
+# that shape computations (Reshape targets, Slice bounds) can be followed; so do other tensors
+# stored inline up to this size.
+_SMALL_TENSOR_BYTES = 4096
+_INT_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32}
 
 
 def open_onnx(path: Path, provenance: Provenance | None = None) -> Model:
@@ -29,11 +41,12 @@ def open_onnx(path: Path, provenance: Provenance | None = None) -> Model:
     if not path.is_file():
         raise EdgeforgeError(f"{path}: no such file; pass the path of an .onnx model")
     proto = _parse(path)
-    external = external_data_files(proto, path.parent)
+    external_data_files(proto, path.parent)
+    _check_inline_sizes(proto, path)
     try:
-        # With external data the checker must know the model's folder, which only the
-        # path form gives it; it checks that the files exist but does not read them.
-        onnx.checker.check_model(str(path) if external else proto)
+        # The checker gets the graph without its weights: they were checked above, and
+        # handing it a large model would copy every weight twice more.
+        onnx.checker.check_model(skeleton(proto, path.parent))
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EdgeforgeError(
@@ -146,3 +159,66 @@ def read_external_bytes(tensor: onnx.TensorProto, base_dir: Path) -> bytes:
     with open(base_dir / info["location"], "rb") as handle:
         handle.seek(offset)
         return handle.read(length)
+
+
+def skeleton(proto: onnx.ModelProto, base_dir: Path) -> onnx.ModelProto:
+    """A copy of `proto` whose large weights are graph inputs of the same type and shape.
+
+    The weights' bytes are never copied or read: checkers and shape inference need only their
+    dims and dtypes, and no engine then tries to read their values. Small integer tensors
+    (shape arguments) and small inline tensors stay as initializers.
+    """
+    model = _copy_except(proto, onnx.ModelProto(), skip="graph")
+    _copy_except(proto.graph, model.graph, skip="initializer")
+    for tensor in proto.graph.initializer:
+        external = tensor.data_location == onnx.TensorProto.EXTERNAL
+        count = _numel(tensor.dims)
+        small_int = tensor.data_type in _INT_TYPES and count * 8 <= _SMALL_TENSOR_BYTES
+        if small_int or (not external and tensor.ByteSize() <= _SMALL_TENSOR_BYTES):
+            kept = model.graph.initializer.add()
+            kept.CopyFrom(tensor)
+            if external:
+                kept.raw_data = read_external_bytes(tensor, base_dir)
+                del kept.external_data[:]
+                kept.data_location = onnx.TensorProto.DEFAULT
+            continue
+        model.graph.input.append(
+            onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
+        )
+    return model
+
+
+def _copy_except(source, target, skip: str):
+    """Copy every set field of a protobuf message except `skip` (without touching it)."""
+    for descriptor, value in source.ListFields():
+        if descriptor.name == skip:
+            continue
+        field = getattr(target, descriptor.name)
+        if descriptor.is_repeated:
+            field.extend(value)
+        elif descriptor.type == descriptor.TYPE_MESSAGE:
+            field.CopyFrom(value)
+        else:
+            setattr(target, descriptor.name, value)
+    return target
+
+
+def _check_inline_sizes(proto: onnx.ModelProto, path: Path) -> None:
+    """Inline raw weights must hold exactly the bytes their shape and dtype need."""
+    for tensor in proto.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or not tensor.raw_data:
+            continue
+        expected = _numel(tensor.dims) * dtype_size(tensor.data_type)
+        if expected >= 1 and expected != len(tensor.raw_data) and expected == int(expected):
+            raise EdgeforgeError(
+                f"{path}: weight {tensor.name!r} holds {len(tensor.raw_data)} bytes but its "
+                f"shape {list(tensor.dims)} needs {int(expected)}; the file is corrupt, "
+                "re-export it"
+            )
+
+
+def _numel(dims) -> int:
+    count = 1
+    for d in dims:
+        count *= d
+    return count

@@ -19,16 +19,13 @@ import onnx
 import onnx.inliner
 import onnx.shape_inference
 
-from edgeforge._onnx_file import read_external_bytes
+from edgeforge._onnx_file import skeleton
 from edgeforge.errors import EdgeforgeError
 
 __all__ = ["AssumedDim", "ShapedGraph", "parse_shape", "resolve_shapes"]
 
 Shape = tuple[int, ...]
 
-# Integer tensors up to this size are read from external data so that data propagation can
-# follow Reshape/Expand shape arguments; larger tensors are never read.
-_SMALL_TENSOR_BYTES = 4096
 _INT_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32}
 _SEQUENCE_WORDS = re.compile(r"seq|len|token|time|step|sentence|past|context", re.IGNORECASE)
 _BATCH_WORDS = re.compile(r"batch|^n$|^b$|^bs$", re.IGNORECASE)
@@ -87,7 +84,7 @@ def resolve_shapes(
     """Shapes for every tensor; raises EdgeforgeError when an override does not fit."""
     overrides = dict(overrides or {})
     weights = {t.name for t in proto.graph.initializer}
-    model = _lightweight_copy(proto, base_dir)
+    model = skeleton(proto, base_dir)
     if model.functions:
         model = onnx.inliner.inline_local_functions(model)
     inputs = [v for v in model.graph.input if v.name not in weights]
@@ -108,36 +105,6 @@ def resolve_shapes(
         out for node in inferred.graph.node if node.op_type == "Constant" for out in node.output
     }
     return ShapedGraph(inferred.graph, types, weights, assumed)
-
-
-def _lightweight_copy(proto: onnx.ModelProto, base_dir: Path) -> onnx.ModelProto:
-    """A copy whose large weights are turned into graph inputs of the same type and shape.
-
-    Shape inference needs only their dims and dtypes, and no inference engine then tries to
-    read their values. Small integer tensors (shape arguments) stay, read from external data
-    where needed, so that shape computations can be followed.
-    """
-    model = onnx.ModelProto()
-    model.CopyFrom(proto)
-    kept = []
-    for tensor in model.graph.initializer:
-        external = tensor.data_location == onnx.TensorProto.EXTERNAL
-        small_int = (
-            tensor.data_type in _INT_TYPES and _numel(tensor.dims) * 8 <= _SMALL_TENSOR_BYTES
-        )
-        if small_int or (not external and tensor.ByteSize() <= _SMALL_TENSOR_BYTES):
-            if external:
-                tensor.raw_data = read_external_bytes(tensor, base_dir)
-                del tensor.external_data[:]
-                tensor.data_location = onnx.TensorProto.DEFAULT
-            kept.append(tensor)
-            continue
-        model.graph.input.append(
-            onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
-        )
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
-    return model
 
 
 def _pin_input(value: onnx.ValueInfoProto, override: Shape | None) -> list[AssumedDim]:
@@ -257,10 +224,3 @@ def _collect_types(graph: onnx.GraphProto) -> dict[str, tuple[int, Shape | None]
                 if attr.name == "value" and attr.HasField("t"):
                     types[node.output[0]] = (attr.t.data_type, tuple(attr.t.dims))
     return types
-
-
-def _numel(dims) -> int:
-    count = 1
-    for d in dims:
-        count *= d
-    return count

@@ -139,16 +139,31 @@ def external_data_files(proto: onnx.ModelProto, base_dir: Path) -> dict[str, Pat
             raise EdgeforgeError(
                 f"{where}, which is missing; copy {location} into {base} next to the model"
             )
-        offset = int(info.get("offset", 0) or 0)
-        length = info.get("length")
+        offset, length = _extent(tensor, info, where)
         size = resolved.stat().st_size
-        if length is not None and offset + int(length) > size:
+        if offset + length > size:
             raise EdgeforgeError(
                 f"{where}, which holds {size} bytes but the tensor needs bytes "
-                f"{offset}..{offset + int(length)}; the data file is truncated, copy it again"
+                f"{offset}..{offset + length}; the data file is truncated, copy it again"
             )
         files[location] = resolved
     return files
+
+
+def _extent(tensor: onnx.TensorProto, info: dict[str, str], where: str) -> tuple[int, int]:
+    """(offset, length) of an external tensor; length defaults to what its shape needs."""
+    try:
+        offset = int(info.get("offset") or 0)
+        length = int(info["length"]) if info.get("length") else None
+    except ValueError:
+        raise EdgeforgeError(
+            f"{where} with a non-numeric offset or length; re-save the model with onnx"
+        ) from None
+    if offset < 0 or (length is not None and length < 0):
+        raise EdgeforgeError(f"{where} with a negative offset or length; re-save the model")
+    if length is None:
+        length = int(_numel(tensor.dims) * dtype_size(tensor.data_type))
+    return offset, length
 
 
 def read_external_bytes(tensor: onnx.TensorProto, base_dir: Path) -> bytes:
@@ -166,32 +181,62 @@ def skeleton(proto: onnx.ModelProto, base_dir: Path) -> onnx.ModelProto:
 
     The weights' bytes are never copied or read: checkers and shape inference need only their
     dims and dtypes, and no engine then tries to read their values. Small integer tensors
-    (shape arguments) and small inline tensors stay as initializers.
+    (shape arguments) and small inline tensors stay, read in from external data if need be.
+    Large Constant nodes become graph inputs the same way as large initializers.
     """
-    model = _copy_except(proto, onnx.ModelProto(), skip="graph")
-    _copy_except(proto.graph, model.graph, skip="initializer")
+    model = _copy_except(proto, onnx.ModelProto(), skip=("graph",))
+    _copy_except(proto.graph, model.graph, skip=("initializer", "node"))
     for tensor in proto.graph.initializer:
-        external = tensor.data_location == onnx.TensorProto.EXTERNAL
-        count = _numel(tensor.dims)
-        small_int = tensor.data_type in _INT_TYPES and count * 8 <= _SMALL_TENSOR_BYTES
-        if small_int or (not external and tensor.ByteSize() <= _SMALL_TENSOR_BYTES):
-            kept = model.graph.initializer.add()
-            kept.CopyFrom(tensor)
-            if external:
-                kept.raw_data = read_external_bytes(tensor, base_dir)
-                del kept.external_data[:]
-                kept.data_location = onnx.TensorProto.DEFAULT
-            continue
-        model.graph.input.append(
-            onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
-        )
+        if _keep(tensor):
+            model.graph.initializer.append(_inline(tensor, base_dir))
+        else:
+            model.graph.input.append(_as_input(tensor.name, tensor))
+    for node in proto.graph.node:
+        value = _constant_value(node)
+        if value is None or _keep(value):
+            kept = model.graph.node.add()
+            kept.CopyFrom(node)
+            if value is not None:
+                _constant_value(kept).CopyFrom(_inline(value, base_dir))
+        else:
+            model.graph.input.append(_as_input(node.output[0], value))
     return model
 
 
-def _copy_except(source, target, skip: str):
-    """Copy every set field of a protobuf message except `skip` (without touching it)."""
+def _keep(tensor: onnx.TensorProto) -> bool:
+    external = tensor.data_location == onnx.TensorProto.EXTERNAL
+    small_int = tensor.data_type in _INT_TYPES and _numel(tensor.dims) * 8 <= _SMALL_TENSOR_BYTES
+    return small_int or (not external and tensor.ByteSize() <= _SMALL_TENSOR_BYTES)
+
+
+def _inline(tensor: onnx.TensorProto, base_dir: Path) -> onnx.TensorProto:
+    """A copy of a small tensor with its external bytes (if any) read in."""
+    copy = onnx.TensorProto()
+    copy.CopyFrom(tensor)
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        copy.raw_data = read_external_bytes(tensor, base_dir)
+        del copy.external_data[:]
+        copy.data_location = onnx.TensorProto.DEFAULT
+    return copy
+
+
+def _as_input(name: str, tensor: onnx.TensorProto) -> onnx.ValueInfoProto:
+    return onnx.helper.make_tensor_value_info(name, tensor.data_type, list(tensor.dims))
+
+
+def _constant_value(node: onnx.NodeProto) -> onnx.TensorProto | None:
+    if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
+        return None
+    for attr in node.attribute:
+        if attr.name == "value" and attr.HasField("t"):
+            return attr.t
+    return None
+
+
+def _copy_except(source, target, skip: tuple[str, ...]):
+    """Copy every set field of a protobuf message except those in `skip` (left untouched)."""
     for descriptor, value in source.ListFields():
-        if descriptor.name == skip:
+        if descriptor.name in skip:
             continue
         field = getattr(target, descriptor.name)
         if descriptor.is_repeated:

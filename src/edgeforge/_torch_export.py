@@ -113,7 +113,8 @@ def export_program(path: Path, out_dir: Path) -> Model:
     import torch
 
     try:
-        program = torch.export.load(str(path))
+        with _quiet():  # torch.export logs its own traceback before raising
+            program = torch.export.load(str(path))
     except Exception as exc:
         raise EdgeforgeError(
             f"{path}: cannot load as a torch.export program "
@@ -166,7 +167,7 @@ def load_factory(reference: str) -> tuple[Any, Any, ExportOptions]:
         raise EdgeforgeError(f"{reference}: {target} has no callable named {name!r}")
     try:
         made = factory()
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a factory calling sys.exit() is a bad factory too
         raise EdgeforgeError(
             f"{reference}: the factory raised {_first_line(exc)}; "
             "fix the factory so that it returns (module, example_inputs)"
@@ -199,6 +200,10 @@ def _import_target(target: str, reference: str) -> Any:
         loader = spec.loader.exec_module
         arg: Any = module
     else:
+        # Like other tools that take module:attribute references, look in the current
+        # folder first, so that `edgeforge inspect models:build` finds ./models.py.
+        if "" not in sys.path and "." not in sys.path:
+            sys.path.insert(0, "")
         module, loader, arg = None, importlib.import_module, target
     try:
         result = loader(arg)
@@ -206,7 +211,7 @@ def _import_target(target: str, reference: str) -> Any:
         raise EdgeforgeError(
             f"{reference}: cannot import {exc.name!r}; install it or add its folder to PYTHONPATH"
         ) from None
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise EdgeforgeError(f"{reference}: importing {target} raised {_first_line(exc)}") from None
     return module if module is not None else result
 

@@ -82,8 +82,10 @@ def resolve_shapes(
     proto: onnx.ModelProto, base_dir: Path, overrides: dict[str, Shape] | None = None
 ) -> ShapedGraph:
     """Shapes for every tensor; raises EdgeforgeError when an override does not fit."""
-    overrides = dict(overrides or {})
-    weights = {t.name for t in proto.graph.initializer}
+    overrides = _validated(overrides or {})
+    weights = {t.name for t in proto.graph.initializer} | {
+        out for node in proto.graph.node if node.op_type == "Constant" for out in node.output
+    }
     model = skeleton(proto, base_dir)
     if model.functions:
         model = onnx.inliner.inline_local_functions(model)
@@ -101,10 +103,27 @@ def resolve_shapes(
     types = _collect_types(inferred.graph)
     if _has_unknown_outputs(inferred.graph, types):
         types = _fill_with_symbolic_inference(model, types)
-    weights |= {
-        out for node in inferred.graph.node if node.op_type == "Constant" for out in node.output
-    }
     return ShapedGraph(inferred.graph, types, weights, assumed)
+
+
+def _validated(overrides: dict[str, Shape]) -> dict[str, Shape]:
+    """API callers pass tuples directly; hold them to what parse_shape enforces on the CLI."""
+    checked: dict[str, Shape] = {}
+    for name, shape in overrides.items():
+        try:
+            dims = tuple(shape)
+            valid = bool(dims) and all(
+                isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims
+            )
+        except TypeError:
+            valid = False
+        if not valid:
+            raise EdgeforgeError(
+                f"shape override for {name!r} is {shape!r}; give a sequence of positive "
+                "integers, e.g. shapes={'image': (1, 3, 224, 224)}"
+            )
+        checked[name] = dims
+    return checked
 
 
 def _pin_input(value: onnx.ValueInfoProto, override: Shape | None) -> list[AssumedDim]:

@@ -18,6 +18,7 @@ from typing import Any
 import onnx
 
 from edgeforge._onnx_file import iter_tensors
+from edgeforge._progress import status
 from edgeforge.analysis._costs import NodeCost, UnknownShape, node_cost
 from edgeforge.analysis._memory import ActivationMemory, activation_memory
 from edgeforge.analysis._shapes import AssumedDim, Shape, resolve_shapes
@@ -98,7 +99,8 @@ def inspect(
     started = time.perf_counter()
     model = load(source, example_inputs, **load_options)
     proto = model.proto(load_weights=False)
-    shaped = resolve_shapes(proto, model.onnx_path.parent, shapes)
+    with status("Inferring shapes"):
+        shaped = resolve_shapes(proto, model.onnx_path.parent, shapes)
     types = shaped.types
 
     nodes: list[NodeProfile] = []

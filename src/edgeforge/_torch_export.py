@@ -38,6 +38,7 @@ __all__ = ["ExportOptions", "export_module", "export_program", "load_factory"]
 # ONNX files above this size are written with external data (protobuf's limit is 2 GiB).
 _SINGLE_FILE_LIMIT = 1_800_000_000
 _RTOL, _ATOL = 1e-3, 1e-4
+TORCH_PROGRAM = "model.pt2"
 
 
 # Keyword options a caller or a factory may give: input_names, output_names,
@@ -244,12 +245,17 @@ def _torch_counts(module: Any) -> TorchParameters:
 
 
 def _save_program(program: Any, path: Path) -> None:
+    """Save the ONNX model and, beside it, the torch.export program it came from."""
+    import torch
+
     size = sum(
         v.const_value.nbytes
         for v in program.model.graph.initializers.values()
         if v.const_value is not None
     )
     program.save(str(path), external_data=size > _SINGLE_FILE_LIMIT)
+    if program.exported_program is not None:
+        torch.export.save(program.exported_program, str(path.with_name(TORCH_PROGRAM)))
 
 
 def _export_checked(dynamo, torchscript, out_dir, args, kwargs, reference, provenance, counts):
@@ -305,7 +311,17 @@ def _export_checked(dynamo, torchscript, out_dir, args, kwargs, reference, prove
         export_check=errors,
     )
     model = open_onnx(out_dir / "model.onnx", accepted)
-    return Model(model.onnx_path, model.inputs, model.outputs, accepted, counts)
+    program = out_dir / TORCH_PROGRAM
+    if exporter != "torch.onnx dynamo":
+        program.unlink(missing_ok=True)  # a stale one from an earlier export
+    return Model(
+        model.onnx_path,
+        model.inputs,
+        model.outputs,
+        accepted,
+        counts,
+        torch_program=program.resolve() if program.is_file() else None,
+    )
 
 
 def _compare_with_onnxruntime(path, args, kwargs, reference, source) -> dict[str, float]:

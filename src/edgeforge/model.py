@@ -99,6 +99,9 @@ class Model:
     outputs: tuple[TensorSpec, ...]
     provenance: Provenance
     torch_parameters: TorchParameters | None = None
+    # The torch.export program beside the ONNX file, for runtimes that convert from torch
+    # (LiteRT, Core ML, ExecuTorch); None for ONNX sources and TorchScript-exported ones.
+    torch_program: Path | None = None
 
     @property
     def uses_external_data(self) -> bool:
@@ -117,6 +120,7 @@ class Model:
             "outputs": [t.to_dict() for t in self.outputs],
             "provenance": self.provenance.to_dict(),
             "torch_parameters": self.torch_parameters.to_dict() if self.torch_parameters else None,
+            "torch_program": str(self.torch_program) if self.torch_program else None,
         }
 
 

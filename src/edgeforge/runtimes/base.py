@@ -1,0 +1,306 @@
+"""The runtime plug-in contract: `Runtime`, `Session`, `Artifact` and `Finding`.
+
+A runtime is one file with one class that fills in `_build` and `_open` (and, where it can
+tell more than a conversion attempt does, `check`). The base class enforces the contract:
+- `build` refuses when the runtime is not installed (naming the pip extra), when it cannot
+  carry out the recipe, or when it needs a torch program the model lacks; it builds into a
+  staging folder and moves the finished artifact, with its manifest, into place only at the
+  end, so a failed build leaves nothing behind;
+- `open` refuses an artifact of another runtime and says plainly when this machine cannot
+  execute it (Core ML off macOS, TensorRT without a GPU);
+- a `Session` takes and returns tensors under the source model's own input and output names,
+  whatever the runtime calls them internally, and checks the feeds against its signature.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from edgeforge.errors import EdgeforgeError
+from edgeforge.model import Model, TensorSpec
+from edgeforge.recipe import Recipe
+
+__all__ = [
+    "Artifact",
+    "Availability",
+    "Finding",
+    "Manifest",
+    "Runtime",
+    "RuntimeUnavailable",
+    "Session",
+    "file_sha256",
+    "model_sha256",
+]
+
+MANIFEST = "manifest.json"
+
+
+class RuntimeUnavailable(EdgeforgeError):
+    """The runtime is not installed, or cannot execute on this machine."""
+
+
+@dataclass(frozen=True)
+class Availability:
+    installed: bool
+    can_execute: bool
+    reason: str = ""  # why not installed, or why it cannot execute here
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing `check` learned about a model on a runtime, with what to do about it."""
+
+    runtime: str
+    severity: str  # unsupported | fallback | trap | info
+    message: str
+    workaround: str
+    op_type: str | None = None
+    nodes: tuple[str, ...] = ()
+    evidence: str = ""  # how we know: conversion attempt, query_model, probe model, rule
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["nodes"] = list(self.nodes)
+        return data
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What an artifact is and what built it; stored as manifest.json in its folder."""
+
+    runtime: str
+    format: str
+    file: str  # the artifact's main file, relative to its folder
+    source: str
+    source_sha256: str
+    recipe: dict[str, Any]
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    tools: dict[str, str]
+    created: str
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A built artifact: a folder holding the runtime's files and manifest.json."""
+
+    folder: Path
+    manifest: Manifest
+
+    @property
+    def path(self) -> Path:
+        return self.folder / self.manifest.file
+
+    @property
+    def runtime(self) -> str:
+        return self.manifest.runtime
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return tuple(_spec(t) for t in self.manifest.inputs)
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return tuple(_spec(t) for t in self.manifest.outputs)
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.folder.rglob("*") if p.is_file())
+
+    @classmethod
+    def load(cls, folder: Path) -> Artifact:
+        folder = Path(folder)
+        path = folder / MANIFEST
+        if not path.is_file():
+            raise EdgeforgeError(
+                f"{folder}: no {MANIFEST}; pass a folder written by `edgeforge convert`"
+            )
+        try:
+            data = json.loads(path.read_text())
+            return cls(folder, Manifest(**data))
+        except (ValueError, TypeError) as exc:
+            raise EdgeforgeError(
+                f"{path}: unreadable manifest ({exc}); rebuild the artifact"
+            ) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"folder": str(self.folder), "path": str(self.path), **self.manifest.to_dict()}
+
+
+class Session(ABC):
+    """A loaded artifact, run with the source model's input and output names."""
+
+    def __init__(self, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]) -> None:
+        self.inputs = inputs
+        self.outputs = outputs
+
+    @abstractmethod
+    def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Outputs in the order of `self.outputs`."""
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        expected = [t.name for t in self.inputs]
+        if sorted(feeds) != sorted(expected):
+            raise EdgeforgeError(
+                f"inputs {sorted(feeds)} do not match the model's inputs {expected}"
+            )
+        results = self._run({name: np.asarray(feeds[name]) for name in expected})
+        if len(results) != len(self.outputs):
+            raise EdgeforgeError(
+                f"the runtime returned {len(results)} outputs, the model declares "
+                f"{len(self.outputs)}"
+            )
+        return {t.name: np.asarray(r) for t, r in zip(self.outputs, results, strict=True)}
+
+    def close(self) -> None:  # noqa: B027 - most sessions hold nothing to release
+        """Release what the session holds (processes, servers)."""
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Runtime(ABC):
+    """One runtime. Subclasses set the class attributes and fill in `_build` and `_open`."""
+
+    name: ClassVar[str]
+    format: ClassVar[str]  # onnx, ort, openvino-ir, tflite, mlpackage, pte, tensorrt-engine
+    extra: ClassVar[str | None] = None  # the pip extra that installs it (None: a core dependency)
+    hub: ClassVar[str] = "onnx"  # what it converts from: "onnx" or "torch" (a torch.export program)
+    modules: ClassVar[tuple[str, ...]] = ()  # Python modules it imports
+    distributions: ClassVar[tuple[str, ...]] = ()  # packages whose versions go in manifests
+    precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+
+    # -- what a subclass provides -----------------------------------------------------------
+
+    @abstractmethod
+    def _build(self, model: Model, recipe: Recipe, folder: Path) -> tuple[str, list[str]]:
+        """Write the artifact into `folder`; return (main file name, notes)."""
+
+    @abstractmethod
+    def _open(self, artifact: Artifact) -> Session:
+        """Load a built artifact for execution."""
+
+    def check(self, model: Model) -> list[Finding]:
+        """What this runtime lacks or runs on a fallback for `model` (default: nothing known)."""
+        return []
+
+    def execution_blocker(self) -> str | None:
+        """Why this machine cannot execute artifacts although the runtime is installed."""
+        return None
+
+    # -- the contract, enforced here ----------------------------------------------------------
+
+    def availability(self) -> Availability:
+        missing = [m for m in self.modules if importlib.util.find_spec(m) is None]
+        if missing:
+            how = f"pip install 'edgeforge[{self.extra}]'" if self.extra else "reinstall edgeforge"
+            return Availability(False, False, f"{', '.join(missing)} is not installed ({how})")
+        blocker = self.execution_blocker()
+        return Availability(True, blocker is None, blocker or "")
+
+    def versions(self) -> dict[str, str]:
+        found = {}
+        for name in ("edgeforge", "onnx", *self.distributions):
+            try:
+                found[name] = importlib.metadata.version(name)
+            except importlib.metadata.PackageNotFoundError:
+                found[name] = "not installed"
+        return found
+
+    def build(self, model: Model, recipe: Recipe, out: Path) -> Artifact:
+        """Build `model` with `recipe` into the folder `out` (replaced if it exists)."""
+        available = self.availability()
+        if not available.installed:
+            raise RuntimeUnavailable(f"runtime {self.name}: {available.reason}")
+        if recipe.precision not in self.precisions:
+            raise EdgeforgeError(
+                f"runtime {self.name} cannot build {recipe.precision}; it builds "
+                f"{', '.join(self.precisions)}"
+            )
+        if self.hub == "torch" and model.torch_program is None:
+            raise EdgeforgeError(
+                f"runtime {self.name} converts from a torch.export program, and this model "
+                f"came from {model.provenance.source_kind}; load the torch module or a .pt2 "
+                "instead of the .onnx file"
+            )
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+        try:
+            main_file, notes = self._build(model, recipe, staging)
+            manifest = Manifest(
+                runtime=self.name,
+                format=self.format,
+                file=main_file,
+                source=model.provenance.source,
+                source_sha256=model_sha256(model),
+                recipe=recipe.to_dict(),
+                inputs=[t.to_dict() for t in model.inputs],
+                outputs=[t.to_dict() for t in model.outputs],
+                tools=self.versions(),
+                created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+                notes=notes,
+            )
+            (staging / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
+            if out.exists():
+                shutil.rmtree(out)
+            staging.rename(out)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return Artifact(out, manifest)
+
+    def open(self, artifact: Artifact) -> Session:
+        if artifact.runtime != self.name:
+            raise EdgeforgeError(
+                f"{artifact.folder} was built for {artifact.runtime}, not {self.name}"
+            )
+        available = self.availability()
+        if not available.can_execute:
+            raise RuntimeUnavailable(f"runtime {self.name} cannot run here: {available.reason}")
+        return self._open(artifact)
+
+
+def _spec(data: dict[str, Any]) -> TensorSpec:
+    shape = data.get("shape")
+    return TensorSpec(data["name"], data["dtype"], None if shape is None else tuple(shape))
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_sha256(model: Model) -> str:
+    """Hash of the ONNX file and its external data files, in a stable order."""
+    from edgeforge._onnx_file import external_data_files
+
+    digest = hashlib.sha256(file_sha256(model.onnx_path).encode())
+    files = external_data_files(model.proto(load_weights=False), model.onnx_path.parent)
+    for location in sorted(files):
+        digest.update(location.encode())
+        digest.update(file_sha256(files[location]).encode())
+    return digest.hexdigest()

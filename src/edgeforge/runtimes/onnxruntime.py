@@ -1,0 +1,118 @@
+"""ONNX Runtime: the `.onnx` file itself, and the `.ort` format for ONNX Runtime Mobile."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from edgeforge.errors import EdgeforgeError
+from edgeforge.model import Model
+from edgeforge.recipe import Recipe
+from edgeforge.runtimes.base import Artifact, Finding, Runtime, Session
+
+__all__ = ["OnnxRuntime", "OnnxRuntimeMobile", "OrtSession"]
+
+
+class OrtSession(Session):
+    def __init__(self, path: Path, artifact: Artifact, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        super().__init__(artifact.inputs, artifact.outputs)
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self._session = ort.InferenceSession(
+                str(path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # ORT raises its own exception types
+            raise EdgeforgeError(f"{path}: ONNX Runtime cannot load it ({exc})") from None
+        self._names = [o.name for o in self._session.get_outputs()]
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self._session.run(self._names, feeds)
+
+
+class OnnxRuntime(Runtime):
+    name = "onnxruntime"
+    format = "onnx"
+    modules = ("onnxruntime",)
+    distributions = ("onnxruntime",)
+
+    def _build(self, model: Model, recipe: Recipe, folder: Path) -> tuple[str, list[str]]:
+        _copy_onnx(model, folder)
+        return "model.onnx", []
+
+    def _open(self, artifact: Artifact) -> Session:
+        return OrtSession(artifact.path, artifact)
+
+    def check(self, model: Model) -> list[Finding]:
+        """ONNX Runtime's CPU provider: an op it has no kernel for fails session creation."""
+        import onnxruntime as ort
+
+        try:
+            ort.InferenceSession(str(model.onnx_path), providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            return [
+                Finding(
+                    self.name,
+                    "unsupported",
+                    f"ONNX Runtime cannot create a session: {str(exc).splitlines()[0][:300]}",
+                    "replace the op with supported ones or lower the opset; "
+                    "see the ONNX Runtime operator kernels list",
+                    evidence="session creation",
+                )
+            ]
+        return []
+
+
+class OnnxRuntimeMobile(OnnxRuntime):
+    """The ORT format: a flatbuffer that ONNX Runtime Mobile loads without protobuf."""
+
+    name = "onnxruntime-mobile"
+    format = "ort"
+
+    def _build(self, model: Model, recipe: Recipe, folder: Path) -> tuple[str, list[str]]:
+        source = folder / "source"
+        source.mkdir()
+        _copy_onnx(model, source)
+        # The converter is ONNX Runtime's own tool; run it as it is meant to be run.
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "onnxruntime.tools.convert_onnx_models_to_ort",
+                "--optimization_style",
+                "Fixed",
+                "--output_dir",
+                str(folder),
+                str(source / "model.onnx"),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        shutil.rmtree(source)
+        produced = sorted(folder.glob("*.ort"))
+        if result.returncode != 0 or not produced:
+            tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise EdgeforgeError(f"ORT format conversion failed: {tail[0][:300]}")
+        produced[0].rename(folder / "model.ort")
+        for config in folder.glob("*.config"):
+            config.unlink()
+        return "model.ort", ["optimized for fixed hardware (basic graph optimizations applied)"]
+
+
+def _copy_onnx(model: Model, folder: Path) -> None:
+    """Copy the ONNX file and its external data files into `folder`."""
+    from edgeforge._onnx_file import external_data_files
+
+    shutil.copy2(model.onnx_path, folder / "model.onnx")
+    proto = model.proto(load_weights=False)
+    for location, path in external_data_files(proto, model.onnx_path.parent).items():
+        target = folder / location
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)

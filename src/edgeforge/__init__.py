@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 from edgeforge.errors import EdgeforgeError
 
 if TYPE_CHECKING:
+    from edgeforge._load import load
     from edgeforge.analysis import Profile, inspect
-    from edgeforge.load import load
     from edgeforge.model import Model, TensorSpec
 
 __all__ = ["EdgeforgeError", "Model", "Profile", "TensorSpec", "__version__", "inspect", "load"]
@@ -23,7 +23,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "Profile": "edgeforge.analysis",
     "inspect": "edgeforge.analysis",
-    "load": "edgeforge.load",
+    "load": "edgeforge._load",
     "Model": "edgeforge.model",
     "TensorSpec": "edgeforge.model",
 }

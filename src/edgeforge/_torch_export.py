@@ -201,11 +201,7 @@ def _import_target(target: str, reference: str) -> Any:
         loader = spec.loader.exec_module
         arg: Any = module
     else:
-        # Like other tools that take module:attribute references, look in the current
-        # folder first, so that `edgeforge inspect models:build` finds ./models.py.
-        if "" not in sys.path and "." not in sys.path:
-            sys.path.insert(0, "")
-        module, loader, arg = None, importlib.import_module, target
+        module, loader, arg = None, _import_from_cwd_too, target
     try:
         result = loader(arg)
     except ModuleNotFoundError as exc:
@@ -215,6 +211,19 @@ def _import_target(target: str, reference: str) -> Any:
     except (Exception, SystemExit) as exc:
         raise EdgeforgeError(f"{reference}: importing {target} raised {_first_line(exc)}") from None
     return module if module is not None else result
+
+
+def _import_from_cwd_too(name: str) -> Any:
+    """Import `name`, looking in the current folder as well (as other tools that take
+    module:attribute references do), without leaving the folder on sys.path."""
+    added = "" not in sys.path and "." not in sys.path
+    if added:
+        sys.path.insert(0, "")
+    try:
+        return importlib.import_module(name)
+    finally:
+        if added:
+            sys.path.remove("")
 
 
 def _split_inputs(example_inputs: Any, source: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -392,9 +401,12 @@ def _tensor_leaves(value: Any) -> list[Any]:
 @contextlib.contextmanager
 def _quiet():
     """Silence the exporters' own prints; errors still propagate."""
-    torch_logger = logging.getLogger("torch.onnx")
-    level = torch_logger.level
-    torch_logger.setLevel(logging.ERROR)
+    # torch.onnx logs progress; torch.export logs a traceback before it raises. The exception
+    # itself still reaches the caller, who turns it into one line.
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
     try:
         with (
             contextlib.redirect_stdout(io.StringIO()),
@@ -404,7 +416,8 @@ def _quiet():
             warnings.simplefilter("ignore")
             yield
     finally:
-        torch_logger.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
         sys.stdout.flush()
 
 

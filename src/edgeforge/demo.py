@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
+from edgeforge._load import load
 from edgeforge._progress import console
 from edgeforge.analysis import inspect
 from edgeforge.devices import list_devices
-from edgeforge.load import load
 from edgeforge.report import write_report
 from edgeforge.zoo import train_digits_cnn
 

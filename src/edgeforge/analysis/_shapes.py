@@ -65,7 +65,7 @@ def parse_shape(text: str) -> tuple[str, Shape]:
     """Parse `name=1x3x224x224` (commas also accepted) into (name, shape)."""
     name, sep, dims = text.partition("=")
     try:
-        if not sep or not name:
+        if not sep or not name.strip():
             raise ValueError
         shape = tuple(int(d) for d in re.split(r"[x,]", dims.strip()) if d != "")
         if not shape or any(d <= 0 for d in shape):
@@ -93,13 +93,13 @@ def resolve_shapes(
     unknown = set(overrides) - {v.name for v in inputs}
     if unknown:
         raise EdgeforgeError(
-            f"--shape names no input {sorted(unknown)[0]!r}; the model's inputs are "
+            f"the shape override names no input {sorted(unknown)[0]!r}; the model's inputs are "
             f"{', '.join(v.name for v in inputs)}"
         )
     assumed: list[AssumedDim] = []
     for value in inputs:
         assumed += _pin_input(value, overrides.get(value.name))
-    inferred = _infer(model, strict_error=bool(overrides))
+    inferred = _infer(model, overrides)
     types = _collect_types(inferred.graph)
     if _has_unknown_outputs(inferred.graph, types):
         types = _fill_with_symbolic_inference(model, types)
@@ -141,7 +141,7 @@ def _pin_input(value: onnx.ValueInfoProto, override: Shape | None) -> list[Assum
     if override is not None and len(override) != len(dims):
         current = "x".join(d.dim_param or str(d.dim_value or "?") for d in dims)
         raise EdgeforgeError(
-            f"--shape {value.name}: the input has rank {len(dims)} ({current}), "
+            f"shape override for {value.name}: the input has rank {len(dims)} ({current}), "
             f"the override gives {len(override)} dimensions"
         )
     assumed = []
@@ -151,7 +151,8 @@ def _pin_input(value: onnx.ValueInfoProto, override: Shape | None) -> list[Assum
         if override is not None:
             if fixed is not None and fixed != override[axis]:
                 raise EdgeforgeError(
-                    f"--shape {value.name}: axis {axis} is fixed at {fixed} in the model, "
+                    f"shape override for {value.name}: axis {axis} is fixed at {fixed} "
+                    "in the model, "
                     f"the override gives {override[axis]}"
                 )
             if fixed is None:
@@ -181,16 +182,19 @@ def _guess(name: str, axis: int, rank: int, is_integer: bool) -> tuple[int, str]
     return 1, "unnamed axis: 1"
 
 
-def _infer(model: onnx.ModelProto, strict_error: bool) -> onnx.ModelProto:
+def _infer(model: onnx.ModelProto, overrides: dict[str, Shape]) -> onnx.ModelProto:
     try:
         return onnx.shape_inference.infer_shapes(
             model, check_type=False, strict_mode=True, data_prop=True
         )
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
-        if strict_error:
+        if overrides:
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else "inference failed"
+            given = ", ".join(
+                f"{name}={'x'.join(map(str, shape))}" for name, shape in overrides.items()
+            )
             raise EdgeforgeError(
-                f"the --shape override does not fit the model: {message[:300]}"
+                f"the shape override {given} does not fit the model: {message[:300]}"
             ) from None
     # Inference failed without any override: keep what could be inferred.
     return onnx.shape_inference.infer_shapes(

@@ -17,12 +17,12 @@ from typing import Any
 
 import onnx
 
+from edgeforge._load import load
 from edgeforge._onnx_file import iter_tensors
 from edgeforge._progress import status
 from edgeforge.analysis._costs import NodeCost, UnknownShape, node_cost
 from edgeforge.analysis._memory import ActivationMemory, activation_memory
 from edgeforge.analysis._shapes import AssumedDim, Shape, resolve_shapes
-from edgeforge.load import load
 from edgeforge.model import Model, dtype_name, dtype_size
 
 __all__ = ["NodeProfile", "Profile", "inspect"]

@@ -20,7 +20,7 @@ from edgeforge.errors import EdgeforgeError
 __all__ = ["main"]
 
 
-def _model_options(parser: argparse.ArgumentParser) -> None:
+def _model_options(parser: argparse.ArgumentParser, shape: bool = True) -> None:
     group = parser.add_argument_group("model")
     group.add_argument(
         "model",
@@ -28,6 +28,8 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
         help="an .onnx file, a saved torch.export program (.pt2), or a "
         "'package.module:factory' / 'file.py:factory' reference returning (module, inputs)",
     )
+    if not shape:
+        return
     group.add_argument(
         "--shape",
         action="append",
@@ -90,6 +92,67 @@ def _devices(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument(
+        "--data",
+        type=Path,
+        metavar="DIR",
+        help="samples: .npz files, <input>.npy files or images (class sub-folders = labels); "
+        "without it, inputs are synthesised from the signature, edge values included",
+    )
+
+
+def _tolerance_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("comparison")
+    group.add_argument("--precision", help="judge as fp32, fp16, int8 or int4 (default: recipe)")
+    group.add_argument("--rtol", type=float, help="relative tolerance (times max |reference|)")
+    group.add_argument("--atol", type=float, help="absolute tolerance")
+    group.add_argument("--min-cosine", type=float, help="smallest acceptable cosine similarity")
+
+
+def _check(args: argparse.Namespace) -> int:
+    from edgeforge.convert import check
+    from edgeforge.render import print_check
+
+    report = check(args.model, args.runtime, timeout=args.timeout)
+    _emit(args, "check", report.to_dict(), lambda: print_check(report))
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from edgeforge.convert import convert
+    from edgeforge.render import print_conversion
+
+    result = convert(
+        args.model,
+        args.to,
+        args.out,
+        precision=args.precision,
+        data=args.data,
+        timeout=args.timeout,
+    )
+    _emit(args, "convert", result.to_dict(), lambda: print_conversion(result))
+    return 0 if result.all_verified else 1
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from edgeforge.evaluate import verify
+    from edgeforge.render import print_verification
+
+    result = verify(
+        args.reference,
+        args.candidate,
+        data=args.data,
+        precision=args.precision,
+        rtol=args.rtol,
+        atol=args.atol,
+        min_cosine=args.min_cosine,
+    )
+    _emit(args, "verify", result.to_dict(), lambda: print_verification(result))
+    return 0 if result.passed else 1
+
+
 def _demo(args: argparse.Namespace) -> int:
     from edgeforge.demo import run_demo
 
@@ -113,6 +176,37 @@ def build_parser() -> argparse.ArgumentParser:
     _output_options(inspect)
     inspect.add_argument("--top", type=int, default=10, help="how many nodes to list by work")
     inspect.set_defaults(run=_inspect)
+
+    check = verbs.add_parser(
+        "check", help="before converting: what each runtime lacks, runs on a fallback, trips on"
+    )
+    _model_options(check, shape=False)
+    check.add_argument("--runtime", default="all", help="comma-separated runtimes (default: all)")
+    check.add_argument("--timeout", type=float, default=600, help="seconds per runtime")
+    _output_options(check)
+    check.set_defaults(run=_check)
+
+    convert = verbs.add_parser(
+        "convert", help="build every target, load and run it, and retest it against the source"
+    )
+    _model_options(convert, shape=False)
+    convert.add_argument("--to", required=True, help="comma-separated runtimes, or 'all'")
+    convert.add_argument("--out", type=Path, default=Path("edgeforge-out"), help="output folder")
+    convert.add_argument("--precision", default="fp32", help="fp32 (default) or fp16")
+    convert.add_argument("--timeout", type=float, default=600, help="seconds per target")
+    _data_options(convert)
+    _output_options(convert)
+    convert.set_defaults(run=_convert)
+
+    verify = verbs.add_parser(
+        "verify", help="compare a candidate (artifact folder or .onnx) with its reference"
+    )
+    verify.add_argument("reference", metavar="REFERENCE", help="the source model")
+    verify.add_argument("candidate", metavar="CANDIDATE", help="artifact folder or .onnx")
+    _data_options(verify)
+    _tolerance_options(verify)
+    _output_options(verify)
+    verify.set_defaults(run=_verify)
 
     devices = verbs.add_parser("devices", help="the device catalogue, each figure with a source")
     devices.add_argument("names", nargs="*", metavar="DEVICE", help="only these devices")

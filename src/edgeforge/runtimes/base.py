@@ -162,7 +162,10 @@ class Session(ABC):
             raise EdgeforgeError(
                 f"inputs {sorted(feeds)} do not match the model's inputs {expected}"
             )
-        results = self._run({name: np.asarray(feeds[name]) for name in expected})
+        arrays = {name: np.asarray(feeds[name]) for name in expected}
+        for spec in self.inputs:
+            _check_feed(spec, arrays[spec.name])
+        results = self._run(arrays)
         if len(results) != len(self.outputs):
             raise EdgeforgeError(
                 f"the runtime returned {len(results)} outputs, the model declares "
@@ -204,6 +207,13 @@ class Runtime(ABC):
     def check(self, model: Model) -> list[Finding]:
         """What this runtime lacks or runs on a fallback for `model` (default: nothing known)."""
         return []
+
+    def intermediates(
+        self, artifact: Artifact, feeds: dict[str, np.ndarray], names: list[str], scratch: Path
+    ) -> dict[str, np.ndarray]:
+        """Values of the named intermediate (ONNX) tensors for `feeds`, as far as this runtime
+        can expose them; {} when it cannot (used to find the first diverging layer)."""
+        return {}
 
     def execution_blocker(self) -> str | None:
         """Why this machine cannot execute artifacts although the runtime is installed."""
@@ -279,6 +289,21 @@ class Runtime(ABC):
         if not available.can_execute:
             raise RuntimeUnavailable(f"runtime {self.name} cannot run here: {available.reason}")
         return self._open(artifact)
+
+
+def _check_feed(spec: TensorSpec, array: np.ndarray) -> None:
+    """A feed must have the input's rank and every fixed dimension."""
+    if spec.shape is None:
+        return
+    fixed = ["x".join(str(d) if isinstance(d, int) else "?" for d in spec.shape)]
+    if array.ndim != len(spec.shape) or any(
+        isinstance(want, int) and got != want
+        for got, want in zip(array.shape, spec.shape, strict=False)
+    ):
+        raise EdgeforgeError(
+            f"input {spec.name!r} has shape {'x'.join(map(str, array.shape))}, the artifact "
+            f"takes {fixed[0]}"
+        )
 
 
 def _spec(data: dict[str, Any]) -> TensorSpec:

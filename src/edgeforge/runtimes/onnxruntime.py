@@ -50,6 +50,20 @@ class OnnxRuntime(Runtime):
     def _open(self, artifact: Artifact) -> Session:
         return OrtSession(artifact.path, artifact)
 
+    def intermediates(
+        self, artifact: Artifact, feeds: dict[str, np.ndarray], names: list[str], scratch: Path
+    ) -> dict[str, np.ndarray]:
+        import onnxruntime as ort
+
+        from edgeforge.evaluate.localize import expose_all
+
+        exposed = scratch / "candidate_all_outputs.onnx"
+        expose_all(artifact.path, exposed)
+        session = ort.InferenceSession(str(exposed), providers=["CPUExecutionProvider"])
+        available = [o.name for o in session.get_outputs()]
+        wanted = [n for n in names if n in set(available)]
+        return dict(zip(wanted, session.run(wanted, feeds), strict=True))
+
     def check(self, model: Model) -> list[Finding]:
         """ONNX Runtime's CPU provider: an op it has no kernel for fails session creation."""
         import onnxruntime as ort
@@ -75,6 +89,9 @@ class OnnxRuntimeMobile(OnnxRuntime):
 
     name = "onnxruntime-mobile"
     format = "ort"
+
+    def intermediates(self, artifact, feeds, names, scratch) -> dict[str, np.ndarray]:
+        return {}  # the ORT format cannot be edited to expose more outputs
 
     def _build(self, model: Model, recipe: Recipe, folder: Path) -> tuple[str, list[str]]:
         source = folder / "source"

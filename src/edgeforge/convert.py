@@ -1,0 +1,242 @@
+"""`convert` and `check`: every target built, loaded, run and retested, each in its own process.
+
+Invariants:
+- each target runs in a child process with a time limit, so a converter that crashes or hangs
+  costs that target only; the others' results stand;
+- "built" is not "works": an artifact counts as verified only after it was loaded in its
+  runtime and its outputs matched the source's (see `edgeforge.evaluate.verify`);
+- a target that cannot run here (Core ML off macOS, TensorRT without a GPU, a runtime not
+  installed) is reported with the reason, never silently skipped.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeforge._load import load
+from edgeforge._progress import track
+from edgeforge.errors import EdgeforgeError
+from edgeforge.model import Model
+from edgeforge.recipe import Recipe
+from edgeforge.runtimes import RuntimeUnavailable, get_runtime, runtime_names
+
+__all__ = ["CheckReport", "Conversion", "TargetResult", "check", "convert", "parse_targets"]
+
+# What a status means, for tables and reports.
+STATUSES = {
+    "verified": "built, loaded, run and matched the source",
+    "parity-failed": "built and ran, but its outputs differ from the source",
+    "built-not-run": "built and validated, but this machine cannot execute it",
+    "not-installed": "the runtime is not installed here",
+    "unsupported": "the converter refused the model",
+    "crashed": "the converter crashed",
+    "timed-out": "the converter ran past the time limit",
+    "failed": "an unexpected error",
+}
+
+
+@dataclass
+class TargetResult:
+    runtime: str
+    status: str
+    detail: str = ""
+    artifact: str | None = None
+    size_bytes: int | None = None
+    seconds: float = 0.0
+    verification: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__, meaning=STATUSES.get(self.status, ""))
+
+
+@dataclass
+class Conversion:
+    source: str
+    out: str
+    precision: str
+    targets: list[TargetResult] = field(default_factory=list)
+
+    @property
+    def all_verified(self) -> bool:
+        return all(t.status in ("verified", "built-not-run") for t in self.targets)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "out": self.out,
+            "precision": self.precision,
+            "targets": [t.to_dict() for t in self.targets],
+        }
+
+
+@dataclass
+class CheckReport:
+    source: str
+    findings: list[dict[str, Any]]
+    runtimes: dict[str, dict[str, Any]]  # name -> status, detail, seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "runtimes": self.runtimes, "findings": self.findings}
+
+
+def parse_targets(text: str | list[str]) -> list[str]:
+    """'onnxruntime,openvino' or a list; 'all' means every registered runtime."""
+    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
+    if names == ["all"]:
+        return runtime_names()
+    for name in names:
+        get_runtime(name)  # an unknown name lists the valid ones
+    if not names:
+        raise EdgeforgeError("no runtime named; pass --to onnxruntime,openvino,... or --to all")
+    return names
+
+
+def convert(
+    source: Any,
+    targets: str | list[str],
+    out: str | Path,
+    *,
+    precision: str = "fp32",
+    data: str | Path | None = None,
+    timeout: float = 600,
+    **load_options: Any,
+) -> Conversion:
+    """Build every target from `source` into `out/<runtime>/`, then load, run and verify it."""
+    names = parse_targets(targets)
+    recipe = Recipe(precision)
+    out = Path(out)
+    model = load(source, workdir=out / "source", **load_options)
+    result = Conversion(model.provenance.source, str(out), precision)
+    for name in track(names, "Converting"):
+        job = {
+            "model": model,
+            "runtime": name,
+            "recipe": recipe.to_dict(),
+            "folder": str(out / name),
+            "data": str(data) if data else None,
+        }
+        result.targets.append(TargetResult(**_in_child(_convert_one, job, timeout)))
+    return result
+
+
+def check(
+    source: Any, runtimes: str | list[str], *, timeout: float = 600, **load_options
+) -> CheckReport:
+    """What each runtime lacks, runs on a fallback, or trips over, for `source`."""
+    names = parse_targets(runtimes)
+    model = load(source, **load_options)
+    findings: list[dict[str, Any]] = []
+    status: dict[str, dict[str, Any]] = {}
+    for name in track(names, "Checking"):
+        outcome = _in_child(_check_one, {"model": model, "runtime": name}, timeout)
+        findings += outcome.pop("findings", [])
+        status[name] = outcome
+    return CheckReport(model.provenance.source, findings, status)
+
+
+# -- child processes ---------------------------------------------------------------------------
+
+
+def _in_child(work, job: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Run `work(job)` in a fresh process and return its result dict (runtime, status,
+    detail, ...); a crash or a time-out becomes such a dict too."""
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    process = context.Process(target=_child_main, args=(work, job, results), daemon=True)
+    started = time.perf_counter()
+    process.start()
+    try:
+        outcome = results.get(timeout=timeout)
+    except queue.Empty:
+        outcome = None
+    process.join(timeout=10)
+    if process.is_alive():
+        process.kill()
+        process.join()
+    seconds = round(time.perf_counter() - started, 2)
+    if outcome is None:
+        timed_out = seconds >= timeout
+        outcome = {
+            "runtime": job["runtime"],
+            "status": "timed-out" if timed_out else "crashed",
+            "detail": f"no result after {timeout:g} s"
+            if timed_out
+            else f"the process died (exit code {process.exitcode})",
+        }
+    return outcome | {"seconds": seconds}
+
+
+def _child_main(work, job: dict[str, Any], results) -> None:
+    try:
+        outcome = work(job)
+    except RuntimeUnavailable as exc:
+        outcome = {"runtime": job["runtime"], "status": "not-installed", "detail": str(exc)}
+    except EdgeforgeError as exc:
+        outcome = {"runtime": job["runtime"], "status": "unsupported", "detail": str(exc)}
+    except Exception as exc:  # report the converter's own failure in one line
+        last = traceback.extract_tb(exc.__traceback__)[-1]
+        where = f"{Path(last.filename).name}:{last.lineno}"
+        first = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else ""
+        outcome = {
+            "runtime": job["runtime"],
+            "status": "failed",
+            "detail": f"{type(exc).__name__}: {first} (at {where})",
+        }
+    results.put(outcome)
+
+
+def _convert_one(job: dict[str, Any]) -> dict[str, Any]:
+    from edgeforge.evaluate.parity import verify
+
+    model: Model = job["model"]
+    runtime = get_runtime(job["runtime"])
+    artifact = runtime.build(model, Recipe.from_dict(job["recipe"]), Path(job["folder"]))
+    outcome: dict[str, Any] = {
+        "runtime": runtime.name,
+        "artifact": str(artifact.path),
+        "size_bytes": artifact.size_bytes(),
+    }
+    available = runtime.availability()
+    if not available.can_execute:
+        validate = getattr(runtime, "validate_without_running", None)
+        problems = validate(artifact) if validate else []
+        detail = f"cannot run here: {available.reason}"
+        if validate:
+            detail += "; signature validated" if not problems else f"; problems: {problems}"
+        return outcome | {"status": "built-not-run" if not problems else "failed", "detail": detail}
+    verification = verify(model, artifact, data=job["data"])
+    worst = max(verification.outputs, key=lambda o: o.max_rel)
+    detail = f"max abs error {worst.max_abs:.3g}, cosine {worst.cosine:.6f}"
+    if not verification.passed:
+        detail = "; ".join(o.reason for o in verification.outputs if o.reason)
+        if verification.divergence and verification.divergence.found:
+            d = verification.divergence
+            detail += f"; first diverges at {d.node} ({d.op_type})"
+    return outcome | {
+        "status": "verified" if verification.passed else "parity-failed",
+        "detail": detail,
+        "verification": verification.to_dict(),
+    }
+
+
+def _check_one(job: dict[str, Any]) -> dict[str, Any]:
+    runtime = get_runtime(job["runtime"])
+    available = runtime.availability()
+    if not available.installed:
+        return {"runtime": runtime.name, "status": "not-installed", "detail": available.reason}
+    findings = runtime.check(job["model"])
+    detail = f"{len(findings)} finding(s)"
+    if not available.can_execute:
+        detail += f"; cannot run here: {available.reason}"
+    return {
+        "runtime": runtime.name,
+        "status": "checked",
+        "detail": detail,
+        "findings": [f.to_dict() for f in findings],
+    }

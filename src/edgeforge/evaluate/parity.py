@@ -1,0 +1,217 @@
+"""`verify`: does a converted or shrunk model still compute what its reference computes?
+
+Both are fed the same inputs (from `--data`, else synthesised with edge values); every output is
+compared with precision-dependent tolerances; when they part, the first diverging layer is
+named; with labels, the task metric is reported for both. The candidate is an artifact folder
+written by `convert` (any runtime) or an `.onnx` file (run in ONNX Runtime).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeforge._load import load
+from edgeforge._progress import track
+from edgeforge.errors import EdgeforgeError
+from edgeforge.evaluate.compare import OutputComparison, Tolerance, compare, tolerance_for
+from edgeforge.evaluate.data import Samples, load_data, synthesize
+from edgeforge.evaluate.localize import Divergence, first_divergence, reference_intermediates
+from edgeforge.model import Model, TensorSpec
+from edgeforge.runtimes import Artifact, Manifest, get_runtime
+
+__all__ = ["Verification", "open_candidate", "verify"]
+
+
+@dataclass
+class Verification:
+    reference: str
+    candidate: str
+    runtime: str
+    precision: str
+    tolerance: Tolerance
+    samples: int
+    data: str
+    outputs: list[OutputComparison]
+    passed: bool
+    divergence: Divergence | None = None
+    task_metric: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+    created: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "reference": self.reference,
+            "candidate": self.candidate,
+            "runtime": self.runtime,
+            "precision": self.precision,
+            "tolerance": {k: _finite(v) for k, v in self.tolerance.to_dict().items()},
+            "samples": self.samples,
+            "data": self.data,
+            "passed": self.passed,
+            "outputs": [o.to_dict() for o in self.outputs],
+            "divergence": self.divergence.to_dict() if self.divergence else None,
+            "task_metric": self.task_metric,
+            "notes": self.notes,
+            "created": self.created,
+        }
+
+
+def open_candidate(candidate: str | Path | Artifact) -> Artifact:
+    """An artifact folder (with manifest.json), or an .onnx file treated as one."""
+    if isinstance(candidate, Artifact):
+        return candidate
+    path = Path(candidate)
+    if path.is_dir():
+        return Artifact.load(path)
+    if path.is_file() and path.suffix.lower() == ".onnx":
+        from edgeforge._onnx_file import open_onnx
+
+        model = open_onnx(path)
+        manifest = Manifest(
+            runtime="onnxruntime",
+            format="onnx",
+            file=path.name,
+            source=str(path),
+            source_sha256="",
+            recipe={"precision": "fp32", "options": {}},
+            inputs=[t.to_dict() for t in model.inputs],
+            outputs=[t.to_dict() for t in model.outputs],
+            tools={},
+            created="",
+        )
+        return Artifact(path.parent, manifest)
+    raise EdgeforgeError(
+        f"{path}: not an artifact folder or .onnx file; pass a folder written by "
+        "`edgeforge convert` or an .onnx file"
+    )
+
+
+def verify(
+    reference: Any,
+    candidate: str | Path | Artifact,
+    *,
+    data: str | Path | None = None,
+    precision: str | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    min_cosine: float | None = None,
+    localize: bool = True,
+) -> Verification:
+    """Compare `candidate` against `reference` (anything `edgeforge.load` takes)."""
+    model = load(reference)
+    artifact = open_candidate(candidate)
+    _check_signatures(model, artifact)
+    precision = precision or artifact.manifest.recipe.get("precision", "fp32")
+    tolerance = tolerance_for(precision, rtol=rtol, atol=atol, min_cosine=min_cosine)
+    samples = load_data(Path(data), model.inputs) if data else synthesize(model)
+    runtime = get_runtime(artifact.runtime)
+
+    import onnxruntime as ort
+
+    reference_session = ort.InferenceSession(
+        str(model.onnx_path), providers=["CPUExecutionProvider"]
+    )
+    output_names = [t.name for t in model.outputs]
+    expected: list[list[np.ndarray]] = [[] for _ in output_names]
+    got: list[list[np.ndarray]] = [[] for _ in output_names]
+    with runtime.open(artifact) as session:
+        for feed in track(samples.feeds, f"Verifying on {artifact.runtime}"):
+            for i, value in enumerate(reference_session.run(output_names, feed)):
+                expected[i].append(value)
+            result = session.run(feed)
+            for i, name in enumerate(output_names):
+                got[i].append(result[name])
+    outputs = [compare(name, expected[i], got[i], tolerance) for i, name in enumerate(output_names)]
+    passed = all(o.passed for o in outputs)
+    result = Verification(
+        reference=model.provenance.source,
+        candidate=str(artifact.path),
+        runtime=artifact.runtime,
+        precision=precision,
+        tolerance=tolerance,
+        samples=len(samples.feeds),
+        data=samples.source,
+        outputs=outputs,
+        passed=passed,
+        task_metric=_task_metric(samples, expected[0], got[0]),
+        created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    )
+    if not passed and localize:
+        result.divergence = _localize(model, artifact, runtime, samples, expected, got, tolerance)
+    return result
+
+
+def _localize(model, artifact, runtime, samples, expected, got, tolerance) -> Divergence:
+    worst = int(
+        np.argmax([np.max(np.abs(e - g)) for e, g in zip(expected[0], got[0], strict=True)])
+    )
+    feed = samples.feeds[worst]
+    with tempfile.TemporaryDirectory(prefix="edgeforge-localize-") as scratch:
+        order, reference_values = reference_intermediates(model, feed, Path(scratch))
+        names = [tensor for tensor, _, _ in order]
+        candidate_values = runtime.intermediates(artifact, feed, names, Path(scratch))
+    if not candidate_values:
+        return Divergence(
+            False,
+            note=f"{artifact.runtime} cannot expose intermediate tensors under their ONNX names"
+            + (" (it converts from a torch program)" if runtime.hub == "torch" else ""),
+        )
+    return first_divergence(order, reference_values, candidate_values, tolerance)
+
+
+def _check_signatures(model: Model, artifact: Artifact) -> None:
+    for kind, ours, theirs in (
+        ("input", model.inputs, artifact.inputs),
+        ("output", model.outputs, artifact.outputs),
+    ):
+        if [t.name for t in ours] != [t.name for t in theirs]:
+            raise EdgeforgeError(
+                f"the candidate's {kind}s {[t.name for t in theirs]} differ from the "
+                f"reference's {[t.name for t in ours]}; verify a candidate built from this model"
+            )
+        for a, b in zip(ours, theirs, strict=True):
+            if a.dtype != b.dtype or not _shapes_agree(a, b):
+                raise EdgeforgeError(
+                    f"{kind} {a.name!r} is {a.dtype} {list(a.shape or [])} in the reference but "
+                    f"{b.dtype} {list(b.shape or [])} in the candidate"
+                )
+
+
+def _shapes_agree(a: TensorSpec, b: TensorSpec) -> bool:
+    if a.shape is None or b.shape is None:
+        return True
+    if len(a.shape) != len(b.shape):
+        return False
+    return all(
+        not (isinstance(x, int) and isinstance(y, int)) or x == y
+        for x, y in zip(a.shape, b.shape, strict=True)
+    )
+
+
+def _task_metric(samples: Samples, expected, got) -> dict[str, Any] | None:
+    if samples.labels is None:
+        return None
+    labels = np.asarray(samples.labels)
+    reference = np.concatenate(expected)
+    candidate = np.concatenate(got)
+    if labels.dtype.kind in "iu" and reference.ndim == 2 and reference.shape[1] > 1:
+        return {
+            "metric": "top-1 accuracy",
+            "reference": float(np.mean(reference.argmax(1) == labels)),
+            "candidate": float(np.mean(candidate.argmax(1) == labels)),
+        }
+    return {
+        "metric": "mean absolute error",
+        "reference": float(np.mean(np.abs(reference.reshape(labels.shape) - labels))),
+        "candidate": float(np.mean(np.abs(candidate.reshape(labels.shape) - labels))),
+    }
+
+
+def _finite(value: float) -> float | str:
+    return value if np.isfinite(value) else "inf"

@@ -1,0 +1,103 @@
+"""Rich tables for the results of `check`, `convert` and `verify` (the CLI's default view)."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from edgeforge._progress import output_console
+from edgeforge.report.html import human_bytes
+
+__all__ = ["print_check", "print_conversion", "print_verification"]
+
+_STYLE = {
+    "verified": "green",
+    "built-not-run": "yellow",
+    "parity-failed": "red",
+    "unsupported": "red",
+    "crashed": "red",
+    "timed-out": "red",
+    "failed": "red",
+    "not-installed": "yellow",
+}
+
+
+def print_conversion(result) -> None:
+    table = Table(title=f"convert {result.source} ({result.precision})")
+    for column in ("runtime", "status", "size", "seconds", "detail"):
+        table.add_column(column, overflow="fold")
+    for target in result.targets:
+        style = _STYLE.get(target.status, "")
+        table.add_row(
+            target.runtime,
+            f"[{style}]{target.status}[/]" if style else target.status,
+            human_bytes(target.size_bytes) if target.size_bytes else "—",
+            f"{target.seconds:.1f}",
+            target.detail,
+        )
+    output_console().print(table)
+    output_console().print(f"artifacts in {result.out}/<runtime>/ (each with manifest.json)")
+
+
+def print_verification(result) -> None:
+    console = output_console()
+    verdict = "[green]PASS[/]" if result.passed else "[red]FAIL[/]"
+    console.print(
+        f"{verdict} {result.candidate} ({result.runtime}, judged as {result.precision}) against "
+        f"{result.reference} on {result.samples} samples ({result.data})"
+    )
+    table = Table()
+    for column in ("output", "max abs", "max rel", "cosine", "SNR dB", "top-1", "top-5", "why"):
+        table.add_column(column, overflow="fold")
+    for o in result.outputs:
+        table.add_row(
+            o.name,
+            f"{o.max_abs:.3g}",
+            f"{o.max_rel:.3g}",
+            f"{o.cosine:.6f}",
+            f"{o.snr_db:.1f}",
+            "—" if o.top1 is None else f"{o.top1:.1%}",
+            "—" if o.top5 is None else f"{o.top5:.1%}",
+            o.reason or "within tolerance",
+        )
+    console.print(table)
+    divergence = result.divergence
+    if divergence is not None:
+        if divergence.found:
+            console.print(
+                f"[red]first diverges at node {divergence.node}[/] ({divergence.op_type}, "
+                f"tensor {divergence.tensor}, relative error {divergence.relative_error:.3g}; "
+                f"{divergence.compared} layers compared)"
+            )
+        else:
+            console.print(f"layer localisation: {divergence.note}")
+    if result.task_metric:
+        m = result.task_metric
+        console.print(
+            f"{m['metric']}: reference {m['reference']:.4g}, candidate {m['candidate']:.4g}"
+        )
+
+
+def print_check(report) -> None:
+    console = output_console()
+    runtimes = Table(title=f"check {report.source}")
+    for column in ("runtime", "status", "detail"):
+        runtimes.add_column(column, overflow="fold")
+    for name, outcome in report.runtimes.items():
+        runtimes.add_row(name, outcome["status"], outcome["detail"])
+    console.print(runtimes)
+    if not report.findings:
+        console.print("no findings: every checked runtime takes the model as it is")
+        return
+    findings = Table(title="findings")
+    for column in ("runtime", "severity", "op", "what", "workaround", "evidence"):
+        findings.add_column(column, overflow="fold")
+    for f in report.findings:
+        findings.add_row(
+            f["runtime"],
+            f["severity"],
+            f.get("op_type") or "—",
+            f["message"],
+            f["workaround"],
+            f.get("evidence", ""),
+        )
+    console.print(findings)

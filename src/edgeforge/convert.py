@@ -11,6 +11,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import queue
 import time
@@ -151,17 +152,22 @@ def _in_child(work, job: dict[str, Any], timeout: float) -> dict[str, Any]:
     process = context.Process(target=_child_main, args=(work, job, results), daemon=True)
     started = time.perf_counter()
     process.start()
-    try:
-        outcome = results.get(timeout=timeout)
-    except queue.Empty:
-        outcome = None
+    outcome = None
+    while outcome is None and time.perf_counter() - started < timeout:
+        try:
+            outcome = results.get(timeout=0.25)
+        except queue.Empty:
+            if not process.is_alive():  # died without a word; take a last look
+                with contextlib.suppress(queue.Empty):
+                    outcome = results.get(timeout=1)
+                break
     process.join(timeout=10)
     if process.is_alive():
         process.kill()
         process.join()
     seconds = round(time.perf_counter() - started, 2)
     if outcome is None:
-        timed_out = seconds >= timeout
+        timed_out = process.exitcode in (None, -9) and seconds >= timeout
         outcome = {
             "runtime": job["runtime"],
             "status": "timed-out" if timed_out else "crashed",

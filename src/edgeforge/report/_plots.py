@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
-__all__ = ["activation_timeline_svg", "work_by_op_type_svg"]
+__all__ = ["activation_timeline_svg", "layer_error_svg", "work_by_op_type_svg"]
 
 
 def _figure(width: float = 7.5, height: float = 3.2):
@@ -67,4 +67,29 @@ def activation_timeline_svg(profile: dict[str, Any]) -> str:
     axes.set_xlabel("node (topological order)")
     axes.set_ylabel(f"live activations ({prefix}B)")
     axes.set_title("Activation memory over execution")
+    return _svg(pyplot, figure)
+
+
+def layer_error_svg(verification: dict[str, Any]) -> str:
+    """Relative error of each intermediate tensor along the graph, first divergence marked."""
+    divergence = verification.get("divergence") or {}
+    layers = divergence.get("layers") or []
+    if not layers:
+        return ""
+    pyplot, figure, axes = _figure()
+    errors = [max(layer["relative_error"], 1e-12) for layer in layers]
+    axes.semilogy(range(len(errors)), errors, marker=".", color="#3b6ea8", linewidth=1)
+    if divergence.get("found"):
+        index = next(i for i, layer in enumerate(layers) if layer["tensor"] == divergence["tensor"])
+        axes.scatter([index], [errors[index]], color="#c0392b", zorder=3)
+        axes.annotate(
+            f"first divergence: {divergence['node']}",
+            (index, errors[index]),
+            textcoords="offset points",
+            xytext=(6, 6),
+            fontsize=8,
+        )
+    axes.set_xlabel("layer (topological order)")
+    axes.set_ylabel("relative error (max |diff| / max |ref|)")
+    axes.set_title("Error per layer, candidate against reference")
     return _svg(pyplot, figure)

@@ -49,6 +49,13 @@ def render_html(sections: dict[str, Any], title: str = "edgeforge report") -> st
     if "inspect" in sections:
         plots["work"] = _plots.work_by_op_type_svg(sections["inspect"])
         plots["memory"] = _plots.activation_timeline_svg(sections["inspect"])
+    verifications = [sections["verify"]] if "verify" in sections else []
+    verifications += [
+        t["verification"]
+        for t in sections.get("convert", {}).get("targets", [])
+        if t.get("verification")
+    ]
+    plots["layers"] = {v["candidate"]: _plots.layer_error_svg(v) for v in verifications}
     template = _environment().get_template("report.html.j2")
     return template.render(
         title=title,

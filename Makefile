@@ -10,8 +10,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): $(BIN)/python pyproject.toml constraints.txt
+$(STAMP): $(BIN)/python pyproject.toml constraints.txt scripts/install-web-deps.sh
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,all]'
+	bash scripts/install-web-deps.sh
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from edgeforge._load import load
 from edgeforge._progress import console
 from edgeforge.analysis import inspect
+from edgeforge.convert import convert
 from edgeforge.devices import list_devices
+from edgeforge.render import print_conversion
 from edgeforge.report import write_report
 from edgeforge.zoo import train_digits_cnn
 
@@ -24,7 +27,7 @@ __all__ = ["run_demo"]
 def run_demo(out: Path) -> Path:
     """Run the demo into `out`; returns the HTML report's path."""
     out = Path(out)
-    console.print("[bold]1/3[/] training a CNN on scikit-learn's digits")
+    console.print("[bold]1/4[/] training a CNN on scikit-learn's digits")
     module, data, accuracy = train_digits_cnn()
     example = torch.from_numpy(data.test_x[:1])
     model = load(
@@ -35,9 +38,13 @@ def run_demo(out: Path) -> Path:
         dynamic_axes={"image": {0: "batch"}},
         workdir=out / "model",
     )
-    console.print(f"[bold]2/3[/] exported to {model.onnx_path} and checked in ONNX Runtime")
+    console.print(f"[bold]2/4[/] exported to {model.onnx_path} and checked in ONNX Runtime")
     profile = inspect(model)
-    console.print("[bold]3/3[/] inspected; writing the report")
+    console.print("[bold]3/4[/] inspected; converting to every runtime and retesting each")
+    data_folder = _labelled_samples(data, out / "data")
+    conversion = convert(model, "all", out / "artifacts", data=data_folder)
+    print_conversion(conversion)
+    console.print("[bold]4/4[/] writing the report")
     sections = {
         "demo": {
             "description": "A small CNN (conv-BN-ReLU x2, max-pool, two linear layers) trained "
@@ -51,6 +58,15 @@ def run_demo(out: Path) -> Path:
             },
         },
         "inspect": profile.to_dict(),
+        "convert": conversion.to_dict(),
         "devices": [device.to_dict() for device in list_devices()],
     }
     return write_report(sections, out / "report.html", title="edgeforge demo report")
+
+
+def _labelled_samples(data, folder: Path, count: int = 64) -> Path:
+    """Held-out digits as .npz samples with labels, so parity also reports accuracy."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        np.savez(folder / f"{i:03}.npz", image=data.test_x[i : i + 1], label=data.test_y[i])
+    return folder

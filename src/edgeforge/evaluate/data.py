@@ -70,15 +70,17 @@ def load_data(folder: Path, inputs: tuple[TensorSpec, ...], limit: int = 64) -> 
     return samples
 
 
-def synthesize(model: Model, count: int = 6, seed: int = 0) -> Samples:
-    """`count` samples: edge values first, then random ones; dynamic dims take 1 (batch) or
-    the value `inspect` would assume."""
+def synthesize(
+    model: Model, inputs: tuple[TensorSpec, ...] | None = None, count: int = 6, seed: int = 0
+) -> Samples:
+    """`count` samples for `inputs` (default: the model's): edge values first, then random
+    ones; dynamic dims take 1 on the batch axis and 16 elsewhere."""
     vocab = _vocabulary_sizes(model)
     rng = np.random.default_rng(seed)
     feeds = []
     for index in range(count):
         feed = {}
-        for spec in model.inputs:
+        for spec in inputs or model.inputs:
             shape = _concrete(spec)
             feed[spec.name] = _sample(spec.dtype, shape, index, rng, vocab.get(spec.name))
         feeds.append(feed)

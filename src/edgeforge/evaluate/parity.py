@@ -109,7 +109,8 @@ def verify(
     _check_signatures(model, artifact)
     precision = precision or artifact.manifest.recipe.get("precision", "fp32")
     tolerance = tolerance_for(precision, rtol=rtol, atol=atol, min_cosine=min_cosine)
-    samples = load_data(Path(data), model.inputs) if data else synthesize(model)
+    # The artifact's own input shapes: some runtimes fix dynamic dimensions when they convert.
+    samples = load_data(Path(data), artifact.inputs) if data else synthesize(model, artifact.inputs)
     runtime = get_runtime(artifact.runtime)
 
     import onnxruntime as ort

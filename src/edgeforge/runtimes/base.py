@@ -197,8 +197,9 @@ class Runtime(ABC):
     # -- what a subclass provides -----------------------------------------------------------
 
     @abstractmethod
-    def _build(self, model: Model, recipe: Recipe, folder: Path) -> tuple[str, list[str]]:
-        """Write the artifact into `folder`; return (main file name, notes)."""
+    def _build(self, model: Model, recipe: Recipe, folder: Path) -> tuple:
+        """Write the artifact into `folder`; return (main file name, notes), or (main file
+        name, notes, {input: shape}) when the artifact fixed dynamic input dimensions."""
 
     @abstractmethod
     def _open(self, artifact: Artifact) -> Session:
@@ -258,7 +259,8 @@ class Runtime(ABC):
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
         try:
-            main_file, notes = self._build(model, recipe, staging)
+            main_file, notes, *fixed = self._build(model, recipe, staging)
+            inputs = _with_shapes(model.inputs, fixed[0] if fixed else {})
             manifest = Manifest(
                 runtime=self.name,
                 format=self.format,
@@ -266,7 +268,7 @@ class Runtime(ABC):
                 source=model.provenance.source,
                 source_sha256=model_sha256(model),
                 recipe=recipe.to_dict(),
-                inputs=[t.to_dict() for t in model.inputs],
+                inputs=[t.to_dict() for t in inputs],
                 outputs=[t.to_dict() for t in model.outputs],
                 tools=self.versions(),
                 created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -289,6 +291,14 @@ class Runtime(ABC):
         if not available.can_execute:
             raise RuntimeUnavailable(f"runtime {self.name} cannot run here: {available.reason}")
         return self._open(artifact)
+
+
+def _with_shapes(
+    specs: tuple[TensorSpec, ...], shapes: dict[str, tuple[int, ...]]
+) -> tuple[TensorSpec, ...]:
+    return tuple(
+        TensorSpec(t.name, t.dtype, tuple(shapes[t.name])) if t.name in shapes else t for t in specs
+    )
 
 
 def _check_feed(spec: TensorSpec, array: np.ndarray) -> None:

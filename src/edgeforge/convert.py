@@ -147,7 +147,7 @@ def check(
 def _in_child(work, job: dict[str, Any], timeout: float) -> dict[str, Any]:
     """Run `work(job)` in a fresh process and return its result dict (runtime, status,
     detail, ...); a crash or a time-out becomes such a dict too."""
-    context = multiprocessing.get_context("spawn")
+    context = _context()
     results = context.Queue()
     process = context.Process(target=_child_main, args=(work, job, results), daemon=True)
     started = time.perf_counter()
@@ -176,6 +176,18 @@ def _in_child(work, job: dict[str, Any], timeout: float) -> dict[str, Any]:
             else f"the process died (exit code {process.exitcode})",
         }
     return outcome | {"seconds": seconds}
+
+
+def _context():
+    """Children fork from a clean server process that has the heavy modules imported once,
+    so a target costs its conversion, not another interpreter start (and never inherits the
+    parent's threads, as a plain fork would)."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(_PRELOAD)
+    return context
+
+
+_PRELOAD = ["edgeforge.convert", "edgeforge.evaluate.parity", "numpy", "onnx", "onnxruntime"]
 
 
 def _child_main(work, job: dict[str, Any], results) -> None:

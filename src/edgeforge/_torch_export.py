@@ -235,15 +235,26 @@ def _split_inputs(example_inputs: Any, source: str) -> tuple[tuple[Any, ...], di
             "a tuple of tensors or a dict of named tensors"
         )
     if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,), {}
+        return (_standard(example_inputs),), {}
     if isinstance(example_inputs, Mapping):
-        return (), dict(example_inputs)
+        return (), {k: _standard(v) for k, v in example_inputs.items()}
     if isinstance(example_inputs, (tuple, list)):
-        return tuple(example_inputs), {}
+        return tuple(_standard(v) for v in example_inputs), {}
     raise EdgeforgeError(
         f"{source}: example inputs must be a tensor, a tuple of tensors or a dict of tensors, "
         f"not {type(example_inputs).__name__}"
     )
+
+
+def _standard(value: Any) -> Any:
+    """A tensor with standard contiguous strides. Tensors made from numpy arrays can carry odd
+    strides on size-1 axes (64, 1, 8, 1); torch.export records them as a dim order that
+    ExecuTorch and Core ML then refuse or mis-run."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.clone(memory_format=torch.contiguous_format)
+    return value
 
 
 def _torch_counts(module: Any) -> TorchParameters:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.table import Table
 
 from edgeforge._progress import output_console
@@ -32,7 +33,7 @@ def print_conversion(result) -> None:
             f"[{style}]{target.status}[/]" if style else target.status,
             human_bytes(target.size_bytes) if target.size_bytes else "—",
             f"{target.seconds:.1f}",
-            target.detail,
+            escape(target.detail),
         )
     output_console().print(table)
     output_console().print(f"artifacts in {result.out}/<runtime>/ (each with manifest.json)")
@@ -57,7 +58,7 @@ def print_verification(result) -> None:
             f"{o.snr_db:.1f}",
             "—" if o.top1 is None else f"{o.top1:.1%}",
             "—" if o.top5 is None else f"{o.top5:.1%}",
-            o.reason or "within tolerance",
+            escape(o.reason or "within tolerance"),
         )
     console.print(table)
     divergence = result.divergence
@@ -69,7 +70,7 @@ def print_verification(result) -> None:
                 f"{divergence.compared} layers compared)"
             )
         else:
-            console.print(f"layer localisation: {divergence.note}")
+            console.print(f"layer localisation: {escape(divergence.note)}")
     if result.task_metric:
         m = result.task_metric
         console.print(
@@ -83,7 +84,7 @@ def print_check(report) -> None:
     for column in ("runtime", "status", "detail"):
         runtimes.add_column(column, overflow="fold")
     for name, outcome in report.runtimes.items():
-        runtimes.add_row(name, outcome["status"], outcome["detail"])
+        runtimes.add_row(name, outcome["status"], escape(outcome["detail"]))
     console.print(runtimes)
     if not report.findings:
         console.print("no findings: every checked runtime takes the model as it is")

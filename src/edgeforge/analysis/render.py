@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from edgeforge._progress import output_console
@@ -65,7 +66,7 @@ def print_profile(profile: Profile, top: int = 10, console: Console | None = Non
         nodes.add_column(column)
     for n in heavy:
         nodes.add_row(
-            n.name,
+            escape(n.name),
             n.op_type,
             human_count(n.macs),
             human_count(n.flops),

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeforge._load import load
-from edgeforge._progress import track
+from edgeforge._progress import progress_bar
 from edgeforge.errors import EdgeforgeError
 from edgeforge.model import Model
 from edgeforge.recipe import Recipe
@@ -106,88 +106,135 @@ def convert(
     precision: str = "fp32",
     data: str | Path | None = None,
     timeout: float = 600,
+    parallel: int = 2,
     **load_options: Any,
 ) -> Conversion:
-    """Build every target from `source` into `out/<runtime>/`, then load, run and verify it."""
+    """Build every target from `source` into `out/<runtime>/`, then load, run and verify it.
+
+    Up to `parallel` targets run at once, each in its own process limited to `timeout` s."""
     names = parse_targets(targets)
     recipe = Recipe(precision)
     out = Path(out)
     model = load(source, workdir=out / "source", **load_options)
     result = Conversion(model.provenance.source, str(out), precision)
-    for name in track(names, "Converting"):
-        job = {
+    jobs = [
+        {
             "model": model,
             "runtime": name,
             "recipe": recipe.to_dict(),
             "folder": str(out / name),
             "data": str(data) if data else None,
         }
-        result.targets.append(TargetResult(**_in_child(_convert_one, job, timeout)))
+        for name in names
+    ]
+    outcomes = _run_children(_convert_one, jobs, timeout, parallel, "Converting")
+    result.targets = [TargetResult(**outcome) for outcome in outcomes]
     return result
 
 
 def check(
-    source: Any, runtimes: str | list[str], *, timeout: float = 600, **load_options
+    source: Any,
+    runtimes: str | list[str],
+    *,
+    timeout: float = 600,
+    parallel: int = 2,
+    **load_options: Any,
 ) -> CheckReport:
     """What each runtime lacks, runs on a fallback, or trips over, for `source`."""
     names = parse_targets(runtimes)
     model = load(source, **load_options)
     findings: list[dict[str, Any]] = []
     status: dict[str, dict[str, Any]] = {}
-    for name in track(names, "Checking"):
-        outcome = _in_child(_check_one, {"model": model, "runtime": name}, timeout)
+    jobs = [{"model": model, "runtime": name} for name in names]
+    for outcome in _run_children(_check_one, jobs, timeout, parallel, "Checking"):
         findings += outcome.pop("findings", [])
-        status[name] = outcome
+        status[outcome["runtime"]] = outcome
     return CheckReport(model.provenance.source, findings, status)
 
 
 # -- child processes ---------------------------------------------------------------------------
 
 
+def _run_children(
+    work, jobs: list[dict[str, Any]], timeout: float, parallel: int, label: str
+) -> list[dict[str, Any]]:
+    """Run `work(job)` for every job, each in a fresh process, at most `parallel` at a time;
+    results come back in the jobs' order. A crash or a time-out becomes a result too."""
+    context = _context([job["runtime"] for job in jobs])
+    pending = list(enumerate(jobs))
+    running: dict[int, tuple[Any, Any, float]] = {}
+    results: dict[int, dict[str, Any]] = {}
+    with progress_bar(label, len(jobs)) as advance:
+        while pending or running:
+            while pending and len(running) < max(1, parallel):
+                index, job = pending.pop(0)
+                channel = context.Queue()
+                process = context.Process(
+                    target=_child_main, args=(work, job, channel), daemon=True
+                )
+                process.start()
+                running[index] = (process, channel, time.perf_counter())
+            for index, (process, channel, started) in list(running.items()):
+                outcome = _collect(process, channel, started, timeout, jobs[index]["runtime"])
+                if outcome is not None:
+                    results[index] = outcome
+                    del running[index]
+                    advance()
+            time.sleep(0.05)
+    return [results[i] for i in range(len(jobs))]
+
+
 def _in_child(work, job: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """Run `work(job)` in a fresh process and return its result dict (runtime, status,
-    detail, ...); a crash or a time-out becomes such a dict too."""
-    context = _context()
-    results = context.Queue()
-    process = context.Process(target=_child_main, args=(work, job, results), daemon=True)
-    started = time.perf_counter()
-    process.start()
+    """One job in its own process (see `_run_children`)."""
+    return _run_children(work, [job], timeout, 1, job["runtime"])[0]
+
+
+def _collect(process, channel, started: float, timeout: float, runtime: str):
+    """The child's result if it is done (or dead, or out of time), else None."""
+    elapsed = time.perf_counter() - started
     outcome = None
-    while outcome is None and time.perf_counter() - started < timeout:
-        try:
-            outcome = results.get(timeout=0.25)
-        except queue.Empty:
-            if not process.is_alive():  # died without a word; take a last look
-                with contextlib.suppress(queue.Empty):
-                    outcome = results.get(timeout=1)
-                break
+    with contextlib.suppress(queue.Empty):
+        outcome = channel.get_nowait()
+    if outcome is None and process.is_alive() and elapsed < timeout:
+        return None
+    if outcome is None and not process.is_alive():  # died; take a last look at the channel
+        with contextlib.suppress(queue.Empty):
+            outcome = channel.get(timeout=1)
     process.join(timeout=10)
     if process.is_alive():
         process.kill()
         process.join()
-    seconds = round(time.perf_counter() - started, 2)
     if outcome is None:
-        timed_out = process.exitcode in (None, -9) and seconds >= timeout
+        timed_out = elapsed >= timeout
         outcome = {
-            "runtime": job["runtime"],
+            "runtime": runtime,
             "status": "timed-out" if timed_out else "crashed",
             "detail": f"no result after {timeout:g} s"
             if timed_out
             else f"the process died (exit code {process.exitcode})",
         }
-    return outcome | {"seconds": seconds}
+    return outcome | {"seconds": round(time.perf_counter() - started, 2)}
 
 
-def _context():
-    """Children fork from a clean server process that has the heavy modules imported once,
-    so a target costs its conversion, not another interpreter start (and never inherits the
-    parent's threads, as a plain fork would)."""
+def _context(runtimes: list[str]):
+    """Children fork from a clean server process that imported the heavy modules once, so a
+    target costs its conversion, not another interpreter start (and never inherits the
+    parent's threads, as a plain fork would). The server starts with the first call,
+    preloading what that call's runtimes import; later calls share it."""
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(_PRELOAD)
+    modules = [m for name in runtimes for m in _RUNTIME_MODULES.get(name, ())]
+    context.set_forkserver_preload([*_PRELOAD, *dict.fromkeys(modules)])
     return context
 
 
+# Imported once in the fork server; a module that is not installed is skipped there.
 _PRELOAD = ["edgeforge.convert", "edgeforge.evaluate.parity", "numpy", "onnx", "onnxruntime"]
+_RUNTIME_MODULES = {
+    "openvino": ("openvino",),
+    "litert": ("torch", "litert_torch", "ai_edge_litert.interpreter"),
+    "executorch": ("torch", "executorch.exir", "executorch.runtime"),
+    "coreml": ("torch", "coremltools"),
+}
 
 
 def _child_main(work, job: dict[str, Any], results) -> None:

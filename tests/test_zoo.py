@@ -116,9 +116,6 @@ def test_recurrent_classifier_exports_to_the_native_onnx_rnn_op(recurrent_profil
     assert profile.outputs == [{"name": "logits", "dtype": "float32", "shape": ["batch", 10]}]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="analysis/_costs.py has no cost rule for ONNX LSTM and GRU yet"
-)
 def test_recurrent_classifier_costs_its_analytic_macs(recurrent_profile):
     name, profile = recurrent_profile
     assert profile.macs == pytest.approx(catalog.lookup(name).macs, rel=0.05)

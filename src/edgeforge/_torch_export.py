@@ -82,7 +82,7 @@ def export_module(
         program = torch.onnx.export(
             module, args, kwargs=kwargs or None, dynamo=True, dynamic_axes=dynamic_axes, **common
         )
-        _save_program(program, path)
+        _save_program(program, path, _plain_export(module, args, kwargs))
 
     def torchscript(path: Path) -> None:
         with warnings.catch_warnings():
@@ -136,7 +136,7 @@ def export_program(path: Path, out_dir: Path) -> Model:
 
     def dynamo(onnx_path: Path) -> None:
         _save_program(
-            torch.onnx.export(program, args, kwargs=kwargs or None, dynamo=True), onnx_path
+            torch.onnx.export(program, args, kwargs=kwargs or None, dynamo=True), onnx_path, program
         )
 
     return _export_checked(
@@ -264,8 +264,9 @@ def _torch_counts(module: Any) -> TorchParameters:
     )
 
 
-def _save_program(program: Any, path: Path) -> None:
-    """Save the ONNX model and, beside it, the torch.export program it came from."""
+def _save_program(program: Any, path: Path, torch_program: Any = None) -> None:
+    """Save the ONNX model and, beside it, the torch.export program for the runtimes that
+    convert from torch: `torch_program` when given, else the ONNX exporter's own."""
     import torch
 
     size = sum(
@@ -274,8 +275,25 @@ def _save_program(program: Any, path: Path) -> None:
         if v.const_value is not None
     )
     program.save(str(path), external_data=size > _SINGLE_FILE_LIMIT)
-    if program.exported_program is not None:
-        torch.export.save(program.exported_program, str(path.with_name(TORCH_PROGRAM)))
+    torch_program = torch_program or program.exported_program
+    if torch_program is not None:
+        torch.export.save(torch_program, str(path.with_name(TORCH_PROGRAM)))
+
+
+def _plain_export(module: Any, args: tuple, kwargs: dict) -> Any:
+    """`torch.export` of the module at the example shapes, before any decomposition.
+
+    The ONNX exporter's program has been decomposed for ONNX (down to prims such as
+    convert_element_type), which LiteRT, ExecuTorch and Core ML cannot lower; their own
+    pipelines expect an ATen-level program. None when torch.export cannot trace the module.
+    """
+    import torch
+
+    try:
+        with _quiet():
+            return torch.export.export(module, args, kwargs=kwargs or None)
+    except Exception:  # the ONNX exporter's program is the fallback
+        return None
 
 
 def _export_checked(dynamo, torchscript, out_dir, args, kwargs, reference, provenance, counts):

@@ -55,9 +55,9 @@ class TensorSpec:
             return cls(value.name, dtype, None)
         dims: list[Dim] = []
         for dim in tensor_type.shape.dim:
-            if dim.HasField("dim_value"):
+            if dim.HasField("dim_value") and dim.dim_value > 0:
                 dims.append(dim.dim_value)
-            elif dim.HasField("dim_param"):
+            elif dim.HasField("dim_param") and dim.dim_param:
                 dims.append(dim.dim_param)
             else:
                 dims.append(None)

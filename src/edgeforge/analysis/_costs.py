@@ -2,8 +2,8 @@
 
 Conventions (what a caller can rely on):
 - MACs are counted for the ops that multiply and accumulate: Conv, ConvTranspose, Gemm, MatMul
-  (and their quantized and contrib forms), Einsum and attention. FLOPs of those are 2 x MACs plus
-  one per output element for a bias.
+  (and their quantized and contrib forms), Einsum, attention and the recurrent LSTM/GRU/RNN.
+  FLOPs of those are 2 x MACs plus one per output element for a bias.
 - Elementwise ops cost one FLOP per output element (transcendentals such as Exp or Erf too, which
   undercounts them on real hardware); n-ary Sum/Max/Min/Mean cost n-1 per element.
 - Pooling costs one FLOP per window element per output; global pooling and reductions one per
@@ -171,6 +171,20 @@ def _multi_head_attention(n: _Node) -> tuple[int, int]:
     return macs, 2 * macs + 3 * batch * heads * seq * kv_len
 
 
+def _recurrent(n: _Node) -> tuple[int, int]:
+    """ONNX LSTM/GRU/RNN: every step multiplies the input by W and the state by R.
+
+    MACs = steps x batch x (elements of W + elements of R); FLOPs add the biases and about
+    ten elementwise operations per hidden unit and step for the gates."""
+    x, w, r = n.input(0), n.input(1), n.input(2)
+    steps, batch = (x[1], x[0]) if n.attr("layout", 0) else (x[0], x[1])
+    directions, hidden = w[0], r[2]
+    macs = steps * batch * (_numel(w) + _numel(r))
+    bias = steps * batch * _numel(n.input(3)) if n.has_input(3) else 0
+    gates = 10 * steps * batch * directions * hidden
+    return macs, 2 * macs + bias + gates
+
+
 def _per_output(cost: int) -> Callable[[_Node], tuple[int, int]]:
     return lambda n: (0, cost * _numel(n.output()))
 
@@ -225,6 +239,9 @@ _RULES: dict[str, tuple[str, Callable[[_Node], tuple[int, int]]]] = {
     "Einsum": ("matmul", _einsum),
     "Attention": ("attention", _attention),
     "MultiHeadAttention": ("attention", _multi_head_attention),
+    "LSTM": ("recurrent", _recurrent),
+    "GRU": ("recurrent", _recurrent),
+    "RNN": ("recurrent", _recurrent),
     "MaxPool": ("pooling", _pool),
     "AveragePool": ("pooling", _pool),
     "LpPool": ("pooling", _pool),
@@ -256,6 +273,7 @@ CATEGORIES = (
     "conv",
     "matmul",
     "attention",
+    "recurrent",
     "pooling",
     "normalization",
     "softmax",

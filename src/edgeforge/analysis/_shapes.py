@@ -147,7 +147,8 @@ def _pin_input(value: onnx.ValueInfoProto, override: Shape | None) -> list[Assum
     assumed = []
     is_integer = tensor_type.elem_type in _INT_TYPES
     for axis, dim in enumerate(dims):
-        fixed = dim.dim_value if dim.HasField("dim_value") else None
+        # Some exporters write -1 (or 0) for a dynamic axis: treat it as dynamic.
+        fixed = dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None
         if override is not None:
             if fixed is not None and fixed != override[axis]:
                 raise EdgeforgeError(

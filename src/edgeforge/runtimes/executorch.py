@@ -38,12 +38,14 @@ from edgeforge.runtimes.base import Artifact, Finding, Runtime, Session, model_s
 __all__ = ["ExecuTorch", "ExecuTorchSession"]
 
 MODEL_FILE = "model.pte"
-_CHECK_VERSION = 1  # bump when check() changes what it reports, so old cache entries go stale
+_CHECK_VERSION = 2  # bump when check() changes what it reports, so old cache entries go stale
 _ATEN_OP = re.compile(r"\baten\.[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)?")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-# Nodes that compute or check shapes, and the scalar constants torch.onnx's decompositions
-# make of Python numbers (`x * 2`): they cost nothing worth a finding.
-_BOOKKEEPING = re.compile(r"^aten\.(sym_\w+|_assert_\w+|scalar_tensor)(\.|$)")
+# Nodes that compute or check shapes, and Python numbers made tensors (`x * 2` gives a
+# scalar_tensor or a dim-order copy): they cost nothing worth a finding.
+_BOOKKEEPING = re.compile(
+    r"^(aten\.(sym_\w+|_assert_\w+|scalar_tensor)|dim_order_ops\._to_dim_order_copy)(\.|$)"
+)
 
 
 class ExecuTorchSession(Session):

@@ -15,14 +15,8 @@ Invariants a caller can rely on:
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import io
-import os
 import re
-import sys
-import tempfile
-import warnings
-from collections.abc import Iterator
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +27,7 @@ from edgeforge._cache import remember
 from edgeforge.errors import EdgeforgeError
 from edgeforge.model import Model
 from edgeforge.recipe import Recipe
+from edgeforge.runtimes._native import ANSI, census, first_line, silenced
 from edgeforge.runtimes.base import Artifact, Finding, Runtime, Session, model_sha256
 
 __all__ = ["ExecuTorch", "ExecuTorchSession"]
@@ -40,7 +35,6 @@ __all__ = ["ExecuTorch", "ExecuTorchSession"]
 MODEL_FILE = "model.pte"
 _CHECK_VERSION = 2  # bump when check() changes what it reports, so old cache entries go stale
 _ATEN_OP = re.compile(r"\baten\.[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)?")
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # Nodes that compute or check shapes, and Python numbers made tensors (`x * 2` gives a
 # scalar_tensor or a dim-order copy): they cost nothing worth a finding.
 _BOOKKEEPING = re.compile(
@@ -53,7 +47,7 @@ class ExecuTorchSession(Session):
 
     def __init__(self, artifact: Artifact) -> None:
         super().__init__(artifact.inputs, artifact.outputs)
-        with _silenced():
+        with silenced():
             from executorch.runtime import Runtime as EtRuntime
 
             try:
@@ -62,7 +56,7 @@ class ExecuTorchSession(Session):
                 self._method = self._program.load_method("forward")
             except (RuntimeError, ValueError, KeyError) as exc:
                 raise EdgeforgeError(
-                    f"{artifact.path}: ExecuTorch cannot load it ({_first_line(exc)}); rebuild it"
+                    f"{artifact.path}: ExecuTorch cannot load it ({first_line(exc)}); rebuild it"
                 ) from None
         meta = self._method.metadata
         if meta.num_inputs() != len(self.inputs) or meta.num_outputs() != len(self.outputs):
@@ -87,13 +81,13 @@ class ExecuTorchSession(Session):
             for tensor, spec in zip(tensors, self.inputs, strict=True)
         )
         try:
-            with _silenced() if resized else contextlib.nullcontext():
+            with silenced() if resized else contextlib.nullcontext():
                 results = self._method.execute(tensors)
         except RuntimeError as exc:
             if not resized:
-                raise EdgeforgeError(f"ExecuTorch failed to run it ({_first_line(exc)})") from None
+                raise EdgeforgeError(f"ExecuTorch failed to run it ({first_line(exc)})") from None
             raise EdgeforgeError(
-                f"ExecuTorch cannot run these inputs ({_first_line(exc)}); the artifact was "
+                f"ExecuTorch cannot run these inputs ({first_line(exc)}); the artifact was "
                 f"converted for shapes {self._built}, and its memory planned for them: "
                 "convert again with example inputs of the largest shape you need"
             ) from None
@@ -131,7 +125,7 @@ class ExecuTorch(Runtime):
             f"delegated subgraph(s); {len(lowered.portable)} run on the portable kernels",
         ]
         if lowered.portable:
-            notes.append(f"on the portable CPU kernels: {_census(lowered.portable)}")
+            notes.append(f"on the portable CPU kernels: {census(lowered.portable)}")
         return MODEL_FILE, notes, lowered.shapes
 
     def _open(self, artifact: Artifact) -> Session:
@@ -186,7 +180,7 @@ class ExecuTorch(Runtime):
                 op_type=op,
                 evidence="conversion attempt",
             )
-            for op, count in _counts(lowered.portable).items()
+            for op, count in sorted(Counter(lowered.portable).items())
         ]
         for spec in model.inputs:
             if spec.dynamic_dims:
@@ -222,7 +216,7 @@ class _LoweringFailed(EdgeforgeError):
 
 def _lower(model: Model) -> _Lowered:
     failure: BaseException | None = None
-    with _silenced():
+    with silenced():
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
             XnnpackPartitioner,
         )
@@ -248,7 +242,7 @@ def _load_program(model: Model) -> Any:
         return torch.export.load(str(model.torch_program))
     except Exception as exc:  # torch raises whatever its unpickling and checks raise
         raise EdgeforgeError(
-            f"{model.torch_program}: cannot load the torch.export program ({_first_line(exc)}); "
+            f"{model.torch_program}: cannot load the torch.export program ({first_line(exc)}); "
             "load the model again"
         ) from None
 
@@ -302,9 +296,9 @@ def _reason(exc: BaseException) -> str:
     lists the offending ops on the lines after a general first line)."""
     while exc.__cause__ is not None:
         exc = exc.__cause__
-    line = _first_line(exc)
+    line = first_line(exc)
     if not _op_in(line):
-        op = _op_in(_ANSI.sub("", str(exc)))
+        op = _op_in(ANSI.sub("", str(exc)))
         if op:
             line = f"{line} ({op})"
     return line
@@ -321,48 +315,3 @@ def _workaround(op: str | None) -> str:
         f"rewrite {what} with core ATen ops ExecuTorch supports (e.g. decompose it in the "
         "module's forward), or keep that part of the model on the CPU in ONNX Runtime"
     )
-
-
-def _counts(ops: list[str]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for op in ops:
-        counts[op] = counts.get(op, 0) + 1
-    return counts
-
-
-def _census(ops: list[str]) -> str:
-    return ", ".join(f"{op} x{n}" for op, n in sorted(_counts(ops).items()))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = _ANSI.sub("", str(exc)).strip()
-    line = text.splitlines()[0][:300] if text else ""
-    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
-
-
-@contextlib.contextmanager
-def _silenced() -> Iterator[None]:
-    """Keep exir's warnings and the runtime's native logs (cpuinfo, XNNPACK, written straight
-    to file descriptors 1 and 2) off the terminal. Not thread-safe: the descriptors are
-    global."""
-    streams = io.StringIO()
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    with tempfile.TemporaryFile() as sink:
-        saved_fds = [os.dup(1), os.dup(2)]
-        try:
-            os.dup2(sink.fileno(), 1)
-            os.dup2(sink.fileno(), 2)
-            with (
-                contextlib.redirect_stdout(streams),
-                contextlib.redirect_stderr(streams),
-                warnings.catch_warnings(),
-            ):
-                warnings.simplefilter("ignore")
-                yield
-        finally:
-            with contextlib.suppress(OSError, AttributeError):
-                ctypes.CDLL(None).fflush(None)
-            for fd, saved in zip((1, 2), saved_fds, strict=True):
-                os.dup2(saved, fd)
-                os.close(saved)

@@ -15,15 +15,9 @@ Invariants a caller can rely on:
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import io
-import os
 import re
 import sys
-import tempfile
-import warnings
-from collections.abc import Iterator
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +27,7 @@ from edgeforge._cache import remember
 from edgeforge.errors import EdgeforgeError
 from edgeforge.model import Model
 from edgeforge.recipe import Recipe
+from edgeforge.runtimes._native import ANSI, census, first_line, silenced
 from edgeforge.runtimes.base import Artifact, Finding, Runtime, Session, model_sha256
 
 __all__ = ["LiteRT", "LiteRTSession"]
@@ -42,7 +37,7 @@ _CHECK_VERSION = 1  # bump when check() changes what it reports, so old cache en
 _NARROWED = {"int64": "int32", "float64": "float32", "uint64": "uint32"}
 _ATEN_OP = re.compile(r"\baten\.[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)?")
 _TFLITE_OP = re.compile(r"builtin opcode '([A-Z0-9_]+)'")
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_QUIET = {"LITERT_TORCH_SHOW_PROGRESS": "n", "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
 class LiteRTSession(Session):
@@ -50,7 +45,7 @@ class LiteRTSession(Session):
 
     def __init__(self, artifact: Artifact, threads: int | None = None) -> None:
         super().__init__(artifact.inputs, artifact.outputs)
-        with _silenced():
+        with silenced(_QUIET):
             from ai_edge_litert.interpreter import Interpreter
 
             try:
@@ -58,7 +53,7 @@ class LiteRTSession(Session):
                 self._runner = self._interpreter.get_signature_runner()
             except (ValueError, RuntimeError) as exc:
                 raise EdgeforgeError(
-                    f"{artifact.path}: LiteRT cannot load it ({_first_line(exc)}); rebuild it"
+                    f"{artifact.path}: LiteRT cannot load it ({first_line(exc)}); rebuild it"
                 ) from None
         # The converter names inputs args_0, args_1... and outputs output_0...: sort by the
         # number, not the text, so that args_10 comes after args_9.
@@ -93,9 +88,9 @@ class LiteRTSession(Session):
             results = self._runner(**named)
         except (ValueError, RuntimeError) as exc:
             if not resized:
-                raise EdgeforgeError(f"LiteRT failed to run it ({_first_line(exc)})") from None
+                raise EdgeforgeError(f"LiteRT failed to run it ({first_line(exc)})") from None
             raise EdgeforgeError(
-                f"LiteRT cannot run these inputs ({_first_line(exc)}); the artifact was "
+                f"LiteRT cannot run these inputs ({first_line(exc)}); the artifact was "
                 f"converted for shapes {shapes}: convert again with example inputs of the "
                 "shape you need, or pad to it"
             ) from None
@@ -130,7 +125,7 @@ class LiteRT(Runtime):
             f"XNNPACK delegate takes {len(delegated)} of {len(delegated) + len(fallback)} ops",
         ]
         if fallback:
-            notes.append(f"on LiteRT's built-in CPU kernels: {_census(fallback)}")
+            notes.append(f"on LiteRT's built-in CPU kernels: {census(fallback)}")
         narrowed = [
             f"{t.name} ({t.dtype} as {_NARROWED[t.dtype]})"
             for t in (*model.inputs, *model.outputs)
@@ -177,7 +172,7 @@ class LiteRT(Runtime):
         if isinstance(coverage, str):
             findings.append(self._unsupported(f"the converted model does not load: {coverage}"))
         else:
-            for op, count in _counts(coverage[1]).items():
+            for op, count in sorted(Counter(coverage[1]).items()):
                 findings.append(
                     Finding(
                         self.name,
@@ -254,7 +249,7 @@ def _convert(model: Model) -> tuple[bytes, dict[str, tuple[int, ...]]]:
     import torch
 
     failure: BaseException | None = None
-    with _silenced() as log:
+    with silenced(_QUIET) as log:
         import litert_torch
 
         try:
@@ -262,7 +257,7 @@ def _convert(model: Model) -> tuple[bytes, dict[str, tuple[int, ...]]]:
         except Exception as exc:  # torch raises whatever its unpickling and checks raise
             raise EdgeforgeError(
                 f"{model.torch_program}: cannot load the torch.export program "
-                f"({_first_line(exc)}); load the model again"
+                f"({first_line(exc)}); load the model again"
             ) from None
         module, tensors = _positional(program, model)
         try:
@@ -317,7 +312,7 @@ def _xnnpack_coverage(content: bytes) -> tuple[list[str], list[str]] | str:
     inputs and outputs are the partition's boundary: a node is delegated when it is reached
     walking back from a partition's outputs without crossing that boundary.
     """
-    with _silenced():
+    with silenced(_QUIET):
         from ai_edge_litert.interpreter import Interpreter
 
         try:
@@ -325,7 +320,7 @@ def _xnnpack_coverage(content: bytes) -> tuple[list[str], list[str]] | str:
             interpreter.allocate_tensors()
             ops = interpreter._get_ops_details()  # no public API lists the partitions
         except (ValueError, RuntimeError) as exc:
-            return _first_line(exc)
+            return first_line(exc)
     plain = [op for op in ops if op["op_name"] != "DELEGATE"]
     producer = {int(t): op["index"] for op in plain for t in op["outputs"]}
     delegated: set[int] = set()
@@ -359,11 +354,11 @@ def _by_position(details: dict[str, Any]) -> list[str]:
 def _reason(exc: BaseException, log: str) -> str:
     """One line naming what failed: the innermost exception, or the converter's own
     `error:` line from its log when the exception says no more than that it failed."""
-    line = _first_line(exc)
+    line = first_line(exc)
     if not _op_in(line):
         for candidate in log.splitlines():
             if "error:" in candidate and _op_in(candidate):
-                return _ANSI.sub("", candidate).strip()[:300]
+                return ANSI.sub("", candidate).strip()[:300]
     return line
 
 
@@ -380,74 +375,3 @@ def _workaround(op: str | None) -> str:
         f"rewrite {what} with ops LiteRT supports (e.g. decompose it in the module's "
         "forward), or keep that part of the model on the CPU in ONNX Runtime"
     )
-
-
-def _counts(ops: list[str]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for op in ops:
-        counts[op] = counts.get(op, 0) + 1
-    return counts
-
-
-def _census(ops: list[str]) -> str:
-    return ", ".join(f"{op} x{n}" for op, n in sorted(_counts(ops).items()))
-
-
-def _first_line(exc: BaseException) -> str:
-    while exc.__cause__ is not None:
-        exc = exc.__cause__
-    text = _ANSI.sub("", str(exc)).strip()
-    line = text.splitlines()[0][:300] if text else ""
-    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
-
-
-class _Log:
-    text = ""
-
-
-@contextlib.contextmanager
-def _silenced() -> Iterator[_Log]:
-    """Send everything the converter and the native libraries print into a log.
-
-    litert-torch prints progress with rich, and TFLite, XNNPACK and absl write straight to
-    file descriptors 1 and 2, so both Python's streams and the descriptors are redirected.
-    The log's text is there for error messages. Not thread-safe: the descriptors are global.
-    """
-    quiet_env = {"LITERT_TORCH_SHOW_PROGRESS": "n", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    saved_env = {key: os.environ.get(key) for key in quiet_env}
-    os.environ.update(quiet_env)
-    log = _Log()
-    streams = io.StringIO()
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    try:
-        with tempfile.TemporaryFile() as sink:
-            saved_fds = [os.dup(1), os.dup(2)]
-            try:
-                os.dup2(sink.fileno(), 1)
-                os.dup2(sink.fileno(), 2)
-                with (
-                    contextlib.redirect_stdout(streams),
-                    contextlib.redirect_stderr(streams),
-                    warnings.catch_warnings(),
-                ):
-                    warnings.simplefilter("ignore")
-                    yield log
-            finally:
-                _flush_c_stdio()
-                for fd, saved in zip((1, 2), saved_fds, strict=True):
-                    os.dup2(saved, fd)
-                    os.close(saved)
-                sink.seek(0)
-                log.text = sink.read().decode(errors="replace") + streams.getvalue()
-    finally:
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-def _flush_c_stdio() -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).fflush(None)

@@ -153,6 +153,25 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if result.passed else 1
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from edgeforge.bench import bench
+    from edgeforge.render import print_bench
+
+    batches = tuple(int(b) for text in args.batch for b in text.split(",") if b.strip())
+    result = bench(
+        args.model,
+        runtime=args.runtime,
+        threads=args.threads,
+        warmup=args.warmup,
+        runs=args.runs,
+        repeats=args.repeats,
+        batches=batches or (1,),
+        data=args.data,
+    )
+    _emit(args, "bench", result.to_dict(), lambda: print_bench(result))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from edgeforge.demo import run_demo
 
@@ -207,6 +226,22 @@ def build_parser() -> argparse.ArgumentParser:
     _tolerance_options(verify)
     _output_options(verify)
     verify.set_defaults(run=_verify)
+
+    bench = verbs.add_parser(
+        "bench", help="latency percentiles, throughput, memory and top layers, measured here"
+    )
+    _model_options(bench, shape=False)
+    bench.add_argument("--runtime", default="onnxruntime", help="runtime to measure in")
+    bench.add_argument("--threads", type=int, help="CPU threads (default: the runtime's)")
+    bench.add_argument("--warmup", type=int, default=10, help="untimed runs first")
+    bench.add_argument("--runs", type=int, default=50, help="timed runs per repeat")
+    bench.add_argument("--repeats", type=int, default=3, help="fresh processes to compare")
+    bench.add_argument(
+        "--batch", action="append", default=[], help="batch sizes, e.g. --batch 1,8 (default 1)"
+    )
+    _data_options(bench)
+    _output_options(bench)
+    bench.set_defaults(run=_bench)
 
     devices = verbs.add_parser("devices", help="the device catalogue, each figure with a source")
     devices.add_argument("names", nargs="*", metavar="DEVICE", help="only these devices")

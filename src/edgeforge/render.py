@@ -8,7 +8,7 @@ from rich.table import Table
 from edgeforge._progress import output_console
 from edgeforge.report.html import human_bytes
 
-__all__ = ["print_check", "print_conversion", "print_verification"]
+__all__ = ["print_bench", "print_check", "print_conversion", "print_verification"]
 
 _STYLE = {
     "verified": "green",
@@ -102,3 +102,43 @@ def print_check(report) -> None:
             f.get("evidence", ""),
         )
     console.print(findings)
+
+
+def print_bench(result) -> None:
+    console = output_console()
+    latency = result.latency_ms
+    summary = Table(title=f"bench {escape(result.model)} on {result.runtime}", show_header=False)
+    summary.add_column(style="bold")
+    summary.add_column()
+    summary.add_row("artifact", f"{escape(result.artifact)} ({human_bytes(result.artifact_bytes)})")
+    summary.add_row("load", f"{result.load_ms:.1f} ms")
+    summary.add_row("first inference", f"{result.first_inference_ms:.2f} ms")
+    summary.add_row(
+        "latency",
+        f"p50 {latency['p50']:.3f} ms, p90 {latency['p90']:.3f}, p99 {latency['p99']:.3f}, "
+        f"mean {latency['mean']:.3f} ± {latency['std']:.3f}",
+    )
+    summary.add_row(
+        "spread of medians", f"{result.median_spread:.1%} over {result.repeats} processes"
+    )
+    summary.add_row("peak memory", f"{result.peak_rss_mb:.0f} MB (whole process)")
+    summary.add_row("inputs", escape(result.inputs))
+    for row in result.throughput:
+        summary.add_row(
+            f"batch {row['batch']}", f"{row['p50_ms']:.3f} ms, {row['items_per_s']:.1f} items/s"
+        )
+    console.print(summary)
+    if result.top_layers:
+        layers = Table(title="top layers (ONNX Runtime profiler)")
+        for column in ("node", "op", "ms per run", "share"):
+            layers.add_column(column)
+        for layer in result.top_layers:
+            layers.add_row(
+                escape(layer["node"]),
+                layer["op_type"],
+                f"{layer['ms']:.4f}",
+                f"{layer['share']:.1%}",
+            )
+        console.print(layers)
+    for warning in result.warnings:
+        console.print(f"[yellow]warning[/]: {escape(warning)}")

@@ -71,16 +71,20 @@ def load_data(folder: Path, inputs: tuple[TensorSpec, ...], limit: int = 64) -> 
 
 
 def synthesize(
-    model: Model, inputs: tuple[TensorSpec, ...] | None = None, count: int = 6, seed: int = 0
+    model: Model | None,
+    inputs: tuple[TensorSpec, ...] | None = None,
+    count: int = 6,
+    seed: int = 0,
 ) -> Samples:
     """`count` samples for `inputs` (default: the model's): edge values first, then random
-    ones; dynamic dims take 1 on the batch axis and 16 elsewhere."""
-    vocab = _vocabulary_sizes(model)
+    ones; dynamic dims take 1 on the batch axis and 16 elsewhere. Without a model, integer
+    inputs stay in [0, 2) since no vocabulary size is known."""
+    vocab = _vocabulary_sizes(model) if model is not None else {}
     rng = np.random.default_rng(seed)
     feeds = []
     for index in range(count):
         feed = {}
-        for spec in inputs or model.inputs:
+        for spec in inputs or model.inputs:  # type: ignore[union-attr]
             shape = _concrete(spec)
             feed[spec.name] = _sample(spec.dtype, shape, index, rng, vocab.get(spec.name))
         feeds.append(feed)

@@ -193,6 +193,9 @@ class Runtime(ABC):
     modules: ClassVar[tuple[str, ...]] = ()  # Python modules it imports
     distributions: ClassVar[tuple[str, ...]] = ()  # packages whose versions go in manifests
     precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+    # CPU threads for the sessions `open` returns, for runtimes that take a count (None: the
+    # runtime's own default). Set it on the instance before `open`.
+    threads: int | None = None
 
     # -- what a subclass provides -----------------------------------------------------------
 

@@ -48,7 +48,7 @@ class OnnxRuntime(Runtime):
         return "model.onnx", []
 
     def _open(self, artifact: Artifact) -> Session:
-        return OrtSession(artifact.path, artifact)
+        return OrtSession(artifact.path, artifact, self.threads)
 
     def intermediates(
         self, artifact: Artifact, feeds: dict[str, np.ndarray], names: list[str], scratch: Path

@@ -1,0 +1,106 @@
+"""`bench`: every field measured in child processes; no timing is asserted here (see bench/)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import onnx
+import pytest
+
+from edgeforge.bench import bench
+from edgeforge.errors import EdgeforgeError
+from edgeforge.recipe import Recipe
+from edgeforge.runtimes import get_runtime
+
+FIELDS = {
+    "model",
+    "runtime",
+    "artifact",
+    "artifact_bytes",
+    "threads",
+    "warmup",
+    "runs",
+    "repeats",
+    "inputs",
+    "load_ms",
+    "first_inference_ms",
+    "latency_ms",
+    "median_spread",
+    "throughput",
+    "peak_rss_mb",
+    "top_layers",
+    "warnings",
+}
+
+
+def test_bench_reports_every_field_for_each_batch(digits_model):
+    result = bench(digits_model, runs=5, warmup=1, repeats=2, batches=(1, 4), threads=1)
+    data = result.to_dict()
+    assert set(data) == FIELDS
+    assert set(data["latency_ms"]) == {"p50", "p90", "p99", "mean", "std", "min", "max"}
+    latency = data["latency_ms"]
+    assert (
+        0 < latency["min"] <= latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]
+    )
+    assert [row["batch"] for row in data["throughput"]] == [1, 4]
+    assert data["repeats"] == 2 and data["threads"] == 1
+    assert data["peak_rss_mb"] > 0 and data["artifact_bytes"] > 100_000
+    json.dumps(data)
+
+
+def test_top_layers_come_from_onnx_runtimes_profiler(digits_model):
+    result = bench(digits_model, runs=5, warmup=1, repeats=1)
+    ops = {layer["op_type"] for layer in result.top_layers}
+    assert ops & {"Conv", "FusedConv", "Gemm", "FusedGemm"}
+    assert sum(layer["share"] for layer in result.top_layers) == pytest.approx(1.0, abs=0.05)
+
+
+def test_a_fixed_batch_axis_skips_larger_batches_with_a_warning(tmp_path):
+    import torch
+
+    import edgeforge
+
+    model = edgeforge.load(torch.nn.Linear(8, 2), torch.randn(1, 8), workdir=tmp_path)
+    assert model.inputs[0].shape == (1, 8)
+    result = bench(model, runs=3, warmup=0, repeats=1, batches=(1, 4))
+    assert [row["batch"] for row in result.throughput] == [1]
+    assert any("batch sizes [4] skipped" in w for w in result.warnings)
+
+
+def test_an_artifact_folder_is_measured_as_built(digits_model, tmp_path):
+    artifact = get_runtime("onnxruntime").build(digits_model, Recipe(), tmp_path / "ort")
+    result = bench(str(artifact.folder), runs=3, warmup=0, repeats=1)
+    assert result.artifact == str(artifact.path)
+    assert onnx.load(result.artifact)
+
+
+def test_bad_settings_are_refused(digits_model):
+    with pytest.raises(EdgeforgeError, match="--runs >= 1"):
+        bench(digits_model, runs=0)
+    with pytest.raises(EdgeforgeError, match="unknown runtime 'tflite'"):
+        bench(digits_model, runtime="tflite")
+
+
+def test_cli_json_is_the_api_object(digits_model):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgeforge.cli",
+            "bench",
+            str(digits_model.onnx_path),
+            "--runs",
+            "3",
+            "--warmup",
+            "0",
+            "--repeats",
+            "1",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert set(json.loads(result.stdout)) == FIELDS

@@ -96,9 +96,8 @@ def bench(
             raise EdgeforgeError(
                 f"benchmark on {artifact.runtime} did not finish: {failed[0].get('detail')}"
             )
-        top_layers = (
-            _ort_profile(artifact, feeds, threads) if artifact.manifest.format == "onnx" else []
-        )
+        profiler = _PROFILERS.get(artifact.manifest.format)
+        top_layers = profiler(artifact, feeds, threads) if profiler else []
         label = model.provenance.source if model else artifact.manifest.source
         persisted = model is None  # an artifact folder the user gave, not a build in scratch
         return _summarise(artifact, label, samples.source, job, outcomes, top_layers, persisted)
@@ -254,6 +253,33 @@ def _ort_profile(artifact: Artifact, feeds, threads: int | None, runs: int = 20)
             name, {"node": name, "op_type": event.get("args", {}).get("op_name", ""), "us": 0}
         )
         entry["us"] += event.get("dur", 0)
+    return _ranked(totals, runs)
+
+
+def _openvino_profile(artifact: Artifact, feeds, threads: int | None, runs: int = 20) -> list[dict]:
+    """Top layers by time from OpenVINO's performance counters (executed nodes only)."""
+    import openvino as ov
+
+    config: dict[str, Any] = {"PERF_COUNT": "YES", "INFERENCE_PRECISION_HINT": "f32"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    compiled = ov.Core().compile_model(str(artifact.path), "CPU", config)
+    request = compiled.create_infer_request()
+    values = [feeds[t.name] for t in artifact.inputs]  # the IR keeps the source's input order
+    totals: dict[str, dict[str, Any]] = {}
+    for _ in range(runs):
+        request.infer(values)
+        for info in request.profiling_info:
+            if info.status != info.Status.EXECUTED:
+                continue
+            entry = totals.setdefault(
+                info.node_name, {"node": info.node_name, "op_type": info.node_type, "us": 0.0}
+            )
+            entry["us"] += info.real_time.total_seconds() * 1e6
+    return _ranked(totals, runs)
+
+
+def _ranked(totals: dict[str, dict[str, Any]], runs: int) -> list[dict[str, Any]]:
     total = sum(e["us"] for e in totals.values()) or 1
     ranked = sorted(totals.values(), key=lambda e: -e["us"])[:10]
     return [
@@ -265,3 +291,6 @@ def _ort_profile(artifact: Artifact, feeds, threads: int | None, runs: int = 20)
         }
         for e in ranked
     ]
+
+
+_PROFILERS = {"onnx": _ort_profile, "openvino-ir": _openvino_profile}

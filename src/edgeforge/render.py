@@ -129,7 +129,7 @@ def print_bench(result) -> None:
         )
     console.print(summary)
     if result.top_layers:
-        layers = Table(title="top layers (ONNX Runtime profiler)")
+        layers = Table(title=f"top layers ({result.runtime}'s own profiler)")
         for column in ("node", "op", "ms per run", "share"):
             layers.add_column(column)
         for layer in result.top_layers:

@@ -104,3 +104,10 @@ def test_cli_json_is_the_api_object(digits_model):
     )
     assert result.returncode == 0, result.stderr
     assert set(json.loads(result.stdout)) == FIELDS
+
+
+def test_openvino_top_layers_come_from_its_performance_counters(digits_model):
+    result = bench(digits_model, runtime="openvino", runs=3, warmup=1, repeats=1)
+    assert result.runtime == "openvino"
+    ops = {layer["op_type"] for layer in result.top_layers}
+    assert "Convolution" in ops

@@ -30,6 +30,7 @@ FIELDS = {
     "median_spread",
     "throughput",
     "peak_rss_mb",
+    "model_memory_mb",
     "top_layers",
     "warnings",
 }
@@ -46,7 +47,8 @@ def test_bench_reports_every_field_for_each_batch(digits_model):
     )
     assert [row["batch"] for row in data["throughput"]] == [1, 4]
     assert data["repeats"] == 2 and data["threads"] == 1
-    assert data["peak_rss_mb"] > 0 and data["artifact_bytes"] > 100_000
+    assert data["peak_rss_mb"] > data["model_memory_mb"] > 0
+    assert data["artifact_bytes"] > 100_000
     json.dumps(data)
 
 

@@ -75,7 +75,8 @@ def test_demo_builds_its_model_and_says_where_the_report_is(tmp_path):
     report = tmp_path / "demo" / "report.html"
     assert f"Report: {report}" in result.stdout
     data = json.loads(report.with_suffix(".json").read_text())
-    assert set(data) >= {"demo", "inspect", "devices"}
+    assert set(data) >= {"demo", "inspect", "devices", "convert", "bench"}
+    assert data["bench"]["latency_ms"]["p50"] > 0
     assert data["inspect"]["macs"] > 0
     accuracy = data["demo"]["facts"]["test accuracy (torch)"]
     assert float(accuracy.split("%")[0]) > 90

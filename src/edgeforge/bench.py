@@ -1,11 +1,13 @@
 """`bench`: latency, throughput, memory and size of a model in a runtime, measured here.
 
-Every measurement runs in a fresh child process (one model never taints the next, and the
-child's peak resident memory is the model's): load time, first inference, then latency after
-warm-up as percentiles, throughput per batch size, and the top layers by time from the
-runtime's own profiler where it has one (ONNX Runtime's). The run is repeated `repeats` times
-and the spread of the medians is reported; a spread over 10% says the figures cannot be trusted.
-Timing lives here and in `bench/`, never in tests.
+Every measurement runs in a fresh child process, so one model never taints the next: load
+time, first inference, then latency after warm-up as percentiles, throughput per batch size,
+and the top layers by time from the runtime's own profiler (ONNX Runtime's, OpenVINO's
+performance counters). Memory is the child's peak, and that peak less what the child held
+before loading the model (children fork from a server that has the runtimes' libraries
+loaded). The run is repeated `repeats` times and the spread of the medians is reported; a
+spread over 10% says the figures cannot be trusted. Timing lives here and in `bench/`, never
+in tests.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ class BenchResult:
     latency_ms: dict[str, float]  # p50, p90, p99, mean, std, min, max (batch 1 or the first)
     median_spread: float  # (max - min) / mean of the repeats' medians
     throughput: list[dict[str, float]]  # batch, p50 ms, items per second
-    peak_rss_mb: float
+    peak_rss_mb: float  # the measuring process's peak resident memory
+    model_memory_mb: float  # that peak minus what the process held before loading the model
     top_layers: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -130,6 +133,7 @@ def _measure(job: dict[str, Any]) -> dict[str, Any]:
     runtime.threads = job["threads"]
     artifact = Artifact.load(Path(job["folder"]))
     feeds = job["feeds"]
+    baseline_kb = _resident_kb("VmRSS")
     started = time.perf_counter()
     session = runtime.open(artifact)
     load_ms = (time.perf_counter() - started) * 1e3
@@ -156,16 +160,17 @@ def _measure(job: dict[str, Any]) -> dict[str, Any]:
         "load_ms": load_ms,
         "first_ms": first_ms,
         "latencies": latencies,
-        "peak_rss_kb": _peak_rss_kb(),
+        "peak_rss_kb": _resident_kb("VmHWM"),
+        "baseline_rss_kb": baseline_kb,
     }
 
 
-def _peak_rss_kb() -> int:
-    """VmHWM: this process's peak resident memory (starts afresh in a new process)."""
+def _resident_kb(field: str) -> int:
+    """VmRSS (resident now) or VmHWM (peak; starts afresh in a new process) in kB."""
     try:
         with open("/proc/self/status") as status:
             for line in status:
-                if line.startswith("VmHWM:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1])
     except OSError:
         pass
@@ -210,6 +215,7 @@ def _summarise(artifact, label, described, job, outcomes, top_layers, persisted)
         median_spread=spread,
         throughput=throughput,
         peak_rss_mb=max(o["peak_rss_kb"] for o in outcomes) / 1024,
+        model_memory_mb=max(o["peak_rss_kb"] - o["baseline_rss_kb"] for o in outcomes) / 1024,
         top_layers=top_layers,
         warnings=warnings,
     )

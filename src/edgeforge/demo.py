@@ -15,9 +15,10 @@ import torch
 from edgeforge._load import load
 from edgeforge._progress import console
 from edgeforge.analysis import inspect
+from edgeforge.bench import bench
 from edgeforge.convert import convert
 from edgeforge.devices import list_devices
-from edgeforge.render import print_conversion
+from edgeforge.render import print_bench, print_conversion
 from edgeforge.report import write_report
 from edgeforge.zoo import train_digits_cnn
 
@@ -44,7 +45,9 @@ def run_demo(out: Path) -> Path:
     data_folder = _labelled_samples(data, out / "data")
     conversion = convert(model, "all", out / "artifacts", data=data_folder)
     print_conversion(conversion)
-    console.print("[bold]4/4[/] writing the report")
+    console.print("[bold]4/4[/] measuring latency here; writing the report")
+    measured = bench(model, runs=100, repeats=3)
+    print_bench(measured)
     sections = {
         "demo": {
             "description": "A small CNN (conv-BN-ReLU x2, max-pool, two linear layers) trained "
@@ -59,6 +62,7 @@ def run_demo(out: Path) -> Path:
         },
         "inspect": profile.to_dict(),
         "convert": conversion.to_dict(),
+        "bench": measured.to_dict(),
         "devices": [device.to_dict() for device in list_devices()],
     }
     return write_report(sections, out / "report.html", title="edgeforge demo report")

@@ -121,7 +121,11 @@ def print_bench(result) -> None:
     summary.add_row(
         "spread of medians", f"{result.median_spread:.1%} over {result.repeats} processes"
     )
-    summary.add_row("peak memory", f"{result.peak_rss_mb:.0f} MB (whole process)")
+    summary.add_row(
+        "memory",
+        f"{result.model_memory_mb:.1f} MB for the model (peak of the process "
+        f"{result.peak_rss_mb:.0f} MB)",
+    )
     summary.add_row("inputs", escape(result.inputs))
     for row in result.throughput:
         summary.add_row(

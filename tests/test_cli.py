@@ -75,8 +75,27 @@ def test_demo_builds_its_model_and_says_where_the_report_is(tmp_path):
     report = tmp_path / "demo" / "report.html"
     assert f"Report: {report}" in result.stdout
     data = json.loads(report.with_suffix(".json").read_text())
-    assert set(data) >= {"demo", "inspect", "devices", "convert", "bench"}
+    assert set(data) >= {"demo", "inspect", "devices", "convert", "bench", "estimate"}
+    assert len(data["estimate"]) == 3
     assert data["bench"]["latency_ms"]["p50"] > 0
     assert data["inspect"]["macs"] > 0
     accuracy = data["demo"]["facts"]["test accuracy (torch)"]
     assert float(accuracy.split("%")[0]) > 90
+
+
+def test_estimate_on_several_devices(digits_model):
+    result = run(
+        "estimate", str(digits_model.onnx_path), "--device", "raspberry-pi-5,jetson-nano", "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    estimates = json.loads(result.stdout)
+    assert [e["device"] for e in estimates] == ["raspberry-pi-5", "jetson-nano"]
+    for e in estimates:
+        assert 0 < e["latency_low_ms"] <= e["latency_ms"] <= e["latency_high_ms"]
+        assert e["ram"]["fits"] is True
+
+
+def test_estimate_unknown_device_lists_the_valid_ones(digits_model):
+    result = run("estimate", str(digits_model.onnx_path), "--device", "pi9")
+    assert result.returncode == 2
+    assert "raspberry-pi-5" in result.stderr and "Traceback" not in result.stderr

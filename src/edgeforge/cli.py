@@ -172,6 +172,37 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _estimate(args: argparse.Namespace) -> int:
+    from edgeforge.analysis import inspect
+    from edgeforge.devices import get_device
+    from edgeforge.estimator import estimate
+    from edgeforge.render import print_estimate
+
+    profile = inspect(args.model, shapes=_shapes(args))
+    results = [
+        estimate(profile, get_device(name), runtime=args.runtime, precision=args.precision)
+        for name in args.device.split(",")
+    ]
+    data = [r.to_dict() for r in results]
+    _emit(args, "estimate", data, lambda: print_estimate(results))
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from edgeforge.estimator import calibrate, validate_file
+
+    if not args.rows.is_file():
+        raise EdgeforgeError(
+            f"--rows {args.rows}: no such file; pass a CSV in the published-measurements format"
+        )
+    if args.validate_only:
+        report = validate_file(args.rows)
+    else:
+        _, report = calibrate(args.rows, out=args.out)
+    _emit(args, "calibrate", report, lambda: print(json.dumps(report, indent=2, default=str)))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from edgeforge.demo import run_demo
 
@@ -242,6 +273,36 @@ def build_parser() -> argparse.ArgumentParser:
     _data_options(bench)
     _output_options(bench)
     bench.set_defaults(run=_bench)
+
+    estimate = verbs.add_parser(
+        "estimate", help="latency and memory on catalogue devices from a calibrated roofline"
+    )
+    _model_options(estimate)
+    estimate.add_argument(
+        "--device", required=True, help="catalogue ids, comma-separated (see `edgeforge devices`)"
+    )
+    estimate.add_argument("--runtime", help="the runtime on the device (default: its first)")
+    estimate.add_argument("--precision", default="fp32", help="fp32, fp16 or int8")
+    _output_options(estimate)
+    estimate.set_defaults(run=_estimate)
+
+    calibrate = verbs.add_parser(
+        "calibrate", help="fit the estimator's efficiency factors on published measurements"
+    )
+    calibrate.add_argument(
+        "--rows",
+        type=Path,
+        default=Path("../shared/data/edge_benchmarks.csv"),
+        help="CSV of published measurements (device,runtime,model,input,precision,batch,...)",
+    )
+    calibrate.add_argument("--out", type=Path, help="where to save the fitted factors (JSON)")
+    calibrate.add_argument(
+        "--validate-only",
+        action="store_true",
+        help="score the shipped factors on every row instead of fitting",
+    )
+    _output_options(calibrate, report=False)
+    calibrate.set_defaults(run=_calibrate)
 
     devices = verbs.add_parser("devices", help="the device catalogue, each figure with a source")
     devices.add_argument("names", nargs="*", metavar="DEVICE", help="only these devices")

@@ -17,8 +17,9 @@ from edgeforge._progress import console
 from edgeforge.analysis import inspect
 from edgeforge.bench import bench
 from edgeforge.convert import convert
-from edgeforge.devices import list_devices
-from edgeforge.render import print_bench, print_conversion
+from edgeforge.devices import get_device, list_devices
+from edgeforge.estimator import estimate
+from edgeforge.render import print_bench, print_conversion, print_estimate
 from edgeforge.report import write_report
 from edgeforge.zoo import train_digits_cnn
 
@@ -48,6 +49,10 @@ def run_demo(out: Path) -> Path:
     console.print("[bold]4/4[/] measuring latency here; writing the report")
     measured = bench(model, runs=100, repeats=3)
     print_bench(measured)
+    estimates = [
+        estimate(profile, get_device(name)) for name in ("raspberry-pi-4", "jetson-nano", "pixel-8")
+    ]
+    print_estimate(estimates)
     sections = {
         "demo": {
             "description": "A small CNN (conv-BN-ReLU x2, max-pool, two linear layers) trained "
@@ -63,6 +68,7 @@ def run_demo(out: Path) -> Path:
         "inspect": profile.to_dict(),
         "convert": conversion.to_dict(),
         "bench": measured.to_dict(),
+        "estimate": [e.to_dict() for e in estimates],
         "devices": [device.to_dict() for device in list_devices()],
     }
     return write_report(sections, out / "report.html", title="edgeforge demo report")

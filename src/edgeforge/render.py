@@ -8,7 +8,7 @@ from rich.table import Table
 from edgeforge._progress import output_console
 from edgeforge.report.html import human_bytes
 
-__all__ = ["print_bench", "print_check", "print_conversion", "print_verification"]
+__all__ = ["print_bench", "print_check", "print_conversion", "print_estimate", "print_verification"]
 
 _STYLE = {
     "verified": "green",
@@ -146,3 +146,40 @@ def print_bench(result) -> None:
         console.print(layers)
     for warning in result.warnings:
         console.print(f"[yellow]warning[/]: {escape(warning)}")
+
+
+def print_estimate(results) -> None:
+    console = output_console()
+    table = Table(title="estimate (calibrated roofline)")
+    for column in (
+        "device",
+        "unit",
+        "precision",
+        "latency ms",
+        "band ms",
+        "memory",
+        "fits RAM",
+        "fits size budget",
+    ):
+        table.add_column(column)
+    for r in results:
+        table.add_row(
+            r.device,
+            escape(r.unit),
+            r.precision,
+            f"{r.latency_ms:.2f}",
+            f"{r.latency_low_ms:.2f}–{r.latency_high_ms:.2f}",
+            human_bytes(r.peak_memory_bytes),
+            _fits(r.ram),
+            _fits(r.size_budget),
+        )
+    console.print(table)
+    for r in results:
+        for note in r.notes:
+            console.print(f"{r.device}: {escape(note)}")
+
+
+def _fits(fit) -> str:
+    if fit.fits is None:
+        return "unknown"
+    return "yes" if fit.fits else f"[red]no[/], short by {human_bytes(fit.short_bytes)}"

@@ -1,0 +1,349 @@
+"""`estimate`: a model's latency and memory on a catalogue device, from a per-layer roofline.
+
+For each node of a `Profile`:
+
+    time = max(flops / (peak x compute_efficiency[category]),
+               bytes_moved / (bandwidth x memory_efficiency)) + layer_overhead
+
+summed over the nodes, then scaled to the band the factors' fit error gives. Invariants a caller
+can rely on:
+
+- Efficiency factors come from a `Factors` object (data, fitted by `calibration`), never from
+  the model; `Factors.lookup` falls back from (device, unit, precision) to wider entries and the
+  result names the entry it used.
+- The compute unit is chosen by one rule (`select_unit`): the unit the caller names; else the GPU
+  for `tensorrt`; else, for int8, an NPU/ANE/TPU with an int8 peak; else the CPU; else the
+  device's first unit (browsers, USB accelerators). A unit without a peak for the precision uses
+  its fp32 peak, and the result says so in `notes`.
+- Bytes moved per node = weights read + outputs written + inputs read. Outputs come from the
+  node's inferred shapes; inputs are taken equal to the outputs (the profile keeps no input
+  shapes); weights are the profile's weight bytes shared out over conv/matmul nodes in proportion
+  to each node's implied weight count (MACs x output channels / output elements).
+- Depthwise convolutions (read from the profiled ONNX file: group > 1, one input channel per
+  group) take the efficiency of the `conv_depthwise` class, not `conv`: they have the arithmetic
+  intensity of an elementwise op and vectorise poorly.
+- Bytes are at the estimate's precision: 4 per element for fp32, 2 for fp16, 1 for int8.
+- `threads`, when given for a CPU, scales its peak by threads / cores (cores read from the unit's
+  name); nothing else uses it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import onnx
+
+from edgeforge.devices import RUNTIMES, ComputeUnit, Device
+from edgeforge.errors import EdgeforgeError
+
+if TYPE_CHECKING:
+    from edgeforge.analysis.profile import NodeProfile, Profile
+    from edgeforge.estimator.calibration import FactorEntry, Factors
+
+__all__ = [
+    "BYTES_PER_ELEMENT",
+    "Estimate",
+    "LayerTime",
+    "MemoryFit",
+    "estimate",
+    "roofline_ms",
+    "select_unit",
+]
+
+BYTES_PER_ELEMENT: Mapping[str, int] = {"fp32": 4, "fp16": 2, "int8": 1}
+_ACCELERATORS = ("npu", "ane", "tpu")
+# Categories whose nodes a runtime launches as kernels; "data movement" is mostly folded into
+# neighbours (Reshape, Flatten) and "not counted" has no cost rule, so neither pays an overhead.
+_NO_OVERHEAD = {"data movement", "not counted"}
+
+
+@dataclass(frozen=True)
+class LayerTime:
+    """One node's predicted time and which side of the roofline bounds it."""
+
+    name: str
+    op_type: str
+    category: str
+    ms: float  # roofline time plus overhead_ms
+    bound: str  # "compute", "memory" or "overhead" (no work counted)
+    overhead_ms: float
+    flops: int
+    bytes_moved: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class MemoryFit:
+    """Whether `need_bytes` fits `limit_bytes`; `short_bytes` is by how much it does not (0 if it
+    fits); `limit_bytes` None means the device states no limit, and `fits` is then None."""
+
+    need_bytes: int
+    limit_bytes: int | None
+    fits: bool | None
+    short_bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Estimate:
+    """The result of `estimate`; `to_dict()` is the JSON contract of `edgeforge estimate`."""
+
+    device: str
+    unit: str
+    runtime: str | None
+    precision: str
+    latency_ms: float
+    latency_low_ms: float
+    latency_high_ms: float
+    peak_memory_bytes: int
+    weight_bytes: int
+    activation_peak_bytes: int
+    ram: MemoryFit
+    size_budget: MemoryFit
+    layers: list[LayerTime]
+    factors: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+    def top_layers(self, count: int = 10) -> list[LayerTime]:
+        return sorted(self.layers, key=lambda layer: -layer.ms)[:count]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "unit": self.unit,
+            "runtime": self.runtime,
+            "precision": self.precision,
+            "latency_ms": self.latency_ms,
+            "latency_low_ms": self.latency_low_ms,
+            "latency_high_ms": self.latency_high_ms,
+            "peak_memory_bytes": self.peak_memory_bytes,
+            "weight_bytes": self.weight_bytes,
+            "activation_peak_bytes": self.activation_peak_bytes,
+            "ram": self.ram.to_dict(),
+            "size_budget": self.size_budget.to_dict(),
+            "layers": [layer.to_dict() for layer in self.layers],
+            "factors": self.factors,
+            "notes": self.notes,
+        }
+
+
+def select_unit(
+    device: Device, *, runtime: str | None = None, precision: str = "fp32", unit: str | None = None
+) -> ComputeUnit:
+    """The compute unit an estimate runs on, by the rule in the module docstring."""
+    kinds = [u.kind for u in device.compute]
+    if unit is not None:
+        for candidate in device.compute:
+            if candidate.kind == unit:
+                return candidate
+        raise EdgeforgeError(f"device {device.id!r} has no {unit!r} unit; it has {kinds}")
+    if runtime == "tensorrt":
+        for candidate in device.compute:
+            if candidate.kind == "gpu":
+                return candidate
+        raise EdgeforgeError(f"tensorrt needs a GPU; device {device.id!r} has {kinds}")
+    if precision == "int8":
+        for candidate in device.compute:
+            if candidate.kind in _ACCELERATORS and "int8" in candidate.peak:
+                return candidate
+    for candidate in device.compute:
+        if candidate.kind == "cpu":
+            return candidate
+    return device.compute[0]
+
+
+def _cores(unit: ComputeUnit) -> int | None:
+    counts = [int(n) for n in re.findall(r"(\d+)\s*×", unit.name)]
+    if counts:
+        return sum(counts)
+    match = re.search(r"(\d+)[ -](?:performance )?cores?\b", unit.name)
+    return int(match.group(1)) if match else None
+
+
+def _peak_gops(unit: ComputeUnit, precision: str, threads: int | None, notes: list[str]) -> float:
+    figure = unit.peak.get(precision)
+    if figure is None:
+        figure = unit.peak.get("fp32")
+        if figure is None:
+            raise EdgeforgeError(f"unit {unit.name!r} has no {precision} or fp32 peak")
+        notes.append(f"{unit.name} has no {precision} peak; its fp32 peak is used")
+    peak = figure.value
+    cores = _cores(unit) if unit.kind == "cpu" else None
+    if threads is not None and cores:
+        peak *= min(threads, cores) / cores
+    return peak
+
+
+def _implied_weights(node: NodeProfile) -> float:
+    """Weight elements a conv/matmul node reads, from MACs and its output shape."""
+    shape = node.output_shapes[0] if node.output_shapes else None
+    if node.category not in ("conv", "matmul", "recurrent") or not shape or node.macs <= 0:
+        return 0.0
+    elements = math.prod(shape)
+    if elements <= 0:
+        return 0.0
+    channels = shape[1] if node.category == "conv" and len(shape) > 1 else shape[-1]
+    return node.macs * channels / elements
+
+
+def _depthwise_nodes(profile: Profile) -> frozenset[int] | None:
+    """Indices of depthwise Conv nodes (weight shape [C, 1, k, k], group > 1), read from the
+    profiled ONNX file's graph (no weights loaded); None when the file is gone or differs."""
+    path = Path(str(profile.model.get("path", "")))
+    if not path.is_file():
+        return None
+    graph = onnx.load(str(path), load_external_data=False).graph
+    if len(graph.node) != len(profile.nodes):
+        return None
+    dims = {tensor.name: list(tensor.dims) for tensor in graph.initializer}
+    found = set()
+    for index, node in enumerate(graph.node):
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        weight = dims.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
+        if group > 1 and weight is not None and len(weight) > 1 and weight[1] == 1:
+            found.add(index)
+    return frozenset(found)
+
+
+def _output_elements(node: NodeProfile) -> int:
+    return sum(math.prod(s) for s in node.output_shapes if s)
+
+
+def roofline_ms(
+    profile: Profile,
+    entry: FactorEntry,
+    *,
+    peak_gops: float,
+    bandwidth_gbps: float | None,
+    precision: str,
+) -> list[LayerTime]:
+    """Per-node times for `profile` under one factor entry; the core of `estimate`."""
+    size = BYTES_PER_ELEMENT[precision]
+    implied = [_implied_weights(node) for node in profile.nodes]
+    total_implied = sum(implied)
+    # The profile's weight bytes are at the file's dtype; count elements, then re-size them.
+    weight_elements = int(profile.weights.get("onnx_elements", 0))
+    depthwise = _depthwise_nodes(profile) or frozenset()
+    layers: list[LayerTime] = []
+    for index, (node, share) in enumerate(zip(profile.nodes, implied, strict=True)):
+        weights = weight_elements * share / total_implied if total_implied else 0.0
+        activations = 2 * _output_elements(node)  # outputs written + inputs (taken equal) read
+        moved = int((weights + activations) * size)
+        compute_s = 0.0
+        if node.flops > 0:
+            kind = "conv_depthwise" if index in depthwise else node.category
+            efficiency = entry.compute_efficiency.get(kind, entry.default_compute)
+            compute_s = node.flops / (peak_gops * 1e9 * efficiency)
+        memory_s = 0.0
+        if bandwidth_gbps and node.category != "not counted":
+            memory_s = moved / (bandwidth_gbps * 1e9 * entry.memory_efficiency)
+        overhead = 0.0 if node.category in _NO_OVERHEAD else entry.layer_overhead_ms
+        if compute_s == 0.0 and memory_s == 0.0:
+            bound = "overhead"
+        else:
+            bound = "compute" if compute_s >= memory_s else "memory"
+        ms = max(compute_s, memory_s) * 1e3 + overhead
+        layers.append(
+            LayerTime(
+                node.name, node.op_type, node.category, ms, bound, overhead, node.flops, moved
+            )
+        )
+    return layers
+
+
+def _factor_summary(matched: str, entry: FactorEntry) -> dict[str, Any]:
+    """The entry used, without the fit's list of row lines (kept in the factors file)."""
+    summary = {"entry": matched, **entry.to_dict()}
+    summary["fit"] = {k: v for k, v in entry.fit.items() if k != "lines"}
+    return summary
+
+
+def _fit(need: int, limit: float | None) -> MemoryFit:
+    if limit is None:
+        return MemoryFit(need, None, None, 0)
+    limit_bytes = int(limit)
+    return MemoryFit(need, limit_bytes, need <= limit_bytes, max(0, need - limit_bytes))
+
+
+def estimate(
+    profile: Profile,
+    device: Device,
+    *,
+    runtime: str | None = None,
+    precision: str = "fp32",
+    factors: Factors | None = None,
+    unit: str | None = None,
+    threads: int | None = None,
+) -> Estimate:
+    """Predicted latency (with a low-high band), peak memory and fit of `profile` on `device`.
+
+    `runtime` must be one the device lists (None: any); `precision` one of fp32, fp16, int8;
+    `factors` defaults to the fitted factors shipped with the package; `unit` forces a compute
+    unit kind. Raises EdgeforgeError naming the valid choices for a bad runtime or precision.
+    """
+    from edgeforge.estimator.calibration import load_factors
+
+    if precision not in BYTES_PER_ELEMENT:
+        raise EdgeforgeError(
+            f"unknown precision {precision!r}; valid: {', '.join(BYTES_PER_ELEMENT)}"
+        )
+    if runtime is not None and runtime not in device.runtimes:
+        known = "" if runtime in RUNTIMES else f" (known runtimes: {', '.join(RUNTIMES)})"
+        raise EdgeforgeError(
+            f"device {device.id!r} does not run {runtime!r}; it runs "
+            f"{', '.join(device.runtimes)}{known}"
+        )
+    factors = factors if factors is not None else load_factors()
+    notes: list[str] = []
+    chosen = select_unit(device, runtime=runtime, precision=precision, unit=unit)
+    peak = _peak_gops(chosen, precision, threads, notes)
+    bandwidth = device.memory_bandwidth_gbps.value if device.memory_bandwidth_gbps else None
+    if bandwidth is None:
+        notes.append("device states no memory bandwidth: memory time not counted")
+    entry, matched = factors.lookup(device.id, chosen.kind, precision)
+    if _depthwise_nodes(profile) is None:
+        notes.append("the profiled ONNX file is gone: depthwise convs are costed as dense convs")
+    layers = roofline_ms(
+        profile, entry, peak_gops=peak, bandwidth_gbps=bandwidth, precision=precision
+    )
+    latency = sum(layer.ms for layer in layers)
+
+    size = BYTES_PER_ELEMENT[precision]
+    weight_bytes = int(profile.weights.get("onnx_elements", 0)) * size
+    # The activation peak was measured at the file's dtype (fp32 for our exports).
+    activation_bytes = int(profile.activation_memory.peak_bytes * size / 4)
+    peak_memory = weight_bytes + activation_bytes
+    ram = _fit(peak_memory, device.ram_gb.value * 1e9 if device.ram_gb else None)
+    budget = _fit(
+        weight_bytes, device.size_budget_mb.value * 1e6 if device.size_budget_mb else None
+    )
+    if ram.fits is False:
+        notes.append(f"needs {ram.short_bytes / 1e6:.1f} MB more than the device's RAM")
+    if budget.fits is False:
+        notes.append(f"weights exceed the size budget by {budget.short_bytes / 1e6:.1f} MB")
+    return Estimate(
+        device=device.id,
+        unit=chosen.kind,
+        runtime=runtime,
+        precision=precision,
+        latency_ms=latency,
+        latency_low_ms=latency * entry.band_low,
+        latency_high_ms=latency * entry.band_high,
+        peak_memory_bytes=peak_memory,
+        weight_bytes=weight_bytes,
+        activation_peak_bytes=activation_bytes,
+        ram=ram,
+        size_budget=budget,
+        layers=layers,
+        factors=_factor_summary(matched, entry),
+        notes=notes,
+    )

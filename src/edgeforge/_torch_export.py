@@ -16,7 +16,6 @@ import importlib
 import importlib.util
 import io
 import logging
-import re
 import shutil
 import sys
 import tempfile
@@ -30,7 +29,7 @@ import onnx
 
 from edgeforge._onnx_file import open_onnx
 from edgeforge._progress import status
-from edgeforge.errors import EdgeforgeError
+from edgeforge.errors import EdgeforgeError, first_line
 from edgeforge.model import Model, Provenance, TorchParameters
 
 __all__ = ["ExportOptions", "export_module", "export_program", "load_factory"]
@@ -73,7 +72,7 @@ def export_module(
         except Exception as exc:
             raise EdgeforgeError(
                 f"{source}: the module fails on its example inputs "
-                f"({_first_line(exc)}); pass inputs it accepts"
+                f"({first_line(exc)}); pass inputs it accepts"
             ) from None
     counts = _torch_counts(module)
     common = dict(input_names=input_names, output_names=output_names, opset_version=opset)
@@ -119,7 +118,7 @@ def export_program(path: Path, out_dir: Path) -> Model:
     except Exception as exc:
         raise EdgeforgeError(
             f"{path}: cannot load as a torch.export program "
-            f"({_first_line(exc)}); save it with torch.export.save"
+            f"({first_line(exc)}); save it with torch.export.save"
         ) from None
     if program.example_inputs is None:
         raise EdgeforgeError(
@@ -170,7 +169,7 @@ def load_factory(reference: str) -> tuple[Any, Any, ExportOptions]:
         made = factory()
     except (Exception, SystemExit) as exc:  # a factory calling sys.exit() is a bad factory too
         raise EdgeforgeError(
-            f"{reference}: the factory raised {_first_line(exc)}; "
+            f"{reference}: the factory raised {first_line(exc)}; "
             "fix the factory so that it returns (module, example_inputs)"
         ) from None
     if isinstance(made, Mapping):
@@ -209,7 +208,7 @@ def _import_target(target: str, reference: str) -> Any:
             f"{reference}: cannot import {exc.name!r}; install it or add its folder to PYTHONPATH"
         ) from None
     except (Exception, SystemExit) as exc:
-        raise EdgeforgeError(f"{reference}: importing {target} raised {_first_line(exc)}") from None
+        raise EdgeforgeError(f"{reference}: importing {target} raised {first_line(exc)}") from None
     return module if module is not None else result
 
 
@@ -313,9 +312,9 @@ def _export_checked(dynamo, torchscript, out_dir, args, kwargs, reference, prove
             if torchscript is None:
                 raise EdgeforgeError(
                     f"{provenance.source}: torch.onnx (dynamo) could not export it "
-                    f"({_first_line(exc)})"
+                    f"({first_line(exc)})"
                 ) from None
-            note = f"dynamo export failed ({_first_line(exc)})"
+            note = f"dynamo export failed ({first_line(exc)})"
             warnings.warn(f"{note}; falling back to the TorchScript exporter", stacklevel=3)
             exporter = "torch.onnx torchscript"
             for leftover in staging.iterdir():
@@ -326,13 +325,13 @@ def _export_checked(dynamo, torchscript, out_dir, args, kwargs, reference, prove
             except Exception as exc2:
                 raise EdgeforgeError(
                     f"{provenance.source}: both ONNX exporters failed; dynamo: "
-                    f"{_first_line(exc)}; torchscript: {_first_line(exc2)}"
+                    f"{first_line(exc)}; torchscript: {first_line(exc2)}"
                 ) from None
         try:
             onnx.checker.check_model(str(path), full_check=False)
         except onnx.checker.ValidationError as exc:
             raise EdgeforgeError(
-                f"{provenance.source}: the exported ONNX fails the checker ({_first_line(exc)})"
+                f"{provenance.source}: the exported ONNX fails the checker ({first_line(exc)})"
             ) from None
         with status("Checking the export in ONNX Runtime"):
             errors = _compare_with_onnxruntime(path, args, kwargs, reference, provenance.source)
@@ -448,16 +447,3 @@ def _quiet():
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
         sys.stdout.flush()
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def _first_line(exc: BaseException) -> str:
-    """The first line of the innermost cause, which names the real problem (the exporters
-    wrap it in generic "step 1/3 failed" messages)."""
-    while exc.__cause__ is not None:
-        exc = exc.__cause__
-    text = _ANSI.sub("", str(exc)).strip()
-    line = text.splitlines()[0][:300] if text else ""
-    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__

@@ -19,7 +19,14 @@ import numpy as np
 
 from edgeforge.errors import EdgeforgeError
 
-__all__ = ["OutputComparison", "Tolerance", "compare", "tolerance_for"]
+__all__ = [
+    "OutputComparison",
+    "Tolerance",
+    "compare",
+    "cosine_similarity",
+    "relative_error",
+    "tolerance_for",
+]
 
 
 @dataclass(frozen=True)
@@ -84,7 +91,7 @@ def compare(
     diff = np.abs(ref - got)
     scale = float(np.max(np.abs(ref))) if ref.size else 0.0
     max_abs = float(diff.max()) if diff.size else 0.0
-    cosine = _cosine(ref, got)
+    cosine = cosine_similarity(ref, got)
     noise = float(np.sum(diff**2))
     snr = float("inf") if noise == 0 else 10 * np.log10(max(float(np.sum(ref**2)), 1e-30) / noise)
     top1 = top5 = None
@@ -126,7 +133,10 @@ def relative_error(reference: np.ndarray, candidate: np.ndarray) -> float:
     return error / scale if scale else error
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two flattened arrays (1 for two equal zero arrays)."""
+    a = np.ravel(a).astype(np.float64)
+    b = np.ravel(b).astype(np.float64)
     norm = float(np.linalg.norm(a) * np.linalg.norm(b))
     if norm == 0:
         return 1.0 if np.array_equal(a, b) else 0.0

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edgeforge.evaluate.compare import Tolerance, relative_error
+from edgeforge.evaluate.compare import Tolerance, cosine_similarity, relative_error
 from edgeforge.model import Model
 
 __all__ = ["Divergence", "LayerError", "expose_all", "first_divergence"]
@@ -105,7 +105,7 @@ def first_divergence(
         if want.dtype.kind != "f" or want.shape != have.shape or want.size == 0:
             continue
         error = relative_error(want, have)
-        cosine = _cosine(want, have)
+        cosine = cosine_similarity(want, have)
         layer = LayerError(tensor, node, op_type, error, cosine)
         layers.append(layer)
         scale = float(np.max(np.abs(want)))
@@ -128,12 +128,3 @@ def first_divergence(
     return Divergence(
         True, first.node, first.op_type, first.tensor, first.relative_error, len(layers), layers
     )
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a = np.ravel(a).astype(np.float64)
-    b = np.ravel(b).astype(np.float64)
-    norm = float(np.linalg.norm(a) * np.linalg.norm(b))
-    if norm == 0:
-        return 1.0 if np.array_equal(a, b) else 0.0
-    return float(np.dot(a, b) / norm)

@@ -18,6 +18,8 @@ import warnings
 from collections import Counter
 from collections.abc import Iterator, Mapping
 
+from edgeforge.errors import first_line
+
 __all__ = ["Log", "census", "first_line", "silenced"]
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -66,15 +68,6 @@ def silenced(env: Mapping[str, str] | None = None) -> Iterator[Log]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-
-
-def first_line(exc: BaseException) -> str:
-    """`Type: first line` of the innermost cause, colour codes removed."""
-    while exc.__cause__ is not None:
-        exc = exc.__cause__
-    text = ANSI.sub("", str(exc)).strip()
-    line = text.splitlines()[0][:300] if text else ""
-    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
 
 
 def census(ops: list[str]) -> str:

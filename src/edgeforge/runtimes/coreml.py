@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from edgeforge._cache import remember
-from edgeforge.errors import EdgeforgeError
+from edgeforge.errors import EdgeforgeError, first_line
 from edgeforge.model import Model, TensorSpec
 from edgeforge.recipe import Recipe
 from edgeforge.runtimes.base import (
@@ -76,7 +76,7 @@ class CoreMLSession(Session):
                 )
         except Exception as exc:  # Core ML raises its own types
             raise EdgeforgeError(
-                f"{artifact.path}: Core ML cannot load it ({_one_line(exc)})"
+                f"{artifact.path}: Core ML cannot load it ({first_line(exc)})"
             ) from None
         description = self._model.get_spec().description
         self._input_names = [feature.name for feature in description.input]
@@ -223,7 +223,7 @@ def validate_without_running(artifact: Artifact) -> list[str]:
         with _quiet():
             spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
     except Exception as exc:
-        return [f"{path}: coremltools cannot read it ({_one_line(exc)})"]
+        return [f"{path}: coremltools cannot read it ({first_line(exc)})"]
     problems = _signature_problems(artifact.inputs, artifact.outputs, spec.description)
     problems += _precision_problems(spec, artifact.manifest.recipe.get("precision", "fp32"))
     return problems
@@ -273,7 +273,7 @@ def _load_program(path: Path) -> Any:
             program = torch.export.load(str(path))
     except Exception as exc:
         raise EdgeforgeError(
-            f"{path}: cannot load the torch.export program ({_one_line(exc)}); load the torch "
+            f"{path}: cannot load the torch.export program ({first_line(exc)}); load the torch "
             "module again to re-export it"
         ) from None
     try:
@@ -303,7 +303,7 @@ def _convert(ct: Any, program: Any, outputs: tuple[TensorSpec, ...], precision: 
 
 def _conversion_problem(exc: BaseException) -> str:
     """One line naming what coremltools stopped at."""
-    text = _one_line(exc)
+    text = first_line(exc)
     match = _UNSUPPORTED_NODE.search(text) or _NOT_IMPLEMENTED.search(text)
     if match:
         return f"no conversion for op {match.groups()[-1]!r}"
@@ -328,7 +328,7 @@ def _conversion_findings(ct: Any, model: Model) -> list[Finding]:
     try:
         _convert(ct, program, model.outputs, "fp32", DEFAULT_TARGET)
     except Exception as exc:
-        text = _one_line(exc)
+        text = first_line(exc)
         match = _UNSUPPORTED_NODE.search(text) or _NOT_IMPLEMENTED.search(text)
         if match:
             groups = match.groups()
@@ -580,9 +580,3 @@ def _fixed_dims_notes(specs: tuple[TensorSpec, ...], features: Any) -> list[str]
                 f"input {spec.name}: dynamic sizes fixed to the example's: {', '.join(fixed)}"
             )
     return notes
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    line = text.splitlines()[0][:300] if text else ""
-    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__

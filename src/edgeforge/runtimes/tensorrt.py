@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from edgeforge._cache import remember
-from edgeforge.errors import EdgeforgeError
+from edgeforge.errors import EdgeforgeError, first_line
 from edgeforge.model import Model
 from edgeforge.recipe import Recipe
 from edgeforge.runtimes.base import (
@@ -203,7 +203,7 @@ class TensorRT(Runtime):
                 Finding(
                     self.name,
                     "info",
-                    f"TensorRT's ONNX parser could not run here ({_one_line(exc)})",
+                    f"TensorRT's ONNX parser could not run here ({first_line(exc)})",
                     "run the check on a machine with an NVIDIA GPU and its driver",
                     evidence="parser",
                 )
@@ -316,9 +316,3 @@ def _logger(trt: Any) -> Any:
             return " ".join(self.errors[-1].split())[:300] if self.errors else ""
 
     return Logger()
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    line = text.splitlines()[0][:300] if text else ""
-    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__

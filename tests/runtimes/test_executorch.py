@@ -9,7 +9,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from torch import nn
+import torch_models
+from torch_models import CumulativeSum, Determinant, load_module, max_error
 
 import edgeforge
 from edgeforge.errors import EdgeforgeError
@@ -18,34 +19,6 @@ from edgeforge.runtimes import get_runtime
 from edgeforge.runtimes.base import Artifact
 
 pytest.importorskip("executorch")
-
-
-class TwoInputs(nn.Module):
-    """A float and an int64 input, a float and an int64 output: pins order and widths."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.linear = nn.Linear(6, 4)
-
-    def forward(self, features: torch.Tensor, steps: torch.Tensor):
-        scores = self.linear(features) * steps.unsqueeze(-1).float()
-        return scores, scores.argmax(-1)
-
-
-class Determinant(nn.Module):
-    """Exports to ONNX (Det) and runs in ONNX Runtime; it is not core ATen and has no
-    decomposition, so exir refuses it (as it does torch.unique; torch.fft.rfft fails on the
-    complex dtype)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.linalg.det(x) + 1
-
-
-class CumulativeSum(nn.Module):
-    """cumsum lowers and runs, but the XNNPACK partitioner leaves it to the portable kernels."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cumsum(x, 1) * 2
 
 
 @pytest.fixture(autouse=True)
@@ -59,21 +32,13 @@ def executorch():
 
 
 @pytest.fixture(scope="module")
-def two_inputs() -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
-    torch.manual_seed(0)
-    return TwoInputs().eval(), (torch.randn(3, 6), torch.tensor([1, 2, 3]))
+def two_inputs():
+    return torch_models.two_inputs()
 
 
 @pytest.fixture(scope="module")
-def two_input_model(two_inputs, tmp_path_factory) -> edgeforge.Model:
-    module, example = two_inputs
-    return edgeforge.load(
-        module,
-        example,
-        input_names=["features", "steps"],
-        output_names=["scores", "best"],
-        workdir=tmp_path_factory.mktemp("two-inputs"),
-    )
+def two_input_model(tmp_path_factory) -> edgeforge.Model:
+    return torch_models.two_input_model(tmp_path_factory.mktemp("two-inputs"))
 
 
 @pytest.fixture(scope="module")
@@ -84,16 +49,6 @@ def digits_pte(executorch, digits_model, tmp_path_factory) -> Artifact:
 @pytest.fixture(scope="module")
 def two_input_pte(executorch, two_input_model, tmp_path_factory) -> Artifact:
     return executorch.build(two_input_model, Recipe(), tmp_path_factory.mktemp("et") / "two")
-
-
-def _load(module: nn.Module, example: torch.Tensor, folder) -> edgeforge.Model:
-    return edgeforge.load(module.eval(), example, workdir=folder)
-
-
-def _max_error(got: np.ndarray, want: np.ndarray) -> tuple[float, float]:
-    """(max abs error, the bound it must stay under: 1e-4 scaled to the outputs' size)."""
-    error = float(np.abs(got.astype(np.float64) - want.astype(np.float64)).max())
-    return error, 1e-4 * max(1.0, float(np.abs(want).max()))
 
 
 def test_artifact_folder_holds_the_pte_and_a_manifest(digits_pte):
@@ -117,7 +72,7 @@ def test_digits_match_onnxruntime(executorch, digits_pte, digits_model):
     with executorch.open(digits_pte) as session:
         got = session.run({"image": image})["logits"]
     assert got.shape == want.shape == (1, 10)
-    error, bound = _max_error(got, want)
+    error, bound = max_error(got, want)
     assert error <= bound
 
 
@@ -130,7 +85,7 @@ def test_two_inputs_and_outputs_are_mapped_by_name(executorch, two_input_pte, tw
     session = executorch.open(two_input_pte)
     got = session.run({"steps": steps.numpy(), "features": features.numpy()})
     assert list(got) == ["scores", "best"]
-    error, bound = _max_error(got["scores"], scores.numpy())
+    error, bound = max_error(got["scores"], scores.numpy())
     assert error <= bound
     assert got["best"].dtype == np.int64
     np.testing.assert_array_equal(got["best"], best.numpy())
@@ -165,7 +120,7 @@ def test_a_model_without_a_torch_program_is_refused(executorch, digits_model, tm
 
 def test_check_names_the_op_executorch_cannot_handle(executorch, tmp_path):
     op = "aten._linalg_det.default"
-    model = _load(Determinant(), torch.randn(2, 3, 3), tmp_path / "model")
+    model = load_module(Determinant(), torch.randn(2, 3, 3), tmp_path / "model")
     findings = executorch.check(model)
     unsupported = [f for f in findings if f.severity == "unsupported"]
     assert len(unsupported) == 1, findings
@@ -183,7 +138,7 @@ def test_check_names_the_op_executorch_cannot_handle(executorch, tmp_path):
 
 
 def test_check_reports_ops_the_xnnpack_delegate_leaves(executorch, tmp_path, capfd):
-    model = _load(CumulativeSum(), torch.randn(3, 5), tmp_path / "model")
+    model = load_module(CumulativeSum(), torch.randn(3, 5), tmp_path / "model")
     capfd.readouterr()
     findings = executorch.check(model)
     out, err = capfd.readouterr()

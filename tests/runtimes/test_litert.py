@@ -9,7 +9,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+import torch_models
 from torch import nn
+from torch_models import CumulativeSum, Determinant, load_module, max_error
 
 import edgeforge
 from edgeforge.errors import EdgeforgeError
@@ -21,38 +23,11 @@ pytest.importorskip("litert_torch")
 pytest.importorskip("ai_edge_litert")
 
 
-class TwoInputs(nn.Module):
-    """A float and an int64 input, a float and an int64 output: pins order and widths."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.linear = nn.Linear(6, 4)
-
-    def forward(self, features: torch.Tensor, steps: torch.Tensor):
-        scores = self.linear(features) * steps.unsqueeze(-1).float()
-        return scores, scores.argmax(-1)
-
-
-class Determinant(nn.Module):
-    """Exports to ONNX (Det) and runs in ONNX Runtime; litert-torch has no lowering for it
-    (nor for torch.unique; torch.nonzero fails in its JAX bridge on the data-dependent shape)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.linalg.det(x) + 1
-
-
 class TopK(nn.Module):
     """Converts (to STABLEHLO_SORT), but the LiteRT 2.3 interpreter has no kernel for it."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.topk(x, 3).values
-
-
-class CumulativeSum(nn.Module):
-    """CUMSUM converts and runs, but the XNNPACK delegate does not take it."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cumsum(x, 1) * 2
 
 
 @pytest.fixture(autouse=True)
@@ -66,21 +41,13 @@ def litert():
 
 
 @pytest.fixture(scope="module")
-def two_inputs() -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
-    torch.manual_seed(0)
-    return TwoInputs().eval(), (torch.randn(3, 6), torch.tensor([1, 2, 3]))
+def two_inputs():
+    return torch_models.two_inputs()
 
 
 @pytest.fixture(scope="module")
-def two_input_model(two_inputs, tmp_path_factory) -> edgeforge.Model:
-    module, example = two_inputs
-    return edgeforge.load(
-        module,
-        example,
-        input_names=["features", "steps"],
-        output_names=["scores", "best"],
-        workdir=tmp_path_factory.mktemp("two-inputs"),
-    )
+def two_input_model(tmp_path_factory) -> edgeforge.Model:
+    return torch_models.two_input_model(tmp_path_factory.mktemp("two-inputs"))
 
 
 @pytest.fixture(scope="module")
@@ -91,16 +58,6 @@ def digits_tflite(litert, digits_model, tmp_path_factory) -> Artifact:
 @pytest.fixture(scope="module")
 def two_input_tflite(litert, two_input_model, tmp_path_factory) -> Artifact:
     return litert.build(two_input_model, Recipe(), tmp_path_factory.mktemp("lt") / "two")
-
-
-def _load(module: nn.Module, example: torch.Tensor, folder) -> edgeforge.Model:
-    return edgeforge.load(module.eval(), example, workdir=folder)
-
-
-def _max_error(got: np.ndarray, want: np.ndarray) -> tuple[float, float]:
-    """(max abs error, the bound it must stay under: 1e-4 scaled to the outputs' size)."""
-    error = float(np.abs(got.astype(np.float64) - want.astype(np.float64)).max())
-    return error, 1e-4 * max(1.0, float(np.abs(want).max()))
 
 
 def test_artifact_folder_holds_the_tflite_and_a_manifest(digits_tflite):
@@ -124,7 +81,7 @@ def test_digits_match_onnxruntime(litert, digits_tflite, digits_model):
     with litert.open(digits_tflite) as session:
         got = session.run({"image": image})["logits"]
     assert got.shape == want.shape == (1, 10)
-    error, bound = _max_error(got, want)
+    error, bound = max_error(got, want)
     assert error <= bound
 
 
@@ -137,7 +94,7 @@ def test_two_inputs_and_outputs_are_mapped_by_name(litert, two_input_tflite, two
     session = litert.open(two_input_tflite)
     got = session.run({"steps": steps.numpy(), "features": features.numpy()})
     assert list(got) == ["scores", "best"]
-    error, bound = _max_error(got["scores"], scores.numpy())
+    error, bound = max_error(got["scores"], scores.numpy())
     assert error <= bound
     # int64 is int32 inside the .tflite; the session hands back the model's own width.
     assert got["best"].dtype == np.int64
@@ -179,7 +136,7 @@ def test_a_model_without_a_torch_program_is_refused(litert, digits_model, tmp_pa
     ids=["no-lowering", "no-kernel"],
 )
 def test_check_names_the_op_litert_cannot_handle(litert, module, example, op, tmp_path):
-    model = _load(module, example, tmp_path / "model")
+    model = load_module(module, example, tmp_path / "model")
     findings = litert.check(model)
     unsupported = [f for f in findings if f.severity == "unsupported"]
     assert len(unsupported) == 1, findings
@@ -197,7 +154,7 @@ def test_check_names_the_op_litert_cannot_handle(litert, module, example, op, tm
 
 
 def test_check_reports_ops_the_xnnpack_delegate_leaves(litert, tmp_path, capfd):
-    model = _load(CumulativeSum(), torch.randn(3, 5), tmp_path / "model")
+    model = load_module(CumulativeSum(), torch.randn(3, 5), tmp_path / "model")
     capfd.readouterr()
     findings = litert.check(model)
     out, err = capfd.readouterr()

@@ -93,17 +93,17 @@ def bench(
             "batches": list(batches),
             "feeds": feeds,
         }
-        outcomes = _run_children(_measure, [job] * repeats, timeout, 1, "Benchmarking")
+        # The first repeat also runs the runtime's profiler, after its timed runs.
+        jobs = [job | {"profile": index == 0} for index in range(repeats)]
+        outcomes = _run_children(_measure, jobs, timeout, 1, "Benchmarking")
         failed = [o for o in outcomes if "latencies" not in o]
         if failed:
             raise EdgeforgeError(
                 f"benchmark on {artifact.runtime} did not finish: {failed[0].get('detail')}"
             )
-        profiler = _PROFILERS.get(artifact.manifest.format)
-        top_layers = profiler(artifact, feeds, threads) if profiler else []
         label = model.provenance.source if model else artifact.manifest.source
         persisted = model is None  # an artifact folder the user gave, not a build in scratch
-        return _summarise(artifact, label, samples.source, job, outcomes, top_layers, persisted)
+        return _summarise(artifact, label, samples.source, job, outcomes, persisted)
 
 
 def _artifact(source, runtime: str, scratch: Path, load_options) -> tuple[Artifact, Any]:
@@ -154,14 +154,18 @@ def _measure(job: dict[str, Any]) -> dict[str, Any]:
             times.append((time.perf_counter() - tick) * 1e3)
         latencies[str(batch)] = times
     session.close()
+    peak_kb = _resident_kb("VmHWM")  # before the profiler opens a session of its own
+    profiler = _PROFILERS.get(artifact.manifest.format) if job.get("profile") else None
+    top_layers = profiler(artifact, feeds, job["threads"]) if profiler else []
     return {
         "runtime": job["runtime"],
         "status": "measured",
         "load_ms": load_ms,
         "first_ms": first_ms,
         "latencies": latencies,
-        "peak_rss_kb": _resident_kb("VmHWM"),
+        "peak_rss_kb": peak_kb,
         "baseline_rss_kb": baseline_kb,
+        "top_layers": top_layers,
     }
 
 
@@ -179,7 +183,7 @@ def _resident_kb(field: str) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
-def _summarise(artifact, label, described, job, outcomes, top_layers, persisted) -> BenchResult:
+def _summarise(artifact, label, described, job, outcomes, persisted) -> BenchResult:
     batches = [b for b in job["batches"] if str(b) in outcomes[0]["latencies"]]
     first = str(batches[0])
     pooled = [t for o in outcomes for t in o["latencies"][first]]
@@ -216,7 +220,7 @@ def _summarise(artifact, label, described, job, outcomes, top_layers, persisted)
         throughput=throughput,
         peak_rss_mb=max(o["peak_rss_kb"] for o in outcomes) / 1024,
         model_memory_mb=max(o["peak_rss_kb"] - o["baseline_rss_kb"] for o in outcomes) / 1024,
-        top_layers=top_layers,
+        top_layers=outcomes[0]["top_layers"],
         warnings=warnings,
     )
 

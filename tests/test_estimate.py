@@ -207,7 +207,7 @@ def test_zoo_model_on_a_catalogue_device_with_shipped_factors(tmp_path):
     module, inputs, options = catalog.build("squeezenet1_1")
     profile = edgeforge.inspect(module, inputs, workdir=tmp_path, **options)
     result = estimate(profile, get_device("raspberry-pi-4"), runtime="onnxruntime")
-    assert result.factors["entry"] == "raspberry-pi-4/cpu/*"
+    assert result.factors["entry"] == "raspberry-pi-4/cpu/fp32"  # the Pi 4 has fp32 rows
     assert 0 < result.latency_low_ms <= result.latency_ms <= result.latency_high_ms
     assert result.ram.fits is True and result.size_budget.fits is True
     assert any(layer.bound == "compute" for layer in result.layers if layer.category == "conv")
@@ -314,7 +314,7 @@ def test_calibration_recovers_known_factors(synthetic_profiles):
     rows = _synthetic_rows(synthetic_profiles, 0.37, noise=(1.0,))
     factors = fit(rows, synthetic_profiles)
     entry, matched = factors.lookup("raspberry-pi-4", "cpu", "fp32")
-    assert matched == "raspberry-pi-4/cpu/*"
+    assert matched == "raspberry-pi-4/cpu/fp32"
     assert entry.memory_efficiency == pytest.approx(0.37, rel=1e-6)
     assert entry.compute_efficiency["matmul"] == pytest.approx(0.37, rel=1e-6)
     assert entry.fit["rows"] == len(rows)
@@ -323,6 +323,27 @@ def test_calibration_recovers_known_factors(synthetic_profiles):
     assert report["overall"]["median_abs_pct_error"] == pytest.approx(0.0, abs=1e-6)
     assert report["overall"]["within_25pct"] == 1.0
     assert set(report["by_device"]) == {"raspberry-pi-4"}
+
+
+def test_a_precision_with_its_own_rows_gets_its_own_scale(synthetic_profiles):
+    fp32 = _synthetic_rows(synthetic_profiles, 0.4, noise=(1.0,))
+    # int8 measured 10x slower than fp32: a runtime whose int8 falls back to slower kernels.
+    # Its scale must not drag the fp32 entry, nor be lost in it.
+    int8 = [
+        dataclasses.replace(
+            row, line=row.line + 100, precision="int8", latency_ms=10 * row.latency_ms
+        )
+        for row in fp32
+    ]
+    factors = fit(fp32 + int8, synthetic_profiles)
+    keys = [factors.lookup("raspberry-pi-4", "cpu", p)[1] for p in ("fp32", "int8", "fp16")]
+    assert keys == ["raspberry-pi-4/cpu/fp32", "raspberry-pi-4/cpu/int8", "raspberry-pi-4/cpu/*"]
+    assert factors.lookup("raspberry-pi-4", "cpu", "int8")[0].fit["rows"] == len(int8)
+    own = validate(int8, factors, synthetic_profiles)["overall"]["median_abs_pct_error"]
+    assert own < 10
+    fp32_scale = factors.lookup("raspberry-pi-4", "cpu", "fp32")[0].memory_efficiency
+    int8_scale = factors.lookup("raspberry-pi-4", "cpu", "int8")[0].memory_efficiency
+    assert int8_scale < fp32_scale  # slower than its peak says: a lower efficiency
 
 
 def test_calibration_is_robust_to_one_wild_measurement(synthetic_profiles):

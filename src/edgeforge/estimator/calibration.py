@@ -13,6 +13,9 @@ Model (what `fit` assumes and a caller can rely on):
   rows no slower than their overhead are left out of it). `o` is picked from
   `OVERHEAD_GRID_MS` by the smallest median |log(measured / predicted)|; a unit kind with fewer
   than `MIN_ROWS_FOR_OVERHEAD` rows keeps `PRIOR_OVERHEAD_MS`.
+- A precision with at least `MIN_ROWS_FOR_PRECISION` fit rows on one (device, unit) gets its own
+  scale there (same overhead): a precision may run on other kernels, or fall back to another
+  unit (ncnn's int8 on a Vulkan GPU runs slower than its fp16), which one scale cannot follow.
 - The band is the 10th-90th percentile of measured / predicted over the fit rows (min-max under
   five rows, widened to at least the unit kind's pooled band; 0.5-2.0 for a single row or the
   unfitted default), and always contains 1.
@@ -77,6 +80,7 @@ PRIOR_OVERHEAD_MS = 0.01
 # when a group has at least MIN_ROWS_FOR_OVERHEAD rows; smaller groups keep the prior.
 OVERHEAD_GRID_MS = (0.0, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
 MIN_ROWS_FOR_OVERHEAD = 5
+MIN_ROWS_FOR_PRECISION = 3  # rows of one precision on one unit before it gets its own scale
 PRIOR_SCALE = 0.3  # used only by the unfitted default entry: a typical fraction of peak
 _SCHEMA = 1
 _FIT_SHARE = 0.6  # about this share of architectures goes to the fit side
@@ -337,11 +341,13 @@ def fit(rows: Iterable[PublishedRow], profiles: Mapping[str, Profile]) -> Factor
     skipped; the result's provenance counts what was used."""
     mapped = [r for r in rows if r.mapped and r.architecture in profiles]
     groups: dict[tuple[str, str], list[PublishedRow]] = {}
+    by_precision: dict[tuple[str, str, str], list[PublishedRow]] = {}
     for row in mapped:
         assert row.device_id is not None
         groups.setdefault((row.device_id, row.unit), []).append(row)
         groups.setdefault(("*", row.unit), []).append(row)
         groups.setdefault(("*", "*"), []).append(row)
+        by_precision.setdefault((row.device_id, row.unit, _precision(row)), []).append(row)
     entries: list[FactorEntry] = []
     # Pooled groups first: a unit kind's overhead is fitted on every device's rows of that kind,
     # then each device's entry fits only its scale with that overhead (one number per device).
@@ -363,6 +369,25 @@ def fit(rows: Iterable[PublishedRow], profiles: Mapping[str, Profile]) -> Factor
                 band_high=max(entry.band_high, pooled[unit].band_high),
             )
         entries.append(entry)
+    # A precision runs on other kernels (or falls back to another unit): with enough rows of
+    # its own, a (device, unit, precision) entry fits its own scale, at the unit's overhead and
+    # with at least the (device, unit) entry's band.
+    by_device = {(e.device, e.unit): e for e in entries}
+    for (device, unit, precision), members in sorted(by_precision.items()):
+        parent = by_device.get((device, unit))
+        if parent is None or len(members) < MIN_ROWS_FOR_PRECISION:
+            continue
+        entry = _fit_group(device, unit, members, profiles, (parent.layer_overhead_ms,))
+        if entry is None:
+            continue
+        entries.append(
+            dataclasses.replace(
+                entry,
+                precision=precision,
+                band_low=min(entry.band_low, parent.band_low),
+                band_high=max(entry.band_high, parent.band_high),
+            )
+        )
     if not any(e.device == e.unit == "*" for e in entries):
         entries.append(default_entry())
     provenance = {

@@ -641,7 +641,7 @@ def _mb(value: float | None) -> str:
 
 
 def _pct(fraction: float) -> str:
-    return f"{fraction * 100:.3g}%"
+    return "<0.01%" if 0 < fraction < 1e-4 else f"{fraction * 100:.3g}%"
 
 
 def _rows(d: Decision) -> list[dict[str, str]]:

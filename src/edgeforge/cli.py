@@ -203,6 +203,32 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _decide(args: argparse.Namespace) -> int:
+    from edgeforge.decide import decide
+    from edgeforge.decide.render import print_decision
+
+    decision = decide(
+        args.model,
+        args.device,
+        network=args.network,
+        payload=args.payload,
+        response=args.response,
+        requests_per_day=args.requests_per_day,
+        users=args.users,
+        privacy=args.privacy,
+        offline_required=args.offline_required,
+        max_latency_ms=args.max_latency,
+        cloud_instance=args.cloud_instance,
+        runtime=args.runtime,
+        precision=args.precision,
+        force=args.force,
+        prices=args.prices,
+        shapes=_shapes(args),
+    )
+    _emit(args, "decide", decision.to_dict(), lambda: print_decision(decision))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from edgeforge.demo import run_demo
 
@@ -285,6 +311,55 @@ def build_parser() -> argparse.ArgumentParser:
     estimate.add_argument("--precision", default="fp32", help="fp32, fp16 or int8")
     _output_options(estimate)
     estimate.set_defaults(run=_estimate)
+
+    decide = verbs.add_parser(
+        "decide", help="edge, cloud or hybrid: latency, cost, privacy and fit for a workload"
+    )
+    _model_options(decide)
+    decide.add_argument("--device", required=True, help="catalogue id of the edge device")
+    decide.add_argument("--runtime", help="the runtime on the device (default: any)")
+    decide.add_argument("--precision", default="fp32", help="fp32, fp16 or int8")
+    workload = decide.add_argument_group("workload")
+    workload.add_argument(
+        "--network",
+        help="3g, 4g, lte, 5g, wifi, offline, or rtt=80ms,up=5mbps,down=20mbps[,loss=1%%] "
+        "(default: 4g)",
+    )
+    workload.add_argument(
+        "--payload", help="bytes uploaded per request, e.g. 150KB (default: the raw input)"
+    )
+    workload.add_argument(
+        "--response", help="bytes downloaded per request (default: the raw output)"
+    )
+    workload.add_argument(
+        "--requests-per-day", type=float, help="requests per user (device) per day (default 100)"
+    )
+    workload.add_argument("--users", type=int, help="users, one device each (default 1000)")
+    workload.add_argument(
+        "--privacy", default="none", help="none, or sensitive: the input must stay on the device"
+    )
+    workload.add_argument(
+        "--offline-required", action="store_true", help="the application must work offline"
+    )
+    workload.add_argument(
+        "--max-latency", type=float, metavar="MS", help="the application's target (default 100)"
+    )
+    cloud = decide.add_argument_group("cloud")
+    cloud.add_argument(
+        "--cloud-instance", help="g4dn-xlarge, g5-xlarge, c6i-xlarge, c7g-xlarge (default g4dn)"
+    )
+    cloud.add_argument(
+        "--prices",
+        type=Path,
+        metavar="FILE.toml",
+        help="override prices and defaults: [defaults], [edge_hardware_usd], [networks.X], "
+        "[cloud_instances.X]",
+    )
+    decide.add_argument(
+        "--force", help="pin the recommendation to edge, cloud or hybrid (checked for conflicts)"
+    )
+    _output_options(decide)
+    decide.set_defaults(run=_decide)
 
     calibrate = verbs.add_parser(
         "calibrate", help="fit the estimator's efficiency factors on published measurements"

@@ -5,7 +5,13 @@ from __future__ import annotations
 import io
 from typing import Any
 
-__all__ = ["activation_timeline_svg", "layer_error_svg", "work_by_op_type_svg"]
+__all__ = [
+    "activation_timeline_svg",
+    "decide_cost_svg",
+    "decide_latency_svg",
+    "layer_error_svg",
+    "work_by_op_type_svg",
+]
 
 
 def _figure(width: float = 7.5, height: float = 3.2):
@@ -92,4 +98,53 @@ def layer_error_svg(verification: dict[str, Any]) -> str:
     axes.set_xlabel("layer (topological order)")
     axes.set_ylabel("relative error (max |diff| / max |ref|)")
     axes.set_title("Error per layer, candidate against reference")
+    return _svg(pyplot, figure)
+
+
+def decide_cost_svg(decision: dict[str, Any]) -> str:
+    """`decide`: monthly cost of edge and cloud against users (log-log), cross-over marked."""
+    curves = decision["curves"]
+    points = curves["cost_vs_users"]
+    if not points:
+        return ""
+    pyplot, figure, axes = _figure(width=5.6, height=3.4)
+    users = [p["users"] for p in points]
+    floor = 0.01  # log axes: a zero cost (users' own phones) is drawn at one cent
+    axes.loglog(users, [max(p["edge_usd"], floor) for p in points], label="edge", color="#2e8b57")
+    axes.loglog(users, [max(p["cloud_usd"], floor) for p in points], label="cloud", color="#3b6ea8")
+    axes.axvline(curves["users"], color="#888", linestyle=":", linewidth=1, label="this workload")
+    if curves.get("users_crossover"):
+        axes.axvline(curves["users_crossover"], color="#c0392b", linewidth=1, label="cross-over")
+    axes.set_xlabel("users (one device each)")
+    axes.set_ylabel("USD per month")
+    axes.set_title(f"Cost against users on {decision['device']['id']}")
+    axes.legend(fontsize=8)
+    return _svg(pyplot, figure)
+
+
+def decide_latency_svg(decision: dict[str, Any]) -> str:
+    """`decide`: cloud latency against uplink bandwidth, with the edge's and the target."""
+    curves = decision["curves"]
+    points = curves["latency_vs_uplink"]
+    if not points:
+        return ""
+    pyplot, figure, axes = _figure(width=5.6, height=3.4)
+    axes.loglog(
+        [p["uplink_mbps"] for p in points],
+        [p["cloud_ms"] for p in points],
+        label="cloud",
+        color="#3b6ea8",
+    )
+    axes.axhline(curves["edge_latency_ms"], color="#2e8b57", label="edge")
+    axes.axhline(curves["max_latency_ms"], color="#c0392b", linestyle="--", label="target")
+    if curves.get("uplink_mbps"):
+        axes.axvline(
+            curves["uplink_mbps"], color="#888", linestyle=":", linewidth=1, label="this network"
+        )
+    if curves.get("uplink_crossover"):
+        axes.axvline(curves["uplink_crossover"], color="#c0392b", linewidth=1, label="cross-over")
+    axes.set_xlabel("uplink Mbit/s")
+    axes.set_ylabel("latency ms")
+    axes.set_title("Latency against uplink bandwidth")
+    axes.legend(fontsize=8)
     return _svg(pyplot, figure)

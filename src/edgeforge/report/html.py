@@ -56,6 +56,12 @@ def render_html(sections: dict[str, Any], title: str = "edgeforge report") -> st
         if t.get("verification")
     ]
     plots["layers"] = {v["candidate"]: _plots.layer_error_svg(v) for v in verifications}
+    if "decide" in sections:
+        decisions = sections["decide"]
+        decisions = decisions if isinstance(decisions, list) else [decisions]
+        plots["decide"] = [
+            (_plots.decide_cost_svg(d), _plots.decide_latency_svg(d)) for d in decisions
+        ]
     template = _environment().get_template("report.html.j2")
     return template.render(
         title=title,

@@ -7,8 +7,11 @@ below a threshold. Invariants a caller can rely on:
 - The threshold is calibrated on one part of the samples (shuffled with `seed`) and every figure
   under `held_out` is measured on the rest, never on the samples that chose it.
 - The threshold chosen is the one with the smallest escalated share whose cascaded accuracy on
-  the calibration part reaches the target. When none does, `met` is false and `best` names the
-  highest accuracy the cascade reaches and at what share; nothing is silently lowered.
+  the calibration part reaches the target with a margin: accuracy - z x its standard error
+  (z = `safety_z`, 1.645 by default: one-sided 95 %), because the share that only just meets the
+  target on the samples that chose it falls short on fresh ones. When none does, `met` is false
+  and `best` names the highest accuracy the cascade reaches and at what share; nothing is
+  silently lowered.
 - Outputs that already are probabilities (non-negative, rows summing to 1) are not put through
   softmax again.
 - Expected latency = small_ms + share x (network_ms + large_ms); times the caller gives are
@@ -77,6 +80,7 @@ class CascadeResult:
             "confidence": self.confidence,
             "target_accuracy": self.target_accuracy,
             "met": self.met,
+            "held_out_meets_target": self.held_out.accuracy >= self.target_accuracy,
             "threshold": _finite(self.threshold),
             "calibration": self.calibration.to_dict(),
             "held_out": self.held_out.to_dict(),
@@ -103,6 +107,7 @@ def cascade(
     price_per_hour: float | None = None,
     limit: int = 10_000,
     seed: int = 0,
+    safety_z: float = 1.645,
 ) -> CascadeResult:
     """Calibrate when `small` (on the device) should hand a sample to `large` (in the cloud) so
     that the cascade reaches `target_accuracy` on the labelled samples in `data`.
@@ -177,7 +182,11 @@ def cascade(
     # Escalating below each distinct confidence, then everything: share only grows.
     thresholds = [*np.unique(trust[fit]).tolist(), np.inf]
     scored = [(t, score(fit, t)) for t in thresholds]
-    meeting = [(t, s) for t, s in scored if s.accuracy >= target_accuracy]
+
+    def lower_bound(s: CascadeScore) -> float:
+        return s.accuracy - safety_z * np.sqrt(s.accuracy * (1 - s.accuracy) / s.samples)
+
+    meeting = [(t, s) for t, s in scored if lower_bound(s) >= target_accuracy]
     best_t, best_s = max(scored, key=lambda item: (item[1].accuracy, -item[1].escalated_share))
     threshold, calibration = meeting[0] if meeting else (best_t, best_s)
     held_out = score(rest, threshold)
@@ -186,7 +195,8 @@ def cascade(
     ]
     if not meeting:
         notes.append(
-            f"the target {target_accuracy:.1%} is above what the cascade reaches: at best "
+            f"the target {target_accuracy:.1%} is above what the cascade reaches with a margin "
+            f"of {safety_z} standard errors: at best "
             f"{best_s.accuracy:.1%} (large model alone {best_s.large_accuracy:.1%}); the best "
             "threshold is reported instead"
         )

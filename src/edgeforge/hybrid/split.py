@@ -298,6 +298,11 @@ def split(
             f"{model.onnx_path.name}: the shapes of the inputs or outputs are not known; "
             "pin them with --shape NAME=DIMS"
         )
+    if any(_is_float(shaped.types.get(n, (0, None))[0]) for n in cuts.inputs):
+        notes.append(
+            "all-cloud sends the raw float inputs uncompressed; an app that sends an encoded "
+            "image (JPEG, uint8) sends less"
+        )
     if cut is not None:
         names = cut.split(",") if isinstance(cut, str) else list(cut)
         forced = cuts.cut_at([n.strip() for n in names if n.strip()], max_tensors)

@@ -237,6 +237,133 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- hybrid: split and cascade -----------------------------------------------------------------
+
+
+def _hybrid_network(name: str | None) -> Any:
+    # wired to edgeforge.decide after merge: get_network(name) replaces this lookup.
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class _Network:
+        name: str
+        rtt_ms: float
+        uplink_mbps: float
+        downlink_mbps: float
+        loss: float
+
+    profiles = {  # typical figures, placeholders until edgeforge.decide's profiles
+        "3g": _Network("3g", 100.0, 1.0, 3.0, 0.01),
+        "4g": _Network("4g", 50.0, 10.0, 30.0, 0.005),
+        "5g": _Network("5g", 20.0, 50.0, 200.0, 0.001),
+        "wifi": _Network("wifi", 10.0, 50.0, 100.0, 0.001),
+        "offline": _Network("offline", 0.0, 0.0, 0.0, 1.0),
+    }
+    if name is None:
+        return None
+    if name not in profiles:
+        raise EdgeforgeError(f"unknown --network {name!r}; choose {', '.join(profiles)}")
+    return profiles[name]
+
+
+def _hybrid_cloud(name: str) -> Any:
+    # wired to edgeforge.decide after merge: get_cloud_instance(name) replaces this lookup.
+    from edgeforge.devices import ComputeUnit, Device, Figure, get_device
+
+    if name != "t4":
+        return get_device(name)  # any catalogue device can play the server
+    source = "NVIDIA T4 datasheet (not checked): placeholder until edgeforge.decide"
+
+    def figure(value: float) -> Figure:
+        return Figure(value, "recalled", source)
+
+    peaks = {"fp32": figure(8100), "fp16": figure(65000), "int8": figure(130000)}
+    return Device(
+        id="cloud-t4",
+        name="Cloud server: NVIDIA T4",
+        kind="host",
+        aliases=(),
+        runtimes=("onnxruntime", "tensorrt"),
+        ram_gb=figure(16),
+        memory_bandwidth_gbps=figure(320),
+        size_budget_mb=None,
+        compute=(ComputeUnit("gpu", "NVIDIA T4", peaks),),
+    )
+
+
+def _split(args: argparse.Namespace) -> int:
+    from edgeforge.hybrid import split
+
+    result = split(
+        args.model,
+        args.device,
+        _hybrid_network(args.network),
+        cloud=_hybrid_cloud(args.cloud),
+        out=args.out,
+        objective=args.objective,
+        compress=args.compress,
+        cut=args.cut,
+        max_tensors=args.max_tensors,
+        precision=args.precision,
+        data=args.data,
+        shapes=_shapes(args),
+    )
+    data = result.to_dict()
+
+    def show() -> None:
+        for key in ("chosen", "all_edge", "all_cloud"):
+            p = data[key]
+            print(
+                f"{key:9} {','.join(p['tensors']) or '-':24} device {p['device_ms']:.2f} ms + "
+                f"transfer {p['transfer_ms']} ms ({p['upload_bytes']} B up) + cloud "
+                f"{p['cloud_ms']:.2f} ms = {p['total_ms']} ms"
+            )
+        print(f"fastest: {data['fastest']}; head∘tail verified: {data['check']['passed']}")
+        if data["compression"]:
+            print(f"{data['compress']} transfer within tolerance: {data['compression']['passed']}")
+        if data["head"]:
+            print(f"head: {data['head']}\ntail: {data['tail']}")
+
+    _emit(args, "split", data, show)
+    return 0 if result.passed else 1
+
+
+def _cascade(args: argparse.Namespace) -> int:
+    from edgeforge.hybrid import cascade
+
+    result = cascade(
+        args.small,
+        args.large,
+        args.data,
+        target_accuracy=args.target_accuracy,
+        confidence=args.confidence,
+        network=_hybrid_network(args.network),
+        small_ms=args.small_ms,
+        large_ms=args.large_ms,
+        price_per_request=args.price_per_request,
+        price_per_hour=args.price_per_hour,
+    )
+    data = result.to_dict()
+
+    def show() -> None:
+        held = data["held_out"]
+        print(
+            f"target {data['target_accuracy']:.1%} {'met' if data['met'] else 'NOT met'}: "
+            f"threshold {data['threshold']}, held-out accuracy {held['accuracy']:.1%} "
+            f"(small {held['small_accuracy']:.1%}, large {held['large_accuracy']:.1%}), "
+            f"escalated {held['escalated_share']:.1%}"
+        )
+        print(
+            f"expected latency {data['latency']['expected_ms']:.2f} ms; cost per 1k "
+            f"{data['cost_per_1k']}"
+        )
+        for note in data["notes"]:
+            print(f"note: {note}")
+
+    _emit(args, "cascade", data, show)
+    return 0 if result.met else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgeforge",
@@ -378,6 +505,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _output_options(calibrate, report=False)
     calibrate.set_defaults(run=_calibrate)
+
+    split = verbs.add_parser(
+        "split", help="cut a model between the device (head) and the cloud (tail)"
+    )
+    _model_options(split)
+    split.add_argument("--device", required=True, help="catalogue id of the device")
+    split.add_argument("--network", required=True, help="3g, 4g, 5g, wifi or offline")
+    split.add_argument("--cloud", default="t4", help="server: t4 or a catalogue id (default t4)")
+    split.add_argument("--out", type=Path, default=Path("edgeforge-split"), help="output folder")
+    split.add_argument("--objective", default="latency", choices=("latency", "bytes"))
+    split.add_argument("--compress", choices=("fp16", "int8"), help="send cut tensors quantized")
+    split.add_argument("--cut", metavar="TENSOR", help="force the cut (comma-separated tensors)")
+    split.add_argument("--max-tensors", type=int, default=1, help="most tensors crossing a cut")
+    split.add_argument("--precision", default="fp32", help="the device's: fp32, fp16 or int8")
+    _data_options(split)
+    _output_options(split)
+    split.set_defaults(run=_split)
+
+    cascade = verbs.add_parser(
+        "cascade", help="small model on the device, escalate to a large cloud model when unsure"
+    )
+    cascade.add_argument("small", metavar="SMALL", help="the on-device model")
+    cascade.add_argument("large", metavar="LARGE", help="the cloud model")
+    cascade.add_argument("--data", type=Path, required=True, metavar="DIR", help="labelled samples")
+    cascade.add_argument("--target-accuracy", type=float, required=True, help="e.g. 0.95")
+    cascade.add_argument("--confidence", default="softmax", choices=("softmax", "margin"))
+    cascade.add_argument("--network", help="3g, 4g, 5g, wifi or offline (default: not counted)")
+    cascade.add_argument("--small-ms", type=float, help="small model time on the device")
+    cascade.add_argument("--large-ms", type=float, help="large model time on the server")
+    price = cascade.add_mutually_exclusive_group()
+    price.add_argument("--price-per-request", type=float, help="cloud price per request")
+    price.add_argument("--price-per-hour", type=float, help="cloud server price per hour")
+    _output_options(cascade)
+    cascade.set_defaults(run=_cascade)
 
     devices = verbs.add_parser("devices", help="the device catalogue, each figure with a source")
     devices.add_argument("names", nargs="*", metavar="DEVICE", help="only these devices")

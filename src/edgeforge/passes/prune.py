@@ -93,7 +93,9 @@ class PrunePass(Pass):
         inputs = example_inputs
         # Read the data first: a wrong shape should fail before minutes of pruning.
         train = tensor_data(self.data, inputs, "data") if self.data is not None else None
-        held_out = tensor_data(self.eval_data, inputs, "eval_data") if self.eval_data is not None else None
+        held_out = (
+            tensor_data(self.eval_data, inputs, "eval_data") if self.eval_data is not None else None
+        )
         before = footprint(source, inputs)
         measure = "parameters" if self.target == "params" else "macs"
         goal = (1 - self.ratio) * getattr(before, measure)
@@ -109,7 +111,10 @@ class PrunePass(Pass):
                 teacher = copy.deepcopy(source).eval()
                 first = outputs(teacher, inputs, train)[0]
                 objective = objective_for(
-                    self.task, train, first, use_labels=train.labels is not None,
+                    self.task,
+                    train,
+                    first,
+                    use_labels=train.labels is not None,
                     temperature=self.temperature,
                 )
                 judge = held_out if held_out is not None else train
@@ -122,8 +127,15 @@ class PrunePass(Pass):
                     metrics[f"pruned_{name}"] = value
                 steps = self.epochs * math.ceil(len(train) / self.batch_size)
                 metrics["final_loss"] = fit(
-                    pruned, inputs, train, objective, teacher=teacher, steps=steps,
-                    batch_size=self.batch_size, lr=self.lr, generator=generator,
+                    pruned,
+                    inputs,
+                    train,
+                    objective,
+                    teacher=teacher,
+                    steps=steps,
+                    batch_size=self.batch_size,
+                    lr=self.lr,
+                    generator=generator,
                     description="Fine-tuning the pruned model",
                 )
                 for name, value in evaluate(
@@ -151,7 +163,11 @@ class PrunePass(Pass):
 
         def attempt(share: float) -> tuple[torch.nn.Module, Footprint]:
             module = prune_channels(
-                source, inputs, share, importance=self.importance, round_to=self.round_to,
+                source,
+                inputs,
+                share,
+                importance=self.importance,
+                round_to=self.round_to,
                 ignored_layers=self.ignored_layers,
             )
             return module, footprint(module, inputs)
@@ -246,9 +262,7 @@ def _output_layers(graph: Any) -> list[torch.nn.Module]:
 
 
 def _attention_heads(module: torch.nn.Module) -> dict[torch.nn.Module, int]:
-    return {
-        m: m.num_heads for m in module.modules() if isinstance(m, torch.nn.MultiheadAttention)
-    }
+    return {m: m.num_heads for m in module.modules() if isinstance(m, torch.nn.MultiheadAttention)}
 
 
 def footprint(module: torch.nn.Module, example_inputs: Any) -> Footprint:

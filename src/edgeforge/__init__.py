@@ -14,8 +14,22 @@ if TYPE_CHECKING:
     from edgeforge._load import load
     from edgeforge.analysis import Profile, inspect
     from edgeforge.model import Model, TensorSpec
+    from edgeforge.passes.cleanup import cleanup
+    from edgeforge.passes.distill import distill
+    from edgeforge.passes.prune import prune
 
-__all__ = ["EdgeforgeError", "Model", "Profile", "TensorSpec", "__version__", "inspect", "load"]
+__all__ = [
+    "EdgeforgeError",
+    "Model",
+    "Profile",
+    "TensorSpec",
+    "__version__",
+    "cleanup",
+    "distill",
+    "inspect",
+    "load",
+    "prune",
+]
 
 __version__ = "0.1.0"
 
@@ -26,6 +40,9 @@ _LAZY = {
     "load": "edgeforge._load",
     "Model": "edgeforge.model",
     "TensorSpec": "edgeforge.model",
+    "prune": "edgeforge.passes.prune",
+    "distill": "edgeforge.passes.distill",
+    "cleanup": "edgeforge.passes.cleanup",
 }
 
 

@@ -241,54 +241,19 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _hybrid_network(name: str | None) -> Any:
-    # wired to edgeforge.decide after merge: get_network(name) replaces this lookup.
-    from dataclasses import dataclass
+    from edgeforge.decide import get_network
 
-    @dataclass(frozen=True)
-    class _Network:
-        name: str
-        rtt_ms: float
-        uplink_mbps: float
-        downlink_mbps: float
-        loss: float
-
-    profiles = {  # typical figures, placeholders until edgeforge.decide's profiles
-        "3g": _Network("3g", 100.0, 1.0, 3.0, 0.01),
-        "4g": _Network("4g", 50.0, 10.0, 30.0, 0.005),
-        "5g": _Network("5g", 20.0, 50.0, 200.0, 0.001),
-        "wifi": _Network("wifi", 10.0, 50.0, 100.0, 0.001),
-        "offline": _Network("offline", 0.0, 0.0, 0.0, 1.0),
-    }
-    if name is None:
-        return None
-    if name not in profiles:
-        raise EdgeforgeError(f"unknown --network {name!r}; choose {', '.join(profiles)}")
-    return profiles[name]
+    return None if name is None else get_network(name)
 
 
 def _hybrid_cloud(name: str) -> Any:
-    # wired to edgeforge.decide after merge: get_cloud_instance(name) replaces this lookup.
-    from edgeforge.devices import ComputeUnit, Device, Figure, get_device
+    """A cloud instance from decide's catalogue, or any catalogue device playing the server."""
+    from edgeforge.decide import get_cloud_instance, load_data
+    from edgeforge.devices import get_device
 
-    if name != "t4":
-        return get_device(name)  # any catalogue device can play the server
-    source = "NVIDIA T4 datasheet (not checked): placeholder until edgeforge.decide"
-
-    def figure(value: float) -> Figure:
-        return Figure(value, "recalled", source)
-
-    peaks = {"fp32": figure(8100), "fp16": figure(65000), "int8": figure(130000)}
-    return Device(
-        id="cloud-t4",
-        name="Cloud server: NVIDIA T4",
-        kind="host",
-        aliases=(),
-        runtimes=("onnxruntime", "tensorrt"),
-        ram_gb=figure(16),
-        memory_bandwidth_gbps=figure(320),
-        size_budget_mb=None,
-        compute=(ComputeUnit("gpu", "NVIDIA T4", peaks),),
-    )
+    if name.strip().casefold().replace(".", "-") in load_data().instances:
+        return get_cloud_instance(name).device()
+    return get_device(name)
 
 
 def _split(args: argparse.Namespace) -> int:
@@ -315,8 +280,8 @@ def _split(args: argparse.Namespace) -> int:
             p = data[key]
             print(
                 f"{key:9} {','.join(p['tensors']) or '-':24} device {p['device_ms']:.2f} ms + "
-                f"transfer {p['transfer_ms']} ms ({p['upload_bytes']} B up) + cloud "
-                f"{p['cloud_ms']:.2f} ms = {p['total_ms']} ms"
+                f"transfer {p['transfer_ms']:.2f} ms ({p['upload_bytes']:,} B up) + cloud "
+                f"{p['cloud_ms']:.2f} ms = {p['total_ms']:.2f} ms"
             )
         print(f"fastest: {data['fastest']}; head∘tail verified: {data['check']['passed']}")
         if data["compression"]:
@@ -511,8 +476,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _model_options(split)
     split.add_argument("--device", required=True, help="catalogue id of the device")
-    split.add_argument("--network", required=True, help="3g, 4g, 5g, wifi or offline")
-    split.add_argument("--cloud", default="t4", help="server: t4 or a catalogue id (default t4)")
+    split.add_argument(
+        "--network", required=True, help="3g, 4g, lte, 5g, wifi, offline, or rtt=..,up=..,down=.."
+    )
+    split.add_argument(
+        "--cloud",
+        default="g4dn-xlarge",
+        help="server: a cloud instance (as in decide --cloud-instance) or a device id "
+        "(default g4dn-xlarge, an NVIDIA T4)",
+    )
     split.add_argument("--out", type=Path, default=Path("edgeforge-split"), help="output folder")
     split.add_argument("--objective", default="latency", choices=("latency", "bytes"))
     split.add_argument("--compress", choices=("fp16", "int8"), help="send cut tensors quantized")

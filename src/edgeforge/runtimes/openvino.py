@@ -25,6 +25,7 @@ from edgeforge._cache import remember
 from edgeforge.errors import EdgeforgeError
 from edgeforge.model import Model, TensorSpec
 from edgeforge.recipe import Recipe
+from edgeforge.runtimes._quantize_openvino import QUANTIZED, quantize
 from edgeforge.runtimes.base import (
     Artifact,
     Finding,
@@ -95,7 +96,7 @@ class OpenVino(Runtime):
     extra = "openvino"
     modules = ("openvino",)
     distributions = ("openvino",)
-    precisions = ("fp32", "fp16")
+    precisions = ("fp32", "fp16", "int8-dynamic", "int8-static", "int4-weight")
 
     def __init__(
         self, *, threads: int | None = None, inference_precision: str | None = None
@@ -108,7 +109,13 @@ class OpenVino(Runtime):
     def _build(self, model: Model, recipe: Recipe, folder: Path) -> tuple[str, list[str]]:
         import openvino as ov
 
+        # A fresh conversion per build: NNCF changes the model it quantizes.
         ov_model = _convert(model.onnx_path)
+        if recipe.precision in QUANTIZED:
+            ov_model, notes = quantize(ov_model, model, recipe)
+            # Float weights NNCF left alone (and its scales) stay fp32.
+            ov.save_model(ov_model, folder / "model.xml", compress_to_fp16=False)
+            return "model.xml", notes
         fp16 = recipe.precision == "fp16"
         # save_model compresses weights to fp16 by default: an fp32 recipe must say no.
         ov.save_model(ov_model, folder / "model.xml", compress_to_fp16=fp16)

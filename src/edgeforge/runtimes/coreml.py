@@ -9,6 +9,9 @@ Invariants a caller can rely on:
   them by position, so callers use the source names only;
 - float32 inputs and outputs stay float32 in an fp16 build (only weights and arithmetic are
   fp16), and the package's metadata names the precision it was built in;
+- int8-dynamic (weight-only int8) and int4-weight (per-block, iOS18 and later) are
+  coremltools.optimize's `linear_quantize_weights`; int8-static is not built, because
+  calibrating activations needs Core ML itself (see `_quantize_coreml`);
 - off macOS a package is converted and its signature checked (`validate_without_running`) but
   never executed: `open` raises `RuntimeUnavailable` with the reason, so reports say so rather
   than skipping silently.

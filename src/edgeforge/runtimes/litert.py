@@ -7,6 +7,8 @@ Invariants a caller can rely on:
 - the artifact's inputs and outputs are the source model's, in order: the converter sees one
   positional tensor per model input (`args_0`, `args_1`...) and returns the flattened outputs
   (`output_0`...), and the session maps them back by position;
+- fp16, int8-dynamic, int8-static and int4-weight are ai-edge-quantizer recipes applied to the
+  converted bytes (see `_quantize_litert`); inputs and outputs stay float32 in all of them;
 - int64 and float64 tensors are stored as int32 and float32 (the converter's default, as most
   LiteRT kernels and delegates lack 64-bit types); the session casts feeds in and results back;
 - the converter's progress bars and the native libraries' logs never reach the terminal; a

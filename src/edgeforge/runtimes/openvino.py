@@ -3,6 +3,9 @@
 What a caller can rely on:
 - an fp32 artifact keeps fp32 weights: `openvino.save_model` compresses weights to fp16 unless
   told not to, so the fp32 recipe always passes `compress_to_fp16=False`;
+- int8-static, int8-dynamic (weight-only int8) and int4-weight are NNCF's, applied to a model
+  converted for that build alone (NNCF changes the model it is given); see
+  `_quantize_openvino` for the options each takes;
 - a session on an fp32 artifact computes in fp32: OpenVINO's CPU plugin otherwise computes in
   bf16 on CPUs with AMX or avx512_bf16, which breaks parity with the source model;
 - sessions map inputs and outputs by position onto the source model's names, and keep the

@@ -19,6 +19,7 @@ from edgeforge.errors import EdgeforgeError
 from edgeforge.evaluate.data import Samples, load_data, synthesize
 from edgeforge.model import Model
 from edgeforge.recipe import Recipe
+from edgeforge.runtimes._options import positive_int_option
 
 __all__ = ["DEFAULT_COUNT", "calibration_data", "calibration_note", "calibration_samples"]
 
@@ -27,7 +28,7 @@ DEFAULT_COUNT = 64
 
 def calibration_data(model: Model, recipe: Recipe) -> Samples:
     """The recipe's calibration samples, read from `data` or synthesised, with their source."""
-    count = _count(recipe)
+    count = positive_int_option(recipe, "calibration_samples", DEFAULT_COUNT)
     folder = recipe.options.get("data")
     if folder is None:
         return synthesize(model, count=count)
@@ -51,12 +52,3 @@ def calibration_note(samples: Samples, recipe: Recipe) -> str:
             "real inputs so that the activation ranges match deployment"
         )
     return f"calibrated on {len(samples.feeds)} samples from {recipe.options['data']}"
-
-
-def _count(recipe: Recipe) -> int:
-    count = recipe.options.get("calibration_samples", DEFAULT_COUNT)
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise EdgeforgeError(
-            f"option calibration_samples must be a positive whole number, not {count!r}"
-        )
-    return count

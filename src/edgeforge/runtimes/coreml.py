@@ -9,6 +9,9 @@ Invariants a caller can rely on:
   them by position, so callers use the source names only;
 - float32 inputs and outputs stay float32 in an fp16 build (only weights and arithmetic are
   fp16), and the package's metadata names the precision it was built in;
+- int8-dynamic (weight-only int8) and int4-weight (per-block, iOS18 and later) are
+  coremltools.optimize's `linear_quantize_weights`; int8-static is not built, because
+  calibrating activations needs Core ML itself (see `_quantize_coreml`);
 - off macOS a package is converted and its signature checked (`validate_without_running`) but
   never executed: `open` raises `RuntimeUnavailable` with the reason, so reports say so rather
   than skipping silently.
@@ -22,6 +25,7 @@ import logging
 import re
 import sys
 import warnings
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +36,12 @@ from edgeforge._cache import remember
 from edgeforge.errors import EdgeforgeError, first_line
 from edgeforge.model import Model, TensorSpec
 from edgeforge.recipe import Recipe
+from edgeforge.runtimes._quantize_coreml import (
+    QUANTIZED,
+    deployment_target,
+    quantize,
+    weight_census,
+)
 from edgeforge.runtimes.base import (
     Artifact,
     Finding,
@@ -109,7 +119,7 @@ class CoreML(Runtime):
     hub = "torch"
     modules = ("coremltools",)
     distributions = ("coremltools",)
-    precisions = ("fp32", "fp16")
+    precisions = ("fp32", "fp16", "int8-dynamic", "int4-weight")
 
     def execution_blocker(self) -> str | None:
         return None if sys.platform == "darwin" else NOT_MACOS
@@ -117,12 +127,7 @@ class CoreML(Runtime):
     def _build(self, model: Model, recipe: Recipe, folder: Path) -> tuple[str, list[str]]:
         ct = _coremltools()
         assert model.torch_program is not None  # the base class refuses a model without one
-        target = recipe.options.get("coreml_target", DEFAULT_TARGET)
-        if not hasattr(ct.target, target):
-            raise EdgeforgeError(
-                f"unknown Core ML deployment target {target!r}; use a coremltools target name "
-                "such as iOS16, iOS17 or macOS14"
-            )
+        target = deployment_target(ct, recipe, DEFAULT_TARGET)
         program = _load_program(model.torch_program)
         try:
             mlmodel = _convert(ct, program, model.outputs, recipe.precision, target)
@@ -132,6 +137,10 @@ class CoreML(Runtime):
                 f"{_conversion_problem(exc)}; run `edgeforge check` with the coreml runtime "
                 "for workarounds"
             ) from None
+        quantized: list[str] = []
+        if recipe.precision in QUANTIZED:
+            with _quiet():
+                mlmodel, quantized = quantize(ct, mlmodel, recipe)
         mlmodel.user_defined_metadata[PRECISION_KEY] = recipe.precision
         with _quiet():
             mlmodel.save(str(folder / PACKAGE))
@@ -145,7 +154,8 @@ class CoreML(Runtime):
         notes = [
             f"converted by coremltools {ct.__version__} from the torch.export program "
             f"(ML Program, minimum deployment target {target}, compute precision "
-            f"{recipe.precision}, float32 inputs and outputs)",
+            f"{'fp16' if recipe.precision == 'fp16' else 'fp32'}, float32 inputs and outputs)",
+            *quantized,
             _name_note("inputs", model.inputs, description.input),
             _name_note("outputs", model.outputs, description.output),
         ]
@@ -529,29 +539,27 @@ def _precision_problems(spec: Any, precision: str) -> list[str]:
     marked = dict(spec.description.metadata.userDefined).get(PRECISION_KEY)
     if marked != precision:
         problems.append(f"the package is marked {marked or 'with no precision'}, not {precision}")
-    weights = _weight_dtypes(spec)
-    if precision == "fp16" and "FLOAT32" in weights and "FLOAT16" not in weights:
+    weights = weight_census(spec)
+    if precision == "fp16" and weights["FLOAT32"] and not weights["FLOAT16"]:
         problems.append("the recipe is fp16 but the package's weights are all float32")
-    if precision == "fp32" and "FLOAT16" in weights:
-        problems.append("the recipe is fp32 but the package has float16 weights")
+    other = _stored_types(weights, "FLOAT32")
+    if precision == "fp32" and other:
+        problems.append(f"the recipe is fp32 but the package has {other} weights")
+    stored = _QUANTIZED_TYPES.get(precision)
+    if stored and not any(weights[name] for name in stored):
+        problems.append(
+            f"the recipe is {precision} but the package has no {' or '.join(stored)} weights "
+            f"(only {_stored_types(weights, '') or 'none'})"
+        )
     return problems
 
 
-def _weight_dtypes(spec: Any) -> set[str]:
-    """Element types of the ML Program's float constant tensors (its weights)."""
-    from coremltools.proto import MIL_pb2
+# The stored weight types each quantized recipe must leave in the package.
+_QUANTIZED_TYPES = {"int8-dynamic": ("INT8", "UINT8"), "int4-weight": ("INT4", "UINT4")}
 
-    found = set()
-    for function in spec.mlProgram.functions.values():
-        for block in function.block_specializations.values():
-            for op in block.operations:
-                if op.type != "const" or "val" not in op.attributes:
-                    continue
-                tensor = op.attributes["val"].type.tensorType
-                name = MIL_pb2.DataType.Name(tensor.dataType)
-                if tensor.rank >= 1 and name in ("FLOAT16", "FLOAT32"):
-                    found.add(name)
-    return found
+
+def _stored_types(weights: Counter[str], leave_out: str) -> str:
+    return ", ".join(sorted(name for name, n in weights.items() if n and name != leave_out))
 
 
 def _name_note(kind: str, specs: tuple[TensorSpec, ...], features: Any) -> str:

@@ -7,6 +7,8 @@ Invariants a caller can rely on:
 - the artifact's inputs and outputs are the source model's, in order: the converter sees one
   positional tensor per model input (`args_0`, `args_1`...) and returns the flattened outputs
   (`output_0`...), and the session maps them back by position;
+- fp16, int8-dynamic, int8-static and int4-weight are ai-edge-quantizer recipes applied to the
+  converted bytes (see `_quantize_litert`); inputs and outputs stay float32 in all of them;
 - int64 and float64 tensors are stored as int32 and float32 (the converter's default, as most
   LiteRT kernels and delegates lack 64-bit types); the session casts feeds in and results back;
 - the converter's progress bars and the native libraries' logs never reach the terminal; a
@@ -28,6 +30,7 @@ from edgeforge.errors import EdgeforgeError
 from edgeforge.model import Model
 from edgeforge.recipe import Recipe
 from edgeforge.runtimes._native import ANSI, census, first_line, silenced
+from edgeforge.runtimes._quantize_litert import REDUCED, check_options, quantize
 from edgeforge.runtimes.base import Artifact, Finding, Runtime, Session, model_sha256
 
 __all__ = ["LiteRT", "LiteRTSession"]
@@ -107,9 +110,10 @@ class LiteRT(Runtime):
     hub = "torch"
     modules = ("litert_torch", "ai_edge_litert")
     distributions = ("litert-torch", "ai-edge-litert")
-    precisions = ("fp32",)
+    precisions = ("fp32", "fp16", "int8-dynamic", "int8-static", "int4-weight")
 
     def _build(self, model: Model, recipe: Recipe, folder: Path) -> tuple:
+        check_options(recipe)
         content, shapes = _convert(model)
         coverage = _xnnpack_coverage(content)
         if isinstance(coverage, str):
@@ -117,13 +121,24 @@ class LiteRT(Runtime):
                 f"{model.provenance.source}: LiteRT converted the model but cannot load the "
                 f"result ({coverage}); {_workaround(_op_in(coverage))}"
             )
-        (folder / MODEL_FILE).write_bytes(content)
-        delegated, fallback = coverage
         notes = [
             "converted with litert-torch from the torch.export program; input shapes fixed "
-            f"to {shapes}",
-            f"XNNPACK delegate takes {len(delegated)} of {len(delegated) + len(fallback)} ops",
+            f"to {shapes}"
         ]
+        if recipe.precision in REDUCED:
+            content, quantized = quantize(content, model, recipe, shapes)
+            notes += quantized
+            coverage = _xnnpack_coverage(content)
+            if isinstance(coverage, str):
+                raise EdgeforgeError(
+                    f"{model.provenance.source}: ai-edge-quantizer's {recipe.precision} model "
+                    f"does not load in LiteRT ({coverage}); try another precision"
+                )
+        (folder / MODEL_FILE).write_bytes(content)
+        delegated, fallback = coverage
+        notes.append(
+            f"XNNPACK delegate takes {len(delegated)} of {len(delegated) + len(fallback)} ops"
+        )
         if fallback:
             notes.append(f"on LiteRT's built-in CPU kernels: {census(fallback)}")
         narrowed = [

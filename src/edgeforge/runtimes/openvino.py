@@ -3,6 +3,9 @@
 What a caller can rely on:
 - an fp32 artifact keeps fp32 weights: `openvino.save_model` compresses weights to fp16 unless
   told not to, so the fp32 recipe always passes `compress_to_fp16=False`;
+- int8-static, int8-dynamic (weight-only int8) and int4-weight are NNCF's, applied to a model
+  converted for that build alone (NNCF changes the model it is given); see
+  `_quantize_openvino` for the options each takes;
 - a session on an fp32 artifact computes in fp32: OpenVINO's CPU plugin otherwise computes in
   bf16 on CPUs with AMX or avx512_bf16, which breaks parity with the source model;
 - sessions map inputs and outputs by position onto the source model's names, and keep the
@@ -25,6 +28,7 @@ from edgeforge._cache import remember
 from edgeforge.errors import EdgeforgeError
 from edgeforge.model import Model, TensorSpec
 from edgeforge.recipe import Recipe
+from edgeforge.runtimes._quantize_openvino import QUANTIZED, quantize
 from edgeforge.runtimes.base import (
     Artifact,
     Finding,
@@ -95,7 +99,7 @@ class OpenVino(Runtime):
     extra = "openvino"
     modules = ("openvino",)
     distributions = ("openvino",)
-    precisions = ("fp32", "fp16")
+    precisions = ("fp32", "fp16", "int8-dynamic", "int8-static", "int4-weight")
 
     def __init__(
         self, *, threads: int | None = None, inference_precision: str | None = None
@@ -108,7 +112,13 @@ class OpenVino(Runtime):
     def _build(self, model: Model, recipe: Recipe, folder: Path) -> tuple[str, list[str]]:
         import openvino as ov
 
+        # A fresh conversion per build: NNCF changes the model it quantizes.
         ov_model = _convert(model.onnx_path)
+        if recipe.precision in QUANTIZED:
+            ov_model, notes = quantize(ov_model, model, recipe)
+            # Float weights NNCF left alone (and its scales) stay fp32.
+            ov.save_model(ov_model, folder / "model.xml", compress_to_fp16=False)
+            return "model.xml", notes
         fp16 = recipe.precision == "fp16"
         # save_model compresses weights to fp16 by default: an fp32 recipe must say no.
         ov.save_model(ov_model, folder / "model.xml", compress_to_fp16=fp16)

@@ -1,0 +1,198 @@
+"""OpenVINO's quantized recipes, carried out by NNCF on the converted `openvino.Model`.
+
+- int8-static: `nncf.quantize` (post-training, int8 weights and activations) over the recipe's
+  calibration samples; options `preset` ("performance", the default, or "mixed") and
+  `nodes_to_exclude` (node names kept in float, as NNCF's `IgnoredScope`);
+- int8-dynamic: `nncf.compress_weights` INT8_ASYM, per output channel. It is weight-only: the
+  activations stay float and the CPU plugin decompresses the weights as it computes;
+- int4-weight: `nncf.compress_weights` INT4_SYM (or INT4_ASYM with `symmetric: false`) in
+  groups of `group_size` (default 128) input channels, on a `ratio` (default 1.0) of the weight
+  layers; a layer whose channels the group size does not divide gets the largest power of two
+  that does (NNCF's ADJUST fallback), and NNCF keeps what it cannot group in int8.
+
+NNCF changes the model it is given; callers pass a model converted for this build alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+from edgeforge.errors import EdgeforgeError, first_line
+from edgeforge.model import Model
+from edgeforge.recipe import Recipe
+from edgeforge.runtimes._calibration import calibration_data, calibration_note
+from edgeforge.runtimes._native import silenced
+from edgeforge.runtimes._options import (
+    choice_option,
+    flag_option,
+    names_option,
+    positive_int_option,
+    ratio_option,
+)
+
+__all__ = ["QUANTIZED", "quantize"]
+
+QUANTIZED = ("int8-dynamic", "int8-static", "int4-weight")
+DEFAULT_GROUP_SIZE = 128
+
+
+def quantize(ov_model: Any, model: Model, recipe: Recipe) -> tuple[Any, list[str]]:
+    """`ov_model` quantized as the recipe says (changed in place), and notes for the manifest."""
+    build = {
+        "int8-static": _int8_static,
+        "int8-dynamic": _int8_weights,
+        "int4-weight": _int4_weights,
+    }[recipe.precision]
+    quantized, notes = build(ov_model, model, recipe)
+    return quantized, [*notes, f"constants by element type: {_constant_census(quantized)}"]
+
+
+def _int8_static(ov_model: Any, model: Model, recipe: Recipe) -> tuple[Any, list[str]]:
+    import nncf
+
+    preset = choice_option(recipe, "preset", ("performance", "mixed"), "performance")
+    excluded = names_option(recipe, "nodes_to_exclude")
+    ignored = _ignored(ov_model, excluded)
+    samples = calibration_data(model, recipe)
+    # The IR's parameters are in the ONNX graph's input order, as are model.inputs.
+    items = [[feed[spec.name] for spec in model.inputs] for feed in samples.feeds]
+    quantized = _run_nncf(
+        "quantize",
+        lambda: nncf.quantize(
+            ov_model,
+            nncf.Dataset(items),
+            preset=nncf.QuantizationPreset(preset),
+            subset_size=len(items),
+            ignored_scope=ignored,
+        ),
+    )
+    notes = [
+        f"int8 weights and activations: NNCF post-training quantization (preset {preset}, "
+        "fast bias correction)",
+        calibration_note(samples, recipe),
+    ]
+    if excluded:
+        notes.append(f"kept in float (nodes_to_exclude): {', '.join(excluded)}")
+    return quantized, notes
+
+
+def _int8_weights(ov_model: Any, model: Model, recipe: Recipe) -> tuple[Any, list[str]]:
+    import nncf
+
+    excluded = names_option(recipe, "nodes_to_exclude")
+    compressed = _run_nncf(
+        "compress_weights",
+        lambda: nncf.compress_weights(
+            ov_model,
+            mode=nncf.CompressWeightsMode.INT8_ASYM,
+            ignored_scope=_ignored(ov_model, excluded),
+        ),
+    )
+    return compressed, [
+        "int8 weights, asymmetric per output channel (NNCF compress_weights INT8_ASYM); "
+        "weight-only: activations stay float and the CPU plugin decompresses the weights "
+        "as it computes"
+    ]
+
+
+def _int4_weights(ov_model: Any, model: Model, recipe: Recipe) -> tuple[Any, list[str]]:
+    import nncf
+    from nncf.quantization.advanced_parameters import (
+        AdvancedCompressionParameters,
+        GroupSizeFallbackMode,
+    )
+
+    group_size = positive_int_option(recipe, "group_size", DEFAULT_GROUP_SIZE)
+    ratio = ratio_option(recipe, "ratio", 1.0)
+    symmetric = flag_option(recipe, "symmetric", True)
+    excluded = names_option(recipe, "nodes_to_exclude")
+    mode = nncf.CompressWeightsMode.INT4_SYM if symmetric else nncf.CompressWeightsMode.INT4_ASYM
+    compressed = _run_nncf(
+        "compress_weights",
+        lambda: nncf.compress_weights(
+            ov_model,
+            mode=mode,
+            group_size=group_size,
+            ratio=ratio,
+            ignored_scope=_ignored(ov_model, excluded),
+            advanced_parameters=AdvancedCompressionParameters(
+                group_size_fallback_mode=GroupSizeFallbackMode.ADJUST
+            ),
+        ),
+    )
+    return compressed, [
+        f"int4 weights (NNCF compress_weights {mode.value}, group size {group_size}, ratio "
+        f"{ratio}); weight-only: activations stay float. Layers whose input channels "
+        f"{group_size} does not divide take a smaller power-of-two group; NNCF keeps the "
+        "rest (by default the first and last layers) in int8"
+    ]
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _ignored(ov_model: Any, onnx_names: list[str]) -> Any:
+    """NNCF's IgnoredScope for ONNX node names: OpenVINO names the ops it converts a node into
+    after the node (`conv1`, and `conv1/WithoutBiases` for a Conv's convolution proper)."""
+    import nncf
+
+    if not onnx_names:
+        return None
+    ops = [op.get_friendly_name() for op in ov_model.get_ops()]
+    found: list[str] = []
+    for name in onnx_names:
+        matches = [op for op in ops if op == name or op.startswith(f"{name}/")]
+        if not matches:
+            raise EdgeforgeError(
+                f"nodes_to_exclude names {name!r}, which is not a node of the model (or "
+                "OpenVINO folded it away); use node names from the ONNX graph"
+            )
+        found += matches
+    return nncf.IgnoredScope(names=found)
+
+
+def _run_nncf(what: str, call: Any) -> Any:
+    """Call NNCF quietly; its failures become one-line errors."""
+    try:
+        with _nncf_quiet():
+            return call()
+    except Exception as exc:  # NNCF raises its own types, OpenVINO's and plain ones alike
+        raise EdgeforgeError(
+            f"NNCF {what} failed: {first_line(exc)}; try another precision or exclude the "
+            "failing nodes with nodes_to_exclude"
+        ) from None
+
+
+@contextlib.contextmanager
+def _nncf_quiet() -> Iterator[None]:
+    """NNCF logs tables and draws progress bars; keep them off the terminal."""
+    logger = logging.getLogger("nncf")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with silenced():
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _constant_census(ov_model: Any) -> str:
+    """'i4 32.0 KiB, u8 9.1 KiB, f32 1.2 KiB': the model's constants by element type."""
+    sizes: Counter[str] = Counter()
+    for op in ov_model.get_ops():
+        if op.get_type_name() != "Constant":
+            continue
+        output = op.output(0)
+        shape = output.get_partial_shape()
+        if shape.is_dynamic:
+            continue
+        count = 1
+        for dim in shape.to_shape():
+            count *= dim
+        element = op.get_element_type()
+        sizes[element.get_type_name()] += count * element.bitwidth / 8
+    return ", ".join(f"{name} {size / 1024:.1f} KiB" for name, size in sizes.most_common())

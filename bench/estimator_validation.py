@@ -39,7 +39,15 @@ HERE = [
 ]
 
 
-def this_machine() -> dict:
+def this_machine(recalibrate: bool = False) -> dict:
+    from edgeforge.devices._this_machine import read_calibration
+    from edgeforge.devices._this_machine import this_machine as host_device
+    from edgeforge.estimator.here import calibrate_here
+
+    if recalibrate or read_calibration() is None:
+        print("calibrating this machine (edgeforge calibrate --here)...")
+        calibrate_here()
+    host_device.cache_clear()
     device = get_device("this-machine")
     rows, errors = [], []
     for name in HERE:
@@ -74,6 +82,9 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the whole result as JSON")
     parser.add_argument("--skip-here", action="store_true", help="skip this machine's part")
     parser.add_argument(
+        "--recalibrate", action="store_true", help="rerun `calibrate --here` even if stored"
+    )
+    parser.add_argument(
         "--skip-published", action="store_true", help="skip the published rows' part"
     )
     parser.add_argument("--out", type=Path, default=Path("bench/results/estimator_validation.json"))
@@ -84,7 +95,7 @@ def main() -> None:
     elif not args.skip_published:
         result["published"] = calibrate(SHARED_ROWS)[1]
     if not args.skip_here:
-        result["this_machine"] = this_machine()
+        result["this_machine"] = this_machine(args.recalibrate)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     if args.json:

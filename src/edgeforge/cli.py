@@ -191,6 +191,30 @@ def _estimate(args: argparse.Namespace) -> int:
 def _calibrate(args: argparse.Namespace) -> int:
     from edgeforge.estimator import calibrate, validate_file
 
+    if args.here:
+        from edgeforge.devices._this_machine import calibration_path
+        from edgeforge.estimator.here import calibrate_here
+
+        result = calibrate_here(quick=args.quick, threads=args.threads)
+        data = result.to_dict()
+
+        def show() -> None:
+            for case in data["cases"]:
+                print(
+                    f"{case['case']:28} measured {case['measured_ms']:9.3f} ms  "
+                    f"roofline {case['predicted_ms']:9.3f} ms"
+                )
+            entry = data["entry"]
+            print(
+                f"bandwidth {data['bandwidth_gbps']:.1f} GB/s, layer overhead "
+                f"{entry['layer_overhead_ms'] * 1e3:.1f} us, efficiencies "
+                + ", ".join(f"{k} {v:.2f}" for k, v in entry["compute_efficiency"].items())
+                + f", memory {entry['memory_efficiency']:.2f}"
+            )
+            print(f"saved for this-machine: {calibration_path()}")
+
+        _emit(args, "calibrate", data, show)
+        return 0
     if not args.rows.is_file():
         raise EdgeforgeError(
             f"--rows {args.rows}: no such file; pass a CSV in the published-measurements format"
@@ -454,7 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
     decide.set_defaults(run=_decide)
 
     calibrate = verbs.add_parser(
-        "calibrate", help="fit the estimator's efficiency factors on published measurements"
+        "calibrate",
+        help="fit the estimator's efficiency factors on published measurements, or on this "
+        "machine's micro-benchmarks (--here)",
     )
     calibrate.add_argument(
         "--rows",
@@ -468,6 +494,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="score the shipped factors on every row instead of fitting",
     )
+    calibrate.add_argument(
+        "--here",
+        action="store_true",
+        help="run micro-benchmarks and fit this machine's factors (device this-machine)",
+    )
+    calibrate.add_argument(
+        "--quick", action="store_true", help="with --here: fewer, smaller micro-benchmarks"
+    )
+    calibrate.add_argument("--threads", type=int, help="with --here: ONNX Runtime threads")
     _output_options(calibrate, report=False)
     calibrate.set_defaults(run=_calibrate)
 

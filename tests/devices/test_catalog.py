@@ -169,7 +169,9 @@ def test_unknown_device_error_names_the_valid_ids() -> None:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_this_machine_describes_this_linux_host() -> None:
+def test_this_machine_describes_this_linux_host(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("EDGEFORGE_CACHE", str(tmp_path))  # no stored `calibrate --here`
+    this_machine.cache_clear()
     facts = read_host_facts()
     assert facts.logical_cpus > 0
     assert 0 < facts.physical_cores <= facts.logical_cpus

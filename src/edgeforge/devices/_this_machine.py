@@ -9,7 +9,9 @@ Invariants a caller can rely on:
   the CPU flags (avx512f: 64, assuming two 512-bit FMA units; avx2+fma: 32; otherwise 8).
   int8 = 4 × fp32 where the CPU has a dot-product instruction (x86 VNNI, Arm SDOT); fp16 =
   2 × fp32 where it has fp16 arithmetic (avx512_fp16, Arm asimdhp). These are upper bounds.
-- Memory bandwidth is never guessed: it is absent until measured by `edgeforge calibrate`.
+- Memory bandwidth is never guessed: it is absent until measured by `edgeforge calibrate
+  --here`, whose stored result (`calibration_path()`) is used only on the host it was measured
+  on (same CPU model and core counts: `host_fingerprint`).
 - RAM is MemTotal from `/proc/meminfo`, lowered to the cgroup v2 memory limit when that is
   smaller (containers), else `os.sysconf`; tagged "measured".
 
@@ -18,7 +20,9 @@ GPUs and NPUs of the host are not detected: the device has one CPU compute unit.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import math
 import os
 import platform
@@ -34,7 +38,10 @@ __all__ = [
     "THIS_MACHINE_ALIASES",
     "THIS_MACHINE_ID",
     "HostFacts",
+    "calibration_path",
     "describe_host",
+    "host_fingerprint",
+    "read_calibration",
     "read_host_facts",
     "this_machine",
 ]
@@ -64,8 +71,55 @@ class HostFacts:
 
 @functools.cache
 def this_machine() -> Device:
-    """The `this-machine` device for the running host, read once per process."""
-    return describe_host(read_host_facts())
+    """The `this-machine` device for the running host, read once per process, with the memory
+    bandwidth `edgeforge calibrate --here` measured on this host, when it did."""
+    facts = read_host_facts()
+    device = describe_host(facts)
+    stored = read_calibration(facts)
+    if stored is None:
+        return device
+    absent = {k: v for k, v in device.absent.items() if k != "memory_bandwidth_gbps"}
+    bandwidth = Figure(
+        round(float(stored["bandwidth_gbps"]), 2),
+        "measured",
+        f"`edgeforge calibrate --here` on {stored.get('date', '?')}: the best of large Adds "
+        "in ONNX Runtime (two reads and one write per element)",
+    )
+    return dataclasses.replace(
+        device, memory_bandwidth_gbps=bandwidth, absent=MappingProxyType(absent)
+    )
+
+
+def calibration_path() -> Path:
+    """Where `calibrate --here` stores this machine's measured factors."""
+    from edgeforge._cache import cache_dir
+
+    return cache_dir() / "calibration" / "this-machine.json"
+
+
+def host_fingerprint(facts: HostFacts) -> dict[str, object]:
+    """What must match for a stored calibration to describe this host."""
+    return {
+        "model_name": facts.model_name,
+        "machine": facts.machine,
+        "physical_cores": facts.physical_cores,
+        "logical_cpus": facts.logical_cpus,
+    }
+
+
+def read_calibration(facts: HostFacts | None = None) -> dict | None:
+    """The stored `calibrate --here` result for this host; None when there is none, it is
+    unreadable, or it was measured on another host."""
+    try:
+        stored = json.loads(calibration_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    facts = facts or read_host_facts()
+    if not isinstance(stored, dict) or stored.get("host") != host_fingerprint(facts):
+        return None
+    if not isinstance(stored.get("bandwidth_gbps"), (int, float)) or "entry" not in stored:
+        return None
+    return stored
 
 
 def read_host_facts(

@@ -203,12 +203,20 @@ def default_entry() -> FactorEntry:
 
 
 def load_factors(path: str | Path | None = None) -> Factors:
-    """Factors from `path`, or the fitted ones shipped in `edgeforge/estimator/data/`."""
-    if path is None:
-        text = resources.files("edgeforge.estimator").joinpath("data/factors.json").read_text()
-    else:
-        text = Path(path).read_text(encoding="utf-8")
-    return Factors.from_dict(json.loads(text))
+    """Factors from `path`; or the fitted ones shipped in `edgeforge/estimator/data/`, plus
+    this machine's entry when `edgeforge calibrate --here` measured this host."""
+    if path is not None:
+        return Factors.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+    text = resources.files("edgeforge.estimator").joinpath("data/factors.json").read_text()
+    factors = Factors.from_dict(json.loads(text))
+    from edgeforge.devices._this_machine import read_calibration
+
+    stored = read_calibration()
+    if stored is None:
+        return factors
+    here = FactorEntry.from_dict(stored["entry"])
+    kept = tuple(e for e in factors.entries if e.device != here.device)
+    return Factors((*kept, here), factors.provenance)
 
 
 # -- fitting ---------------------------------------------------------------------------------

@@ -75,7 +75,7 @@ def test_demo_builds_its_model_and_says_where_the_report_is(tmp_path):
     report = tmp_path / "demo" / "report.html"
     assert f"Report: {report}" in result.stdout
     data = json.loads(report.with_suffix(".json").read_text())
-    assert set(data) >= {"demo", "inspect", "devices", "convert", "bench", "estimate"}
+    assert set(data) >= {"demo", "inspect", "devices", "convert", "bench", "estimate", "decide"}
     assert len(data["estimate"]) == 3
     assert data["bench"]["latency_ms"]["p50"] > 0
     assert data["inspect"]["macs"] > 0

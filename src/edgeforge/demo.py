@@ -17,6 +17,8 @@ from edgeforge._progress import console
 from edgeforge.analysis import inspect
 from edgeforge.bench import bench
 from edgeforge.convert import convert
+from edgeforge.decide import decide
+from edgeforge.decide.render import print_decision
 from edgeforge.devices import get_device, list_devices
 from edgeforge.estimator import estimate
 from edgeforge.render import print_bench, print_conversion, print_estimate
@@ -53,6 +55,13 @@ def run_demo(out: Path) -> Path:
         estimate(profile, get_device(name)) for name in ("raspberry-pi-4", "jetson-nano", "pixel-8")
     ]
     print_estimate(estimates)
+    console.print("[bold]edge or cloud?[/] the decision for 1,000 users on two devices")
+    decisions = [
+        decide(profile, name, users=1000, requests_per_day=200, network="4g")
+        for name in ("raspberry-pi-4", "pixel-8")
+    ]
+    for decision in decisions:
+        print_decision(decision)
     sections = {
         "demo": {
             "description": "A small CNN (conv-BN-ReLU x2, max-pool, two linear layers) trained "
@@ -69,6 +78,7 @@ def run_demo(out: Path) -> Path:
         "convert": conversion.to_dict(),
         "bench": measured.to_dict(),
         "estimate": [e.to_dict() for e in estimates],
+        "decide": [d.to_dict() for d in decisions],
         "devices": [device.to_dict() for device in list_devices()],
     }
     return write_report(sections, out / "report.html", title="edgeforge demo report")

@@ -113,3 +113,19 @@ def test_openvino_top_layers_come_from_its_performance_counters(digits_model):
     assert result.runtime == "openvino"
     ops = {layer["op_type"] for layer in result.top_layers}
     assert "Convolution" in ops
+
+
+def test_shape_pins_a_dynamic_axis_and_refuses_contradictions(digits_model):
+    (spec,) = digits_model.inputs
+    assert not isinstance(spec.shape[0], int)  # the fixture exports a dynamic batch axis
+    shape = (3, *spec.shape[1:])
+    result = bench(digits_model, runs=3, warmup=1, repeats=1, shapes={spec.name: shape})
+    assert f"{spec.name} 3x1x8x8 float32" in result.to_dict()["inputs"]
+    with pytest.raises(
+        EdgeforgeError, match=r"axis 1 is fixed at 1 in the model, the shape gives 2"
+    ):
+        bench(digits_model, runs=3, repeats=1, shapes={spec.name: (1, 2, 8, 8)})
+    with pytest.raises(EdgeforgeError, match="rank 4"):
+        bench(digits_model, runs=3, repeats=1, shapes={spec.name: (1, 64)})
+    with pytest.raises(EdgeforgeError, match="names no input 'pixels'"):
+        bench(digits_model, runs=3, repeats=1, shapes={"pixels": (1, 1, 8, 8)})

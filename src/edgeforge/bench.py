@@ -12,6 +12,7 @@ in tests.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 import tempfile
@@ -69,10 +70,14 @@ def bench(
     repeats: int = 3,
     batches: tuple[int, ...] = (1,),
     data: str | Path | None = None,
+    shapes: dict[str, tuple[int, ...]] | None = None,
     timeout: float = 600,
     **load_options: Any,
 ) -> BenchResult:
-    """Measure `source` (a model, or an artifact folder) in `runtime` on this machine."""
+    """Measure `source` (a model, or an artifact folder) in `runtime` on this machine.
+
+    Inputs come from `data`, else are synthesised at `shapes` (input name -> full shape; it
+    must keep the input's rank and fixed sizes) with the remaining dynamic axes at defaults."""
     from edgeforge.convert import _run_children
 
     if warmup < 0 or runs < 1 or repeats < 1 or not batches or min(batches) < 1:
@@ -82,7 +87,7 @@ def bench(
         if data:
             samples = load_data(Path(data), artifact.inputs, limit=1)
         else:  # the last synthesised sample is random (the first ones are edge values)
-            samples = synthesize(model, artifact.inputs, count=5)
+            samples = synthesize(model, _pinned(artifact.inputs, shapes or {}), count=5)
         feeds = samples.feeds[-1]
         job = {
             "runtime": artifact.runtime,
@@ -103,7 +108,12 @@ def bench(
             )
         label = model.provenance.source if model else artifact.manifest.source
         persisted = model is None  # an artifact folder the user gave, not a build in scratch
-        return _summarise(artifact, label, samples.source, job, outcomes, persisted)
+        shapes_used = ", ".join(
+            f"{name} {'x'.join(map(str, array.shape))} {array.dtype}"
+            for name, array in feeds.items()
+        )
+        described = f"{samples.source}: {shapes_used}"
+        return _summarise(artifact, label, described, job, outcomes, persisted)
 
 
 def _artifact(source, runtime: str, scratch: Path, load_options) -> tuple[Artifact, Any]:
@@ -112,6 +122,39 @@ def _artifact(source, runtime: str, scratch: Path, load_options) -> tuple[Artifa
         return Artifact.load(Path(source)), None
     model = load(source, **load_options)
     return get_runtime(runtime).build(model, Recipe(), scratch / runtime), model
+
+
+def _pinned(
+    specs: tuple[TensorSpec, ...], shapes: dict[str, tuple[int, ...]]
+) -> tuple[TensorSpec, ...]:
+    """`specs` with the `shapes` given for some inputs; EdgeforgeError naming the input and why
+    when a shape contradicts the model."""
+    from edgeforge.analysis._shapes import _validated
+
+    shapes = _validated(shapes)
+    names = [spec.name for spec in specs]
+    for name in shapes:
+        if name not in names:
+            raise EdgeforgeError(
+                f"--shape names no input {name!r}; the model's inputs are {', '.join(names)}"
+            )
+    pinned = []
+    for spec in specs:
+        shape = shapes.get(spec.name)
+        if shape is not None and spec.shape is not None:
+            if len(shape) != len(spec.shape):
+                raise EdgeforgeError(
+                    f"--shape {spec.name}: the input has rank {len(spec.shape)}, the shape "
+                    f"gives {len(shape)} dimensions"
+                )
+            for axis, (fixed, given) in enumerate(zip(spec.shape, shape, strict=True)):
+                if isinstance(fixed, int) and fixed != given:
+                    raise EdgeforgeError(
+                        f"--shape {spec.name}: axis {axis} is fixed at {fixed} in the model, "
+                        f"the shape gives {given}"
+                    )
+        pinned.append(spec if shape is None else dataclasses.replace(spec, shape=tuple(shape)))
+    return tuple(pinned)
 
 
 def _batched(feeds: dict[str, np.ndarray], specs: tuple[TensorSpec, ...], batch: int):

@@ -167,6 +167,7 @@ def _bench(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         batches=batches or (1,),
         data=args.data,
+        shapes=_shapes(args),
     )
     _emit(args, "bench", result.to_dict(), lambda: print_bench(result))
     return 0
@@ -403,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = verbs.add_parser(
         "bench", help="latency percentiles, throughput, memory and top layers, measured here"
     )
-    _model_options(bench, shape=False)
+    _model_options(bench)
     bench.add_argument("--runtime", default="onnxruntime", help="runtime to measure in")
     bench.add_argument("--threads", type=int, help="CPU threads (default: the runtime's)")
     bench.add_argument("--warmup", type=int, default=10, help="untimed runs first")

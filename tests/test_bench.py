@@ -129,3 +129,13 @@ def test_shape_pins_a_dynamic_axis_and_refuses_contradictions(digits_model):
         bench(digits_model, runs=3, repeats=1, shapes={spec.name: (1, 64)})
     with pytest.raises(EdgeforgeError, match="names no input 'pixels'"):
         bench(digits_model, runs=3, repeats=1, shapes={"pixels": (1, 1, 8, 8)})
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime-mobile", "litert", "web"])
+def test_every_runtime_that_runs_here_is_measured_the_same_way(digits_model, runtime):
+    availability = get_runtime(runtime).availability()
+    if not availability.can_execute:
+        pytest.skip(availability.reason)
+    result = bench(digits_model, runtime=runtime, runs=5, warmup=1, repeats=1)
+    assert result.runtime == runtime
+    assert 0 < result.latency_ms["p50"] and result.artifact_bytes > 0

@@ -16,6 +16,7 @@ Every function returns the notes a build records in its manifest.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from collections.abc import Iterator
@@ -31,7 +32,14 @@ from edgeforge.evaluate.data import Samples, load_data, synthesize
 from edgeforge.model import Model
 from edgeforge.recipe import Recipe
 
-__all__ = ["calibration_samples", "quantize", "quantize_int8_static"]
+__all__ = [
+    "CalibrationReader",
+    "calibration_samples",
+    "prepare_for_quantization",
+    "quantize",
+    "quantize_int8_static",
+    "quiet",
+]
 
 DEFAULT_CALIBRATION_SAMPLES = 64
 DEFAULT_BLOCK_SIZE = 128
@@ -79,21 +87,28 @@ def quantize_int8_static(
     recipe: Recipe,
     samples: Samples,
     calibration_cache: Path | None = None,
+    prepare: bool = True,
 ) -> list[str]:
     """QDQ int8 with calibration on `samples`. `calibration_cache` (a JSON file ONNX Runtime
-    writes on first use and reads afterwards) lets repeated builds skip calibration."""
+    writes on first use and reads afterwards) lets repeated builds skip calibration;
+    `prepare=False` skips `quant_pre_process` for a source that `prepare_for_quantization`
+    already wrote."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     method = recipe.option("calibration_method", "minmax")
     activation = recipe.option("activation_type", "uint8")
     per_channel = recipe.option("per_channel", True)
     with tempfile.TemporaryDirectory(prefix="edgeforge-quant-") as scratch:
-        prepared, notes = _pre_process(source, Path(scratch) / "prepared.onnx")
-        with _quiet():
+        prepared, notes = (
+            prepare_for_quantization(source, Path(scratch) / "prepared.onnx")
+            if prepare
+            else (source, [])
+        )
+        with quiet():
             quantize_static(
                 str(prepared),
                 str(out),
-                _Reader(samples),
+                CalibrationReader(samples),
                 quant_format=QuantFormat.QDQ,
                 per_channel=per_channel,
                 reduce_range=False,
@@ -118,7 +133,7 @@ def _fp16(source: Path, out: Path, recipe: Recipe) -> list[str]:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     proto = onnx.load(str(source))
-    with _quiet():
+    with quiet():
         converted = convert_float_to_float16(
             proto,
             keep_io_types=True,
@@ -132,7 +147,7 @@ def _int8_dynamic(source: Path, out: Path, recipe: Recipe) -> list[str]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     per_channel = recipe.option("per_channel", True)
-    with _quiet():
+    with quiet():
         quantize_dynamic(
             str(source),
             str(out),
@@ -170,7 +185,7 @@ def _int4_weight(source: Path, out: Path, recipe: Recipe) -> list[str]:
     config = DefaultWeightOnlyQuantConfig(
         block_size=block, is_symmetric=True, op_types_to_quantize=op_types, quant_axes=axes
     )
-    with _quiet():
+    with quiet():
         quantizer = MatMulNBitsQuantizer(
             proto,
             block_size=block,
@@ -250,13 +265,13 @@ def _opset_21(proto: onnx.ModelProto) -> onnx.ModelProto | None:
         return None
 
 
-def _pre_process(source: Path, out: Path) -> tuple[Path, list[str]]:
+def prepare_for_quantization(source: Path, out: Path) -> tuple[Path, list[str]]:
     """ONNX Runtime's recommended preparation (shape inference, graph fusions); a model it
     cannot prepare is quantized as it is, and the notes say so."""
     from onnxruntime.quantization import quant_pre_process
 
     try:
-        with _quiet():
+        with quiet():
             quant_pre_process(str(source), str(out), save_as_external_data=_large(source))
     except Exception as exc:
         return source, [f"quant_pre_process skipped ({first_line(exc)})"]
@@ -273,7 +288,7 @@ def _calibration_method(name: str) -> Any:
     }[name]
 
 
-class _Reader(CalibrationDataReader):
+class CalibrationReader(CalibrationDataReader):
     """ONNX Runtime's calibration reader over our samples: `get_next` until None."""
 
     def __init__(self, samples: Samples) -> None:
@@ -300,13 +315,14 @@ def _save(proto: onnx.ModelProto, out: Path) -> None:
     onnx.save(proto, str(out), save_as_external_data=large, location=f"{out.name}.data")
 
 
-class _quiet:
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
     """ONNX Runtime's quantizers log advice at WARNING through the root logger; keep it out of
     our output (the notes say what matters)."""
-
-    def __enter__(self) -> None:
-        self._level = logging.getLogger().level
-        logging.getLogger().setLevel(logging.ERROR)
-
-    def __exit__(self, *exc: object) -> None:
-        logging.getLogger().setLevel(self._level)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)

@@ -80,6 +80,14 @@ def test_verify_judges_int8_by_agreement_not_elementwise(digits, tmp_path):
     assert result.outputs[0].top1 >= 0.9
 
 
+def test_verify_without_data_judges_quantized_models_on_random_samples(digits, tmp_path):
+    model, _, _ = digits
+    artifact = get_runtime("onnxruntime").build(model, Recipe("int8-dynamic"), tmp_path / "dyn")
+    result = verify(model, artifact, localize=False)
+    assert result.samples == 32 and result.data == "synthesised (random)"
+    assert any("pass --data" in note for note in result.notes)
+
+
 def test_int8_static_without_data_says_it_calibrated_on_synthesised_samples(digits, tmp_path):
     model, _, _ = digits
     recipe = Recipe("int8-static", {"calibration_samples": 8})

@@ -135,6 +135,15 @@ def test_nodes_to_exclude_stay_float(digits, tmp_path):
     assert any(n.op_type == "DequantizeLinear" for n in graph.node)
 
 
+@pytest.mark.parametrize("precision", ["fp16", "int8-dynamic", "int8-static", "int4-weight"])
+def test_an_unknown_node_to_exclude_is_refused_not_ignored(digits, tmp_path, precision):
+    model, calibration, _ = digits
+    options = {"data": calibration, "nodes_to_exclude": ["no_such_node"]}
+    with pytest.raises(EdgeforgeError, match="'no_such_node', which is not a node"):
+        get_runtime("onnxruntime").build(model, Recipe(precision, options), tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
 @pytest.mark.parametrize(
     ("options", "says"),
     [

@@ -35,6 +35,7 @@ from edgeforge.recipe import Recipe
 __all__ = [
     "CalibrationReader",
     "calibration_samples",
+    "check_excluded_nodes",
     "prepare_for_quantization",
     "quantize",
     "quantize_int8_static",
@@ -102,6 +103,7 @@ def quantize_int8_static(
             if prepare
             else (source, [])
         )
+        check_excluded_nodes(recipe, source, prepared)
         with quiet():
             quantize_static(
                 str(prepared),
@@ -130,6 +132,7 @@ def quantize_int8_static(
 def _fp16(source: Path, out: Path, recipe: Recipe) -> list[str]:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
+    check_excluded_nodes(recipe, source)
     proto = onnx.load(str(source))
     with quiet():
         converted = convert_float_to_float16(
@@ -145,6 +148,7 @@ def _int8_dynamic(source: Path, out: Path, recipe: Recipe) -> list[str]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     per_channel = recipe.option("per_channel", True)
+    check_excluded_nodes(recipe, source)
     with quiet():
         quantize_dynamic(
             str(source),
@@ -177,17 +181,19 @@ def _int4_weight(source: Path, out: Path, recipe: Recipe) -> list[str]:
     )
 
     block = recipe.option("block_size", DEFAULT_BLOCK_SIZE)
+    check_excluded_nodes(recipe, source)
     proto = onnx.load(str(source))
     rewritten = _gemm_to_matmul(proto)
     notes = [f"{rewritten} Gemm nodes rewritten as MatMul + Add for 4-bit weights"]
     notes = notes if rewritten else []
     op_types: tuple[str, ...] = ("MatMul",)
-    # Embedding tables quantize to GatherBlockQuantized, whose 4-bit type needs opset 21.
-    upgraded = _opset_21(proto)
-    if upgraded is not None:
-        proto, op_types = upgraded, ("MatMul", "Gather")
-    else:
-        notes.append("embedding tables kept in float: the model does not convert to opset 21")
+    if _has_embedding_tables(proto):
+        # They quantize to GatherBlockQuantized, whose 4-bit type needs opset 21.
+        upgraded = _opset_21(proto)
+        if upgraded is not None:
+            proto, op_types = upgraded, ("MatMul", "Gather")
+        else:
+            notes.append("embedding tables kept in float: the model does not convert to opset 21")
     axes = (("MatMul", 0), ("Gather", 1))
     config = DefaultWeightOnlyQuantConfig(
         block_size=block, is_symmetric=True, op_types_to_quantize=op_types, quant_axes=axes
@@ -258,6 +264,31 @@ def _drop_unused_initializers(proto: onnx.ModelProto) -> None:
     keep = [t for t in proto.graph.initializer if t.name in used]
     del proto.graph.initializer[:]
     proto.graph.initializer.extend(keep)
+
+
+def _has_embedding_tables(proto: onnx.ModelProto) -> bool:
+    weights = {t.name for t in proto.graph.initializer}
+    return any(n.op_type == "Gather" and n.input[0] in weights for n in proto.graph.node)
+
+
+def check_excluded_nodes(recipe: Recipe, *models: Path) -> None:
+    """Every name in nodes_to_exclude must be a node of one of `models` (the source, or the
+    graph ONNX Runtime's preparation made of it): the quantizers ignore unknown names."""
+    wanted = recipe.option("nodes_to_exclude", [])
+    if not wanted:
+        return
+    known = {
+        node.name
+        for path in models
+        for node in onnx.load(str(path), load_external_data=False).graph.node
+    }
+    unknown = [name for name in wanted if name not in known]
+    if unknown:
+        raise EdgeforgeError(
+            f"nodes_to_exclude names {unknown[0]!r}, which is not a node of this model "
+            f"({len(unknown)} unknown); use node names from the ONNX graph or from "
+            "edgeforge.optimize.sensitivity.rank_nodes"
+        )
 
 
 def _opset_21(proto: onnx.ModelProto) -> onnx.ModelProto | None:

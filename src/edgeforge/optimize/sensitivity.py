@@ -132,7 +132,9 @@ def keep_float_until(
 
         def score(count: int) -> float:
             if count not in scores:
-                scores[count] = space.metric(space.quantize(names[:count]), metric_fn)
+                quantized = space.quantize(names[:count])
+                scores[count] = space.metric(quantized, metric_fn)
+                quantized.unlink()  # a large model's copies would pile up in the scratch folder
             return scores[count]
 
         # Grow the group until the limit holds, then bisect between the last two sizes.
@@ -184,7 +186,7 @@ class _Workspace:
                 if self.recipe.option("data")
                 else self.samples
             )
-            self.reference = self._run(self.prepared)
+            self.reference = self._run(self.scratch / "fp32" / "model.onnx")
         except BaseException:
             shutil.rmtree(self.scratch, ignore_errors=True)
             raise
@@ -218,9 +220,10 @@ class _Workspace:
     def rank(self, quantized: Path) -> list[NodeSensitivity]:
         errors = {**self._activation_sqnr(quantized), **self._weight_sqnr(quantized)}
         proto = onnx.load(str(quantized), load_external_data=False)
+        already = set(self.recipe.option("nodes_to_exclude", []))
         ranking = []
         for node in proto.graph.node:
-            if node.op_type in _QDQ_OPS:
+            if node.op_type in _QDQ_OPS or node.name in already:
                 continue
             touched = [
                 (errors[base], base)

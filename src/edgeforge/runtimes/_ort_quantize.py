@@ -166,7 +166,7 @@ def _int8_dynamic(source: Path, out: Path, recipe: Recipe) -> list[str]:
     if any(
         n.op_type == "ConvInteger" for n in onnx.load(str(out), load_external_data=False).graph.node
     ):
-        # Measured on resnet18 here: about 2x slower than fp32, where int8-static is ~3x faster.
+        # Measured on resnet18 here: about 4x slower than fp32, where int8-static is ~3x faster.
         notes.append(
             "convolutions run as ConvInteger, which ONNX Runtime's CPU kernels run slower than "
             "fp32; prefer int8-static for convolutional models"

@@ -1,20 +1,39 @@
 """A `Recipe`: the precision a runtime builds an artifact in, and its options.
 
 Each runtime carries a recipe out with its own tooling (ONNX Runtime's quantizer, NNCF,
-ai-edge-quantizer, coremltools.optimize...). Issue-5 recipes (int8, int4) add options here;
-a runtime that cannot honour a recipe says so with `RecipeNotSupported`.
+ai-edge-quantizer, coremltools.optimize...); a runtime that cannot honour a recipe says so.
+
+Options shared by the quantizing precisions (a runtime ignores those that do not apply):
+
+- `data` (int8-static): a folder `evaluate.data.load_data` reads, the calibration samples;
+  without it, random synthesised samples calibrate and the build notes say so.
+- `calibration_samples` (int8-static): how many samples calibrate, an int >= 1 (64).
+- `calibration_method` (int8-static): `minmax`, `entropy` or `percentile` (`minmax`).
+- `per_channel` (int8-static, int8-dynamic): one weight scale per output channel (true).
+- `activation_type` (int8-static): `uint8` or `int8` (`uint8`: x86 kernels with VNNI are
+  fastest on uint8 activations with int8 weights; `int8` suits ARM kernels).
+- `nodes_to_exclude` (int8-static, int8-dynamic, int4-weight, fp16): node names kept in
+  float ([]).
+- `block_size` (int4-weight): weights per scale, a power of two >= 16 (128).
+
+Runtime-specific options carry the runtime's name as a prefix (`coreml_target`,
+`tensorrt_profiles`). Options must be JSON values: they are written into the artifact's
+manifest.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from edgeforge.errors import EdgeforgeError
 
-__all__ = ["PRECISIONS", "Recipe"]
+__all__ = ["CALIBRATION_METHODS", "PRECISIONS", "Recipe"]
 
 PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static", "int4-weight")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+ACTIVATION_TYPES = ("uint8", "int8")
 
 
 @dataclass(frozen=True)
@@ -27,6 +46,10 @@ class Recipe:
             raise EdgeforgeError(
                 f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}"
             )
+        _check_options(self.options)
+
+    def option(self, name: str, default: Any = None) -> Any:
+        return self.options.get(name, default)
 
     def to_dict(self) -> dict[str, Any]:
         return {"precision": self.precision, "options": dict(self.options)}
@@ -34,3 +57,45 @@ class Recipe:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Recipe:
         return cls(data.get("precision", "fp32"), dict(data.get("options", {})))
+
+
+def _check_options(options: dict[str, Any]) -> None:
+    """Values of the shared options; each failure names the option and what it takes."""
+    try:
+        json.dumps(options)
+    except (TypeError, ValueError) as exc:
+        raise EdgeforgeError(
+            f"recipe options must be JSON values (they go into the manifest): {exc}; pass "
+            "paths as strings and lists instead of tuples or arrays"
+        ) from None
+    _choice(options, "calibration_method", CALIBRATION_METHODS)
+    _choice(options, "activation_type", ACTIVATION_TYPES)
+    for name in ("per_channel",):
+        if name in options and not isinstance(options[name], bool):
+            raise EdgeforgeError(f"recipe option {name} takes true or false, not {options[name]!r}")
+    samples = options.get("calibration_samples", 1)
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise EdgeforgeError(
+            f"recipe option calibration_samples takes an int >= 1, not {samples!r}"
+        )
+    block = options.get("block_size", 128)
+    if isinstance(block, bool) or not isinstance(block, int) or block < 16 or block & (block - 1):
+        raise EdgeforgeError(
+            f"recipe option block_size takes a power of two >= 16 (32, 64, 128...), not {block!r}"
+        )
+    excluded = options.get("nodes_to_exclude", [])
+    if not isinstance(excluded, list) or not all(isinstance(n, str) for n in excluded):
+        raise EdgeforgeError(
+            f"recipe option nodes_to_exclude takes a list of node names, not {excluded!r}"
+        )
+    if "data" in options and not isinstance(options["data"], str):
+        raise EdgeforgeError(
+            f"recipe option data takes a folder path as a string, not {options['data']!r}"
+        )
+
+
+def _choice(options: dict[str, Any], name: str, valid: tuple[str, ...]) -> None:
+    if name in options and options[name] not in valid:
+        raise EdgeforgeError(
+            f"recipe option {name} {options[name]!r} is unknown; choose one of {', '.join(valid)}"
+        )

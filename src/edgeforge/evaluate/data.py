@@ -27,6 +27,7 @@ from edgeforge.model import Model, TensorSpec
 __all__ = ["Samples", "load_data", "synthesize"]
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
+_EDGE_SAMPLES = 4  # the most edge values any dtype has (floats: 0, 1, -1, 8)
 _LAYOUT = (
     "expected .npz files with arrays named after the inputs, .npy files named <input>.npy, or "
     "images (optionally in one sub-folder per class)"
@@ -75,20 +76,23 @@ def synthesize(
     inputs: tuple[TensorSpec, ...] | None = None,
     count: int = 6,
     seed: int = 0,
+    edges: bool = True,
 ) -> Samples:
-    """`count` samples for `inputs` (default: the model's): edge values first, then random
+    """`count` samples for `inputs` (default: the model's): edge values first (unless `edges`
+    is false: quantized models clip them to their calibrated ranges by design), then random
     ones; dynamic dims take 1 on the batch axis and 16 elsewhere. Without a model, integer
     inputs stay in [0, 2) since no vocabulary size is known."""
     vocab = _vocabulary_sizes(model) if model is not None else {}
     rng = np.random.default_rng(seed)
+    first = 0 if edges else _EDGE_SAMPLES
     feeds = []
-    for index in range(count):
+    for index in range(first, first + count):
         feed = {}
         for spec in inputs or model.inputs:  # type: ignore[union-attr]
             shape = _concrete(spec)
             feed[spec.name] = _sample(spec.dtype, shape, index, rng, vocab.get(spec.name))
         feeds.append(feed)
-    return Samples(feeds, None, "synthesised (edge values + random)")
+    return Samples(feeds, None, f"synthesised ({'edge values + ' if edges else ''}random)")
 
 
 def _sample(dtype: str, shape: tuple[int, ...], index: int, rng, vocab: int | None) -> np.ndarray:

@@ -1,4 +1,9 @@
-"""ONNX Runtime: the `.onnx` file itself, and the `.ort` format for ONNX Runtime Mobile."""
+"""ONNX Runtime: the `.onnx` file itself, and the `.ort` format for ONNX Runtime Mobile.
+
+Both build every precision in `edgeforge.recipe.PRECISIONS` with ONNX Runtime's own tools
+(`_ort_quantize`); the `.ort` file is converted from the quantized ONNX file, so the two
+runtimes run the same graph. Inputs and outputs stay float32 at every precision.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ import numpy as np
 
 from edgeforge.errors import EdgeforgeError
 from edgeforge.model import Model
-from edgeforge.recipe import Recipe
+from edgeforge.recipe import PRECISIONS, Recipe
 from edgeforge.runtimes.base import Artifact, Finding, Runtime, Session
 
 __all__ = ["OnnxRuntime", "OnnxRuntimeMobile", "OrtSession"]
@@ -42,10 +47,10 @@ class OnnxRuntime(Runtime):
     format = "onnx"
     modules = ("onnxruntime",)
     distributions = ("onnxruntime",)
+    precisions = PRECISIONS
 
     def _build(self, model: Model, recipe: Recipe, folder: Path) -> tuple[str, list[str]]:
-        _copy_onnx(model, folder)
-        return "model.onnx", []
+        return "model.onnx", _write_onnx(model, recipe, folder)
 
     def _open(self, artifact: Artifact) -> Session:
         return OrtSession(artifact.path, artifact, self.threads)
@@ -96,7 +101,11 @@ class OnnxRuntimeMobile(OnnxRuntime):
     def _build(self, model: Model, recipe: Recipe, folder: Path) -> tuple[str, list[str]]:
         source = folder / "source"
         source.mkdir()
-        _copy_onnx(model, source)
+        notes = _write_onnx(model, recipe, source)
+        # "Fixed" bakes in this machine's optimizations; for fp16 those insert casts to fp32
+        # and fold the weights back to fp32 (the file grows past the fp32 one), so fp16 keeps
+        # only basic optimizations and lets the device's kernels decide at load time.
+        style = "Runtime" if recipe.precision == "fp16" else "Fixed"
         # The converter is ONNX Runtime's own tool; run it as it is meant to be run.
         result = subprocess.run(
             [
@@ -104,7 +113,7 @@ class OnnxRuntimeMobile(OnnxRuntime):
                 "-m",
                 "onnxruntime.tools.convert_onnx_models_to_ort",
                 "--optimization_style",
-                "Fixed",
+                style,
                 "--output_dir",
                 str(folder),
                 str(source / "model.onnx"),
@@ -120,7 +129,29 @@ class OnnxRuntimeMobile(OnnxRuntime):
         produced[0].rename(folder / "model.ort")
         for config in folder.glob("*.config"):
             config.unlink()
-        return "model.ort", ["optimized for fixed hardware (basic graph optimizations applied)"]
+        return "model.ort", [
+            *notes,
+            "optimizations left to the device at load time (fp16)"
+            if style == "Runtime"
+            else "optimized for fixed hardware (basic graph optimizations applied)",
+        ]
+
+
+def _write_onnx(model: Model, recipe: Recipe, folder: Path) -> list[str]:
+    """`folder`/model.onnx at the recipe's precision; returns the build notes."""
+    if recipe.precision == "fp32":
+        _copy_onnx(model, folder)
+        return []
+    from edgeforge.runtimes._ort_quantize import quantize
+
+    # The quantizers read the model from a folder of its own (external data beside it).
+    source = folder / "fp32"
+    source.mkdir()
+    try:
+        _copy_onnx(model, source)
+        return quantize(model, recipe, source / "model.onnx", folder / "model.onnx")
+    finally:
+        shutil.rmtree(source)
 
 
 def _copy_onnx(model: Model, folder: Path) -> None:

@@ -93,3 +93,48 @@ def test_convert_cli_prints_the_summary_table(digits_model, tmp_path):
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["targets"][0]["status"] == "verified"
+
+
+def test_int8_static_calibrates_on_data_and_takes_recipe_options(digits_model, tmp_path):
+    import numpy as np
+
+    from edgeforge.cli import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        np.savez(data / f"{i}.npz", image=rng.random((1, 1, 8, 8), dtype=np.float32))
+    out = tmp_path / "out"
+    code = main(
+        [
+            "convert",
+            str(digits_model.onnx_path),
+            "--to",
+            "onnxruntime,openvino",
+            "--precision",
+            "int8-static",
+            "--data",
+            str(data),
+            "--option",
+            "calibration_samples=4",
+            "--out",
+            str(out),
+            "--json",
+        ]
+    )
+    assert code == 0
+    for runtime in ("onnxruntime", "openvino"):
+        recipe = json.loads((out / runtime / "manifest.json").read_text())["recipe"]
+        assert recipe == {
+            "precision": "int8-static",
+            "options": {"data": str(data), "calibration_samples": 4},
+        }
+
+
+def test_a_malformed_recipe_option_is_one_line(digits_model, tmp_path, capsys):
+    from edgeforge.cli import main
+
+    args = ["convert", str(digits_model.onnx_path), "--to", "onnxruntime", "--out", str(tmp_path)]
+    assert main([*args, "--option", "per_channel"]) == 2
+    assert "write key=value" in capsys.readouterr().err

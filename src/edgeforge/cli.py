@@ -130,10 +130,27 @@ def _convert(args: argparse.Namespace) -> int:
         args.out,
         precision=args.precision,
         data=args.data,
+        options=_recipe_options(args.option),
         timeout=args.timeout,
     )
     _emit(args, "convert", result.to_dict(), lambda: print_conversion(result))
     return 0 if result.all_verified else 1
+
+
+def _recipe_options(pairs: list[str]) -> dict[str, Any]:
+    """`--option key=value` pairs; values read as JSON when they parse (numbers, true, lists)."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise EdgeforgeError(
+                f"--option {pair!r}: write key=value, e.g. --option calibration_method=entropy"
+            )
+        try:
+            options[key.strip()] = json.loads(value)
+        except ValueError:
+            options[key.strip()] = value
+    return options
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -385,7 +402,20 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(convert, shape=False)
     convert.add_argument("--to", required=True, help="comma-separated runtimes, or 'all'")
     convert.add_argument("--out", type=Path, default=Path("edgeforge-out"), help="output folder")
-    convert.add_argument("--precision", default="fp32", help="fp32 (default) or fp16")
+    convert.add_argument(
+        "--precision",
+        default="fp32",
+        help="fp32 (default), fp16, int8-dynamic, int8-static (calibrated on --data) or "
+        "int4-weight, each by the runtime's own quantizer",
+    )
+    convert.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a recipe option, e.g. calibration_method=entropy, per_channel=false, "
+        "block_size=32 (repeatable)",
+    )
     convert.add_argument("--timeout", type=float, default=600, help="seconds per target")
     _data_options(convert)
     _output_options(convert)

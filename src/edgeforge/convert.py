@@ -105,15 +105,19 @@ def convert(
     *,
     precision: str = "fp32",
     data: str | Path | None = None,
+    options: dict[str, Any] | None = None,
     timeout: float = 600,
     parallel: int = 2,
     **load_options: Any,
 ) -> Conversion:
     """Build every target from `source` into `out/<runtime>/`, then load, run and verify it.
 
-    Up to `parallel` targets run at once, each in its own process limited to `timeout` s."""
+    `options` are the recipe's (see `edgeforge.recipe`); an int8-static recipe calibrates on
+    `data` unless `options` name another folder. Up to `parallel` targets run at once, each in
+    its own process limited to `timeout` s."""
     names = parse_targets(targets)
-    recipe = Recipe(precision)
+    calibration = {"data": str(data)} if data and precision == "int8-static" else {}
+    recipe = Recipe(precision, {**calibration, **(options or {})})
     out = Path(out)
     model = load(source, workdir=out / "source", **load_options)
     result = Conversion(model.provenance.source, str(out), precision)

@@ -171,3 +171,40 @@ def test_one_sample_cannot_be_split(outlier_digits, digits_folder, tmp_path):
     np.save(one / "image.npy", np.load(digits_folder / "image.npy")[:1])
     with pytest.raises(EdgeforgeError, match="at least 2"):
         optimize(outlier_digits, "laptop-cpu", one, out=tmp_path / "out", **SEARCH)
+
+
+def test_pruned_candidates_from_a_torch_source(
+    trained_digits_for_optimize, digits_folder, tmp_path
+):
+    import torch
+
+    module, data, _ = trained_digits_for_optimize
+    result = optimize(
+        module,
+        "laptop-cpu",
+        digits_folder,
+        out=tmp_path / "out",
+        example_inputs=torch.from_numpy(data.test_x[:1]),
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_axes={"image": {0: "batch"}},
+        runtimes=["onnxruntime"],
+        precisions=["fp32"],
+        passes=["prune"],
+        bench_runs=5,
+    )
+    pruned = result.candidate("pruned/onnxruntime/fp32")
+    assert pruned.status == "evaluated" and pruned.model == "pruned"
+    assert pruned.size_bytes < result.candidate("onnxruntime/fp32").size_bytes
+    assert pruned.accuracy_drop is not None
+
+
+def test_torch_passes_on_an_onnx_file_say_why_they_were_skipped(
+    searched, outlier_digits, digits_folder
+):
+    _, out = searched
+    result = optimize(
+        outlier_digits, "laptop-cpu", digits_folder, out=out, passes=["prune"], **SEARCH
+    )
+    assert any("--passes prune skipped" in note for note in result.notes)
+    assert all(c.cached for c in result.candidates)

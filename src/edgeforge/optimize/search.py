@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -67,6 +68,7 @@ _CALIBRATION_METHODS = {
     "onnxruntime-mobile": ("minmax", "entropy", "percentile"),
 }
 _TORCH_PASSES = ("prune", "distill")
+_MADE_BY = {"prune": "pruned", "distill": "distilled"}
 _BUILT = ("evaluated", "built-not-run")
 
 
@@ -355,7 +357,7 @@ class _Search:
             if name in _TORCH_PASSES:
                 made = self._torch_pass(name, source, example_inputs, notes)
                 if made is not None:
-                    found.append(_Variant(f"{name}d", [name], made, None, ("onnxruntime",)))
+                    found.append(_Variant(_MADE_BY[name], [name], made, None, ("onnxruntime",)))
         self.variant_of = {v.name: v for v in found}
         return found
 
@@ -393,7 +395,9 @@ class _Search:
         from edgeforge.passes.prune import prune
 
         fine_tune = Samples(
-            self.split.samples.feeds[: self.split.calibration], self.split.labels_calibration
+            self.split.samples.feeds[: self.split.calibration],
+            self.split.labels_calibration,
+            f"the calibration part of --data {self.split.folder}",
         )
         if name == "prune":
             made = prune(module, inputs, ratio=0.5, data=fine_tune, epochs=3)
@@ -694,6 +698,11 @@ class _Search:
 def _build_and_score(job: dict[str, Any]) -> dict[str, Any]:
     """Build one candidate, then run the held-out feeds through it and score the outputs."""
     from edgeforge.runtimes import get_runtime
+
+    # Quantizers print progress on stdout; in this child it goes to stderr, so that the
+    # parent's stdout carries only the result (`--json`).
+    sys.stdout.flush()
+    os.dup2(2, 1)
 
     runtime = get_runtime(job["runtime"])
     model: Model = job["model"]

@@ -371,6 +371,95 @@ def _cascade(args: argparse.Namespace) -> int:
     return 0 if result.met else 1
 
 
+# -- optimize (issue 5): one self-contained block ------------------------------------------------
+
+
+def _optimize(args: argparse.Namespace) -> int:
+    from edgeforge.optimize.search import optimize
+
+    def names(text: str | None) -> list[str] | None:
+        return [n.strip() for n in text.split(",") if n.strip()] if text else None
+
+    result = optimize(
+        args.model,
+        args.device,
+        args.data,
+        out=args.out,
+        max_accuracy_drop=args.max_accuracy_drop,
+        max_size=args.max_size,
+        max_latency=args.max_latency,
+        max_memory=args.max_memory,
+        runtimes=names(args.runtimes),
+        precisions=names(args.precisions),
+        passes=names(args.passes) or (),
+        cleanup=not args.no_cleanup,
+        calibration_samples=args.calibration_samples,
+        timeout=args.timeout,
+        bench_runs=args.runs,
+    )
+
+    def show() -> None:
+        from edgeforge._progress import output_console
+
+        console = output_console()
+        for c in result.candidates:
+            drop = "—" if c.accuracy_drop is None else f"{100 * c.accuracy_drop:.2f}%"
+            size = "—" if c.size_bytes is None else f"{c.size_bytes / 1e6:.3g} MB"
+            device_ms = "—" if c.device_latency_ms is None else f"{c.device_latency_ms:.3g} ms"
+            cached = " (cached)" if c.cached else ""
+            console.print(
+                f"{c.verdict:8} {c.id}{cached}: {size}, {device_ms} on {result.device}, drop "
+                f"{drop} — {c.reason}",
+                highlight=False,
+                markup=False,
+            )
+        if result.chosen:
+            console.print(f"chosen: {result.chosen} -> {result.chosen_path}", markup=False)
+        for unmet in result.unmet:
+            console.print(f"not met: {unmet['text']}", markup=False)
+        console.print(f"report: {result.report_path}", markup=False)
+
+    _emit(args, "optimize", result.to_dict(), show)
+    return 0 if result.met else 1
+
+
+def _add_optimize(verbs: Any) -> None:
+    optimize = verbs.add_parser(
+        "optimize",
+        help="search recipes and runtimes for a device; choose the best within your limits",
+    )
+    _model_options(optimize, shape=False)
+    optimize.add_argument("--device", required=True, help="a catalogue device (edgeforge devices)")
+    optimize.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="samples (.npz, <input>.npy or images; labels optional): the first part "
+        "calibrates, the rest judges accuracy",
+    )
+    limits = optimize.add_argument_group("limits (a candidate must meet every one given)")
+    limits.add_argument("--max-accuracy-drop", metavar="SHARE", help="e.g. 1%% or 0.01")
+    limits.add_argument("--max-size", metavar="BYTES", help="artifact size, e.g. 5MB")
+    limits.add_argument("--max-latency", metavar="MS", help="on the device (estimated), e.g. 10ms")
+    limits.add_argument("--max-memory", metavar="BYTES", help="peak memory, e.g. 200MB")
+    search = optimize.add_argument_group("search")
+    search.add_argument("--runtimes", help="only these of the device's runtimes (comma list)")
+    search.add_argument("--precisions", help="only these precisions (comma list)")
+    search.add_argument("--passes", help="prune,distill (torch sources: pruned/distilled models)")
+    search.add_argument("--no-cleanup", action="store_true", help="skip the ONNX clean-up pass")
+    search.add_argument(
+        "--calibration-samples", type=int, help="samples that calibrate (default: min(64, half))"
+    )
+    search.add_argument("--runs", type=int, default=30, help="timed runs per candidate here")
+    search.add_argument("--timeout", type=float, default=600, help="seconds per build")
+    optimize.add_argument(
+        "--out", type=Path, default=Path("edgeforge-optimize"), help="output and cache folder"
+    )
+    optimize.add_argument("--json", action="store_true", help="print the result as JSON")
+    optimize.set_defaults(run=_optimize)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgeforge",
@@ -577,6 +666,8 @@ def build_parser() -> argparse.ArgumentParser:
     price.add_argument("--price-per-hour", type=float, help="cloud server price per hour")
     _output_options(cascade)
     cascade.set_defaults(run=_cascade)
+
+    _add_optimize(verbs)
 
     devices = verbs.add_parser("devices", help="the device catalogue, each figure with a source")
     devices.add_argument("names", nargs="*", metavar="DEVICE", help="only these devices")

@@ -10,6 +10,7 @@ __all__ = [
     "decide_cost_svg",
     "decide_latency_svg",
     "layer_error_svg",
+    "optimize_pareto_svg",
     "work_by_op_type_svg",
 ]
 
@@ -147,4 +148,86 @@ def decide_latency_svg(decision: dict[str, Any]) -> str:
     axes.set_ylabel("latency ms")
     axes.set_title("Latency against uplink bandwidth")
     axes.legend(fontsize=8)
+    return _svg(pyplot, figure)
+
+
+def optimize_pareto_svg(result: dict[str, Any]) -> str:
+    """`optimize`: size against latency on the device, coloured by accuracy drop; the Pareto
+    front outlined, the chosen candidate starred, unmeasured accuracy drawn hollow."""
+    rows = [
+        c
+        for c in result["candidates"]
+        if c.get("size_bytes") is not None and c.get("device_latency_ms") is not None
+    ]
+    if not rows:
+        return ""
+    pyplot, figure, axes = _figure(width=7.0, height=4.2)
+    measured = [c for c in rows if c.get("accuracy_drop") is not None]
+    if measured:
+        points = axes.scatter(
+            [c["size_bytes"] / 1e6 for c in measured],
+            [c["device_latency_ms"] for c in measured],
+            c=[100 * c["accuracy_drop"] for c in measured],
+            cmap="viridis_r",
+            s=[70 if c.get("on_front") else 35 for c in measured],
+            edgecolors=["#c0392b" if c.get("on_front") else "none" for c in measured],
+            linewidths=1.4,
+            zorder=3,
+        )
+        figure.colorbar(points, ax=axes, label="accuracy drop (points, %)")
+    unmeasured = [c for c in rows if c.get("accuracy_drop") is None]
+    if unmeasured:
+        axes.scatter(
+            [c["size_bytes"] / 1e6 for c in unmeasured],
+            [c["device_latency_ms"] for c in unmeasured],
+            facecolors="none",
+            edgecolors="#888",
+            s=45,
+            label="accuracy not measured",
+            zorder=2,
+        )
+    for c in rows:
+        axes.annotate(
+            c["id"],
+            (c["size_bytes"] / 1e6, c["device_latency_ms"]),
+            fontsize=6,
+            xytext=(3, 3),
+            textcoords="offset points",
+            color="#445",
+        )
+    chosen = next((c for c in rows if c["id"] == result.get("chosen")), None)
+    if chosen:
+        axes.scatter(
+            [chosen["size_bytes"] / 1e6],
+            [chosen["device_latency_ms"]],
+            marker="*",
+            s=260,
+            facecolors="none",
+            edgecolors="#c0392b",
+            linewidths=1.5,
+            label="chosen",
+            zorder=4,
+        )
+    limits = result.get("limits", {})
+    if limits.get("max_size_bytes"):
+        axes.axvline(
+            limits["max_size_bytes"] / 1e6,
+            color="#c0392b",
+            linestyle="--",
+            linewidth=1,
+            label="--max-size",
+        )
+    if limits.get("max_latency_ms"):
+        axes.axhline(
+            limits["max_latency_ms"],
+            color="#c0392b",
+            linestyle=":",
+            linewidth=1,
+            label="--max-latency",
+        )
+    axes.set_xlabel("size (MB)")
+    axes.set_ylabel(f"latency on {result['device']} (ms, estimated)")
+    axes.set_title("Candidates: size x latency x accuracy (red ring: Pareto front)")
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(fontsize=7)
     return _svg(pyplot, figure)

@@ -62,6 +62,8 @@ def render_html(sections: dict[str, Any], title: str = "edgeforge report") -> st
         plots["decide"] = [
             (_plots.decide_cost_svg(d), _plots.decide_latency_svg(d)) for d in decisions
         ]
+    if "optimize" in sections:
+        plots["pareto"] = _plots.optimize_pareto_svg(sections["optimize"])
     template = _environment().get_template("report.html.j2")
     return template.render(
         title=title,

@@ -21,6 +21,7 @@ from edgeforge.decide import decide
 from edgeforge.decide.render import print_decision
 from edgeforge.devices import get_device, list_devices
 from edgeforge.estimator import estimate
+from edgeforge.optimize.search import optimize
 from edgeforge.render import print_bench, print_conversion, print_estimate
 from edgeforge.report import write_report
 from edgeforge.zoo import train_digits_cnn
@@ -55,6 +56,25 @@ def run_demo(out: Path) -> Path:
         estimate(profile, get_device(name)) for name in ("raspberry-pi-4", "jetson-nano", "pixel-8")
     ]
     print_estimate(estimates)
+    console.print("[bold]shrinking[/] it for two devices within a 1% accuracy drop")
+    optimized = [
+        optimize(
+            model.onnx_path,
+            name,
+            data_folder,
+            out=out / "optimize" / name,
+            max_accuracy_drop="1%",
+            bench_runs=20,
+        )
+        for name in ("raspberry-pi-4", "laptop-cpu")
+    ]
+    for result in optimized:
+        chosen = result.chosen
+        console.print(
+            f"  {result.device}: "
+            + (f"chose {chosen}" if chosen else "nothing met the limits")
+            + f" - report {result.report_path}"
+        )
     console.print("[bold]edge or cloud?[/] the decision for 1,000 users on two devices")
     decisions = [
         decide(profile, name, users=1000, requests_per_day=200, network="4g")
@@ -72,6 +92,7 @@ def run_demo(out: Path) -> Path:
                 "ONNX file": str(model.onnx_path),
                 "exporter": model.provenance.exporter,
                 "export check (max abs error)": model.provenance.export_check,
+                **{f"optimize report ({r.device})": str(r.report_path) for r in optimized},
             },
         },
         "inspect": profile.to_dict(),
@@ -84,7 +105,7 @@ def run_demo(out: Path) -> Path:
     return write_report(sections, out / "report.html", title="edgeforge demo report")
 
 
-def _labelled_samples(data, folder: Path, count: int = 64) -> Path:
+def _labelled_samples(data, folder: Path, count: int = 192) -> Path:
     """Held-out digits as .npz samples with labels, so parity also reports accuracy."""
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(count):

@@ -54,7 +54,16 @@ def this_machine(recalibrate: bool = False) -> dict:
         module, inputs, options = catalog.build(name)
         profile = inspect(module, inputs, **options)
         predicted = estimate(profile, device, runtime="onnxruntime").latency_ms
-        measured = bench(profile.model["path"], runs=20, warmup=5, repeats=1).latency_ms["p50"]
+        # Measure at the shapes the estimate assumed (bench alone would pick its own defaults
+        # for dynamic axes, e.g. 16 tokens where inspect assumed the example's length).
+        shapes = {
+            spec["name"]: tuple(spec["shape"])
+            for spec in profile.inputs
+            if spec.get("shape") and all(isinstance(d, int) for d in spec["shape"])
+        }
+        measured = bench(
+            profile.model["path"], runs=20, warmup=5, repeats=1, shapes=shapes
+        ).latency_ms["p50"]
         error = abs(predicted - measured) / measured
         errors.append(error)
         rows.append(

@@ -23,6 +23,7 @@ The result is stored in the cache folder (`$EDGEFORGE_CACHE`, default ~/.cache/e
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import math
 import statistics
@@ -277,18 +278,16 @@ def calibrate_here(
             {"case": case.name, "kind": case.kind, "measured_ms": ms, "predicted_ms": predicted}
         )
     low, high = _band(spread)
-    entry = FactorEntry(
-        **{
-            **entry.__dict__,
-            "band_low": min(low, _MIN_BAND[0]),
-            "band_high": max(high, _MIN_BAND[1]),
-            "fit": {
-                "method": "micro-benchmarks (edgeforge.estimator.here)",
-                "cases": len(measured),
-                "threads": threads,
-                "bandwidth_gbps": bandwidth,
-            },
-        }
+    entry = dataclasses.replace(
+        entry,
+        band_low=min(low, _MIN_BAND[0]),
+        band_high=max(high, _MIN_BAND[1]),
+        fit={
+            "method": "micro-benchmarks (edgeforge.estimator.here)",
+            "cases": len(measured),
+            "threads": threads,
+            "bandwidth_gbps": bandwidth,
+        },
     )
     result = HereCalibration(
         host=host_fingerprint(read_host_facts()),

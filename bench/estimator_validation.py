@@ -55,14 +55,9 @@ def this_machine(recalibrate: bool = False) -> dict:
         profile = inspect(module, inputs, **options)
         predicted = estimate(profile, device, runtime="onnxruntime").latency_ms
         # Measure at the shapes the estimate assumed (bench alone would pick its own defaults
-        # for dynamic axes, e.g. 16 tokens where inspect assumed the example's length).
-        shapes = {
-            spec["name"]: tuple(spec["shape"])
-            for spec in profile.inputs
-            if spec.get("shape") and all(isinstance(d, int) for d in spec["shape"])
-        }
+        # for dynamic axes, e.g. 16 tokens where inspect assumed 128), three times, the median.
         measured = bench(
-            profile.model["path"], runs=20, warmup=5, repeats=1, shapes=shapes
+            profile.model["path"], runs=30, warmup=5, repeats=3, shapes=profile.input_shapes()
         ).latency_ms["p50"]
         error = abs(predicted - measured) / measured
         errors.append(error)

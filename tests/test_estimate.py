@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from graphs import save_graph
 from onnx import TensorProto, helper, numpy_helper
@@ -100,18 +101,68 @@ def synthetic_profiles(tmp_path_factory) -> dict[str, edgeforge.Profile]:
 def test_estimate_matches_hand_computed_roofline(small_profile):
     result = estimate(small_profile, _device(), factors=_factors())
     # MatMul: 4096 FLOPs / (10 GFLOPS x 0.5) = 819.2 ns; bytes (2048 weights + 2 x 32
-    # activations) x 4 = 8448 B / (40 GB/s x 0.8) = 264 ns -> compute-bound.
-    # Relu: 32 FLOPs / 10 GFLOPS = 3.2 ns; 256 B / 32 GB/s = 8 ns -> memory-bound.
-    # Each layer adds 0.002 ms.
-    expected_ms = (819.2e-9 + 8e-9) * 1e3 + 2 * 0.002
+    # activations) x 4 = 8448 B / (40 GB/s x 0.8) = 264 ns -> compute-bound, plus 0.002 ms.
+    # The Relu reads the MatMul's output and nothing else does: fused, free.
+    expected_ms = 819.2e-9 * 1e3 + 0.002
     assert result.latency_ms == pytest.approx(expected_ms, rel=1e-9)
     assert result.latency_low_ms == pytest.approx(0.8 * expected_ms)
     assert result.latency_high_ms == pytest.approx(1.5 * expected_ms)
-    assert [layer.bytes_moved for layer in result.layers] == [8448, 256]
+    assert [layer.bytes_moved for layer in result.layers] == [8448, 0]
+    assert [layer.bound for layer in result.layers] == ["compute", "fused"]
     assert result.weight_bytes == 2048 * 4
     assert result.peak_memory_bytes == 2048 * 4 + small_profile.activation_memory.peak_bytes
     assert result.unit == "cpu"
     assert result.factors["entry"] == "*/*/*"
+
+
+def test_an_activation_with_nothing_to_fuse_into_is_memory_bound(tmp_path):
+    path = save_graph(
+        tmp_path / "relu.onnx",
+        [helper.make_node("Relu", ["x"], ["y"], name="relu")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
+    )
+    (layer,) = estimate(edgeforge.inspect(path), _device(), factors=_factors()).layers
+    # 64 FLOPs / 10 GFLOPS = 6.4 ns; 2 x 64 x 4 B / (40 GB/s x 0.8) = 16 ns -> memory-bound.
+    assert layer.bound == "memory"
+    assert layer.ms == pytest.approx(16e-9 * 1e3 + 0.002, rel=1e-9)
+
+
+def _conv_weights(name: str, out: int, inp: int, k: int = 1) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.zeros((out, inp, k, k), np.float32), name)
+
+
+def test_fusion_follows_what_runtimes_fold_into_a_conv(tmp_path):
+    c = 8
+    node = helper.make_node
+    path = save_graph(
+        tmp_path / "block.onnx",
+        [
+            node("Conv", ["x", "W1"], ["c1"], name="conv1"),
+            node("Relu", ["c1"], ["r1"], name="relu1"),  # activation: fused
+            node("Conv", ["r1", "W2"], ["c2"], name="conv2"),
+            node("Add", ["c2", "r1"], ["a"], name="residual"),  # one residual: fused
+            node("Relu", ["a"], ["r2"], name="relu2"),  # still the conv's epilogue: fused
+            node("Sigmoid", ["r2"], ["s"], name="gate"),  # r2 has two readers: not fused
+            node("Mul", ["r2", "s"], ["m"], name="silu"),  # x * sigmoid(x): fused
+            node("GlobalAveragePool", ["m"], ["g"], name="squeeze"),
+            node("Conv", ["g", "W3"], ["c3"], name="excite"),
+            node("Sigmoid", ["c3"], ["e"], name="excite_act"),  # fused into the 1x1 conv
+            node("Mul", ["m", "e"], ["o"], name="scale"),  # broadcasts to a larger tensor
+            node("Flatten", ["o"], ["y"], name="flatten"),  # a view
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c * 16])],
+        [_conv_weights("W1", c, c), _conv_weights("W2", c, c), _conv_weights("W3", c, c)],
+    )
+    layers = estimate(edgeforge.inspect(path), _device(), factors=_factors()).layers
+    bounds = {layer.name: layer.bound for layer in layers}
+    free = {name for name, bound in bounds.items() if bound in ("fused", "view")}
+    assert free == {"relu1", "residual", "relu2", "silu", "excite_act", "flatten"}
+    assert bounds["flatten"] == "view"
+    for layer in layers:
+        if layer.name in free:
+            assert layer.ms == 0 and layer.overhead_ms == 0 and layer.bytes_moved == 0
 
 
 def test_depthwise_conv_takes_its_own_efficiency(tmp_path):
@@ -134,14 +185,10 @@ def test_depthwise_conv_takes_its_own_efficiency(tmp_path):
 
 
 def test_layer_bound_follows_arithmetic_intensity(small_profile):
-    bounds = {
-        layer.op_type: layer.bound
-        for layer in estimate(small_profile, _device(), factors=_factors()).layers
-    }
-    assert bounds == {"MatMul": "compute", "Relu": "memory"}
-    # Starve the bandwidth and the MatMul turns memory-bound too.
+    # Starve the bandwidth and the MatMul turns memory-bound.
+    assert estimate(small_profile, _device(), factors=_factors()).layers[0].bound == "compute"
     starved = estimate(small_profile, _device(bandwidth_gbps=0.01), factors=_factors())
-    assert {layer.bound for layer in starved.layers} == {"memory"}
+    assert starved.layers[0].bound == "memory"
 
 
 def test_model_too_big_for_ram_says_by_how_much(small_profile):

@@ -197,6 +197,9 @@ def test_dynamic_batch_is_assumed_1_and_override_scales_the_work(digits_model):
     assert four.macs == 4 * one.macs
     assert four.assumed_dims[0].reason == "override"
     assert four.inputs[0]["shape"] == ["batch", 1, 8, 8]  # the model itself is unchanged
+    # input_shapes() gives the concrete shapes each profile was computed at
+    assert one.input_shapes() == {"image": (1, 1, 8, 8)}
+    assert four.input_shapes() == {"image": (4, 1, 8, 8)}
 
 
 # -- census, opsets and the external-data path -----------------------------------------------

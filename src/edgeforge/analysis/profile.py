@@ -65,6 +65,23 @@ class Profile:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The concrete input shapes the profile was computed at: each input's static dims,
+        with its dynamic dims at the values in `assumed_dims` (or pinned by `shapes=`)."""
+        assumed = {(dim.input, dim.axis): dim.value for dim in self.assumed_dims}
+        shapes = {}
+        for spec in self.inputs:
+            dims = spec.get("shape")
+            if dims is None:
+                continue
+            concrete = [
+                d if isinstance(d, int) and d > 0 else assumed.get((spec["name"], axis))
+                for axis, d in enumerate(dims)
+            ]
+            if all(isinstance(d, int) for d in concrete):
+                shapes[spec["name"]] = tuple(concrete)
+        return shapes
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model,

@@ -2,17 +2,20 @@
 
 What it runs (ONNX Runtime, its default threads, one graph per case, built with onnx.helper):
 - MatMul of square matrices, Conv 3x3 and depthwise Conv 3x3 across sizes (compute);
-- Add of two large tensors across sizes (memory: the largest gives the attainable bandwidth);
+- Add of two tensors across sizes, from cache-resident (1 MB each) to far past the caches
+  (memory: the largest gives the bandwidth of main memory);
 - a chain of tiny MatMuls (the fixed cost of one layer).
 
 How it fits (what a caller can rely on):
-- bandwidth = bytes an Add truly moves (two reads, one write) / its time, the best over sizes;
-  it becomes `this-machine`'s memory bandwidth, tagged "measured";
+- bandwidth = bytes the largest Add truly moves (two reads, one write) / its time; it becomes
+  `this-machine`'s memory bandwidth, tagged "measured";
 - layer overhead = the tiny chain's time / its length;
 - each efficiency is the roofline's own time at efficiency 1 (with the estimator's own byte and
   FLOP accounting) over the measured time less the overhead, median over a class's sizes:
   conv, conv_depthwise and matmul are measured; attention, recurrent and the rest keep their
-  prior ratio to matmul (`calibration.PRIORS`); memory efficiency comes from the Adds;
+  prior ratio to matmul (`calibration.PRIORS`); memory efficiency comes from the Adds, median
+  over their sizes, so it is above 1 where caches beat main memory (a layer's tensors mostly fit
+  them);
 - the band is the spread of measured / predicted over every case (at least 0.8-1.25: whole
   models are less regular than single layers).
 
@@ -158,7 +161,7 @@ def cases(quick: bool = False) -> list[Case]:
         ]
     return [
         _chain(),
-        *(_add(n) for n in (1 << 22, 1 << 24, 1 << 25)),
+        *(_add(n) for n in (1 << 18, 1 << 20, 1 << 22, 1 << 24, 1 << 25)),
         *(_matmul(n) for n in (256, 512, 1024)),
         *(_conv(c, s, False) for c, s in ((32, 112), (64, 56), (128, 28), (256, 14))),
         *(_conv(c, s, True) for c, s in ((32, 112), (96, 56), (192, 28), (384, 14))),
@@ -222,11 +225,11 @@ def calibrate_here(
         for case, _, profile in measured
         if case.kind == "memory"
     }
-    bandwidth = max(
-        moved[case.name] / ((ms - overhead) * 1e-3) / 1e9
-        for case, ms, _ in measured
-        if case.kind == "memory"
+    largest, largest_ms = max(
+        ((case, ms) for case, ms, _ in measured if case.kind == "memory"),
+        key=lambda pair: moved[pair[0].name],
     )
+    bandwidth = moved[largest.name] / ((largest_ms - overhead) * 1e-3) / 1e9
 
     def ratios(kind: str, memory: bool) -> list[float]:
         out = []

@@ -22,6 +22,14 @@ can rely on:
 - Depthwise convolutions (read from the profiled ONNX file: group > 1, one input channel per
   group) take the efficiency of the `conv_depthwise` class, not `conv`: they have the arithmetic
   intensity of an elementwise op and vectorise poorly.
+- Fused nodes cost nothing, as runtimes run them inside the kernel before them (ONNX Runtime,
+  TensorRT, XNNPACK, OpenVINO and ncnn all fold activations into convs). A node is fused when it
+  is an activation, batch norm or elementwise arithmetic op (`_FUSABLE`) whose input is the output
+  of a conv/matmul -- or of a node already fused into one -- that nothing else reads, and its
+  output is no larger than that conv/matmul's; the chain may take in one more activation (a
+  residual Add). A binary op joining an elementwise op's output (read by it alone) with that op's
+  own input, as x * sigmoid(x) does, fuses too.
+- Views (`_VIEWS`: Reshape, Squeeze, Flatten, Shape...) move no data and cost nothing.
 - Bytes are at the estimate's precision: 4 per element for fp32, 2 for fp16, 1 for int8.
 - `threads`, when given for a CPU, scales its peak by threads / cores (cores read from the unit's
   name); nothing else uses it.
@@ -60,6 +68,41 @@ _ACCELERATORS = ("npu", "ane", "tpu")
 # Categories whose nodes a runtime launches as kernels; "data movement" is mostly folded into
 # neighbours (Reshape, Flatten) and "not counted" has no cost rule, so neither pays an overhead.
 _NO_OVERHEAD = {"data movement", "not counted"}
+# Ops that run as a view of their input (or a value known when the graph loads): no copy, no cost.
+_VIEWS = {
+    "Reshape",
+    "Flatten",
+    "Squeeze",
+    "Unsqueeze",
+    "Identity",
+    "Dropout",
+    "Shape",
+    "Size",
+    "Constant",
+}
+# Ops that runtimes fold into the conv/matmul producing their input: activations, a batch norm,
+# a bias or a residual Add.
+_FUSABLE = {
+    "Relu",
+    "Clip",
+    "Sigmoid",
+    "HardSigmoid",
+    "HardSwish",
+    "LeakyRelu",
+    "Tanh",
+    "Gelu",
+    "Elu",
+    "Selu",
+    "Celu",
+    "Mish",
+    "Softplus",
+    "PRelu",
+    "BatchNormalization",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+}
 
 
 @dataclass(frozen=True)
@@ -70,7 +113,7 @@ class LayerTime:
     op_type: str
     category: str
     ms: float  # roofline time plus overhead_ms
-    bound: str  # "compute", "memory" or "overhead" (no work counted)
+    bound: str  # "compute", "memory", "overhead" (no work counted), "fused" or "view" (free)
     overhead_ms: float
     flops: int
     bytes_moved: int
@@ -195,9 +238,32 @@ def _implied_weights(node: NodeProfile) -> float:
     return node.macs * channels / elements
 
 
-def _depthwise_nodes(profile: Profile) -> frozenset[int] | None:
-    """Indices of depthwise Conv nodes (weight shape [C, 1, k, k], group > 1), read from the
-    profiled ONNX file's graph (no weights loaded); None when the file is gone or differs."""
+@dataclass(frozen=True)
+class _GraphRoles:
+    """What the profile's nodes do in their graph, beyond their own cost: which convs are
+    depthwise, and which nodes a runtime fuses into the conv/matmul before them."""
+
+    depthwise: frozenset[int]
+    fused: frozenset[int]
+
+
+def _gates_own_input(
+    sources: list[str], made_by: dict[str, set[str]], consumers: dict[str, int]
+) -> bool:
+    """Whether a binary op combines an elementwise op's output (used by it alone) with that op's
+    own input, as x * sigmoid(x) does: runtimes run the pair as one kernel (SiLU, HardSwish)."""
+    if len(sources) != 2:
+        return False
+    for gate, other in (sources, sources[::-1]):
+        if consumers.get(gate) == 1 and made_by.get(gate) == {other}:
+            return True
+    return False
+
+
+def _graph_roles(profile: Profile) -> _GraphRoles | None:
+    """Read the profiled ONNX file's graph (no weights loaded) for depthwise convs (weight shape
+    [C, 1, k, k], group > 1) and fused nodes (the module docstring's rule); None when the file is
+    gone or no longer matches the profile."""
     path = Path(str(profile.model.get("path", "")))
     if not path.is_file():
         return None
@@ -205,13 +271,47 @@ def _depthwise_nodes(profile: Profile) -> frozenset[int] | None:
     if len(graph.node) != len(profile.nodes):
         return None
     dims = {tensor.name: list(tensor.dims) for tensor in graph.initializer}
-    found = set()
-    for index, node in enumerate(graph.node):
+    constants = set(dims) | {
+        out for node in graph.node if node.op_type == "Constant" for out in node.output
+    }
+    consumers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers[name] = consumers.get(name, 0) + 1
+    for output in graph.output:
+        consumers[output.name] = consumers.get(output.name, 0) + 1
+
+    depthwise, fused = set(), set()
+    # tensor -> (whether the chain that made it, a conv/matmul and what was fused into it, has
+    # already taken in a second activation such as a residual; the tensor's element count)
+    open_chains: dict[str, tuple[bool, int]] = {}
+    made_by: dict[str, set[str]] = {}  # an elementwise node's output -> its activation inputs
+    for index, (node, profiled) in enumerate(zip(graph.node, profile.nodes, strict=True)):
         group = next((a.i for a in node.attribute if a.name == "group"), 1)
         weight = dims.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
         if group > 1 and weight is not None and len(weight) > 1 and weight[1] == 1:
-            found.add(index)
-    return frozenset(found)
+            depthwise.add(index)
+        if profiled.category in ("conv", "matmul"):
+            open_chains[node.output[0]] = (False, _output_elements(profiled))
+            continue
+        if node.op_type not in _FUSABLE or len(node.output) != 1:
+            continue
+        sources = [name for name in node.input if name and name not in constants]
+        if profiled.category == "elementwise":
+            made_by[node.output[0]] = set(sources)
+        if _gates_own_input(sources, made_by, consumers):  # x * sigmoid(x) and the like
+            fused.add(index)
+            continue
+        chain = next((name for name in sources if name in open_chains), None)
+        if chain is None or consumers.get(chain) != 1:
+            continue
+        extra = len(sources) - 1  # other activations it takes in (a residual for an Add)
+        has_residual, elements = open_chains[chain]
+        if extra > 1 or (extra == 1 and has_residual) or _output_elements(profiled) > elements:
+            continue  # not an epilogue: a second residual, or a broadcast to a larger tensor
+        fused.add(index)
+        open_chains[node.output[0]] = (has_residual or extra == 1, elements)
+    return _GraphRoles(frozenset(depthwise), frozenset(fused))
 
 
 def _output_elements(node: NodeProfile) -> int:
@@ -232,15 +332,21 @@ def roofline_ms(
     total_implied = sum(implied)
     # The profile's weight bytes are at the file's dtype; count elements, then re-size them.
     weight_elements = int(profile.weights.get("onnx_elements", 0))
-    depthwise = _depthwise_nodes(profile) or frozenset()
+    roles = _graph_roles(profile) or _GraphRoles(frozenset(), frozenset())
     layers: list[LayerTime] = []
     for index, (node, share) in enumerate(zip(profile.nodes, implied, strict=True)):
+        if index in roles.fused or node.op_type in _VIEWS:
+            bound = "fused" if index in roles.fused else "view"
+            layers.append(
+                LayerTime(node.name, node.op_type, node.category, 0.0, bound, 0.0, node.flops, 0)
+            )
+            continue
         weights = weight_elements * share / total_implied if total_implied else 0.0
         activations = 2 * _output_elements(node)  # outputs written + inputs (taken equal) read
         moved = int((weights + activations) * size)
         compute_s = 0.0
         if node.flops > 0:
-            kind = "conv_depthwise" if index in depthwise else node.category
+            kind = "conv_depthwise" if index in roles.depthwise else node.category
             efficiency = entry.compute_efficiency.get(kind, entry.default_compute)
             compute_s = node.flops / (peak_gops * 1e9 * efficiency)
         memory_s = 0.0
@@ -310,8 +416,11 @@ def estimate(
     if bandwidth is None:
         notes.append("device states no memory bandwidth: memory time not counted")
     entry, matched = factors.lookup(device.id, chosen.kind, precision)
-    if _depthwise_nodes(profile) is None:
-        notes.append("the profiled ONNX file is gone: depthwise convs are costed as dense convs")
+    if _graph_roles(profile) is None:
+        notes.append(
+            "the profiled ONNX file is gone: depthwise convs are costed as dense convs and "
+            "no node as fused"
+        )
     layers = roofline_ms(
         profile, entry, peak_gops=peak, bandwidth_gbps=bandwidth, precision=precision
     )

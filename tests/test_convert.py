@@ -138,3 +138,16 @@ def test_a_malformed_recipe_option_is_one_line(digits_model, tmp_path, capsys):
     args = ["convert", str(digits_model.onnx_path), "--to", "onnxruntime", "--out", str(tmp_path)]
     assert main([*args, "--option", "per_channel"]) == 2
     assert "write key=value" in capsys.readouterr().err
+
+
+def test_a_misspelt_recipe_option_is_refused_with_the_closest_name(digits_model, tmp_path, capsys):
+    from edgeforge.cli import main
+
+    out = tmp_path / "out"
+    args = ["convert", str(digits_model.onnx_path), "--to", "onnxruntime", "--out", str(out)]
+    assert main([*args, "--option", "calibraton_method=entropy"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown recipe option 'calibraton_method'" in err
+    assert "did you mean calibration_method?" in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()

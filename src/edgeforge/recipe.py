@@ -16,24 +16,49 @@ Options shared by the quantizing precisions (a runtime ignores those that do not
   float ([]).
 - `block_size` (int4-weight): weights per scale, a power of two >= 16 (128).
 
-Runtime-specific options carry the runtime's name as a prefix (`coreml_target`,
-`tensorrt_profiles`). Options must be JSON values: they are written into the artifact's
+Options that only some runtimes read (each runtime checks their values where it reads them):
+
+- `symmetric` (int4-weight on OpenVINO, LiteRT, Core ML): symmetric weight scales (true).
+- `group_size` (int4-weight on OpenVINO and Core ML): weights per scale (OpenVINO 128, Core ML 32).
+- `ratio` (int4-weight on OpenVINO): the share of weights compressed to int4, in (0, 1] (1).
+- `preset` (int8-static on OpenVINO): NNCF's `performance` or `mixed` (`performance`).
+- `coreml_target`, `tensorrt_profiles`, `tensorrt_max_dim`: see those runtimes' modules.
+
+Any other name is refused, naming the closest known one: a misspelt option would otherwise be
+ignored without a word. Options must be JSON values: they are written into the artifact's
 manifest.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from edgeforge.errors import EdgeforgeError
 
-__all__ = ["CALIBRATION_METHODS", "PRECISIONS", "Recipe"]
+__all__ = ["CALIBRATION_METHODS", "OPTIONS", "PRECISIONS", "Recipe"]
 
 PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static", "int4-weight")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 ACTIVATION_TYPES = ("uint8", "int8")
+OPTIONS = (
+    "data",
+    "calibration_samples",
+    "calibration_method",
+    "per_channel",
+    "activation_type",
+    "nodes_to_exclude",
+    "block_size",
+    "symmetric",
+    "group_size",
+    "ratio",
+    "preset",
+    "coreml_target",
+    "tensorrt_profiles",
+    "tensorrt_max_dim",
+)
 
 
 @dataclass(frozen=True)
@@ -60,7 +85,15 @@ class Recipe:
 
 
 def _check_options(options: dict[str, Any]) -> None:
-    """Values of the shared options; each failure names the option and what it takes."""
+    """Names of all options and values of the shared ones; each failure names the option and
+    what it takes."""
+    for name in options:
+        if name not in OPTIONS:
+            close = difflib.get_close_matches(name, OPTIONS, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise EdgeforgeError(
+                f"unknown recipe option {name!r}; {hint}known options: {', '.join(OPTIONS)}"
+            )
     try:
         json.dumps(options)
     except (TypeError, ValueError) as exc:

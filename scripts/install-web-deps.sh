@@ -9,7 +9,7 @@
 # its tests skip, as on any machine without a browser.
 set -euo pipefail
 
-# Keep equal to ORT_WEB_VERSION in src/edgeforge/runtimes/web.py.
+# Keep equal to ORT_WEB_VERSION in src/edgeforge/runtimes/_browser.py.
 ORT_WEB_VERSION=1.30.0
 WEB_DIR="${EDGEFORGE_WEB_DIR:-$HOME/.cache/edgeforge/web}"
 PACKAGE="$WEB_DIR/node_modules/onnxruntime-web"

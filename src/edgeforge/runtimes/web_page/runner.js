@@ -1,4 +1,4 @@
-// The page side of edgeforge's `web` runtime (see edgeforge/runtimes/web.py).
+// The page side of edgeforge's `web` runtime (see edgeforge/runtimes/_browser.py).
 //
 // Protocol, all paths relative to this page and served by the Python side on 127.0.0.1:
 //   GET  config.json  -> {model, externalData, numThreads}

@@ -13,6 +13,7 @@ Invariants a caller can rely on:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -116,7 +117,7 @@ def curves(
     if not net.offline:
         fixed = _fixed_ms(net, cloud)
         for mbps in _log_grid(0.05, 1000, 50):
-            upload = request_bytes * 8 / (mbps * 1e6) * 1000 / (1 - net.loss)
+            upload = dataclasses.replace(net, uplink_mbps=mbps).upload_ms(request_bytes)
             latency.append({"uplink_mbps": mbps, "cloud_ms": upload + fixed})
     return {
         "cost_vs_users": cost,

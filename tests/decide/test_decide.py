@@ -10,8 +10,7 @@ import pytest
 
 import edgeforge
 from edgeforge.cli import main
-from edgeforge.decide import decide, get_cloud_instance, get_network, parse_bytes
-from edgeforge.decide import load_data
+from edgeforge.decide import decide, get_cloud_instance, get_network, load_data, parse_bytes
 from edgeforge.decide.queueing import erlang_c, instances_needed, mean_wait_s
 from edgeforge.decide.render import decision_table
 from edgeforge.errors import EdgeforgeError

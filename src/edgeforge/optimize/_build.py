@@ -1,0 +1,303 @@
+"""Building and measuring `optimize`'s candidates, and the per-candidate cache.
+
+What a caller can rely on:
+- the reference is the original model in ONNX Runtime (fp32) on the held-out feeds; every
+  candidate's accuracy is scored against it (and the labels, where there are any);
+- builds run in child processes with a time limit, `parallel` at a time (two where there are
+  cores); a converter that fails, crashes or runs out of time costs its candidate only, whose
+  status then says so;
+- a runtime that builds here but cannot run here (Core ML off macOS) leaves its candidate
+  "built-not-run": size and the device estimate, no accuracy, no latency here;
+- latency here is measured one candidate at a time, never in parallel (parallel timing lies);
+- every built candidate gets the device estimate; memory is measured here where the candidate
+  ran here, else estimated on the device;
+- a candidate whose outcome is deterministic (built, or unsupported) is cached as
+  `out/candidates/<key>/result.json`; a cached built candidate whose artifact folder is gone is
+  rebuilt; a reused one is marked `cached`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgeforge._io import write_json
+from edgeforge._progress import track
+from edgeforge.errors import EdgeforgeError
+from edgeforge.evaluate.data import load_data
+from edgeforge.model import Model
+from edgeforge.optimize._accuracy import describe_task, score, task_of
+from edgeforge.optimize._data import ALL_SAMPLES, Split
+from edgeforge.optimize._plan import BUILT, Candidate, Variant
+from edgeforge.recipe import Recipe
+
+if TYPE_CHECKING:
+    from edgeforge.devices import Device
+
+__all__ = ["Builder", "reference_outputs", "reference_summary"]
+
+
+def reference_outputs(model: Model, split: Split) -> list[dict[str, np.ndarray]]:
+    """The original model in ONNX Runtime (fp32) on the held-out feeds."""
+    from edgeforge.runtimes import get_runtime
+
+    runtime = get_runtime("onnxruntime")
+    with tempfile.TemporaryDirectory(prefix="edgeforge-optimize-") as scratch:
+        artifact = runtime.build(model, Recipe(), Path(scratch) / "reference")
+        with runtime.open(artifact) as session:
+            return [session.run(feed) for feed in split.held_out]
+
+
+def reference_summary(reference: list[dict[str, np.ndarray]], split: Split) -> dict[str, Any]:
+    task = task_of(reference, split.labels_held_out)
+    same = score(reference, reference, split.labels_held_out)
+    return {
+        "task": task,
+        "task_means": describe_task(task),
+        "metric": same.metric,
+        "value": same.reference,
+        "measured_with": "onnxruntime fp32 on the held-out part",
+    }
+
+
+class Builder:
+    """Builds, scores and measures candidates for one device and split, through the cache."""
+
+    def __init__(
+        self,
+        out: Path,
+        device: Device,
+        split: Split,
+        reference: list[dict[str, np.ndarray]],
+        variants: list[Variant],
+        timeout: float,
+        parallel: int | None,
+        bench_runs: int,
+    ):
+        self.out = out
+        self.device = device
+        self.split = split
+        self.reference = reference
+        self.variant_of = {v.name: v for v in variants}
+        self.timeout = timeout
+        self.parallel = parallel if parallel else (2 if (os.cpu_count() or 1) >= 2 else 1)
+        self.bench_runs = bench_runs
+        self.profiles: dict[str, Any] = {}
+
+    def _folder(self, candidate: Candidate) -> Path:
+        return self.out / "candidates" / candidate.key
+
+    def evaluate(self, plans: list[Candidate], sensitivity: dict[str, Any] | None = None):
+        """Build and score what is not cached (children, in parallel), then measure latency
+        here one at a time, then estimate on the device."""
+        from edgeforge.convert import _run_children
+
+        fresh = [c for c in plans if not self._from_cache(c)]
+        jobs = [self._job(c, sensitivity) for c in fresh]
+        if jobs:
+            outcomes = _run_children(
+                _build_and_score, jobs, self.timeout, self.parallel, "Building candidates"
+            )
+            for candidate, outcome in zip(fresh, outcomes, strict=True):
+                _apply(candidate, outcome)
+        measured = [c for c in fresh if c.status == "evaluated"]
+        for candidate in track(measured, "Measuring latency here"):
+            self._bench(candidate)
+        for candidate in plans:
+            self._estimate(candidate)
+        for candidate in fresh:
+            if candidate.status in (*BUILT, "unsupported"):  # deterministic outcomes only
+                write_json(self._folder(candidate) / "result.json", candidate.to_dict())
+
+    def _from_cache(self, candidate: Candidate) -> bool:
+        record = self._folder(candidate) / "result.json"
+        if not record.is_file():
+            return False
+        try:
+            cached = json.loads(record.read_text())
+        except ValueError:
+            return False
+        artifact = cached.get("artifact")
+        if cached.get("status") in BUILT and not (artifact and Path(artifact).is_dir()):
+            return False
+        for name in (
+            "status",
+            "detail",
+            "artifact",
+            "size_bytes",
+            "latency_here_ms",
+            "recipe",
+            "accuracy",
+            "accuracy_drop",
+            "build_seconds",
+            "notes",
+        ):
+            setattr(candidate, name, cached.get(name))
+        candidate.notes = list(candidate.notes or [])
+        candidate.cached = True
+        if cached.get("memory_source") == "measured here":
+            candidate.memory_bytes = cached.get("memory_bytes")
+            candidate.memory_source = "measured here"
+        return True
+
+    def _job(self, candidate: Candidate, sensitivity: dict[str, Any] | None) -> dict[str, Any]:
+        variant = self.variant_of[candidate.model]
+        from edgeforge.runtimes import get_runtime
+
+        hub = get_runtime(candidate.runtime).hub
+        return {
+            "runtime": candidate.runtime,
+            "model": variant.onnx_model if hub == "onnx" else variant.torch_model,
+            "recipe": candidate.recipe,
+            "folder": str(self._folder(candidate) / "artifact"),
+            "data": str(self.split.folder),
+            "calibration": self.split.calibration,
+            "reference": self.reference,
+            "labels": self.split.labels_held_out,
+            "calibration_labels": self.split.labels_calibration,
+            "sensitivity": sensitivity,
+        }
+
+    def _bench(self, candidate: Candidate) -> None:
+        from edgeforge.bench import bench
+
+        try:
+            result = bench(
+                candidate.artifact,
+                runtime=candidate.runtime,
+                warmup=3,
+                runs=self.bench_runs,
+                repeats=1,
+                data=self.split.folder,
+                timeout=self.timeout,
+            )
+        except EdgeforgeError as exc:
+            candidate.notes.append(f"latency here not measured: {exc}")
+            return
+        candidate.latency_here_ms = round(result.latency_ms["p50"], 4)
+        candidate.memory_bytes = int(result.model_memory_mb * 1024 * 1024)
+        candidate.memory_source = "measured here"
+
+    def _estimate(self, candidate: Candidate) -> None:
+        from edgeforge.estimator import estimate
+
+        if candidate.status not in BUILT:
+            return
+        profile = self._profile(candidate.model)
+        compute = {"fp16": "fp16", "int8-dynamic": "int8", "int8-static": "int8"}.get(
+            candidate.precision, "fp32"
+        )
+        try:
+            found = estimate(profile, self.device, runtime=candidate.runtime, precision=compute)
+        except EdgeforgeError as exc:
+            candidate.notes.append(f"no estimate on {self.device.id}: {exc}")
+            return
+        candidate.device_latency_ms = round(found.latency_ms, 4)
+        candidate.device_latency_band_ms = [
+            round(found.latency_low_ms, 4),
+            round(found.latency_high_ms, 4),
+        ]
+        peak = found.peak_memory_bytes
+        if candidate.precision == "int4-weight":
+            int4_weights = found.weight_bytes // 8  # fp32 (4 bytes) -> int4 (half a byte)
+            peak = peak - found.weight_bytes + int4_weights
+            note = "estimate computes in fp32 (int4 weights are dequantized) with int4 weight bytes"
+            if note not in candidate.notes:
+                candidate.notes.append(note)
+        if candidate.memory_source != "measured here":
+            candidate.memory_bytes = int(peak)
+            candidate.memory_source = f"estimated on {self.device.id}"
+
+    def _profile(self, variant_name: str) -> Any:
+        from edgeforge.analysis import inspect
+
+        if variant_name not in self.profiles:
+            variant = self.variant_of[variant_name]
+            self.profiles[variant_name] = inspect(variant.onnx_model)
+        return self.profiles[variant_name]
+
+
+# -- in the child ------------------------------------------------------------------------------
+
+
+def _build_and_score(job: dict[str, Any]) -> dict[str, Any]:
+    """Build one candidate, then run the held-out feeds through it and score the outputs."""
+    from edgeforge.runtimes import get_runtime
+
+    # Quantizers print progress on stdout; in this child it goes to stderr, so that the
+    # parent's stdout carries only the result (`--json`).
+    sys.stdout.flush()
+    os.dup2(2, 1)
+
+    runtime = get_runtime(job["runtime"])
+    model: Model = job["model"]
+    recipe = Recipe.from_dict(job["recipe"])
+    notes: list[str] = []
+    if job.get("sensitivity"):
+        recipe, notes = _sensitive_recipe(model, recipe, job)
+    artifact = runtime.build(model, recipe, Path(job["folder"]))
+    manifest_bytes = (artifact.folder / "manifest.json").stat().st_size
+    outcome: dict[str, Any] = {
+        "runtime": runtime.name,
+        "status": "built-not-run",
+        "artifact": str(artifact.folder),
+        "size_bytes": artifact.size_bytes() - manifest_bytes,
+        "recipe": recipe.to_dict(),
+        "notes": [*notes, *artifact.manifest.notes],
+        "detail": "",
+    }
+    available = runtime.availability()
+    if not available.can_execute:
+        outcome["detail"] = (
+            f"cannot run here ({available.reason}): accuracy and latency here unmeasured"
+        )
+        return outcome
+    feeds = load_data(Path(job["data"]), model.inputs, limit=ALL_SAMPLES).feeds
+    with runtime.open(artifact) as session:
+        outputs = [session.run(feed) for feed in feeds[job["calibration"] :]]
+    found = score(outputs, job["reference"], job["labels"])
+    return outcome | {"status": "evaluated", "accuracy": found.to_dict()}
+
+
+def _sensitive_recipe(model: Model, recipe: Recipe, job: dict[str, Any]):
+    from edgeforge.optimize.sensitivity import keep_float_until
+
+    samples = load_data(Path(job["data"]), model.inputs, limit=job["calibration"])
+    labels = job["calibration_labels"]
+    samples.labels = labels
+
+    def metric(reference, candidate) -> float:
+        return 1.0 - score(candidate, reference, labels).drop
+
+    found = keep_float_until(model, recipe, samples, metric, job["sensitivity"]["limit"])
+    kept = len(found.excluded)
+    notes = [
+        f"sensitivity: {kept} node(s) kept in float, tuned on the calibration part "
+        f"(1 - drop {found.metric_before:.4f} -> {found.metric_after:.4f}, target "
+        f"{found.limit:.4f}, {found.quantize_runs} quantize runs)",
+        *found.notes,
+    ]
+    return found.recipe, notes
+
+
+# -- back in the parent ------------------------------------------------------------------------
+
+
+def _apply(candidate: Candidate, outcome: dict[str, Any]) -> None:
+    candidate.status = outcome.get("status", "failed")
+    candidate.detail = outcome.get("detail", "")
+    candidate.artifact = outcome.get("artifact")
+    candidate.size_bytes = outcome.get("size_bytes")
+    candidate.build_seconds = outcome.get("seconds")
+    candidate.notes = list(outcome.get("notes", []))
+    if outcome.get("recipe"):
+        candidate.recipe = outcome["recipe"]
+    if outcome.get("accuracy"):
+        candidate.accuracy = outcome["accuracy"]
+        candidate.accuracy_drop = outcome["accuracy"]["drop"]

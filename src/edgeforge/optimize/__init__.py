@@ -1,2 +1,3 @@
-"""Making a model fit its limits: layer-wise sensitivity (`sensitivity`) and, later, the search
-over passes and recipes. Each module keeps its own public names; import them from there."""
+"""Making a model fit its limits: the search over passes and recipes (`search.optimize`) and
+layer-wise sensitivity (`sensitivity`). Each module keeps its own public names; import them from
+there."""

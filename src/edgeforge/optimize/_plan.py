@@ -294,15 +294,6 @@ class Planner:
                 "built no int8-static candidate here: no sensitivity candidate"
             )
             return None
-        try:
-            from edgeforge.optimize import sensitivity  # noqa: F401 - from the ORT branch
-        except ImportError:
-            notes.append(
-                "an int8-static candidate breaks --max-accuracy-drop; the sensitivity "
-                "candidate (layers kept in float) needs edgeforge.optimize.sensitivity, "
-                "which is not installed in this version"
-            )
-            return None
         base = min(ort, key=lambda c: c.accuracy_drop if c.accuracy_drop is not None else 1e9)
         from edgeforge.runtimes import get_runtime
 

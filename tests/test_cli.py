@@ -93,6 +93,18 @@ def test_estimate_on_several_devices(digits_model):
     for e in estimates:
         assert 0 < e["latency_low_ms"] <= e["latency_ms"] <= e["latency_high_ms"]
         assert e["ram"]["fits"] is True
+        assert e["input_shapes"] == {"image": [1, 1, 8, 8]}
+        assert [(d["name"], d["value"]) for d in e["assumed_dims"]] == [("batch", 1)]
+
+
+def test_estimate_says_which_shapes_it_assumed(digits_model):
+    args = ("estimate", str(digits_model.onnx_path), "--device", "raspberry-pi-5")
+    assumed = run(*args)
+    assert assumed.returncode == 0, assumed.stderr
+    assert "at input shapes image 1x1x8x8 (dynamic axes assumed: batch=1" in assumed.stdout
+    pinned = run(*args, "--shape", "image=4x1x8x8")
+    assert "at input shapes image 4x1x8x8\n" in pinned.stdout.replace("\r", "") + "\n"
+    assert "assumed" not in pinned.stdout
 
 
 def test_estimate_unknown_device_lists_the_valid_ones(digits_model):

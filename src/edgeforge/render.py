@@ -174,6 +174,17 @@ def print_estimate(results) -> None:
             _fits(r.size_budget),
         )
     console.print(table)
+    if results and results[0].input_shapes:
+        shapes = ", ".join(
+            f"{name} {'x'.join(map(str, shape))}" for name, shape in results[0].input_shapes.items()
+        )
+        assumed = ", ".join(f"{d['name']}={d['value']}" for d in results[0].assumed_dims)
+        hint = (
+            f" (dynamic axes assumed: {assumed}; pin them with --shape NAME=DIMS)"
+            if assumed
+            else ""
+        )
+        console.print(f"at input shapes {escape(shapes)}{escape(hint)}")
     for r in results:
         for note in r.notes:
             console.print(f"{r.device}: {escape(note)}")

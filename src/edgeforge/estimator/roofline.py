@@ -155,6 +155,9 @@ class Estimate:
     layers: list[LayerTime]
     factors: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    # the input shapes the profile was computed at, and the dynamic dims it assumed for them
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)
+    assumed_dims: list[dict[str, Any]] = field(default_factory=list)
 
     def top_layers(self, count: int = 10) -> list[LayerTime]:
         return sorted(self.layers, key=lambda layer: -layer.ms)[:count]
@@ -176,6 +179,8 @@ class Estimate:
             "layers": [layer.to_dict() for layer in self.layers],
             "factors": self.factors,
             "notes": self.notes,
+            "input_shapes": self.input_shapes,
+            "assumed_dims": self.assumed_dims,
         }
 
 
@@ -455,4 +460,6 @@ def estimate(
         layers=layers,
         factors=_factor_summary(matched, entry),
         notes=notes,
+        input_shapes={name: list(shape) for name, shape in profile.input_shapes().items()},
+        assumed_dims=[dim.to_dict() for dim in profile.assumed_dims if dim.reason != "override"],
     )

@@ -112,7 +112,8 @@ class Planner:
     def variants(self, source, example_inputs, cleanup, passes, notes) -> list[Variant]:
         onnx_model, applied = self.model, []
         if cleanup:
-            onnx_model, applied = self._cleaned(notes), ["cleanup"]
+            onnx_model = self._cleaned(notes)
+            applied = ["cleanup"] if onnx_model is not self.model else []
         torch_model = self.model if self.model.torch_program is not None else None
         found = [Variant("cleaned" if applied else "source", applied, onnx_model, torch_model)]
         for name in passes:
@@ -124,6 +125,7 @@ class Planner:
         return found
 
     def _cleaned(self, notes: list[str]) -> Model:
+        """The source after the ONNX clean-up pass, or the source itself (noted) when it fails."""
         from edgeforge.passes.cleanup import cleanup
 
         folder = self.out / "passes" / f"cleanup-{self.digest[:16]}"

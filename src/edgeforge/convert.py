@@ -231,10 +231,11 @@ def _context(runtimes: list[str]):
     return context
 
 
-# Imported once in the fork server; a module that is not installed is skipped there.
+# Imported once in the fork server; a module that is not installed is skipped there. OpenVINO
+# is not: importing it starts threads (since 2025.0), and a child forked from a multi-threaded
+# process can deadlock (openvino issue 28944); one optimize run here hung its full time limit.
 _PRELOAD = ["edgeforge.convert", "edgeforge.evaluate.parity", "numpy", "onnx", "onnxruntime"]
 _RUNTIME_MODULES = {
-    "openvino": ("openvino",),
     "litert": ("torch", "litert_torch", "ai_edge_litert.interpreter"),
     "executorch": ("torch", "executorch.exir", "executorch.runtime"),
     "coreml": ("torch", "coremltools"),

@@ -423,8 +423,8 @@ def estimate(
     entry, matched = factors.lookup(device.id, chosen.kind, precision)
     if _graph_roles(profile) is None:
         notes.append(
-            "the profiled ONNX file is gone: depthwise convs are costed as dense convs and "
-            "no node as fused"
+            "the profiled ONNX file is gone or no longer matches the profile: depthwise convs "
+            "are costed as dense convs and no node as fused"
         )
     layers = roofline_ms(
         profile, entry, peak_gops=peak, bandwidth_gbps=bandwidth, precision=precision

@@ -37,6 +37,7 @@ can rely on:
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping
@@ -272,8 +273,19 @@ def _graph_roles(profile: Profile) -> _GraphRoles | None:
     path = Path(str(profile.model.get("path", "")))
     if not path.is_file():
         return None
-    graph = onnx.load(str(path), load_external_data=False).graph
-    if len(graph.node) != len(profile.nodes):
+    stat = path.stat()
+    nodes = tuple((node.category, _output_elements(node)) for node in profile.nodes)
+    return _roles_of_file(str(path), stat.st_mtime_ns, stat.st_size, nodes)
+
+
+@functools.lru_cache(maxsize=32)
+def _roles_of_file(
+    path: str, mtime_ns: int, size: int, nodes: tuple[tuple[str, int], ...]
+) -> _GraphRoles | None:
+    """`_graph_roles` for one version of one file, given each profiled node's (category, output
+    elements); cached, as a calibration asks for it once per published row."""
+    graph = onnx.load(path, load_external_data=False).graph
+    if len(graph.node) != len(nodes):
         return None
     dims = {tensor.name: list(tensor.dims) for tensor in graph.initializer}
     constants = set(dims) | {
@@ -291,18 +303,18 @@ def _graph_roles(profile: Profile) -> _GraphRoles | None:
     # already taken in a second activation such as a residual; the tensor's element count)
     open_chains: dict[str, tuple[bool, int]] = {}
     made_by: dict[str, set[str]] = {}  # an elementwise node's output -> its activation inputs
-    for index, (node, profiled) in enumerate(zip(graph.node, profile.nodes, strict=True)):
+    for index, (node, (category, elements)) in enumerate(zip(graph.node, nodes, strict=True)):
         group = next((a.i for a in node.attribute if a.name == "group"), 1)
         weight = dims.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
         if group > 1 and weight is not None and len(weight) > 1 and weight[1] == 1:
             depthwise.add(index)
-        if profiled.category in ("conv", "matmul"):
-            open_chains[node.output[0]] = (False, _output_elements(profiled))
+        if category in ("conv", "matmul"):
+            open_chains[node.output[0]] = (False, elements)
             continue
         if node.op_type not in _FUSABLE or len(node.output) != 1:
             continue
         sources = [name for name in node.input if name and name not in constants]
-        if profiled.category == "elementwise":
+        if category == "elementwise":
             made_by[node.output[0]] = set(sources)
         if _gates_own_input(sources, made_by, consumers):  # x * sigmoid(x) and the like
             fused.add(index)
@@ -311,11 +323,11 @@ def _graph_roles(profile: Profile) -> _GraphRoles | None:
         if chain is None or consumers.get(chain) != 1:
             continue
         extra = len(sources) - 1  # other activations it takes in (a residual for an Add)
-        has_residual, elements = open_chains[chain]
-        if extra > 1 or (extra == 1 and has_residual) or _output_elements(profiled) > elements:
+        has_residual, chain_elements = open_chains[chain]
+        if extra > 1 or (extra == 1 and has_residual) or elements > chain_elements:
             continue  # not an epilogue: a second residual, or a broadcast to a larger tensor
         fused.add(index)
-        open_chains[node.output[0]] = (has_residual or extra == 1, elements)
+        open_chains[node.output[0]] = (has_residual or extra == 1, chain_elements)
     return _GraphRoles(frozenset(depthwise), frozenset(fused))
 
 

@@ -318,14 +318,16 @@ def _split(args: argparse.Namespace) -> int:
     data = result.to_dict()
 
     def show() -> None:
-        for key in ("chosen", "all_edge", "all_cloud"):
+        for key in ("all_edge", "split", "all_cloud"):
             p = data[key]
             print(
                 f"{key:9} {','.join(p['tensors']) or '-':24} device {p['device_ms']:.2f} ms + "
                 f"transfer {p['transfer_ms']:.2f} ms ({p['upload_bytes']:,} B up) + cloud "
                 f"{p['cloud_ms']:.2f} ms = {p['total_ms']:.2f} ms"
             )
-        print(f"fastest: {data['fastest']}; head∘tail verified: {data['check']['passed']}")
+        print(f"chosen: {data['chosen']['kind']}; head∘tail verified: {data['check']['passed']}")
+        for note in data["notes"]:
+            print(f"note: {note}")
         if data["compression"]:
             print(f"{data['compress']} transfer within tolerance: {data['compression']['passed']}")
         if data["head"]:

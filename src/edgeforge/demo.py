@@ -91,7 +91,9 @@ def run_demo(out: Path) -> Path:
                 "test accuracy (torch)": f"{accuracy:.1%} on {len(data.test_y)} held-out digits",
                 "ONNX file": str(model.onnx_path),
                 "exporter": model.provenance.exporter,
-                "export check (max abs error)": model.provenance.export_check,
+                "export check (torch against ONNX Runtime)": _export_check_text(
+                    model.provenance.export_check
+                ),
                 **{f"optimize report ({r.device})": str(r.report_path) for r in optimized},
             },
         },
@@ -103,6 +105,13 @@ def run_demo(out: Path) -> Path:
         "devices": [device.to_dict() for device in list_devices()],
     }
     return write_report(sections, out / "report.html", title="edgeforge demo report")
+
+
+def _export_check_text(errors: dict[str, float]) -> str:
+    """{'logits': 1.4e-06} -> 'logits: max abs error 1.43e-06' (a sentence, not a dict)."""
+    if not errors:
+        return "not measured"
+    return "; ".join(f"{name}: max abs error {error:.3g}" for name, error in errors.items())
 
 
 def _labelled_samples(data, folder: Path, count: int = 192) -> Path:

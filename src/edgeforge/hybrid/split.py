@@ -8,14 +8,19 @@ end-to-end time is
     + cloud_ms (tail, per-layer roofline on a cloud-class Device, or the caller's callable)
 
 and the cut with the least time (objective "latency") or the fewest bytes sent (objective
-"bytes", ties broken by time) is chosen. All-edge (nothing sent) and all-cloud (the raw inputs
-sent uncompressed) are always reported beside it, so a caller sees whether the split beats both.
+"bytes", ties broken by time) is the best split. All-edge (nothing sent) and all-cloud (the raw
+inputs sent uncompressed) are always costed beside it, and `chosen` is what to run: with the
+"latency" objective, the fastest of all-edge, all-cloud and the best split (ties go to all-edge,
+then the split); with "bytes", the best split, and a note says when all-edge or all-cloud is
+faster and by how much.
 
 Invariants a caller can rely on:
 
-- `head.onnx` and `tail.onnx` are cut from the model by `onnx.utils.Extractor`; the head's outputs
-  and the tail's inputs are the crossing tensors, under their names in the original graph (a
-  graph input the tail reads is sent as it is and is listed among the tail's inputs).
+- `split` is always a cut (`kind` "split"); `chosen.kind` says which of the three was chosen.
+- `head.onnx` and `tail.onnx` (the best split's, whatever is chosen) are cut from the model by
+  `onnx.utils.Extractor`; the head's outputs and the tail's inputs are the crossing tensors,
+  under their names in the original graph (a graph input the tail reads is sent as it is and is
+  listed among the tail's inputs).
 - tail(head(x)) is run in ONNX Runtime on the samples (`data`, else synthesised with edge values)
   and compared with the whole model at fp32 tolerances; with `compress`, the crossing float
   tensors are also sent through fp16 or int8 (per-tensor affine, scale and zero point computed
@@ -146,7 +151,8 @@ class SplitResult:
     network: dict[str, Any]
     objective: str
     compress: str | None
-    chosen: Placement
+    chosen: Placement  # what to run: all-edge, all-cloud or the best split (module docstring)
+    split: Placement  # the best cut by the objective; head.onnx and tail.onnx hold it
     all_edge: Placement
     all_cloud: Placement
     candidates: list[Placement]  # every separating cut considered, in topological order
@@ -158,17 +164,18 @@ class SplitResult:
 
     @property
     def beats_all_edge(self) -> bool:
-        return self.chosen.total_ms < self.all_edge.total_ms
+        """Whether the best split is faster than running everything on the device."""
+        return self.split.total_ms < self.all_edge.total_ms
 
     @property
     def beats_all_cloud(self) -> bool:
-        return self.chosen.total_ms < self.all_cloud.total_ms
+        """Whether the best split is faster than sending the raw inputs to the cloud."""
+        return self.split.total_ms < self.all_cloud.total_ms
 
     @property
     def fastest(self) -> str:
-        """Which of split, all-edge and all-cloud takes the least time end to end."""
-        options = (self.chosen, self.all_edge, self.all_cloud)
-        return min(options, key=lambda p: p.total_ms).kind
+        """Which of all-edge, the best split and all-cloud takes the least time end to end."""
+        return _fastest(self.all_edge, self.split, self.all_cloud).kind
 
     @property
     def passed(self) -> bool:
@@ -183,6 +190,7 @@ class SplitResult:
             "objective": self.objective,
             "compress": self.compress,
             "chosen": self.chosen.to_dict(),
+            "split": self.split.to_dict(),
             "all_edge": self.all_edge.to_dict(),
             "all_cloud": self.all_cloud.to_dict(),
             "beats_all_edge": self.beats_all_edge,
@@ -321,10 +329,25 @@ def split(
             f"{model.onnx_path.name}; raise --max-tensors or pin the input shapes with --shape"
         )
     if objective == "latency":
-        chosen = min(candidates, key=lambda p: (p.total_ms, p.upload_bytes))
+        best = min(candidates, key=lambda p: (p.total_ms, p.upload_bytes))
+        chosen = _fastest(all_edge, best, all_cloud)
+        if chosen is not best:
+            notes.append(
+                f"{chosen.kind} is fastest ({chosen.total_ms:.3g} ms): the best split takes "
+                f"{best.total_ms:.3g} ms, {_times(best, chosen)} as long; head.onnx and tail.onnx "
+                "hold that split all the same"
+            )
     else:
-        chosen = min(candidates, key=lambda p: (p.upload_bytes, p.total_ms))
-    if math.isinf(chosen.transfer_ms):
+        best = min(candidates, key=lambda p: (p.upload_bytes, p.total_ms))
+        chosen = best
+        faster = _fastest(all_edge, best, all_cloud)
+        if faster is not best and faster.total_ms < best.total_ms:
+            notes.append(
+                f"{faster.kind} ({faster.total_ms:.3g} ms) is {_times(best, faster)} faster than "
+                f"the split that sends least ({best.total_ms:.3g} ms); --objective latency "
+                "chooses it"
+            )
+    if math.isinf(best.transfer_ms):
         notes.append("the network sends nothing (offline): only all-edge can run")
 
     samples_used = load_data(Path(data), model.inputs) if data else synthesize(model, count=samples)
@@ -336,6 +359,7 @@ def split(
         objective=objective,
         compress=compress,
         chosen=chosen,
+        split=best,
         all_edge=all_edge,
         all_cloud=all_cloud,
         candidates=candidates,
@@ -345,7 +369,7 @@ def split(
         compression=None,
         notes=notes,
     )
-    cut_chosen = Cut(chosen.position, chosen.tensors)
+    cut_chosen = Cut(best.position, best.tensors)
     _write_and_check(model, shaped.graph, cuts, cut_chosen, samples_used, result, out)
     return result
 
@@ -503,6 +527,18 @@ def _cloud_times(
         f"cloud {cloud!r}: pass a cloud-class Device, a catalogue id, or a callable "
         "(start, stop) -> ms"
     )
+
+
+def _fastest(all_edge: Placement, split: Placement, all_cloud: Placement) -> Placement:
+    """The least total time; a tie goes to all-edge (nothing leaves the device), then the split."""
+    return min((all_edge, split, all_cloud), key=lambda p: p.total_ms)
+
+
+def _times(slow: Placement, fast: Placement) -> str:
+    """'15x', how many times `fast` is faster than `slow`."""
+    if fast.total_ms <= 0 or math.isinf(slow.total_ms):
+        return "far"
+    return f"{slow.total_ms / fast.total_ms:.3g}x"
 
 
 def _prefix(values: list[float]) -> list[float]:

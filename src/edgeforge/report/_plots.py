@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from typing import Any
 
 __all__ = [
@@ -11,6 +12,8 @@ __all__ = [
     "decide_latency_svg",
     "layer_error_svg",
     "optimize_pareto_svg",
+    "split_cuts_svg",
+    "split_times_svg",
     "work_by_op_type_svg",
 ]
 
@@ -151,9 +154,86 @@ def decide_latency_svg(decision: dict[str, Any]) -> str:
     return _svg(pyplot, figure)
 
 
+def _finite_number(value: Any) -> float | None:
+    """A JSON figure as a float, None for "inf" or a missing one."""
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def split_times_svg(result: dict[str, Any]) -> str:
+    """`split`: end-to-end time of all-edge, the best split and all-cloud as stacked bars
+    (device, transfer, cloud), the chosen one marked; an option that cannot run (offline) is
+    drawn empty and labelled."""
+    options = [("all-edge", result["all_edge"]), ("split", result["split"])]
+    options.append(("all-cloud", result["all_cloud"]))
+    pyplot, figure, axes = _figure(width=7.0, height=2.6)
+    names = [
+        f"{label} (chosen)" if p is not None and result["chosen"]["kind"] == label else label
+        for label, p in options
+    ][::-1]
+    lefts = [0.0] * len(options)
+    parts = (("device_ms", "device", "#2e8b57"), ("transfer_ms", "transfer", "#e0a030"))
+    parts += (("cloud_ms", "cloud", "#3b6ea8"),)
+    rows = [p for _, p in options][::-1]
+    for key, label, colour in parts:
+        widths = [_finite_number(p[key]) or 0.0 for p in rows]
+        axes.barh(names, widths, left=lefts, color=colour, label=label, height=0.55)
+        lefts = [a + b for a, b in zip(lefts, widths, strict=True)]
+    largest = max(lefts) or 1.0
+    for index, p in enumerate(rows):
+        total = _finite_number(p["total_ms"])
+        text = f"{total:.3g} ms" if total is not None else "cannot run (offline)"
+        axes.text(lefts[index] + largest * 0.01, index, text, va="center", fontsize=8)
+    axes.set_xlim(0, largest * 1.25)
+    axes.set_xlabel("end-to-end ms per request (estimated)")
+    axes.set_title("Where the time goes")
+    axes.legend(fontsize=8, loc="lower right", ncols=3)
+    return _svg(pyplot, figure)
+
+
+def split_cuts_svg(result: dict[str, Any]) -> str:
+    """`split`: total time of every cut considered, by its place in the graph, with all-edge and
+    all-cloud as lines and the best split marked."""
+    cuts = [(c["position"], _finite_number(c["total_ms"])) for c in result["candidates"]]
+    cuts = [(position, ms) for position, ms in cuts if ms is not None]
+    if len(cuts) < 2:
+        return ""
+    pyplot, figure, axes = _figure(width=7.0, height=3.0)
+    axes.plot(
+        [p for p, _ in cuts],
+        [ms for _, ms in cuts],
+        marker=".",
+        color="#3b6ea8",
+        linewidth=1,
+        label="split at this node",
+    )
+    for key, label, colour in (
+        ("all_edge", "all-edge", "#2e8b57"),
+        ("all_cloud", "all-cloud", "#888"),
+    ):
+        total = _finite_number(result[key]["total_ms"])
+        if total is not None:
+            axes.axhline(total, color=colour, linestyle="--", linewidth=1, label=label)
+    best = result["split"]
+    best_ms = _finite_number(best["total_ms"])
+    if best_ms is not None:
+        axes.scatter([best["position"]], [best_ms], color="#c0392b", zorder=3, label="best split")
+    axes.set_ylim(bottom=0)
+    axes.set_xlabel("cut after node (topological order)")
+    axes.set_ylabel("end-to-end ms")
+    axes.set_title("Every cut considered")
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    return _svg(pyplot, figure)
+
+
 def optimize_pareto_svg(result: dict[str, Any]) -> str:
-    """`optimize`: size against latency on the device, coloured by accuracy drop; the Pareto
-    front outlined, the chosen candidate starred, unmeasured accuracy drawn hollow."""
+    """`optimize`: size against latency on the device, coloured by accuracy drop.
+
+    Only the Pareto front and the chosen candidate carry labels (the rest are dots); the axes
+    span the data (log when it spans more than tenfold); the colour scale spans the drops that
+    occur, and there is no colour bar when every measured drop is the same; the legend sits
+    outside the axes so it never covers a point."""
     rows = [
         c
         for c in result["candidates"]
@@ -161,20 +241,29 @@ def optimize_pareto_svg(result: dict[str, Any]) -> str:
     ]
     if not rows:
         return ""
-    pyplot, figure, axes = _figure(width=7.0, height=4.2)
+    pyplot, figure, axes = _figure(width=8.0, height=4.4)
+    xs = [c["size_bytes"] / 1e6 for c in rows]
+    ys = [c["device_latency_ms"] for c in rows]
     measured = [c for c in rows if c.get("accuracy_drop") is not None]
+    drops = [100 * c["accuracy_drop"] for c in measured]
     if measured:
+        low, high = min(drops), max(drops)
+        same = high - low < 1e-9
         points = axes.scatter(
             [c["size_bytes"] / 1e6 for c in measured],
             [c["device_latency_ms"] for c in measured],
-            c=[100 * c["accuracy_drop"] for c in measured],
-            cmap="viridis_r",
-            s=[70 if c.get("on_front") else 35 for c in measured],
+            c="#3b6ea8" if same else drops,
+            cmap=None if same else "viridis_r",
+            vmin=None if same else low,
+            vmax=None if same else high,
+            s=[70 if c.get("on_front") else 30 for c in measured],
             edgecolors=["#c0392b" if c.get("on_front") else "none" for c in measured],
             linewidths=1.4,
             zorder=3,
+            label=f"accuracy drop {low:.2f}% (all)" if same else None,
         )
-        figure.colorbar(points, ax=axes, label="accuracy drop (points, %)")
+        if not same:
+            figure.colorbar(points, ax=axes, label="accuracy drop (points, %)", pad=0.02)
     unmeasured = [c for c in rows if c.get("accuracy_drop") is None]
     if unmeasured:
         axes.scatter(
@@ -182,20 +271,26 @@ def optimize_pareto_svg(result: dict[str, Any]) -> str:
             [c["device_latency_ms"] for c in unmeasured],
             facecolors="none",
             edgecolors="#888",
-            s=45,
+            s=40,
             label="accuracy not measured",
             zorder=2,
         )
-    for c in rows:
-        axes.annotate(
-            c["id"],
-            (c["size_bytes"] / 1e6, c["device_latency_ms"]),
-            fontsize=6,
-            xytext=(3, 3),
-            textcoords="offset points",
-            color="#445",
-        )
     chosen = next((c for c in rows if c["id"] == result.get("chosen")), None)
+    labelled = [c for c in rows if c.get("on_front") or c is chosen]
+    labelled.sort(key=lambda c: (c["size_bytes"], c["device_latency_ms"]))
+    for index, c in enumerate(labelled):
+        # alternate above and below so that neighbours on the front do not overlap
+        above = index % 2 == 0
+        axes.annotate(
+            c["id"] + (" (chosen)" if c is chosen else ""),
+            (c["size_bytes"] / 1e6, c["device_latency_ms"]),
+            fontsize=7,
+            xytext=(5, 6 if above else -11),
+            textcoords="offset points",
+            color="#c0392b" if c is chosen else "#223",
+            fontweight="bold" if c is chosen else "normal",
+            zorder=5,
+        )
     if chosen:
         axes.scatter(
             [chosen["size_bytes"] / 1e6],
@@ -208,6 +303,17 @@ def optimize_pareto_svg(result: dict[str, Any]) -> str:
             label="chosen",
             zorder=4,
         )
+    front = sorted((c for c in rows if c.get("on_front")), key=lambda c: c["size_bytes"])
+    if len(front) > 1:
+        axes.plot(
+            [c["size_bytes"] / 1e6 for c in front],
+            [c["device_latency_ms"] for c in front],
+            color="#c0392b",
+            linewidth=0.8,
+            alpha=0.5,
+            zorder=1,
+            label="Pareto front",
+        )
     limits = result.get("limits", {})
     if limits.get("max_size_bytes"):
         axes.axvline(
@@ -217,6 +323,7 @@ def optimize_pareto_svg(result: dict[str, Any]) -> str:
             linewidth=1,
             label="--max-size",
         )
+        xs.append(limits["max_size_bytes"] / 1e6)
     if limits.get("max_latency_ms"):
         axes.axhline(
             limits["max_latency_ms"],
@@ -225,9 +332,26 @@ def optimize_pareto_svg(result: dict[str, Any]) -> str:
             linewidth=1,
             label="--max-latency",
         )
+        ys.append(limits["max_latency_ms"])
+    _span(axes.set_xscale, axes.set_xlim, xs)
+    _span(axes.set_yscale, axes.set_ylim, ys)
     axes.set_xlabel("size (MB)")
     axes.set_ylabel(f"latency on {result['device']} (ms, estimated)")
     axes.set_title("Candidates: size x latency x accuracy (red ring: Pareto front)")
     if axes.get_legend_handles_labels()[0]:
-        axes.legend(fontsize=7)
+        axes.legend(
+            fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.16), ncols=4, frameon=False
+        )
     return _svg(pyplot, figure)
+
+
+def _span(set_scale, set_limits, values: list[float]) -> None:
+    """Axis limits around `values` with a margin: log when they span over tenfold and are all
+    above zero, linear otherwise."""
+    low, high = min(values), max(values)
+    if low > 0 and high / low > 10:
+        set_scale("log")
+        set_limits(low / 1.35, high * 1.35)
+        return
+    margin = (high - low) * 0.12 or abs(high) * 0.1 or 1.0
+    set_limits(max(0.0, low - margin) if low >= 0 else low - margin, high + margin)

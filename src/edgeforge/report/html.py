@@ -30,6 +30,32 @@ def human_bytes(value: float | None) -> str:
     return human_count(value, "B") if value and value >= 1000 else f"{value or 0:.0f} B"
 
 
+def _number(value: Any, spec: str = "%.3g") -> str:
+    """A figure formatted with `spec`; one the JSON holds as text ("inf", "nan") as it is."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return spec % value
+    return "—" if value is None else str(value)
+
+
+def _dims(shape: Any) -> str:
+    """A shape as people write it: ['batch', 3, 224, 224] -> 'batch×3×224×224'; a scalar '()'."""
+    if not isinstance(shape, (list, tuple)):
+        return "—" if shape is None else str(shape)
+    return "×".join("?" if d is None else str(d) for d in shape) or "scalar"
+
+
+def _shape_flags(profile: dict[str, Any]) -> str:
+    """The `--shape` flags that pin each input with a dynamic dim at the value it was given,
+    e.g. '--shape image=1x1x8x8': a command a reader can copy and edit."""
+    values = {(a["input"], a["axis"]): a["value"] for a in profile.get("assumed_dims", [])}
+    flags = []
+    for spec in profile.get("inputs", []):
+        shape = [values.get((spec["name"], axis), dim) for axis, dim in enumerate(spec["shape"])]
+        if any((spec["name"], axis) in values for axis in range(len(shape))):
+            flags.append(f"--shape {spec['name']}={'x'.join(str(d) for d in shape)}")
+    return " ".join(flags)
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("edgeforge.report", "templates"),
@@ -40,6 +66,9 @@ def _environment() -> jinja2.Environment:
     )
     env.filters["count"] = human_count
     env.filters["bytes"] = human_bytes
+    env.filters["num"] = _number
+    env.filters["dims"] = _dims
+    env.filters["shape_flags"] = _shape_flags
     env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, default=str)
     return env
 
@@ -62,6 +91,11 @@ def render_html(sections: dict[str, Any], title: str = "edgeforge report") -> st
         plots["decide"] = [
             (_plots.decide_cost_svg(d), _plots.decide_latency_svg(d)) for d in decisions
         ]
+    if "split" in sections:
+        plots["split"] = (
+            _plots.split_times_svg(sections["split"]),
+            _plots.split_cuts_svg(sections["split"]),
+        )
     if "optimize" in sections:
         plots["pareto"] = _plots.optimize_pareto_svg(sections["optimize"])
     template = _environment().get_template("report.html.j2")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +19,14 @@ from edgeforge.estimator import (
     FactorEntry,
     Factors,
     PublishedRow,
+    Unavailable,
     estimate,
+    estimate_devices,
     fit,
     load_factors,
     read_rows,
-    select_unit,
     split,
+    unit_choices,
     validate,
 )
 from edgeforge.estimator.calibration import default_entry, predict_row
@@ -219,16 +222,21 @@ def test_unknown_runtime_lists_the_device_runtimes(small_profile):
 
 
 def test_unit_rule_on_catalogue_devices():
+    def kinds(device: str, **options: str) -> set[str]:
+        return {unit.kind for unit, _ in unit_choices(get_device(device), **options)}
+
     nano = get_device("jetson-nano")
-    assert select_unit(nano, runtime="tensorrt").kind == "gpu"
-    assert select_unit(nano).kind == "cpu"
-    iphone = get_device("iphone-15-pro")
-    assert select_unit(iphone, precision="int8").kind == "ane"
-    assert select_unit(iphone, precision="fp32").kind == "cpu"
-    # Pixel 8's TPU has no published int8 peak, so int8 stays on the CPU.
-    assert select_unit(get_device("pixel-8"), precision="int8").kind == "cpu"
+    assert kinds("jetson-nano", runtime="tensorrt") == {"gpu"}
+    # each unit with the first runtime the device lists that reaches it
+    assert {u.kind: r for u, r in unit_choices(nano)} == {"gpu": "tensorrt", "cpu": "onnxruntime"}
+    # the Neural Engine computes no fp32; int8 runs everywhere else at least at the fp32 peak
+    assert "ane" not in kinds("iphone-15-pro", precision="fp32")
+    assert kinds("coral-dev-board", precision="int8") == {"tpu", "cpu"}
+    assert kinds("coral-dev-board", precision="fp32") == {"cpu"}
     with pytest.raises(EdgeforgeError, match="tensorrt needs a GPU"):
-        select_unit(get_device("raspberry-pi-4"), runtime="tensorrt")
+        unit_choices(get_device("raspberry-pi-4"), runtime="tensorrt")
+    with pytest.raises(EdgeforgeError, match=r"cannot run fp32.*Edge TPU runs int8 only"):
+        unit_choices(get_device("coral-usb-accelerator"), precision="fp32")
 
 
 def test_shipped_factors_load_with_provenance():
@@ -248,17 +256,79 @@ def test_lookup_prefers_the_most_specific_entry():
         Factors((device_entry,))
 
 
-def test_zoo_model_on_a_catalogue_device_with_shipped_factors(tmp_path):
+@pytest.fixture(scope="module")
+def squeezenet_profile(tmp_path_factory) -> edgeforge.Profile:
     from edgeforge.zoo import catalog
 
     module, inputs, options = catalog.build("squeezenet1_1")
-    profile = edgeforge.inspect(module, inputs, workdir=tmp_path, **options)
-    result = estimate(profile, get_device("raspberry-pi-4"), runtime="onnxruntime")
+    return edgeforge.inspect(module, inputs, workdir=tmp_path_factory.mktemp("sq"), **options)
+
+
+def test_zoo_model_on_a_catalogue_device_with_shipped_factors(squeezenet_profile):
+    result = estimate(squeezenet_profile, get_device("raspberry-pi-4"), runtime="onnxruntime")
     assert result.factors["entry"] == "raspberry-pi-4/cpu/fp32"  # the Pi 4 has fp32 rows
     assert 0 < result.latency_low_ms <= result.latency_ms <= result.latency_high_ms
     assert result.ram.fits is True and result.size_budget.fits is True
     assert any(layer.bound == "compute" for layer in result.layers if layer.category == "conv")
     assert result.to_dict()["layers"][0]["name"] == result.layers[0].name
+
+
+def test_default_runs_on_the_fastest_unit_and_says_which(squeezenet_profile):
+    # Before: the CPU unless a runtime or unit was named, whatever the GPU or TPU could do.
+    nano = estimate(squeezenet_profile, "jetson-nano")
+    assert (nano.unit, nano.runtime) == ("gpu", "tensorrt")
+    cpu = estimate(squeezenet_profile, "jetson-nano", unit="cpu")
+    assert nano.latency_ms < cpu.latency_ms
+    assert [a["unit"] for a in nano.alternatives] == ["gpu", "cpu"]
+    assert "runs on the gpu (128-core Maxwell GPU" in nano.notes[0] and "tensorrt" in nano.notes[0]
+    coral = estimate(squeezenet_profile, "coral-dev-board", precision="int8")
+    assert (coral.unit, coral.runtime) == ("tpu", "litert")
+
+
+def test_a_device_that_cannot_run_the_precision_is_reported_alone(small_profile):
+    # Before: one device that could not run int8 failed the whole list.
+    fp16_only = dataclasses.replace(
+        _device(),
+        id="fp16-board",
+        compute=(ComputeUnit("npu", "fp16 NPU", {"fp16": _figure(100.0)}, {"int8": "fp16 only"}),),
+    )
+    results = estimate_devices(
+        small_profile, [_device(), fp16_only], precision="int8", factors=_factors()
+    )
+    assert [type(r) for r in results] == [edgeforge.estimator.Estimate, Unavailable]
+    assert results[0].precision == "int8" and results[0].latency_ms > 0
+    refused = results[1].to_dict()
+    assert refused["available"] is False and refused["device"] == "fp16-board"
+    assert "cannot run int8" in refused["reason"] and "fp16 only" in refused["reason"]
+    assert "\n" not in refused["reason"]
+
+
+def test_cli_lists_each_device_even_when_one_cannot_run(small_profile, capsys):
+    from edgeforge.cli import main
+
+    path = small_profile.model["path"]
+    argv = ["estimate", path, "--device", "raspberry-pi-4,coral-usb-accelerator", "--json"]
+    assert main(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [d["available"] for d in data] == [True, False]
+    assert "the Edge TPU runs int8 only" in data[1]["reason"]
+
+
+def test_estimate_takes_an_artifact_folder(small_profile, tmp_path, capsys):
+    # Before: `estimate` took model files only, unlike `bench` and `verify`.
+    from edgeforge.cli import main
+    from edgeforge.convert import convert
+
+    result = convert(small_profile.model["path"], "onnxruntime", tmp_path / "out")
+    folder = tmp_path / "out" / "onnxruntime"
+    assert (folder / "manifest.json").is_file(), result.to_dict()
+    found = estimate(folder, "raspberry-pi-4")
+    assert found.artifact == str(folder) and found.runtime == "onnxruntime"
+    assert found.precision == "fp32" and str(folder) in found.notes[0]
+    assert main(["estimate", str(folder), "--device", "raspberry-pi-4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["artifact"] == str(folder)
+    with pytest.raises(EdgeforgeError, match="pass one of its artifact folders: onnxruntime"):
+        estimate(tmp_path / "out", "raspberry-pi-4")
 
 
 # -- published rows --------------------------------------------------------------------------

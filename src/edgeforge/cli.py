@@ -191,18 +191,19 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _estimate(args: argparse.Namespace) -> int:
-    from edgeforge.analysis import inspect
-    from edgeforge.devices import get_device
-    from edgeforge.estimator import estimate
-    from edgeforge.render import print_estimate
+    from edgeforge.estimator import estimate_devices
+    from edgeforge.estimator.render import print_estimates
 
-    profile = inspect(args.model, shapes=_shapes(args))
-    results = [
-        estimate(profile, get_device(name), runtime=args.runtime, precision=args.precision)
-        for name in args.device.split(",")
-    ]
+    results = estimate_devices(
+        args.model,
+        [name.strip() for name in args.device.split(",") if name.strip()],
+        runtime=args.runtime,
+        precision=args.precision,
+        unit=args.unit,
+        shapes=_shapes(args),
+    )
     data = [r.to_dict() for r in results]
-    _emit(args, "estimate", data, lambda: print_estimate(results))
+    _emit(args, "estimate", data, lambda: print_estimates(results))
     return 0
 
 
@@ -539,14 +540,24 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(run=_bench)
 
     estimate = verbs.add_parser(
-        "estimate", help="latency and memory on catalogue devices from a calibrated roofline"
+        "estimate",
+        help="latency and memory on catalogue devices from a calibrated roofline",
+        description="MODEL may also be an artifact folder (with manifest.json), as for bench.",
     )
     _model_options(estimate)
     estimate.add_argument(
         "--device", required=True, help="catalogue ids, comma-separated (see `edgeforge devices`)"
     )
-    estimate.add_argument("--runtime", help="the runtime on the device (default: its first)")
-    estimate.add_argument("--precision", default="fp32", help="fp32, fp16 or int8")
+    estimate.add_argument(
+        "--runtime",
+        help="the runtime on the device (default: the fastest unit's, or the artifact's)",
+    )
+    estimate.add_argument(
+        "--precision", help="fp32, fp16 or int8 (default: the artifact's, or fp32)"
+    )
+    estimate.add_argument(
+        "--unit", help="the compute unit: cpu, gpu, npu, tpu, ane (default: fastest)"
+    )
     _output_options(estimate)
     estimate.set_defaults(run=_estimate)
 

@@ -21,8 +21,9 @@ from edgeforge.decide import decide
 from edgeforge.decide.render import print_decision
 from edgeforge.devices import get_device, list_devices
 from edgeforge.estimator import estimate
+from edgeforge.estimator.render import print_estimates
 from edgeforge.optimize.search import optimize
-from edgeforge.render import print_bench, print_conversion, print_estimate
+from edgeforge.render import print_bench, print_conversion
 from edgeforge.report import write_report
 from edgeforge.zoo import train_digits_cnn
 
@@ -55,7 +56,7 @@ def run_demo(out: Path) -> Path:
     estimates = [
         estimate(profile, get_device(name)) for name in ("raspberry-pi-4", "jetson-nano", "pixel-8")
     ]
-    print_estimate(estimates)
+    print_estimates(estimates)
     console.print("[bold]shrinking[/] it for two devices within a 1% accuracy drop")
     optimized = [
         optimize(

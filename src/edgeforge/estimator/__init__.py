@@ -20,7 +20,15 @@ from edgeforge.estimator.calibration import (
     zoo_profiles,
 )
 from edgeforge.estimator.published import PublishedRow, read_rows
-from edgeforge.estimator.roofline import Estimate, LayerTime, MemoryFit, estimate, select_unit
+from edgeforge.estimator.roofline import (
+    Estimate,
+    LayerTime,
+    MemoryFit,
+    Unavailable,
+    estimate,
+    estimate_devices,
+    unit_choices,
+)
 
 __all__ = [
     "Estimate",
@@ -29,13 +37,15 @@ __all__ = [
     "LayerTime",
     "MemoryFit",
     "PublishedRow",
+    "Unavailable",
     "calibrate",
     "estimate",
+    "estimate_devices",
     "fit",
     "load_factors",
     "read_rows",
-    "select_unit",
     "split",
+    "unit_choices",
     "validate",
     "validate_file",
     "zoo_profiles",

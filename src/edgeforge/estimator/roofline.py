@@ -11,10 +11,14 @@ can rely on:
 - Efficiency factors come from a `Factors` object (data, fitted by `calibration`), never from
   the model; `Factors.lookup` falls back from (device, unit, precision) to wider entries and the
   result names the entry it used.
-- The compute unit is chosen by one rule (`select_unit`): the unit the caller names; else the GPU
-  for `tensorrt`; else, for int8, an NPU/ANE/TPU with an int8 peak; else the CPU; else the
-  device's first unit (browsers, USB accelerators). A unit without a peak for the precision uses
-  its fp32 peak, and the result says so in `notes`.
+- The compute unit and runtime are chosen by one rule (`unit_choices`, then the least time): the
+  units of the kind the caller names, else every unit a runtime reaches (`UNIT_RUNTIMES`: the
+  runtime the caller names, else the first the device lists that reaches it) and that can run
+  the precision; each is estimated and the fastest is kept (the Jetson's GPU with TensorRT, the
+  Edge TPU with LiteRT at int8), the result naming the unit, the runtime and the others' times.
+  A unit without a peak for fp16 or int8 runs it at its fp32 peak (the notes say so); a unit with
+  neither (the Edge TPU at fp32) cannot run it, and a device none of whose units can raises
+  EdgeforgeError with each unit's reason (`estimate_devices` reports it for that device alone).
 - Bytes moved per node = weights read + outputs written + inputs read. Outputs come from the
   node's inferred shapes; inputs are taken equal to the outputs (the profile keeps no input
   shapes); weights are the profile's weight bytes shared out over conv/matmul nodes in proportion
@@ -56,16 +60,29 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BYTES_PER_ELEMENT",
+    "UNIT_RUNTIMES",
     "Estimate",
     "LayerTime",
     "MemoryFit",
+    "Unavailable",
     "estimate",
+    "estimate_devices",
     "roofline_ms",
-    "select_unit",
+    "unit_choices",
 ]
 
 BYTES_PER_ELEMENT: Mapping[str, int] = {"fp32": 4, "fp16": 2, "int8": 1}
-_ACCELERATORS = ("npu", "ane", "tpu")
+# Which runtimes reach which kind of compute unit (XNNPACK/CPU for most; TensorRT the NVIDIA
+# GPU; Core ML the Apple GPU and Neural Engine; LiteRT's delegates the Edge TPU and NPUs).
+UNIT_RUNTIMES: Mapping[str, tuple[str, ...]] = {
+    "cpu": ("onnxruntime", "onnxruntime-mobile", "openvino", "litert", "executorch", "coreml"),
+    "gpu": ("tensorrt", "coreml", "openvino"),
+    "npu": ("litert", "openvino", "executorch"),
+    "tpu": ("litert",),
+    "ane": ("coreml", "executorch"),
+    "wasm": ("web",),
+    "webgpu": ("web",),
+}
 # Categories whose nodes a runtime launches as kernels; "data movement" is mostly folded into
 # neighbours (Reshape, Flatten) and "not counted" has no cost rule, so neither pays an overhead.
 _NO_OVERHEAD = {"data movement", "not counted"}
@@ -159,6 +176,10 @@ class Estimate:
     # the input shapes the profile was computed at, and the dynamic dims it assumed for them
     input_shapes: dict[str, list[int]] = field(default_factory=dict)
     assumed_dims: list[dict[str, Any]] = field(default_factory=list)
+    unit_name: str = ""
+    # every (unit, runtime) estimated, fastest first: {unit, name, runtime, latency_ms}
+    alternatives: list[dict[str, Any]] = field(default_factory=list)
+    artifact: str | None = None  # the artifact folder estimated, when one was given
 
     def top_layers(self, count: int = 10) -> list[LayerTime]:
         return sorted(self.layers, key=lambda layer: -layer.ms)[:count]
@@ -166,8 +187,12 @@ class Estimate:
     def to_dict(self) -> dict[str, Any]:
         return {
             "device": self.device,
+            "available": True,
             "unit": self.unit,
+            "unit_name": self.unit_name,
             "runtime": self.runtime,
+            "alternatives": self.alternatives,
+            "artifact": self.artifact,
             "precision": self.precision,
             "latency_ms": self.latency_ms,
             "latency_low_ms": self.latency_low_ms,
@@ -185,29 +210,65 @@ class Estimate:
         }
 
 
-def select_unit(
+@dataclass(frozen=True)
+class Unavailable:
+    """A device `estimate_devices` could not estimate, and why (one line)."""
+
+    device: str
+    precision: str
+    runtime: str | None
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "available": False,
+            "precision": self.precision,
+            "runtime": self.runtime,
+            "reason": self.reason,
+        }
+
+
+def _cannot_run(unit: ComputeUnit, precision: str) -> str | None:
+    """Why `unit` cannot run `precision`, or None when it can (at the fp32 peak if need be)."""
+    if precision in unit.peak or (precision != "fp32" and "fp32" in unit.peak):
+        return None
+    return unit.absent.get(precision) or f"no {precision} or fp32 peak"
+
+
+def unit_choices(
     device: Device, *, runtime: str | None = None, precision: str = "fp32", unit: str | None = None
-) -> ComputeUnit:
-    """The compute unit an estimate runs on, by the rule in the module docstring."""
+) -> list[tuple[ComputeUnit, str | None]]:
+    """The (unit, runtime) pairs `estimate` compares, by the rule in the module docstring;
+    EdgeforgeError naming each unit's reason when none can run `precision`."""
     kinds = [u.kind for u in device.compute]
-    if unit is not None:
-        for candidate in device.compute:
-            if candidate.kind == unit:
-                return candidate
+    if unit is not None and unit not in kinds:
         raise EdgeforgeError(f"device {device.id!r} has no {unit!r} unit; it has {kinds}")
-    if runtime == "tensorrt":
-        for candidate in device.compute:
-            if candidate.kind == "gpu":
-                return candidate
+    if runtime == "tensorrt" and "gpu" not in kinds:
         raise EdgeforgeError(f"tensorrt needs a GPU; device {device.id!r} has {kinds}")
-    if precision == "int8":
-        for candidate in device.compute:
-            if candidate.kind in _ACCELERATORS and "int8" in candidate.peak:
-                return candidate
+    pairs: list[tuple[ComputeUnit, str | None]] = []
     for candidate in device.compute:
-        if candidate.kind == "cpu":
-            return candidate
-    return device.compute[0]
+        if unit is not None and candidate.kind != unit:
+            continue
+        reaching = UNIT_RUNTIMES.get(candidate.kind, ())
+        if runtime is not None:
+            if runtime in reaching or unit is not None:
+                pairs.append((candidate, runtime))
+            continue
+        listed = next((name for name in device.runtimes if name in reaching), None)
+        if listed is not None or unit is not None:
+            pairs.append((candidate, listed))
+    if not pairs:  # no listed runtime reaches any unit we know of: any unit, as the device says
+        pairs = [(candidate, runtime) for candidate in device.compute]
+    can = [(u, r) for u, r in pairs if _cannot_run(u, precision) is None]
+    if not can:
+        why = "; ".join(f"{u.name}: {_cannot_run(u, precision)}" for u, _ in pairs)
+        raise EdgeforgeError(f"{device.id} cannot run {precision}{_on(runtime)}: {why}")
+    return can
+
+
+def _on(runtime: str | None) -> str:
+    return f" with {runtime}" if runtime else ""
 
 
 def _cores(unit: ComputeUnit) -> int | None:
@@ -398,23 +459,81 @@ def _fit(need: int, limit: float | None) -> MemoryFit:
 
 
 def estimate(
-    profile: Profile,
-    device: Device,
+    profile: Profile | Any,
+    device: Device | str,
     *,
     runtime: str | None = None,
-    precision: str = "fp32",
+    precision: str | None = None,
     factors: Factors | None = None,
     unit: str | None = None,
     threads: int | None = None,
+    shapes: dict[str, tuple[int, ...]] | None = None,
 ) -> Estimate:
-    """Predicted latency (with a low-high band), peak memory and fit of `profile` on `device`.
+    """Predicted latency (with a low-high band), peak memory and fit of a model on `device`.
 
-    `runtime` must be one the device lists (None: any); `precision` one of fp32, fp16, int8;
-    `factors` defaults to the fitted factors shipped with the package; `unit` forces a compute
-    unit kind. Raises EdgeforgeError naming the valid choices for a bad runtime or precision.
+    `profile` is a `Profile`, anything `inspect` takes (profiled at `shapes`), or an artifact
+    folder (its runtime and precision are then the defaults; see `_source`). `device` is a
+    `Device` or catalogue id. `runtime` must be one the device lists (None: each unit's first);
+    `precision` one of fp32, fp16, int8 (None: the artifact's, else fp32); `factors` defaults to
+    the fitted factors shipped with the package; `unit` forces a compute unit kind. Raises
+    EdgeforgeError naming the valid choices for a bad runtime or precision, and each unit's
+    reason when none of the device's can run the precision.
     """
+    from edgeforge.estimator._source import profile_source
+
+    found = profile_source(profile, shapes)
+    return _estimate(found, device, runtime, precision, factors, unit, threads)
+
+
+def estimate_devices(
+    source: Any,
+    devices: list[Device | str],
+    *,
+    runtime: str | None = None,
+    precision: str | None = None,
+    unit: str | None = None,
+    shapes: dict[str, tuple[int, ...]] | None = None,
+    factors: Factors | None = None,
+) -> list[Estimate | Unavailable]:
+    """`estimate` on each device, the source profiled once; a device that cannot run the
+    precision (or does not list the runtime, or lacks the unit) is an `Unavailable` with its
+    reason, and the others are estimated all the same. An unknown device id, a bad precision
+    or an unreadable source still raise EdgeforgeError."""
+    from edgeforge.devices import get_device
+    from edgeforge.estimator._source import profile_source
+
+    if precision is not None and precision not in BYTES_PER_ELEMENT:
+        raise EdgeforgeError(
+            f"unknown precision {precision!r}; valid: {', '.join(BYTES_PER_ELEMENT)}"
+        )
+    targets = [get_device(d) if isinstance(d, str) else d for d in devices]
+    found = profile_source(source, shapes)
+    results: list[Estimate | Unavailable] = []
+    for target in targets:
+        try:
+            results.append(_estimate(found, target, runtime, precision, factors, unit, None))
+        except EdgeforgeError as error:
+            wanted = precision or found.precision or "fp32"
+            results.append(Unavailable(target.id, wanted, runtime or found.runtime, str(error)))
+    return results
+
+
+def _estimate(
+    found: Any,
+    device: Device | str,
+    runtime: str | None,
+    precision: str | None,
+    factors: Factors | None,
+    unit: str | None,
+    threads: int | None,
+) -> Estimate:
+    from edgeforge.devices import get_device
     from edgeforge.estimator.calibration import load_factors
 
+    profile = found.profile
+    device = get_device(device) if isinstance(device, str) else device
+    precision = precision or found.precision or "fp32"
+    runtime = runtime or found.runtime
     if precision not in BYTES_PER_ELEMENT:
         raise EdgeforgeError(
             f"unknown precision {precision!r}; valid: {', '.join(BYTES_PER_ELEMENT)}"
@@ -426,22 +545,40 @@ def estimate(
             f"{', '.join(device.runtimes)}{known}"
         )
     factors = factors if factors is not None else load_factors()
-    notes: list[str] = []
-    chosen = select_unit(device, runtime=runtime, precision=precision, unit=unit)
-    peak = _peak_gops(chosen, precision, threads, notes)
+    notes: list[str] = list(found.notes)
     bandwidth = device.memory_bandwidth_gbps.value if device.memory_bandwidth_gbps else None
     if bandwidth is None:
         notes.append("device states no memory bandwidth: memory time not counted")
-    entry, matched = factors.lookup(device.id, chosen.kind, precision)
     if _graph_roles(profile) is None:
         notes.append(
             "the profiled ONNX file is gone or no longer matches the profile: depthwise convs "
             "are costed as dense convs and no node as fused"
         )
-    layers = roofline_ms(
-        profile, entry, peak_gops=peak, bandwidth_gbps=bandwidth, precision=precision
-    )
-    latency = sum(layer.ms for layer in layers)
+    tried = []
+    for candidate, reached_by in unit_choices(
+        device, runtime=runtime, precision=precision, unit=unit
+    ):
+        unit_notes: list[str] = []
+        peak = _peak_gops(candidate, precision, threads, unit_notes)
+        entry, matched = factors.lookup(device.id, candidate.kind, precision)
+        layers = roofline_ms(
+            profile, entry, peak_gops=peak, bandwidth_gbps=bandwidth, precision=precision
+        )
+        latency = sum(layer.ms for layer in layers)
+        tried.append((latency, candidate, reached_by, entry, matched, layers, unit_notes))
+    tried.sort(key=lambda t: t[0])
+    latency, chosen, reached_by, entry, matched, layers, unit_notes = tried[0]
+    notes.extend(unit_notes)
+    alternatives = [
+        {"unit": u.kind, "name": u.name, "runtime": r, "latency_ms": ms} for ms, u, r, *_ in tried
+    ]
+    if len(tried) > 1:
+        others = ", ".join(f"{a['unit']} {a['latency_ms']:.3g} ms" for a in alternatives[1:])
+        notes.insert(
+            0,
+            f"runs on the {chosen.kind} ({chosen.name}){_on(reached_by)}: the fastest of its "
+            f"units at {precision} (others: {others}); pass a unit or runtime to choose",
+        )
 
     size = BYTES_PER_ELEMENT[precision]
     weight_bytes = int(profile.weights.get("onnx_elements", 0)) * size
@@ -459,7 +596,7 @@ def estimate(
     return Estimate(
         device=device.id,
         unit=chosen.kind,
-        runtime=runtime,
+        runtime=reached_by,
         precision=precision,
         latency_ms=latency,
         latency_low_ms=latency * entry.band_low,
@@ -474,4 +611,7 @@ def estimate(
         notes=notes,
         input_shapes={name: list(shape) for name, shape in profile.input_shapes().items()},
         assumed_dims=[dim.to_dict() for dim in profile.assumed_dims if dim.reason != "override"],
+        unit_name=chosen.name,
+        alternatives=alternatives,
+        artifact=found.artifact,
     )

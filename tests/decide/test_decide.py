@@ -11,6 +11,7 @@ import pytest
 import edgeforge
 from edgeforge.cli import main
 from edgeforge.decide import decide, get_cloud_instance, get_network, load_data, parse_bytes
+from edgeforge.decide._cloud_side import dynamic_batch
 from edgeforge.decide.queueing import erlang_c, instances_needed, mean_wait_s
 from edgeforge.decide.render import decision_table
 from edgeforge.errors import EdgeforgeError
@@ -172,6 +173,56 @@ def test_offline_requirement_and_offline_network_force_the_edge(digits_profile, 
     )
     d = _decide(digits_profile, prices, users=1000, network="offline")
     assert d.recommendation == "edge" and d.cloud["latency_ms"] is None
+
+
+def test_edge_costing_more_is_said_even_when_latency_decides(digits_profile, prices):
+    # 1000 users: the edge costs 1000 x 12.19 against the cloud's 730 a month, but a 10 MB
+    # upload takes the cloud past the target; the reasons used to mention only the latency.
+    d = _decide(digits_profile, prices, users=1000, payload="10MB")
+    assert d.recommendation == "edge"
+    assert any("misses the 100 ms target" in why for why in d.reasons)
+    assert d.reasons[-1] == (
+        "edge costs more: $12,190.00/month against the cloud's $730.00 at 1000 users; "
+        "latency decides"
+    )
+    cheaper = _decide(digits_profile, prices, users=10, payload="10MB")
+    assert not any("costs more" in why for why in cheaper.reasons)
+
+
+# --- dynamic batching: a request pays for the batch its traffic fills ------------------------
+
+
+def test_few_requests_a_day_pay_a_batch_of_one(digits_profile):
+    # One user, 50 requests a day on an 8-request GPU batch: the batch never fills, so the
+    # server runs what it has after the bounded queue delay. Before: a full batch of 8.
+    d = decide(digits_profile, "pixel-8", users=1, requests_per_day=50, network="wifi")
+    c = d.cloud
+    assert (c["batch"], c["batch_filled"]) == (8, 1)
+    assert c["inference_ms"] == pytest.approx(c["server_ms"])
+    assert c["inference_ms"] < c["full_batch_ms"]
+    assert 0 < c["batch_wait_ms"] <= c["max_queue_delay_ms"]
+    parts = ("upload_ms", "rtt_ms", "download_ms", "queue_ms", "batch_wait_ms", "inference_ms")
+    assert c["latency_ms"] == pytest.approx(sum(c[k] for k in parts))
+    assert "batch of 1 of 8" in next(r["cloud"] for r in d.rows if r["aspect"] == "latency")
+
+
+def test_heavy_traffic_fills_the_batch_before_the_delay(digits_profile):
+    d = decide(digits_profile, "pixel-8", users=2_000_000, requests_per_day=500, network="wifi")
+    c = d.cloud
+    assert c["batch_filled"] == 8
+    assert c["inference_ms"] == pytest.approx(c["full_batch_ms"])
+    assert c["batch_wait_ms"] < c["max_queue_delay_ms"]
+
+
+def test_dynamic_batch_by_hand():
+    # 100 requests/s per instance, batch 8, 5 ms delay: 1 + 0.5 = 1.5 requests -> 2 timed;
+    # the first waits 5 ms, the half-request after it 2.5 ms: (5 + 0.5 x 2.5) / 1.5
+    assert dynamic_batch(100, 8, 5) == (2, pytest.approx((5 + 1.25) / 1.5))
+    # 7000 requests/s fill 8 in 1 ms, before the 5 ms delay
+    filled, wait = dynamic_batch(7000, 8, 5)
+    assert filled == 8 and wait == pytest.approx(1000 * 7 / 7000 * (1 + 3.5) / 8)
+    assert dynamic_batch(0, 8, 5) == (1, 5.0)
+    assert dynamic_batch(50, 1, 5) == (1, 0.0)
 
 
 def test_users_own_phone_costs_nothing(digits_profile):

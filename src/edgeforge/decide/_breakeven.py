@@ -90,8 +90,10 @@ def crossover_points(
 
 
 def _fixed_ms(net: Network, cloud: dict[str, Any]) -> float:
-    """The cloud latency that does not depend on the uplink: round trip, download, queue, server."""
-    return net.rtt_ms + cloud["download_ms"] + cloud["queue_ms"] + cloud["inference_ms"]
+    """The cloud latency that does not depend on the uplink: round trip, download, queue, the
+    wait for the batch, server."""
+    waits = cloud["queue_ms"] + cloud["batch_wait_ms"]
+    return net.rtt_ms + cloud["download_ms"] + waits + cloud["inference_ms"]
 
 
 def _log_grid(low: float, high: float, count: int) -> list[float]:

@@ -41,6 +41,7 @@ NUMBER_DEFAULTS = (
     "phone_battery_wh",
     "battery_share_high",
     "duty_high",
+    "max_queue_delay_ms",
 )
 CHOICE_DEFAULTS = ("cloud_instance", "network")
 NETWORK_FIGURES = ("rtt_ms", "uplink_mbps", "downlink_mbps", "loss")

@@ -156,10 +156,19 @@ def decide(
     # --- cloud
     cloud_est = instance.estimate(profile, precision=precision)
     batch_est = instance.estimate(profile, precision=precision, batch=instance.batch_size)
+
+    def batch_time(requests: int) -> float:
+        if requests == 1:
+            return cloud_est.latency_ms
+        if requests == instance.batch_size:
+            return batch_est.latency_ms
+        return instance.estimate(profile, precision=precision, batch=requests).latency_ms
+
     cloud = cloud_side(
         instance,
         cloud_est.latency_ms,
         batch_est.latency_ms,
+        batch_time,
         net,
         data,
         rpd,

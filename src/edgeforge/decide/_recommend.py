@@ -7,6 +7,8 @@ Invariants a caller can rely on:
 - When both meet the target on a phone with a high battery or thermal risk, the answer is
   "hybrid"; when only the privacy constraint keeps the cloud out and the device falls short, it
   is "hybrid" (split the model) with `meets_all` False.
+- When the side recommended costs more than the other at the given users (latency, a constraint
+  or `--force` decided), the last reason says so with both monthly costs.
 - `--force` always wins; the reasons then start with "forced by --force ..." and `meets_all`
   says whether the forced side meets its constraints and target (for hybrid: whether either side
   is unblocked).
@@ -31,6 +33,36 @@ def recommend(
     force: str | None,
 ) -> tuple[str, bool, list[str]]:
     """(recommendation, meets_all, reasons): the fields of the same names in `Decision`."""
+    choice, meets_all, reasons = _rule(edge, cloud, costs, users, target, force)
+    edge_cost, cloud_cost = costs.edge(users), costs.cloud(users)
+    dearer = {"edge": (edge_cost, cloud_cost, "cloud"), "cloud": (cloud_cost, edge_cost, "edge")}
+    if choice in dearer:
+        own, other, other_name = dearer[choice]
+        if own > other:
+            reasons.append(
+                f"{choice} costs more: ${own:,.2f}/month against the {other_name}'s "
+                f"${other:,.2f} at {users} users; {_decided_by(reasons)}"
+            )
+    return choice, meets_all, reasons
+
+
+def _decided_by(reasons: list[str]) -> str:
+    if reasons and reasons[0].startswith("forced by"):
+        return "--force decides"
+    if any("misses the" in why for why in reasons):
+        return "latency decides"
+    return "a constraint decides"
+
+
+def _rule(
+    edge: dict[str, Any],
+    cloud: dict[str, Any],
+    costs: Costs,
+    users: int,
+    target: float,
+    force: str | None,
+) -> tuple[str, bool, list[str]]:
+    """The rule of the module docstring, before the cost note."""
     edge_ok = edge["meets_target"]
     cloud_ok = cloud["meets_target"] and not cloud["blocked"]
     reasons: list[str] = []

@@ -45,8 +45,10 @@ def comparison_rows(d: Decision) -> list[dict[str, str]]:
     else:
         cloud_latency = (
             f"{c['latency_ms']:.1f} ms = upload {c['upload_ms']:.1f} + RTT {c['rtt_ms']:.0f} + "
-            f"download {c['download_ms']:.1f} + queue {c['queue_ms']:.2f} + server "
-            f"{c['inference_ms']:.2f}; {mark(c['latency_ms'] <= target)} {target:.4g} ms"
+            f"download {c['download_ms']:.1f} + queue {c['queue_ms']:.2f} + batching "
+            f"{c['batch_wait_ms']:.2f} + server {c['inference_ms']:.2f} (batch of "
+            f"{c['batch_filled']} of {c['batch']}); {mark(c['latency_ms'] <= target)} "
+            f"{target:.4g} ms"
         )
     months = d.assumptions["amortisation_months"]["value"]
     if e["dedicated"]:

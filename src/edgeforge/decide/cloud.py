@@ -9,7 +9,8 @@ CPU). Invariants:
 - `batch_ms(model)` is the estimate for `batch` requests at once: the roofline with every node's
   work and activations multiplied by `batch` and the weights read once. An instance serves
   `batch` requests per `batch_ms`, which `decide` treats as `batch` parallel servers of service
-  time `batch_ms` (dynamic batching, worst case: every batch full).
+  time `batch_ms` for capacity and cost; a request's latency counts only the batch its traffic
+  fills (`_cloud_side.dynamic_batch`).
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ Invariants a caller can rely on:
   cloud (max(floor, users x per-user cost)); every figure here is derived from it, so the
   reported cross-over is exactly where `Costs.edge` and `Costs.cloud` swap order.
 - The uplink cross-over charges the payload at the link's goodput (rate x (1 - loss)), the same
-  formula as `Network.upload_ms`, against the target less round trip, download, queue and server.
+  formula as `Network.upload_ms`, against the target less round trip, download, queue, batching
+  and server.
 - Each cross-over is None, with a sentence saying why, when there is no finite point.
 """
 
@@ -70,15 +71,15 @@ def crossover_points(
         budget_ms = target - fixed
         if budget_ms <= 0:
             uplink_text = (
-                f"the cloud misses the target at any uplink: round trip, download, queue and "
-                f"server already take {fixed:.1f} ms"
+                f"the cloud misses the target at any uplink: round trip, download, queue, "
+                f"batching and server already take {fixed:.1f} ms"
             )
         else:
             uplink = request_bytes * 8 / (1e6 * (1 - net.loss)) / (budget_ms / 1000)
             uplink_text = (
                 f"below {uplink:.3g} Mbit/s uplink the cloud misses the {target:.4g} ms target "
                 f"({request_bytes:,} bytes in the {budget_ms:.1f} ms left after "
-                f"{fixed:.1f} ms of round trip, download, queue and server)"
+                f"{fixed:.1f} ms of round trip, download, queue, batching and server)"
             )
     return {
         "users": users,

@@ -514,7 +514,8 @@ def estimate_devices(
             results.append(_estimate(found, target, runtime, precision, factors, unit, None))
         except EdgeforgeError as error:
             wanted = precision or found.precision or "fp32"
-            results.append(Unavailable(target.id, wanted, runtime or found.runtime, str(error)))
+            reason = str(error).removeprefix(f"{target.id} ")  # the row names the device
+            results.append(Unavailable(target.id, wanted, runtime or found.runtime, reason))
     return results
 
 

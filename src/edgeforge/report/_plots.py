@@ -12,6 +12,7 @@ __all__ = [
     "decide_latency_svg",
     "layer_error_svg",
     "optimize_pareto_svg",
+    "pareto_figure",
     "split_cuts_svg",
     "split_times_svg",
     "work_by_op_type_svg",
@@ -188,7 +189,7 @@ def split_times_svg(result: dict[str, Any]) -> str:
     axes.set_xlim(0, largest * 1.25)
     axes.set_xlabel("end-to-end ms per request (estimated)")
     axes.set_title("Where the time goes")
-    axes.legend(fontsize=8, loc="lower right", ncols=3)
+    axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncols=3, frameon=False)
     return _svg(pyplot, figure)
 
 
@@ -228,19 +229,26 @@ def split_cuts_svg(result: dict[str, Any]) -> str:
 
 
 def optimize_pareto_svg(result: dict[str, Any]) -> str:
-    """`optimize`: size against latency on the device, coloured by accuracy drop.
+    """`optimize`: the Pareto plot of `pareto_figure` as inline SVG ("" with nothing to plot)."""
+    drawn = pareto_figure(result)
+    return _svg(*drawn[:2]) if drawn else ""
+
+
+def pareto_figure(result: dict[str, Any]):
+    """`optimize`: size against latency on the device, coloured by accuracy drop, as
+    (pyplot, figure, axes), or None when no candidate has both figures.
 
     Only the Pareto front and the chosen candidate carry labels (the rest are dots); the axes
     span the data (log when it spans more than tenfold); the colour scale spans the drops that
     occur, and there is no colour bar when every measured drop is the same; the legend sits
-    outside the axes so it never covers a point."""
+    below the axes so it never covers a point."""
     rows = [
         c
         for c in result["candidates"]
         if c.get("size_bytes") is not None and c.get("device_latency_ms") is not None
     ]
     if not rows:
-        return ""
+        return None
     pyplot, figure, axes = _figure(width=8.0, height=4.4)
     xs = [c["size_bytes"] / 1e6 for c in rows]
     ys = [c["device_latency_ms"] for c in rows]
@@ -257,8 +265,9 @@ def optimize_pareto_svg(result: dict[str, Any]) -> str:
             vmin=None if same else low,
             vmax=None if same else high,
             s=[70 if c.get("on_front") else 30 for c in measured],
-            edgecolors=["#c0392b" if c.get("on_front") else "none" for c in measured],
-            linewidths=1.4,
+            # a thin dark rim keeps the palest colours visible on white
+            edgecolors=["#c0392b" if c.get("on_front") else "#556" for c in measured],
+            linewidths=[1.4 if c.get("on_front") else 0.5 for c in measured],
             zorder=3,
             label=f"accuracy drop {low:.2f}% (all)" if same else None,
         )
@@ -342,7 +351,7 @@ def optimize_pareto_svg(result: dict[str, Any]) -> str:
         axes.legend(
             fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.16), ncols=4, frameon=False
         )
-    return _svg(pyplot, figure)
+    return pyplot, figure, axes
 
 
 def _span(set_scale, set_limits, values: list[float]) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -15,6 +17,8 @@ import edgeforge
 from edgeforge.cli import main
 from edgeforge.errors import EdgeforgeError
 from edgeforge.hybrid import cascade
+from edgeforge.report import write_report
+from edgeforge.report.html import render_html
 from edgeforge.zoo.digits import digits_data
 
 
@@ -89,6 +93,12 @@ def test_threshold_meets_target_on_held_out_samples(digits):
         1.0 + held.escalated_share * (latency["network_ms"] + 2.0)
     )
     assert result.cost_per_1k == pytest.approx(1000 * held.escalated_share * 0.0004)
+
+    html = render_html({"cascade": result.to_dict()})  # before: a <pre> of the JSON
+    assert "<pre>" not in html and "<h2>Cascade:" in html
+    assert "<th>cascade accuracy</th>" in html and "<th>expected ms</th>" in html
+    if shots := os.environ.get("EDGEFORGE_SCREENSHOTS"):  # kept to look at (scripts/)
+        write_report({"cascade": result.to_dict()}, Path(shots) / "cascade.html")
 
 
 def test_target_above_reach_reports_the_best(digits):

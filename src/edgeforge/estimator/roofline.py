@@ -547,6 +547,8 @@ def _estimate(
         )
     factors = factors if factors is not None else load_factors()
     notes: list[str] = list(found.notes)
+    if found.precision is not None and precision != found.precision:
+        notes.append(f"estimated at {precision} as asked; the artifact itself is {found.precision}")
     bandwidth = device.memory_bandwidth_gbps.value if device.memory_bandwidth_gbps else None
     if bandwidth is None:
         notes.append("device states no memory bandwidth: memory time not counted")

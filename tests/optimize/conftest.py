@@ -56,3 +56,52 @@ def digits_folder(trained_digits_for_optimize, tmp_path_factory) -> Path:
     np.save(folder / "image.npy", data.test_x)
     np.save(folder / "labels.npy", data.test_y)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> tuple[edgeforge.Model, Path]:
+    """A 2-layer BERT encoder (hidden 32, random weights, built from a config: no download)
+    whose output is `last_hidden_state`, and 24 tokenised sentences with padding as .npz."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    bert = BertModel(config).eval()
+
+    class Encoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids, attention_mask):
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    ids = torch.randint(0, 100, (1, 16))
+    model = edgeforge.load(
+        Encoder().eval(),
+        (ids, torch.ones_like(ids)),
+        input_names=["input_ids", "attention_mask"],
+        output_names=["last_hidden_state"],
+        dynamic_axes={
+            "input_ids": {0: "batch", 1: "seq"},
+            "attention_mask": {0: "batch", 1: "seq"},
+        },
+        workdir=folder / "model",
+    )
+    data = folder / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        mask = np.ones((1, 16), np.int64)
+        mask[0, rng.integers(5, 16) :] = 0  # padding: the attention mask's -inf stand-in is used
+        ids = rng.integers(1, 100, (1, 16)) * mask
+        np.savez(data / f"sentence-{i:02d}.npz", input_ids=ids, attention_mask=mask)
+    return model, data

@@ -4,6 +4,8 @@ scalar weights), and `optimize` judges the encoder by the pooled cosine of its o
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -79,3 +81,34 @@ def test_optimize_judges_an_encoder_by_pooled_cosine(tiny_bert, tmp_path):
         assert candidate.accuracy_drop > 0  # int8 is not bit-exact: a real, measured drop
     data_json = result.to_dict()["data"]
     assert len(data_json["calibration_files"]) + len(data_json["holdout_files"]) == 24
+
+
+@pytest.mark.slow
+def test_an_int8_encoder_that_loses_all_but_its_outlier_dimension_scores_a_real_drop(
+    outlier_bert, tmp_path
+):
+    from edgeforge.evaluate.compare import cosine_similarity
+
+    model, data = outlier_bert
+    result = optimize(
+        model.onnx_path,
+        "laptop-cpu",
+        data,
+        out=tmp_path / "out",
+        runtimes=["onnxruntime"],
+        precisions=["int8-static"],
+        bench_runs=3,
+        cleanup=False,
+    )
+    minmax = result.candidate("onnxruntime/int8-static-minmax")
+    assert minmax.accuracy["metric"] == "cosine"
+    assert minmax.accuracy_drop > 0.3
+    # What a raw cosine of the hidden states says about the same artifact: all is well.
+    import onnxruntime as ort
+
+    feeds = load_data(data, model.inputs).feeds
+    reference = ort.InferenceSession(str(model.onnx_path))
+    quantized = ort.InferenceSession(str(Path(minmax.artifact) / "model.onnx"))
+    want = np.concatenate([reference.run(None, f)[0].ravel() for f in feeds])
+    got = np.concatenate([quantized.run(None, f)[0].ravel() for f in feeds])
+    assert cosine_similarity(want, got) > 0.95

@@ -11,7 +11,8 @@ What a caller can rely on:
   regression (float labels, or a single output column);
 - else the output's nature chooses (see `nature_of`): class scores by top-1 agreement;
   embeddings and hidden states by the cosine of the output pooled over the sequence (with the
-  attention mask when the model takes one), per sample, averaged; images by PSNR; regression
+  attention mask when the model takes one), per sample, averaged, raw and per-dimension
+  standardised, the lower judging (`pooled_cosine`); images by PSNR; regression
   by relative error; boxes by IoU agreement. Never the arg-max of a flattened hidden state,
   which says nothing about an encoder;
 - `drop` is a fraction where 0 is "the same as the original": 1 - agreement (top1, top5,
@@ -146,7 +147,8 @@ def describe_task(task: str) -> str:
         "agreement-top1": "no labels: top-1 agreement with the original; drop = 1 - agreement",
         "agreement-top5": "the original's top-1 among the candidate's top 5; drop = 1 - share",
         "agreement-cosine": "cosine similarity with the original's output (pooled over the "
-        "sequence, with the attention mask when there is one), per sample; drop = 1 - mean",
+        "sequence, with the attention mask when there is one), per sample, raw and with each "
+        "dimension standardised (outlier dimensions cannot hide the rest); drop = 1 - the lower",
         "agreement-mae": "mean absolute error relative to the mean |original|; drop = that",
         "agreement-psnr": "PSNR against the original; drop = 10^(-PSNR/20), the RMS error "
         "over the original's value range",
@@ -215,28 +217,46 @@ def score(
 
 
 def pooled_cosine(reference: Outputs, candidate: Outputs, name: str, feeds: Feeds | None) -> float:
-    """Mean over samples of the cosine between the two outputs, each pooled over its sequence
-    axis (axis 1 of a rank-3 output) with the attention mask when a feed has one of that
-    length, as sentence encoders pool; other ranks are compared per sample as they are."""
+    """The lower of two cosines, each a mean over samples: of the two outputs pooled over their
+    sequence axis (axis 1 of a rank-3 output; with the attention mask when a feed has one of
+    that length, as sentence encoders pool; other ranks as they are), and of the same pooled
+    vectors standardised per dimension by the reference's mean and spread over the samples.
+
+    The second exists because encoders have outlier dimensions (a channel hundreds of times the
+    others, as BERT's LayerNorm outputs have): they dominate a raw cosine, so an int8 encoder
+    that rounds every other dimension to zero still scores ~1.0 raw. Standardised, each
+    dimension counts alike. With one sample there is no spread, and the raw cosine judges."""
     from edgeforge.evaluate.compare import cosine_similarity
 
-    values = []
-    for index, (want_all, got_all) in enumerate(
-        zip((r[name] for r in reference), (c[name] for c in candidate), strict=True)
-    ):
-        want_all = np.asarray(want_all, dtype=np.float64)
-        got_all = np.asarray(got_all, dtype=np.float64)
-        mask = _mask(feeds[index] if feeds else None, want_all)
-        for row in range(len(want_all)):
-            want, got = want_all[row], got_all[row]
-            if want.ndim == 2:  # (sequence, hidden): mean over the tokens that are real
-                weights = np.ones(len(want)) if mask is None else mask[row].astype(np.float64)
+    want, got = _pooled(reference, name, feeds), _pooled(candidate, name, feeds)
+    raw = [cosine_similarity(w, g) for w, g in zip(want, got, strict=True)]
+    if len(want) < 2:
+        return float(np.mean(raw)) if raw else 1.0
+    centre = want.mean(axis=0)
+    spread = want.std(axis=0)
+    spread = np.where(spread > 1e-12 * max(float(spread.max()), 1e-30), spread, np.inf)
+    balanced = [
+        cosine_similarity((w - centre) / spread, (g - centre) / spread)
+        for w, g in zip(want, got, strict=True)
+    ]
+    return float(min(np.mean(raw), np.mean(balanced)))
+
+
+def _pooled(outputs: Outputs, name: str, feeds: Feeds | None) -> np.ndarray:
+    """One flat vector per sample row: rank-3 outputs mean-pooled over axis 1 (masked)."""
+    rows = []
+    for index, output in enumerate(outputs):
+        array = np.asarray(output[name], dtype=np.float64)
+        mask = _mask(feeds[index] if feeds else None, array)
+        for row in range(len(array)):
+            value = array[row]
+            if value.ndim == 2:  # (sequence, hidden): mean over the tokens that are real
+                weights = np.ones(len(value)) if mask is None else mask[row].astype(np.float64)
                 if weights.sum() == 0:
-                    weights = np.ones(len(want))
-                want = (want * weights[:, None]).sum(0) / weights.sum()
-                got = (got * weights[:, None]).sum(0) / weights.sum()
-            values.append(cosine_similarity(want, got))
-    return float(np.mean(values)) if values else 1.0
+                    weights = np.ones(len(value))
+                value = (value * weights[:, None]).sum(0) / weights.sum()
+            rows.append(np.ravel(value))
+    return np.asarray(rows)
 
 
 def _mask(feed: dict[str, np.ndarray] | None, output: np.ndarray) -> np.ndarray | None:

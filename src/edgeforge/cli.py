@@ -186,7 +186,13 @@ def _verify(args: argparse.Namespace) -> int:
         max_samples=args.max_samples,
         preprocess=args.preprocess,
     )
-    _emit(args, "verify", result.to_dict(), lambda: print_verification(result))
+
+    def show() -> None:
+        print_verification(result)
+        for note in result.notes:
+            print(f"note: {note}")
+
+    _emit(args, "verify", result.to_dict(), show)
     return 0 if result.passed else 1
 
 
@@ -442,6 +448,8 @@ def _optimize(args: argparse.Namespace) -> int:
             f"{result.data['source']}",
             markup=False,
         )
+        if judged.get("near_chance"):
+            console.print(f"note: {judged['near_chance']}", markup=False)
         if result.chosen:
             console.print(f"chosen: {result.chosen} -> {result.chosen_path}", markup=False)
         for unmet in result.unmet:

@@ -136,3 +136,38 @@ def test_max_samples_and_preprocess_reach_the_split(digits_model, five_class_ima
     assert described["samples"] == 30 and described["available"] == 100
     assert described["preprocess"]["mean"] == [0.5]
     assert {f.split("/")[0] for f in described["holdout_files"]} == {f"class{c}" for c in range(5)}
+
+
+def test_an_unknown_metric_is_refused_before_any_work(tmp_path, capsys):
+    from edgeforge.cli import main
+
+    code = main(
+        [
+            "optimize", "no-such-model.onnx", "--device", "laptop-cpu",
+            "--data", str(tmp_path), "--metric", "f1", "--out", str(tmp_path / "out"),
+        ]
+    )  # fmt: skip
+    assert code == 2
+    assert "--metric 'f1': choose top1, top5, cosine" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_metric_named_on_the_cli_judges_and_is_reported(tiny_bert, tmp_path, capsys):
+    import json
+
+    from edgeforge.cli import main
+
+    model, data = tiny_bert
+    code = main(
+        [
+            "optimize", str(model.onnx_path), "--device", "laptop-cpu", "--data", str(data),
+            "--runtimes", "onnxruntime", "--precisions", "fp32", "--no-cleanup", "--runs", "3",
+            "--metric", "mae", "--max-samples", "12", "--out", str(tmp_path / "out"), "--json",
+        ]
+    )  # fmt: skip
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert result["reference"]["metric"] == "relative_error"
+    assert "--metric" in result["reference"]["why"]
+    assert result["data"]["samples"] == 12 and result["data"]["available"] == 24
+    assert result["candidates"][0]["accuracy"]["metric"] == "relative_error"

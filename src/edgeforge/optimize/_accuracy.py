@@ -31,7 +31,17 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["METRICS", "Judge", "Outputs", "Score", "describe_task", "judge_for", "score", "task_of"]
+__all__ = [
+    "METRICS",
+    "Judge",
+    "Outputs",
+    "Score",
+    "check_metric",
+    "describe_task",
+    "judge_for",
+    "score",
+    "task_of",
+]
 
 Outputs = list[dict[str, np.ndarray]]  # one dict of named outputs per feed
 Feeds = list[dict[str, np.ndarray]]
@@ -102,6 +112,13 @@ def nature_of(name: str, array: np.ndarray) -> tuple[str, str]:
             return "top1", f"{name} holds class scores ({array.shape[1]}): judged by top-1"
         return "cosine", f"{name} is a wide vector ({array.shape[1]}): judged by cosine"
     return "mae", f"{name} is a regression output: judged by relative error"
+
+
+def check_metric(metric: MetricSpec) -> None:
+    """Refuse an unknown metric name or an unimportable function before any work is done."""
+    if metric is None or callable(metric):
+        return
+    judge_for([{"output": np.zeros((1, 2), np.float32)}], None, metric)
 
 
 def judge_for(reference: Outputs, labels: np.ndarray | None, metric: MetricSpec = None) -> Judge:

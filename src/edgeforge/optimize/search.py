@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeforge.errors import EdgeforgeError
+from edgeforge.optimize._accuracy import check_metric
 from edgeforge.optimize._build import Builder, reference_outputs, reference_summary
 from edgeforge.optimize._data import Split
 from edgeforge.optimize._pareto import (
@@ -127,6 +128,7 @@ def optimize(
         parse_ms(max_latency),
         parse_bytes(max_memory),
     )
+    check_metric(metric)
     unknown = sorted(set(passes) - {"cleanup", *TORCH_PASSES})
     if unknown:
         raise EdgeforgeError(f"unknown pass {unknown[0]!r}; choose from prune, distill")

@@ -239,3 +239,30 @@ def test_a_trained_model_is_not_called_chance(tmp_path):
     labels = np.repeat(np.arange(10), 10)
     assert chance_level(0.9, labels) is None
     assert "within reach of chance" in chance_level(0.12, labels)
+
+
+def test_preprocess_nhwc_bgr_for_a_channels_last_input(tmp_path):
+    from PIL import Image
+
+    from edgeforge.evaluate.data import load_data
+    from edgeforge.model import TensorSpec
+
+    (tmp_path / "cats").mkdir()
+    pixels = np.zeros((4, 6, 3), np.uint8)
+    pixels[..., 0] = 255  # pure red
+    Image.fromarray(pixels).save(tmp_path / "cats" / "a.png")
+    spec = TensorSpec("image", "float32", (1, 4, 6, 3))
+    samples = load_data(tmp_path, (spec,), preprocess="layout=nhwc;channels=bgr;mean=0,0,0.5")
+    image = samples.feeds[0]["image"]
+    assert image.shape == (1, 4, 6, 3)
+    assert image[0, 0, 0].tolist() == [0.0, 0.0, 0.5]  # red is last in BGR, minus its mean
+
+
+def test_images_beside_class_folders_are_refused(digits_model, five_class_images):
+    from PIL import Image
+
+    from edgeforge.evaluate.data import load_data
+
+    Image.fromarray(np.zeros((8, 8), np.uint8), mode="L").save(five_class_images / "stray.png")
+    with pytest.raises(edgeforge.EdgeforgeError, match=r"stray\.png lies beside the class"):
+        load_data(five_class_images, digits_model.inputs)

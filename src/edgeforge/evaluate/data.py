@@ -474,6 +474,12 @@ def _image_items(
     spec = inputs[0]
     hook = resolve_callable(preprocess.hook, "--preprocess hook") if preprocess.hook else None
     classes = sorted({p.parent.name for p in files if p.parent != folder})
+    loose = [p for p in files if p.parent == folder]
+    if classes and loose:
+        raise EdgeforgeError(
+            f"--data {folder}: {loose[0].name} lies beside the class sub-folders "
+            f"({', '.join(classes[:3])}...); move every image into its class's folder"
+        )
     items = []
     for path in files:
 

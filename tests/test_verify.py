@@ -266,3 +266,15 @@ def test_images_beside_class_folders_are_refused(digits_model, five_class_images
     Image.fromarray(np.zeros((8, 8), np.uint8), mode="L").save(five_class_images / "stray.png")
     with pytest.raises(edgeforge.EdgeforgeError, match=r"stray\.png lies beside the class"):
         load_data(five_class_images, digits_model.inputs)
+
+
+def test_a_channels_last_input_is_read_channels_last_without_being_told(tmp_path):
+    from PIL import Image
+
+    from edgeforge.evaluate.data import load_data
+    from edgeforge.model import TensorSpec
+
+    (tmp_path / "dogs").mkdir()
+    Image.fromarray(np.zeros((5, 7, 3), np.uint8)).save(tmp_path / "dogs" / "a.png")
+    spec = TensorSpec("image", "float32", (1, 5, 7, 3))
+    assert load_data(tmp_path, (spec,)).feeds[0]["image"].shape == (1, 5, 7, 3)

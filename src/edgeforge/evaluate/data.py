@@ -74,19 +74,20 @@ _PREPROCESS_FORM = (
 @dataclass(frozen=True)
 class Preprocess:
     """How an image file becomes an input array: pixels / `scale` (255: to [0, 1]), then
-    (x - mean) / std per channel, channels in `channels` order, laid out as `layout`. `hook`
+    (x - mean) / std per channel, channels in `channels` order, laid out as `layout` (None:
+    channels-last when the input's last axis, and not its second, holds 1, 3 or 4). `hook`
     (a `module:function` or `file.py:function`) replaces all of that: it is called with the
     image's path and returns the sample's array (with or without the batch axis)."""
 
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
-    layout: str = "nchw"
+    layout: str | None = None  # nchw | nhwc; None: read from the input's shape
     channels: str | None = None  # rgb | bgr | gray; None: gray for one channel, else rgb
     scale: float = 255.0
     hook: str | None = None
 
     def __post_init__(self) -> None:
-        if self.layout not in ("nchw", "nhwc"):
+        if self.layout not in (None, "nchw", "nhwc"):
             raise EdgeforgeError(f"--preprocess layout={self.layout}: choose nchw or nhwc")
         if self.channels not in (None, "rgb", "bgr", "gray"):
             raise EdgeforgeError(f"--preprocess channels={self.channels}: choose rgb, bgr or gray")
@@ -140,7 +141,7 @@ class Preprocess:
             parts.append(f"- mean {list(self.mean)}")
         if self.std:
             parts.append(f"/ std {list(self.std)}")
-        return " ".join(parts) + f", {self.channels or 'rgb/gray'}, {self.layout}"
+        return " ".join(parts) + f", {self.channels or 'rgb/gray'}, {self.layout or 'auto'}"
 
     def image(self, path: Path, spec: TensorSpec, hook: Callable | None) -> np.ndarray:
         """One image as `spec`'s sample: batch axis of 1, the input's dtype."""
@@ -151,8 +152,11 @@ class Preprocess:
         from PIL import Image
 
         dims = [d if isinstance(d, int) else None for d in spec.shape[1:]]  # type: ignore[index]
+        layout = self.layout or (
+            "nhwc" if dims[2] in (1, 3, 4) and dims[0] not in (1, 3, 4) else "nchw"
+        )
         channels, height, width = (
-            (dims[0], dims[1], dims[2]) if self.layout == "nchw" else (dims[2], dims[0], dims[1])
+            (dims[0], dims[1], dims[2]) if layout == "nchw" else (dims[2], dims[0], dims[1])
         )
         order = self.channels or ("gray" if channels == 1 else "rgb")
         image = Image.open(path).convert("L" if order == "gray" else "RGB")
@@ -172,7 +176,7 @@ class Preprocess:
             array = array - np.asarray(self.mean, dtype=np.float32)
         if self.std:
             array = array / np.asarray(self.std, dtype=np.float32)
-        if self.layout == "nchw":
+        if layout == "nchw":
             array = array.transpose(2, 0, 1)
         return np.ascontiguousarray(array[None]).astype(spec.dtype)
 
@@ -454,13 +458,11 @@ def _npy_items(files: dict[str, Path], inputs: tuple[TensorSpec, ...], folder: P
         # Each sample keeps a batch axis of 1 so it matches the model's rank.
         return lambda: {name: np.array(a[i : i + 1]) for name, a in arrays.items()}
 
-    items = [
+    # Labels that do not line up with the samples are not used (load_data notes it).
+    return [
         _Item(f"{origin}[{i}]", loader(i), labels[i : i + 1] if aligned else None)  # type: ignore[index]
         for i in range(count)
     ]
-    if labels is not None and not aligned:
-        items[0].label_array = None  # labels that do not line up are not used
-    return items
 
 
 def _image_items(

@@ -56,3 +56,20 @@ def bert_base_profile(tmp_path_factory) -> tuple[edgeforge.Profile, torch.nn.Mod
         workdir=tmp_path_factory.mktemp("bert"),
     )
     return profile, module
+
+
+@pytest.fixture
+def five_class_images(tmp_path):
+    """5 classes x 20 grey 8x8 PNGs in class sub-folders: the first 64 files in sorted order
+    hold only classes 0-3, so reading "the first 64" loses a class."""
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    for label in range(5):
+        (folder / f"class{label}").mkdir(parents=True)
+        for i in range(20):
+            pixels = rng.integers(0, 256, (8, 8), dtype=np.uint8)
+            Image.fromarray(pixels, mode="L").save(folder / f"class{label}" / f"{i:02d}.png")
+    return folder

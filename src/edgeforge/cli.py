@@ -92,7 +92,7 @@ def _devices(args: argparse.Namespace) -> int:
     return 0
 
 
-def _data_options(parser: argparse.ArgumentParser) -> None:
+def _data_options(parser: argparse.ArgumentParser, sampling: bool = False) -> None:
     group = parser.add_argument_group("data")
     group.add_argument(
         "--data",
@@ -100,6 +100,24 @@ def _data_options(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="samples: .npz files, <input>.npy files or images (class sub-folders = labels); "
         "without it, inputs are synthesised from the signature, edge values included",
+    )
+    if sampling:
+        _sampling_options(group)
+
+
+def _sampling_options(group: Any) -> None:
+    """How a verb reads --data: how many samples, and how images become inputs."""
+    group.add_argument(
+        "--max-samples",
+        type=int,
+        metavar="N",
+        help="use N samples drawn with a fixed seed, stratified by class (default: all)",
+    )
+    group.add_argument(
+        "--preprocess",
+        metavar="SPEC",
+        help="for images: 'mean=0.485,0.456,0.406;std=0.229,0.224,0.225;layout=nchw;"
+        "channels=rgb' (also scale=255, or hook=module:function / file.py:function)",
     )
 
 
@@ -165,8 +183,16 @@ def _verify(args: argparse.Namespace) -> int:
         rtol=args.rtol,
         atol=args.atol,
         min_cosine=args.min_cosine,
+        max_samples=args.max_samples,
+        preprocess=args.preprocess,
     )
-    _emit(args, "verify", result.to_dict(), lambda: print_verification(result))
+
+    def show() -> None:
+        print_verification(result)
+        for note in result.notes:
+            print(f"note: {note}")
+
+    _emit(args, "verify", result.to_dict(), show)
     return 0 if result.passed else 1
 
 
@@ -397,6 +423,9 @@ def _optimize(args: argparse.Namespace) -> int:
         passes=names(args.passes) or (),
         cleanup=not args.no_cleanup,
         calibration_samples=args.calibration_samples,
+        max_samples=args.max_samples,
+        preprocess=args.preprocess,
+        metric=args.metric,
         timeout=args.timeout,
         bench_runs=args.runs,
     )
@@ -416,6 +445,14 @@ def _optimize(args: argparse.Namespace) -> int:
                 highlight=False,
                 markup=False,
             )
+        judged = result.reference
+        console.print(
+            f"judged by {judged['metric']} of {judged['output']} ({judged['why']}); "
+            f"{result.data['source']}",
+            markup=False,
+        )
+        if judged.get("near_chance"):
+            console.print(f"note: {judged['near_chance']}", markup=False)
         if result.chosen:
             console.print(f"chosen: {result.chosen} -> {result.chosen_path}", markup=False)
         for unmet in result.unmet:
@@ -438,8 +475,14 @@ def _add_optimize(verbs: Any) -> None:
         type=Path,
         required=True,
         metavar="DIR",
-        help="samples (.npz, <input>.npy or images; labels optional): the first part "
-        "calibrates, the rest judges accuracy",
+        help="samples (.npz, <input>.npy or images; labels optional): a part drawn with a "
+        "fixed seed (stratified by class) calibrates, the rest judges accuracy",
+    )
+    _sampling_options(optimize)
+    optimize.add_argument(
+        "--metric",
+        help="what judges accuracy: top1, top5, cosine, mae, psnr, iou, or module:function "
+        "(default: the labels', else chosen from the output)",
     )
     limits = optimize.add_argument_group("limits (a candidate must meet every one given)")
     limits.add_argument("--max-accuracy-drop", metavar="SHARE", help="e.g. 1%% or 0.01")
@@ -518,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("reference", metavar="REFERENCE", help="the source model")
     verify.add_argument("candidate", metavar="CANDIDATE", help="artifact folder or .onnx")
-    _data_options(verify)
+    _data_options(verify, sampling=True)
     _tolerance_options(verify)
     _output_options(verify)
     verify.set_defaults(run=_verify)

@@ -22,6 +22,7 @@ from edgeforge.errors import EdgeforgeError
 __all__ = [
     "OutputComparison",
     "Tolerance",
+    "chance_level",
     "compare",
     "cosine_similarity",
     "relative_error",
@@ -121,6 +122,28 @@ def compare(
         top5=top5,
         passed=not reasons,
         reason="; ".join(reasons),
+    )
+
+
+def chance_level(accuracy: float, labels: Any) -> str | None:
+    """A note when `accuracy` (top-1 against `labels`) is within reach of chance: no better
+    than always answering the commonest class, plus two binomial standard errors. An accuracy
+    gate on such a model proves nothing. None otherwise, or without labels."""
+    if labels is None:
+        return None
+    labels = np.ravel(np.asarray(labels))
+    if labels.size == 0 or labels.dtype.kind not in "iu":
+        return None
+    _, counts = np.unique(labels, return_counts=True)
+    chance = float(counts.max() / labels.size)
+    margin = 2 * float(np.sqrt(chance * (1 - chance) / labels.size))
+    if accuracy > chance + margin:
+        return None
+    return (
+        f"the reference itself scores {accuracy:.1%} top-1 on these labels, within reach of "
+        f"chance ({chance:.1%}: always answering the commonest of {len(counts)} classes, "
+        f"+/- {margin:.1%}): an accuracy gate on it proves nothing; check the labels (class "
+        "folders in sorted order are classes 0, 1, ...), --preprocess and the model"
     )
 
 

@@ -7,7 +7,17 @@ A data folder holds one of:
   `labels.npy`;
 - images (`.png`, `.jpg`, `.jpeg`, `.bmp`) for a single image input, either flat or in one
   sub-folder per class (the class index is the folder's position in sorted order); they are
-  resized to the input's size and scaled to [0, 1], channels first.
+  resized to the input's size, scaled to [0, 1] and laid out as the input is, then normalised
+  as a `Preprocess` says (`--preprocess mean=...;std=...;layout=nchw;channels=rgb`, or a
+  `hook=module:function` / `hook=file.py:function` that turns an image's path into its array).
+
+What a caller can rely on when reading a folder:
+- every sample is used unless `limit` (`--max-samples`) says fewer; then the samples are drawn
+  with a fixed seed, stratified by class when every sample has one integer label (each class
+  keeps its share, and at least one sample while the limit allows), never "the first N files";
+- the samples come back in the folder's sorted order, each with the file (and row) it came
+  from in `Samples.files`; `Samples.available` says how many the folder held;
+- the same folder, limit and seed give the same samples.
 
 Synthesised samples always include edge values: zeros, ones, large magnitudes and negative
 values for float inputs; 0 and the largest valid index for integer inputs (the vocabulary size
@@ -16,15 +26,21 @@ is read from the Gather that consumes the input, when there is one).
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from edgeforge.errors import EdgeforgeError
 from edgeforge.model import Model, TensorSpec
 
-__all__ = ["Samples", "load_data", "synthesize"]
+__all__ = ["SEED", "Preprocess", "Samples", "load_data", "resolve_callable", "synthesize"]
+
+SEED = 0  # every draw from --data uses it: the same folder gives the same samples
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 _EDGE_SAMPLES = 4  # the most edge values any dtype has (floats: 0, 1, -1, 8)
@@ -42,11 +58,179 @@ class Samples:
     labels: np.ndarray | None = None
     source: str = "synthesised"
     notes: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)  # where each feed came from (folder reads)
+    available: int | None = None  # how many samples the folder held (folder reads)
+    preprocess: dict[str, Any] | None = None  # `Preprocess.to_dict()` for image folders
 
 
-def load_data(folder: Path, inputs: tuple[TensorSpec, ...], limit: int = 64) -> Samples:
-    """Read up to `limit` samples from `folder`; raises EdgeforgeError naming what is wrong."""
+_PREPROCESS_KEYS = ("mean", "std", "layout", "channels", "scale", "hook")
+_PREPROCESS_FORM = (
+    "write key=value pairs separated by ';', e.g. "
+    "'mean=0.485,0.456,0.406;std=0.229,0.224,0.225;layout=nchw;channels=rgb' "
+    "(keys: mean, std, layout nchw|nhwc, channels rgb|bgr|gray, scale, hook=module:function)"
+)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an image file becomes an input array: pixels / `scale` (255: to [0, 1]), then
+    (x - mean) / std per channel, channels in `channels` order, laid out as `layout` (None:
+    channels-last when the input's last axis, and not its second, holds 1, 3 or 4). `hook`
+    (a `module:function` or `file.py:function`) replaces all of that: it is called with the
+    image's path and returns the sample's array (with or without the batch axis)."""
+
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    layout: str | None = None  # nchw | nhwc; None: read from the input's shape
+    channels: str | None = None  # rgb | bgr | gray; None: gray for one channel, else rgb
+    scale: float = 255.0
+    hook: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.layout not in (None, "nchw", "nhwc"):
+            raise EdgeforgeError(f"--preprocess layout={self.layout}: choose nchw or nhwc")
+        if self.channels not in (None, "rgb", "bgr", "gray"):
+            raise EdgeforgeError(f"--preprocess channels={self.channels}: choose rgb, bgr or gray")
+        if self.std is not None and any(v == 0 for v in self.std):
+            raise EdgeforgeError("--preprocess std: a standard deviation of 0 divides by zero")
+        if not self.scale > 0:
+            raise EdgeforgeError(f"--preprocess scale={self.scale}: give a positive divisor")
+        if self.hook is not None and (self.mean or self.std or self.channels):
+            raise EdgeforgeError(
+                "--preprocess hook= replaces mean, std and channels (the hook returns the "
+                "finished array); give either the hook or those keys"
+            )
+
+    @classmethod
+    def parse(cls, text: str | Preprocess | None) -> Preprocess | None:
+        """`mean=0.485,0.456,0.406;std=0.229,0.224,0.225;layout=nchw;channels=rgb`."""
+        if text is None or isinstance(text, Preprocess):
+            return text
+        values: dict[str, Any] = {}
+        for part in (p.strip() for p in str(text).split(";")):
+            if not part:
+                continue
+            key, sep, value = (x.strip() for x in part.partition("="))
+            if not sep or key not in _PREPROCESS_KEYS or not value:
+                raise EdgeforgeError(f"--preprocess {part!r}: {_PREPROCESS_FORM}")
+            if key in ("mean", "std"):
+                values[key] = tuple(_number(v, key) for v in value.split(",") if v.strip())
+            elif key == "scale":
+                values[key] = _number(value, key)
+            else:
+                values[key] = value.lower() if key in ("layout", "channels") else value
+        if not values:
+            raise EdgeforgeError(f"--preprocess {text!r}: nothing given; {_PREPROCESS_FORM}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mean": list(self.mean) if self.mean else None,
+            "std": list(self.std) if self.std else None,
+            "layout": self.layout,
+            "channels": self.channels,
+            "scale": self.scale,
+            "hook": self.hook,
+        }
+
+    def describe(self) -> str:
+        if self.hook:
+            return f"hook {self.hook}"
+        parts = [f"pixels / {self.scale:g}"]
+        if self.mean:
+            parts.append(f"- mean {list(self.mean)}")
+        if self.std:
+            parts.append(f"/ std {list(self.std)}")
+        return " ".join(parts) + f", {self.channels or 'rgb/gray'}, {self.layout or 'auto'}"
+
+    def image(self, path: Path, spec: TensorSpec, hook: Callable | None) -> np.ndarray:
+        """One image as `spec`'s sample: batch axis of 1, the input's dtype."""
+        rank = len(spec.shape or ())
+        if hook is not None:
+            array = np.asarray(hook(path))
+            return (array[None] if array.ndim == rank - 1 else array).astype(spec.dtype)
+        from PIL import Image
+
+        dims = [d if isinstance(d, int) else None for d in spec.shape[1:]]  # type: ignore[index]
+        layout = self.layout or (
+            "nhwc" if dims[2] in (1, 3, 4) and dims[0] not in (1, 3, 4) else "nchw"
+        )
+        channels, height, width = (
+            (dims[0], dims[1], dims[2]) if layout == "nchw" else (dims[2], dims[0], dims[1])
+        )
+        order = self.channels or ("gray" if channels == 1 else "rgb")
+        image = Image.open(path).convert("L" if order == "gray" else "RGB")
+        if height and width:
+            image = image.resize((width, height))
+        array = np.asarray(image, dtype=np.float32) / np.float32(self.scale)
+        array = array[..., None] if array.ndim == 2 else array  # HWC
+        if order == "bgr":
+            array = array[..., ::-1]
+        for values, name in ((self.mean, "mean"), (self.std, "std")):
+            if values and len(values) not in (1, array.shape[-1]):
+                raise EdgeforgeError(
+                    f"--preprocess {name} has {len(values)} values for {array.shape[-1]} "
+                    "channels; give one per channel, or one for all"
+                )
+        if self.mean:
+            array = array - np.asarray(self.mean, dtype=np.float32)
+        if self.std:
+            array = array / np.asarray(self.std, dtype=np.float32)
+        if layout == "nchw":
+            array = array.transpose(2, 0, 1)
+        return np.ascontiguousarray(array[None]).astype(spec.dtype)
+
+
+def _number(text: str, key: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise EdgeforgeError(f"--preprocess {key}={text!r}: not a number") from None
+
+
+def resolve_callable(reference: str, flag: str) -> Callable[..., Any]:
+    """`package.module:function` or `path/to/file.py:function` -> the function."""
+    module_name, sep, name = reference.rpartition(":")
+    if not sep or not module_name or not name:
+        raise EdgeforgeError(
+            f"{flag} {reference!r}: name a function as module:function or file.py:function"
+        )
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name)
+            if not path.is_file():
+                raise EdgeforgeError(f"{flag} {reference!r}: no file {path}")
+            spec = importlib.util.spec_from_file_location(f"edgeforge_user_{path.stem}", path)
+            module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+            spec.loader.exec_module(module)  # type: ignore[union-attr]
+        else:
+            module = importlib.import_module(module_name)
+    except EdgeforgeError:
+        raise
+    except Exception as exc:
+        raise EdgeforgeError(
+            f"{flag} {reference!r}: importing {module_name} failed ({type(exc).__name__}: {exc})"
+        ) from None
+    found = getattr(module, name, None)
+    if not callable(found):
+        raise EdgeforgeError(f"{flag} {reference!r}: {module_name} has no function {name!r}")
+    return found
+
+
+def load_data(
+    folder: Path,
+    inputs: tuple[TensorSpec, ...],
+    limit: int | None = None,
+    *,
+    seed: int = SEED,
+    preprocess: Preprocess | str | None = None,
+) -> Samples:
+    """Every sample in `folder`, or `limit` of them drawn with `seed` (stratified by class
+    when there are labels); raises EdgeforgeError naming what is wrong."""
     folder = Path(folder)
+    preprocess = Preprocess.parse(preprocess)
+    if limit is not None and limit < 1:
+        raise EdgeforgeError(f"--max-samples {limit}: give a count of 1 or more")
     if not folder.is_dir():
         raise EdgeforgeError(f"--data {folder}: not a folder; {_LAYOUT}")
     files = sorted(p for p in folder.rglob("*") if p.is_file())
@@ -55,20 +239,117 @@ def load_data(folder: Path, inputs: tuple[TensorSpec, ...], limit: int = 64) -> 
     npz = [p for p in files if p.suffix == ".npz"]
     npy = {p.stem: p for p in files if p.suffix == ".npy"}
     images = [p for p in files if p.suffix.lower() in _IMAGE_SUFFIXES]
+    if preprocess is not None and (npz or npy or not images):
+        raise EdgeforgeError(
+            f"--data {folder}: --preprocess applies to image folders, and this one holds "
+            f"{'.npz' if npz else '.npy' if npy else 'no image'} files; store the inputs "
+            "already preprocessed, or drop --preprocess"
+        )
     if npz:
-        samples = _from_npz(npz, inputs)
+        items = _npz_items(npz, inputs, folder)
     elif npy:
-        samples = _from_npy(npy, inputs, folder)
+        items = _npy_items(npy, inputs, folder)
     elif images:
-        samples = _from_images(images, inputs, folder)
+        items = _image_items(images, inputs, folder, preprocess or Preprocess())
     else:
         raise EdgeforgeError(f"--data {folder}: no .npz, .npy or image files; {_LAYOUT}")
-    samples.feeds = samples.feeds[:limit]
-    if samples.labels is not None:
-        samples.labels = samples.labels[:limit]
+    chosen = draw([item.label for item in items], limit, seed)
+    feeds = [items[i].load() for i in chosen]
+    labels = [items[i].label_array for i in chosen]
+    has_labels = bool(items) and all(item.label_array is not None for item in items)
+    samples = Samples(
+        feeds,
+        np.concatenate(labels) if has_labels and labels else None,
+        _described(items, chosen, folder, limit, seed),
+        files=[items[i].origin for i in chosen],
+        available=len(items),
+        preprocess=preprocess.to_dict() if preprocess is not None else None,
+    )
+    if npy and "labels" in npy and not has_labels:
+        samples.notes.append("labels.npy does not hold one label per sample: labels ignored")
+    if images and preprocess is None:
+        samples.notes.append(
+            "images scaled to [0, 1] with no mean/std normalisation: if the model expects "
+            "normalised inputs, pass --preprocess mean=...;std=..."
+        )
     for feed in samples.feeds:
         _check_feed(feed, inputs, folder)
     return samples
+
+
+def draw(labels: list[int | None], limit: int | None, seed: int = SEED) -> list[int]:
+    """Which of `len(labels)` samples to use, in their original order: all of them, or `limit`
+    drawn with `seed`, stratified by class when every sample has a label (each class keeps its
+    share by largest remainder, and at least one sample while `limit` allows)."""
+    count = len(labels)
+    if limit is None or limit >= count:
+        return list(range(count))
+    rng = np.random.default_rng(seed)
+    if any(label is None for label in labels):
+        return sorted(int(i) for i in rng.choice(count, size=limit, replace=False))
+    by_class: dict[int, list[int]] = {}
+    for index, label in enumerate(labels):
+        by_class.setdefault(int(label), []).append(index)  # type: ignore[arg-type]
+    quotas = allocate({c: len(m) for c, m in by_class.items()}, limit)
+    chosen: list[int] = []
+    for label in sorted(by_class):
+        members = by_class[label]
+        picks = rng.permutation(len(members))[: quotas[label]]
+        chosen += [members[int(i)] for i in picks]
+    return sorted(chosen)
+
+
+def allocate(sizes: dict[int, int], total: int) -> dict[int, int]:
+    """`total` split over classes in proportion to `sizes` (largest remainder), each class
+    getting at least one while `total` covers every class, never more than it holds."""
+    whole = sum(sizes.values())
+    shares = {c: total * n / whole for c, n in sizes.items()}
+    quotas = {c: min(sizes[c], int(share)) for c, share in shares.items()}
+    if total >= len(sizes):
+        for c in sizes:
+            quotas[c] = max(quotas[c], 1)
+    order = sorted(sizes, key=lambda c: (-(shares[c] - int(shares[c])), c))
+    while sum(quotas.values()) < total:
+        grown = False
+        for c in order:
+            if sum(quotas.values()) < total and quotas[c] < sizes[c]:
+                quotas[c] += 1
+                grown = True
+        if not grown:
+            break
+    while sum(quotas.values()) > total:  # the minimum of one overshot: take from the largest
+        largest = max(quotas, key=lambda c: (quotas[c], -c))
+        quotas[largest] -= 1
+    return quotas
+
+
+@dataclass
+class _Item:
+    """One sample of a folder, read only when drawn."""
+
+    origin: str
+    load: Callable[[], dict[str, np.ndarray]]
+    label_array: np.ndarray | None = None
+
+    @property
+    def label(self) -> int | None:
+        """The class, when the sample has exactly one integer label (what stratifies)."""
+        if self.label_array is None or self.label_array.size != 1:
+            return None
+        if np.asarray(self.label_array).dtype.kind not in "iu":
+            return None
+        return int(np.ravel(self.label_array)[0])
+
+
+def _described(items: list[_Item], chosen: list[int], folder: Path, limit, seed: int) -> str:
+    kind = Path(items[0].origin.split("[")[0]).suffix or "files"
+    if len(chosen) == len(items):
+        return f"all {len(items)} samples ({kind}) in {folder}"
+    how = "stratified by class" if all(i.label is not None for i in items) else "at random"
+    return (
+        f"{len(chosen)} of {len(items)} samples ({kind}) in {folder}, drawn {how} with seed "
+        f"{seed} (--max-samples {limit})"
+    )
 
 
 def synthesize(
@@ -136,63 +417,80 @@ def _vocabulary_sizes(model: Model) -> dict[str, int]:
     return sizes
 
 
-def _from_npz(files: list[Path], inputs: tuple[TensorSpec, ...]) -> Samples:
-    feeds, labels = [], []
+def _npz_items(files: list[Path], inputs: tuple[TensorSpec, ...], folder: Path) -> list[_Item]:
+    items = []
     for path in files:
         with np.load(path) as archive:
-            arrays = dict(archive)
-        missing = [t.name for t in inputs if t.name not in arrays]
+            names = set(archive.files)
+            label = np.atleast_1d(archive["label"]) if "label" in names else None
+        missing = [t.name for t in inputs if t.name not in names]
         if missing:
             raise EdgeforgeError(
                 f"--data {path.name}: no array named {missing[0]!r}; each .npz needs arrays "
                 f"named {', '.join(t.name for t in inputs)} (and optionally 'label')"
             )
-        feeds.append({t.name: arrays[t.name] for t in inputs})
-        if "label" in arrays:
-            labels.append(np.atleast_1d(arrays["label"]))
-    return Samples(feeds, np.concatenate(labels) if labels else None, f"{len(files)} .npz files")
+
+        def load(path: Path = path) -> dict[str, np.ndarray]:
+            with np.load(path) as archive:
+                return {t.name: archive[t.name] for t in inputs}
+
+        items.append(_Item(str(path.relative_to(folder)), load, label))
+    return items
 
 
-def _from_npy(files: dict[str, Path], inputs: tuple[TensorSpec, ...], folder: Path) -> Samples:
+def _npy_items(files: dict[str, Path], inputs: tuple[TensorSpec, ...], folder: Path) -> list[_Item]:
     missing = [t.name for t in inputs if t.name not in files]
     if missing:
         raise EdgeforgeError(
             f"--data {folder}: no {missing[0]}.npy; give one <input>.npy per input "
             f"({', '.join(t.name + '.npy' for t in inputs)}) with samples along axis 0"
         )
-    arrays = {t.name: np.load(files[t.name]) for t in inputs}
+    arrays = {t.name: np.load(files[t.name], mmap_mode="r") for t in inputs}
     counts = {len(a) for a in arrays.values()}
     if len(counts) != 1:
         raise EdgeforgeError(f"--data {folder}: the .npy files hold different sample counts")
     count = counts.pop()
-    # Each sample keeps a batch axis of 1 so it matches the model's rank.
-    feeds = [{name: a[i : i + 1] for name, a in arrays.items()} for i in range(count)]
     labels = np.load(files["labels"]) if "labels" in files else None
-    return Samples(feeds, labels, f"{count} samples from .npy files")
+    aligned = labels is not None and len(labels) == count
+    origin = "+".join(f"{t.name}.npy" for t in inputs)
+
+    def loader(i: int) -> Callable[[], dict[str, np.ndarray]]:
+        # Each sample keeps a batch axis of 1 so it matches the model's rank.
+        return lambda: {name: np.array(a[i : i + 1]) for name, a in arrays.items()}
+
+    # Labels that do not line up with the samples are not used (load_data notes it).
+    return [
+        _Item(f"{origin}[{i}]", loader(i), labels[i : i + 1] if aligned else None)  # type: ignore[index]
+        for i in range(count)
+    ]
 
 
-def _from_images(files: list[Path], inputs: tuple[TensorSpec, ...], folder: Path) -> Samples:
-    from PIL import Image
-
+def _image_items(
+    files: list[Path], inputs: tuple[TensorSpec, ...], folder: Path, preprocess: Preprocess
+) -> list[_Item]:
     if len(inputs) != 1 or inputs[0].shape is None or len(inputs[0].shape) != 4:
         raise EdgeforgeError(
-            f"--data {folder}: images fit a model with one NCHW input; this model takes "
-            f"{', '.join(t.name for t in inputs)}"
+            f"--data {folder}: images fit a model with one image input (rank 4, NCHW or NHWC); "
+            f"this model takes {', '.join(t.name for t in inputs)}"
         )
     spec = inputs[0]
-    channels, height, width = (d if isinstance(d, int) else None for d in spec.shape[1:])
+    hook = resolve_callable(preprocess.hook, "--preprocess hook") if preprocess.hook else None
     classes = sorted({p.parent.name for p in files if p.parent != folder})
-    feeds, labels = [], []
+    loose = [p for p in files if p.parent == folder]
+    if classes and loose:
+        raise EdgeforgeError(
+            f"--data {folder}: {loose[0].name} lies beside the class sub-folders "
+            f"({', '.join(classes[:3])}...); move every image into its class's folder"
+        )
+    items = []
     for path in files:
-        image = Image.open(path).convert("L" if channels == 1 else "RGB")
-        if height and width:
-            image = image.resize((width, height))
-        array = np.asarray(image, dtype=np.float32) / 255.0
-        array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-        feeds.append({spec.name: array[None].astype(spec.dtype)})
-        if classes:
-            labels.append(classes.index(path.parent.name))
-    return Samples(feeds, np.asarray(labels) if classes else None, f"{len(files)} images")
+
+        def load(path: Path = path) -> dict[str, np.ndarray]:
+            return {spec.name: preprocess.image(path, spec, hook)}
+
+        label = np.asarray([classes.index(path.parent.name)]) if classes else None
+        items.append(_Item(str(path.relative_to(folder)), load, label))
+    return items
 
 
 def _check_feed(feed: dict[str, np.ndarray], inputs: tuple[TensorSpec, ...], folder: Path) -> None:

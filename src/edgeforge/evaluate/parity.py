@@ -1,8 +1,11 @@
 """`verify`: does a converted or shrunk model still compute what its reference computes?
 
-Both are fed the same inputs (from `--data`, else synthesised with edge values); every output is
+Both are fed the same inputs (from `--data`: every sample unless `max_samples` draws fewer, with
+a fixed seed and stratified by class; images preprocessed as `preprocess` says, recorded in the
+result; else synthesised with edge values); every output is
 compared with precision-dependent tolerances; when they part, the first diverging layer is
-named; with labels, the task metric is reported for both. The candidate is an artifact folder
+named; with labels, the task metric is reported for both, and a reference near chance is
+said to be (a gate on it proves nothing). The candidate is an artifact folder
 written by `convert` (any runtime) or an `.onnx` file (run in ONNX Runtime).
 """
 
@@ -19,8 +22,14 @@ import numpy as np
 from edgeforge._load import load
 from edgeforge._progress import track
 from edgeforge.errors import EdgeforgeError
-from edgeforge.evaluate.compare import OutputComparison, Tolerance, compare, tolerance_for
-from edgeforge.evaluate.data import Samples, load_data, synthesize
+from edgeforge.evaluate.compare import (
+    OutputComparison,
+    Tolerance,
+    chance_level,
+    compare,
+    tolerance_for,
+)
+from edgeforge.evaluate.data import Preprocess, Samples, load_data, synthesize
 from edgeforge.evaluate.localize import Divergence, first_divergence, reference_intermediates
 from edgeforge.model import Model, TensorSpec
 from edgeforge.runtimes import Artifact, Manifest, get_runtime
@@ -45,6 +54,8 @@ class Verification:
     task_metric: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
     created: str = ""
+    samples_available: int | None = None  # how many --data held (None: synthesised)
+    preprocess: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -54,7 +65,9 @@ class Verification:
             "precision": self.precision,
             "tolerance": {k: _finite(v) for k, v in self.tolerance.to_dict().items()},
             "samples": self.samples,
+            "samples_available": self.samples_available,
             "data": self.data,
+            "preprocess": self.preprocess,
             "passed": self.passed,
             "outputs": [o.to_dict() for o in self.outputs],
             "divergence": self.divergence.to_dict() if self.divergence else None,
@@ -104,6 +117,8 @@ def verify(
     atol: float | None = None,
     min_cosine: float | None = None,
     localize: bool = True,
+    max_samples: int | None = None,
+    preprocess: Preprocess | str | None = None,
 ) -> Verification:
     """Compare `candidate` against `reference` (anything `edgeforge.load` takes)."""
     model = load(reference)
@@ -112,9 +127,14 @@ def verify(
     precision = precision or artifact.manifest.recipe.get("precision", "fp32")
     tolerance = tolerance_for(precision, rtol=rtol, atol=atol, min_cosine=min_cosine)
     # The artifact's own input shapes: some runtimes fix dynamic dimensions when they convert.
-    samples = (
-        load_data(Path(data), artifact.inputs) if data else _synthesize(model, artifact, precision)
-    )
+    if data:
+        samples = load_data(Path(data), artifact.inputs, limit=max_samples, preprocess=preprocess)
+    elif preprocess is not None or max_samples is not None:
+        raise EdgeforgeError(
+            "--preprocess and --max-samples read a --data folder; pass --data as well"
+        )
+    else:
+        samples = _synthesize(model, artifact, precision)
     runtime = get_runtime(artifact.runtime)
 
     import onnxruntime as ort
@@ -147,7 +167,14 @@ def verify(
         task_metric=_task_metric(samples, expected[0], got[0]),
         notes=list(samples.notes),
         created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        samples_available=samples.available,
+        preprocess=samples.preprocess,
     )
+    if result.task_metric and result.task_metric["metric"] == "top-1 accuracy":
+        note = chance_level(result.task_metric["reference"], samples.labels)
+        result.task_metric["near_chance"] = note is not None
+        if note:
+            result.notes.append(note)
     if not passed and localize:
         result.divergence = _localize(model, artifact, runtime, samples, expected, got, tolerance)
     return result

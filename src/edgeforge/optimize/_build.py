@@ -30,10 +30,11 @@ import numpy as np
 from edgeforge._io import write_json
 from edgeforge._progress import track
 from edgeforge.errors import EdgeforgeError
-from edgeforge.evaluate.data import load_data
+from edgeforge.evaluate.compare import chance_level
+from edgeforge.evaluate.data import Samples
 from edgeforge.model import Model
-from edgeforge.optimize._accuracy import describe_task, score, task_of
-from edgeforge.optimize._data import ALL_SAMPLES, Split
+from edgeforge.optimize._accuracy import describe_task, judge_for, score
+from edgeforge.optimize._data import Split
 from edgeforge.optimize._plan import BUILT, Candidate, Variant
 from edgeforge.recipe import Recipe
 
@@ -54,16 +55,28 @@ def reference_outputs(model: Model, split: Split) -> list[dict[str, np.ndarray]]
             return [session.run(feed) for feed in split.held_out]
 
 
-def reference_summary(reference: list[dict[str, np.ndarray]], split: Split) -> dict[str, Any]:
-    task = task_of(reference, split.labels_held_out)
-    same = score(reference, reference, split.labels_held_out)
-    return {
+def reference_summary(
+    reference: list[dict[str, np.ndarray]], split: Split, metric: Any = None
+) -> dict[str, Any]:
+    """What judged the candidates and why, the original's own value, and whether that value is
+    within reach of chance (an accuracy gate on a chance-level model proves nothing)."""
+    judge = judge_for(reference, split.labels_held_out, metric)
+    task = judge.task
+    same = score(reference, reference, split.labels_held_out, feeds=split.held_out, metric=metric)
+    summary = {
         "task": task,
         "task_means": describe_task(task),
         "metric": same.metric,
+        "output": judge.output,
+        "why": judge.why,
         "value": same.reference,
         "measured_with": "onnxruntime fp32 on the held-out part",
+        "near_chance": None,
     }
+    if judge.task == "classification":
+        found = chance_level(same.reference or 0.0, split.labels_held_out)
+        summary["near_chance"] = found
+    return summary
 
 
 class Builder:
@@ -79,8 +92,12 @@ class Builder:
         timeout: float,
         parallel: int | None,
         bench_runs: int,
+        metric: Any = None,
+        calibration_folder: Path | None = None,
     ):
         self.out = out
+        self.metric = metric
+        self.calibration_folder = calibration_folder
         self.device = device
         self.split = split
         self.reference = reference
@@ -156,8 +173,9 @@ class Builder:
             "model": variant.onnx_model if hub == "onnx" else variant.torch_model,
             "recipe": candidate.recipe,
             "folder": str(self._folder(candidate) / "artifact"),
-            "data": str(self.split.folder),
-            "calibration": self.split.calibration,
+            "feeds": self.split.held_out,
+            "calibration_feeds": self.split.calibration_feeds,
+            "metric": self.metric,
             "reference": self.reference,
             "labels": self.split.labels_held_out,
             "calibration_labels": self.split.labels_calibration,
@@ -174,7 +192,7 @@ class Builder:
                 warmup=3,
                 runs=self.bench_runs,
                 repeats=1,
-                data=self.split.folder,
+                data=self.calibration_folder or self.split.folder,
                 timeout=self.timeout,
             )
         except EdgeforgeError as exc:
@@ -258,22 +276,22 @@ def _build_and_score(job: dict[str, Any]) -> dict[str, Any]:
             f"cannot run here ({available.reason}): accuracy and latency here unmeasured"
         )
         return outcome
-    feeds = load_data(Path(job["data"]), model.inputs, limit=ALL_SAMPLES).feeds
+    feeds = job["feeds"]
     with runtime.open(artifact) as session:
-        outputs = [session.run(feed) for feed in feeds[job["calibration"] :]]
-    found = score(outputs, job["reference"], job["labels"])
+        outputs = [session.run(feed) for feed in feeds]
+    found = score(outputs, job["reference"], job["labels"], feeds=feeds, metric=job["metric"])
     return outcome | {"status": "evaluated", "accuracy": found.to_dict()}
 
 
 def _sensitive_recipe(model: Model, recipe: Recipe, job: dict[str, Any]):
     from edgeforge.optimize.sensitivity import keep_float_until
 
-    samples = load_data(Path(job["data"]), model.inputs, limit=job["calibration"])
+    feeds = job["calibration_feeds"]
     labels = job["calibration_labels"]
-    samples.labels = labels
+    samples = Samples(feeds, labels, "the calibration part of --data")
 
     def metric(reference, candidate) -> float:
-        return 1.0 - score(candidate, reference, labels).drop
+        return 1.0 - score(candidate, reference, labels, feeds=feeds, metric=job["metric"]).drop
 
     found = keep_float_until(model, recipe, samples, metric, job["sensitivity"]["limit"])
     kept = len(found.excluded)

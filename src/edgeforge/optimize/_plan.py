@@ -9,7 +9,8 @@ What a caller can rely on:
 - candidates follow the device's runtime order; a runtime that is not installed here, or that
   needs a torch program the source lacks, is skipped with a reason (once, for the first variant);
 - int8-static comes once per calibration method where the runtime takes that option, its recipe
-  reading the calibration part through `data` and `calibration_samples`;
+  reading the calibration part (written as .npz under `out/data/`) through `data` and
+  `calibration_samples`;
 - a candidate's key (its folder under `out/candidates/`) digests the source model, the passes,
   the runtime and its tool versions, the recipe, the data and the split, and the benchmark runs:
   equal keys mean the same build and the same measurement;
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = ["BUILT", "TORCH_PASSES", "Candidate", "Planner", "Variant"]
 
-_CACHE_VERSION = 1  # bump when what a cached candidate holds changes
+_CACHE_VERSION = 2  # bump when what a cached candidate holds changes
 # Runtimes whose int8-static recipe takes `calibration_method`, for those that do not declare
 # it themselves (a runtime may set a `calibration_methods` attribute).
 _CALIBRATION_METHODS = {
@@ -96,10 +97,26 @@ class Variant:
 class Planner:
     """The variants and candidates for one model, device and split."""
 
-    def __init__(self, out: Path, model: Model, device: Device, split: Split, bench_runs: int):
+    def __init__(
+        self,
+        out: Path,
+        model: Model,
+        device: Device,
+        split: Split,
+        bench_runs: int,
+        calibration_folder: Path | None = None,
+        metric: Any = None,
+    ):
         from edgeforge.runtimes.base import model_sha256
 
+        # The metric is part of every key: a cached candidate holds its score.
+        self.metric = (
+            f"{getattr(metric, '__module__', '')}:{getattr(metric, '__qualname__', '')}"
+            if callable(metric)
+            else metric
+        )
         self.out = out
+        self.calibration_folder = calibration_folder or split.folder
         self.model = model
         self.device = device
         self.split = split
@@ -159,7 +176,7 @@ class Planner:
         from edgeforge.passes.prune import prune
 
         fine_tune = Samples(
-            self.split.samples.feeds[: self.split.calibration],
+            self.split.calibration_feeds,
             self.split.labels_calibration,
             f"the calibration part of --data {self.split.folder}",
         )
@@ -225,7 +242,10 @@ class Planner:
     def _recipes(self, runtime, precision) -> list[tuple[str, dict[str, Any]]]:
         if precision != "int8-static":
             return [("", {})]
-        options = {"data": str(self.split.folder), "calibration_samples": self.split.calibration}
+        options = {
+            "data": str(self.calibration_folder),
+            "calibration_samples": self.split.calibration,
+        }
         methods = getattr(runtime, "calibration_methods", None) or _CALIBRATION_METHODS.get(
             runtime.name, ()
         )
@@ -250,6 +270,7 @@ class Planner:
                 self.split.digest,
                 self.split.calibration,
                 self.bench_runs,
+                self.metric,
                 extra,
             ]
         )[:20]

@@ -2,10 +2,16 @@
 front, and choose the best one that meets the user's limits.
 
 What a caller can rely on:
-- `--data` is split deterministically: the first `calibration` samples (in the folder's sorted
-  order) calibrate int8-static recipes (the recipes read them through their `data` and
-  `calibration_samples` options) and fine-tune prune/distill; every accuracy figure and every
-  limit is judged on the rest, the held-out part, which no candidate has seen;
+- `--data` (every sample, or `max_samples` drawn with a fixed seed, stratified by class) is
+  split deterministically, stratified by class where there are labels (`_data.Split`): the
+  calibration part is written under `out/data/` and calibrates int8-static recipes (through
+  their `data` and `calibration_samples` options) and fine-tunes prune/distill; every accuracy
+  figure and every limit is judged on the rest, the held-out part, which no candidate has seen;
+  `data.calibration_files` and `data.holdout_files` name them;
+- one metric judges every candidate, chosen from `metric`, the labels, or the output's nature
+  (`_accuracy`); `reference.metric`, `reference.output` and `reference.why` say which and why,
+  and a reference that is near chance on labelled data is said to be (`reference.near_chance`
+  and a note);
 - candidates are, for each runtime the device lists that is installed here, every precision
   the runtime says it builds (`Runtime.precisions`), int8-static once per calibration method
   where the runtime takes that option, the ONNX clean-up pass before the ONNX-hub runtimes,
@@ -32,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeforge.errors import EdgeforgeError
+from edgeforge.optimize._accuracy import check_metric
 from edgeforge.optimize._build import Builder, reference_outputs, reference_summary
 from edgeforge.optimize._data import Split
 from edgeforge.optimize._pareto import (
@@ -96,6 +103,9 @@ def optimize(
     passes: tuple[str, ...] | list[str] = (),
     cleanup: bool = True,
     calibration_samples: int | None = None,
+    max_samples: int | None = None,
+    preprocess: Any = None,
+    metric: Any = None,
     timeout: float = 600,
     parallel: int | None = None,
     bench_runs: int = 30,
@@ -104,7 +114,10 @@ def optimize(
 ) -> OptimizeResult:
     """Search the candidates for `device` on `data`; write `out/chosen/`, `out/optimize.json`
     and `out/report.html`. Limits: a share ('1%' or 0.01), bytes ('5MB'), milliseconds
-    ('10ms', on the device, estimated) and bytes of peak memory."""
+    ('10ms', on the device, estimated) and bytes of peak memory. `preprocess`: a
+    `evaluate.data.Preprocess` or its text form, for image folders; `metric`: one of
+    `_accuracy.METRICS`, a 'module:function' / 'file.py:function', or a callable
+    (reference outputs, candidate outputs) -> score, 1 meaning identical."""
     from edgeforge._load import load
     from edgeforge.devices import get_device
 
@@ -115,19 +128,35 @@ def optimize(
         parse_ms(max_latency),
         parse_bytes(max_memory),
     )
+    check_metric(metric)
     unknown = sorted(set(passes) - {"cleanup", *TORCH_PASSES})
     if unknown:
         raise EdgeforgeError(f"unknown pass {unknown[0]!r}; choose from prune, distill")
     target = get_device(device)
     out = Path(out)
     model = load(source, example_inputs, workdir=out / "source", **load_options)
-    split = Split.read(Path(data), model, calibration_samples)
-    planner = Planner(out, model, target, split, bench_runs)
+    split = Split.read(Path(data), model, calibration_samples, max_samples, preprocess)
+    calibration_folder = split.write_calibration(out)
+    planner = Planner(out, model, target, split, bench_runs, calibration_folder, metric)
     reference = reference_outputs(model, split)
+    summary = reference_summary(reference, split, metric)
     notes: list[str] = []
+    if summary["near_chance"]:
+        notes.append(summary["near_chance"])
     variants = planner.variants(source, example_inputs, cleanup, tuple(passes), notes)
     plans, skipped = planner.plan(variants, runtimes, precisions)
-    builder = Builder(out, target, split, reference, variants, timeout, parallel, bench_runs)
+    builder = Builder(
+        out,
+        target,
+        split,
+        reference,
+        variants,
+        timeout,
+        parallel,
+        bench_runs,
+        metric,
+        calibration_folder,
+    )
     builder.evaluate(plans)
     kept_float = planner.sensitivity(plans, limits.max_accuracy_drop, notes)
     if kept_float is not None:
@@ -144,7 +173,7 @@ def optimize(
         out=str(out),
         limits={**limits.to_dict(), "latency_means": f"estimated on {target.id}"},
         data=split.describe(),
-        reference=reference_summary(reference, split),
+        reference=summary,
         candidates=plans,
         chosen=chosen,
         chosen_path=chosen_path,

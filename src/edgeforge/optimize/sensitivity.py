@@ -17,6 +17,7 @@ What a caller can rely on:
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 import tempfile
@@ -285,9 +286,9 @@ class _Workspace:
 
         from edgeforge.runtimes._ort_quantize import quiet
 
-        with quiet():
+        with quiet(logging.CRITICAL):
             matching = debug.create_weight_matching(str(self.prepared), str(quantized))
-        return {name: _finite(v) for name, v in debug.compute_weight_error(matching).items()}
+        return {name: _weight_sqnr(m["float"], m["dequantized"]) for name, m in matching.items()}
 
 
 def _base_name(tensor: str) -> str:
@@ -324,6 +325,20 @@ def _typical_sqnr(before: list[np.ndarray], after: list[np.ndarray]) -> float:
     if typical == 0.0:
         return _CEILING_DB
     return float(np.clip(20 * np.log10(typical / (step / np.sqrt(12))), _FLOOR_DB, _CEILING_DB))
+
+
+def _weight_sqnr(weight: np.ndarray, dequantized: np.ndarray) -> float:
+    """Whole-tensor SQNR (dB) of a weight. ONNX Runtime's own `compute_weight_error` fails on
+    scalar weights (transformers have them: a scale, a LayerNorm epsilon), whose dequantized
+    value comes back as a numpy scalar (`TypeError: numpy.float32 has no len()`)."""
+    want = np.ravel(np.asarray(weight, dtype=np.float64))
+    got = np.ravel(np.asarray(dequantized, dtype=np.float64))
+    if want.shape != got.shape:
+        return _CEILING_DB  # not a weight the quantizer rewrote in place: nothing to rank
+    epsilon = float(np.finfo(np.float64).eps)
+    signal = max(float(np.linalg.norm(want)), epsilon)
+    ratio = signal / max(float(np.linalg.norm(want - got)), epsilon)
+    return _finite(float(np.clip(20 * np.log10(ratio), _FLOOR_DB, _CEILING_DB)))
 
 
 def _finite(value: float) -> float:

@@ -4,7 +4,8 @@ A recipe names its calibration data with two options:
 - `data`: a folder that `evaluate.data.load_data` reads (.npz, .npy or images); absent, samples
   are synthesised from the model's signature, and `calibration_note` says so, because ranges
   measured on synthetic inputs rarely match deployment;
-- `calibration_samples`: how many samples to use (default `DEFAULT_COUNT`).
+- `calibration_samples`: how many samples to use (default `DEFAULT_COUNT`), drawn from the
+  folder with a fixed seed, stratified by class when it has labels (`load_data`).
 
 Every runtime quantizes with its own tool; this module only decides which inputs it sees.
 """

@@ -6,7 +6,12 @@
 - int8-static: `quant_pre_process`, then `quantize_static` in QDQ format with calibration;
   activations uint8 and weights int8 by default, without reduce_range, because that is what
   ONNX Runtime's x86 kernels run fastest with VNNI (measured on resnet18: about 2.6x faster
-  than fp32, where int8 activations were 1.1x);
+  than fp32, where int8 activations were 1.1x). Tensors that carry a stand-in for -inf (the
+  attention mask of transformers: `finfo(float32).min` where a token is padding) are never
+  quantized nor calibrated: one uint8 range spanning 3.4e38 rounds every real attention score
+  to zero, and ONNX Runtime's histogram calibrators (entropy, percentile) cannot bin it at all
+  (`ValueError: Too many bins for data range`). The nodes that read or write them stay float;
+  histogram calibration runs here, on the other tensors, into ONNX Runtime's calibration cache;
 - int4-weight: `MatMulNBitsQuantizer` (symmetric blocks) on MatMul weights and embedding
   tables (Gather); Gemm nodes with constant weights are first rewritten as MatMul + Add,
   which the quantizer takes.
@@ -45,6 +50,17 @@ __all__ = [
 DEFAULT_CALIBRATION_SAMPLES = 64
 DEFAULT_BLOCK_SIZE = 128
 _PROTOBUF_LIMIT = (1 << 31) - (1 << 26)  # 2 GB, less a margin for the graph itself
+# A float constant this large stands in for -inf or +inf (finfo(float32).min is -3.4e38).
+_INFINITY_STAND_IN = 1e30
+# Ops through which such a value flows on unchanged in size: (op, which inputs carry data; None
+# for all). Shape-like inputs (Reshape's shape, Where's condition) never carry it.
+_CARRIES = {
+    **{op: None for op in ("Add", "Sub", "Mul", "Div", "Max", "Min", "Neg", "Sum", "Mean")},
+    **{op: None for op in ("Cast", "Identity", "Transpose", "Concat", "Abs", "Clip")},
+    **{op: (0,) for op in ("Reshape", "Expand", "Slice", "Tile", "Unsqueeze", "Squeeze")},
+    **{op: (0,) for op in ("Gather", "GatherElements", "GatherND", "Pad", "Flatten")},
+    "Where": (1, 2),
+}
 
 
 def quantize(model: Model, recipe: Recipe, source: Path, out: Path) -> list[str]:
@@ -104,6 +120,18 @@ def quantize_int8_static(
             else (source, [])
         )
         check_excluded_nodes(recipe, source, prepared)
+        stand_ins, kept = infinity_stand_ins(prepared)
+        excluded = list(recipe.option("nodes_to_exclude", []))
+        excluded += [name for name in kept if name not in excluded]
+        if kept:
+            notes.append(
+                f"{len(kept)} node(s) that carry a stand-in for -inf (an attention mask) kept "
+                "in float: one int8 range spanning it would round every other value to zero"
+            )
+        if method != "minmax":
+            calibration_cache = calibration_cache or Path(scratch) / "calibration.json"
+            if not calibration_cache.is_file():
+                _histogram_calibration(prepared, samples, method, stand_ins, calibration_cache)
         with quiet():
             quantize_static(
                 str(prepared),
@@ -114,7 +142,7 @@ def quantize_int8_static(
                 reduce_range=False,
                 activation_type=QuantType.QUInt8 if activation == "uint8" else QuantType.QInt8,
                 weight_type=QuantType.QInt8,
-                nodes_to_exclude=list(recipe.option("nodes_to_exclude", [])),
+                nodes_to_exclude=excluded,
                 calibrate_method=_calibration_method(method),
                 calibration_providers=["CPUExecutionProvider"],
                 use_external_data_format=_large(source),
@@ -127,6 +155,73 @@ def quantize_int8_static(
         f"{'per channel' if per_channel else 'per tensor'}, {method} calibration"
         + _excluded_note(recipe),
     ]
+
+
+def infinity_stand_ins(path: Path) -> tuple[set[str], list[str]]:
+    """The float tensors of the model at `path` that can hold a stand-in for -inf or +inf (a
+    constant of magnitude >= 1e30, and what it flows into unchanged: the additive attention
+    mask of transformers), and the names of the nodes that read or write them."""
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(path), load_external_data=False)
+    carrying: set[str] = set()
+    for tensor in proto.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL and _huge(
+            numpy_helper.to_array(tensor)
+        ):
+            carrying.add(tensor.name)
+    nodes: list[str] = []
+    for node in proto.graph.node:  # topological order: a tensor is marked before it is read
+        if node.op_type == "Constant":
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None and _huge(numpy_helper.to_array(value)):
+                carrying.update(node.output)
+            continue
+        reads = [i for i, name in enumerate(node.input) if name in carrying]
+        if not reads:
+            continue
+        if node.name:
+            nodes.append(node.name)
+        positions = _CARRIES.get(node.op_type, ())
+        if positions is None or any(i in positions for i in reads):
+            carrying.update(node.output)
+    for node in proto.graph.node:  # the nodes that write them (a Where choosing the mask)
+        writes = node.op_type != "Constant" and set(node.output) & carrying
+        if writes and node.name and node.name not in nodes:
+            nodes.append(node.name)
+    return carrying, nodes
+
+
+def _huge(array: np.ndarray) -> bool:
+    return (
+        array.dtype.kind == "f"
+        and array.size > 0
+        and bool(np.max(np.abs(array.astype(np.float64))) >= _INFINITY_STAND_IN)
+    )
+
+
+def _histogram_calibration(
+    prepared: Path, samples: Samples, method: str, skip: set[str], cache: Path
+) -> None:
+    """Entropy or percentile ranges from ONNX Runtime's own calibrator, written to `cache`
+    (which `quantize_static` then reads instead of calibrating), leaving out the tensors in
+    `skip`: their nodes stay float, and their values cannot be binned."""
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    op_types = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
+    with tempfile.TemporaryDirectory(prefix="edgeforge-calibrate-") as scratch, quiet():
+        calibrator = create_calibrator(
+            prepared,
+            op_types,
+            augmented_model_path=str(Path(scratch) / "augmented.onnx"),
+            calibrate_method=_calibration_method(method),
+            use_external_data_format=_large(prepared),
+            providers=["CPUExecutionProvider"],
+        )
+        calibrator.tensors_to_calibrate = set(calibrator.tensors_to_calibrate) - skip
+        calibrator.collect_data(CalibrationReader(samples))
+        save_tensors_data(calibrator.compute_data(), cache)
 
 
 def _fp16(source: Path, out: Path, recipe: Recipe) -> list[str]:
@@ -308,8 +403,15 @@ def prepare_for_quantization(source: Path, out: Path) -> tuple[Path, list[str]]:
     cannot prepare is quantized as it is, and the notes say so."""
     from onnxruntime.quantization import quant_pre_process
 
+    source, out = Path(source).resolve(), Path(out).resolve()
     try:
-        with quiet():
+        # Its symbolic shape inference, when incomplete, saves a copy of the model into the
+        # working folder (sym_shape_infer_temp.onnx and its weights); keep that in a scratch one.
+        with (
+            quiet(),
+            tempfile.TemporaryDirectory(prefix="edgeforge-prepare-") as scratch,
+            contextlib.chdir(scratch),
+        ):
             quant_pre_process(str(source), str(out), save_as_external_data=_large(source))
     except Exception as exc:
         return source, [f"quant_pre_process skipped ({first_line(exc)})"]
@@ -354,13 +456,14 @@ def _save(proto: onnx.ModelProto, out: Path) -> None:
 
 
 @contextlib.contextmanager
-def quiet() -> Iterator[None]:
+def quiet(level: int = logging.ERROR) -> Iterator[None]:
     """ONNX Runtime's quantizers log advice at WARNING through the root logger; keep it out of
-    our output (the notes say what matters)."""
+    our output (the notes say what matters). Pass a higher `level` for calls that log expected
+    mismatches as errors."""
     root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
+    before = root.level
+    root.setLevel(level)
     try:
         yield
     finally:
-        root.setLevel(level)
+        root.setLevel(before)

@@ -142,8 +142,9 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _POINTS_ABOVE = re.compile(
     r"\b(warnings?|errors?|error messages?|logs?|stack ?trace|output)\s+above\b", re.I
 )
+# `Type: text` at a line's start or after a log prefix ("W1205 ... __init__.py:348] ").
 _EXCEPTION_LINE = re.compile(
-    r"^\s*((?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception|Failure)): (.+)$"
+    r"(?:^|[\s\]])((?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception|Failure)): (.+)$"
 )
 
 
@@ -153,7 +154,7 @@ def real_cause(message: str, log_text: str) -> str:
     if not _POINTS_ABOVE.search(message):
         return message
     for line in reversed(log_text.splitlines()):
-        match = _EXCEPTION_LINE.match(line)
+        match = _EXCEPTION_LINE.search(line)
         if match and not _POINTS_ABOVE.search(match.group(2)):
             cause = f"{match.group(1).rsplit('.', 1)[-1]}: {match.group(2).strip()}"[:300]
             return f"{message} [cause: {cause}]"

@@ -168,7 +168,7 @@ def _verify(args: argparse.Namespace) -> int:
         min_cosine=args.min_cosine,
     )
     _emit(args, "verify", result.to_dict(), lambda: print_verification(result))
-    return 0 if result.passed else 1
+    return result.exit_code
 
 
 def _bench(args: argparse.Namespace) -> int:

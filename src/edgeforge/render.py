@@ -96,6 +96,7 @@ def print_verification(result) -> None:
         console.print(
             f"{m['metric']}: reference {m['reference']:.4g}, candidate {m['candidate']:.4g}"
         )
+    _print_verdict(result.verdict, result.exit_code)
 
 
 def print_check(report) -> None:

@@ -53,6 +53,7 @@ class LiteRTSession(Session):
 
             try:
                 self._interpreter = Interpreter(model_path=str(artifact.path), num_threads=threads)
+                self._interpreter.allocate_tensors()  # XNNPACK's banner prints here, silenced
                 self._runner = self._interpreter.get_signature_runner()
             except (ValueError, RuntimeError) as exc:
                 raise EdgeforgeError(

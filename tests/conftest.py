@@ -56,3 +56,21 @@ def bert_base_profile(tmp_path_factory) -> tuple[edgeforge.Profile, torch.nn.Mod
         workdir=tmp_path_factory.mktemp("bert"),
     )
     return profile, module
+
+
+@pytest.fixture(scope="session")
+def digits_factory(tmp_path_factory) -> str:
+    """The digits CNN as a user hands it to the CLI: a 'file.py:factory' reference whose
+    factory returns (module, example inputs, export options); it carries a torch program, so
+    every runtime can build it."""
+    path = tmp_path_factory.mktemp("factory") / "digits_factory.py"
+    path.write_text(
+        "import torch\n"
+        "from edgeforge.zoo import DigitsCNN\n\n\n"
+        "def digits():\n"
+        "    torch.manual_seed(0)\n"
+        "    options = {'input_names': ['image'], 'output_names': ['logits'],\n"
+        "               'dynamic_axes': {'image': {0: 'batch'}}}\n"
+        "    return DigitsCNN().eval(), torch.randn(1, 1, 8, 8), options\n"
+    )
+    return f"{path}:digits"

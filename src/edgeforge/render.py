@@ -48,7 +48,9 @@ def _print_verdict(verdict: str, exit_code: int) -> None:
     """The one line that explains the exit code, last, where a CI log's reader looks."""
     style = "green" if exit_code == 0 else "red"
     head, sep, rest = verdict.partition(": ")
-    output_console().print(f"[bold {style}]{escape(head)}[/]{sep}{escape(rest)}", highlight=False)
+    output_console().print(
+        f"[bold {style}]{escape(head)}[/]{sep}{escape(rest)}", highlight=False, soft_wrap=True
+    )
 
 
 def _print_logs(logs: dict[str, str]) -> None:

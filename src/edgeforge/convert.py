@@ -132,15 +132,11 @@ class CheckReport:
     def verdict(self) -> str:
         """One line that explains the exit code."""
         checked = [n for n, r in self.runtimes.items() if r["status"] == "checked"]
-        severities = Counter(f["severity"] for f in self.findings)
+        severities = sorted(Counter(f["severity"] for f in self.findings).items())
+        by_severity = f" ({', '.join(f'{n} {s}' for s, n in severities)})" if severities else ""
         facts = [
             f"{len(checked)} of {len(self.runtimes)} runtimes checked",
-            f"{len(self.findings)} finding(s)"
-            + (
-                f" ({', '.join(f'{n} {s}' for s, n in sorted(severities.items()))})"
-                if severities
-                else ""
-            ),
+            f"{len(self.findings)} finding(s){by_severity}",
         ]
         unavailable = [
             f"{name} ({_reason(r['detail'])})"

@@ -153,6 +153,8 @@ _RUNTIME_MODULES = {
 
 def _child_main(work: Work, job: Job, results, log: Path) -> None:
     """In the child: run the job with its output captured; put exactly one result."""
+    # Imported here, not above: the fork server imports this module (through _forkserver)
+    # before it has quieted the libraries that the runtimes package pulls in.
     from edgeforge.runtimes import RuntimeUnavailable
 
     if not verbose():

@@ -154,7 +154,7 @@ _RUNTIME_MODULES = {
 def _child_main(work: Work, job: Job, results, log: Path) -> None:
     """In the child: run the job with its output captured; put exactly one result."""
     # Imported here, not above: the fork server imports this module (through _forkserver)
-    # before it has quieted the libraries that the runtimes package pulls in.
+    # first, to quiet itself before its preloads, so the module's own imports stay light.
     from edgeforge.runtimes import RuntimeUnavailable
 
     if not verbose():

@@ -73,3 +73,21 @@ def five_class_images(tmp_path):
             pixels = rng.integers(0, 256, (8, 8), dtype=np.uint8)
             Image.fromarray(pixels, mode="L").save(folder / f"class{label}" / f"{i:02d}.png")
     return folder
+
+
+@pytest.fixture(scope="session")
+def digits_factory(tmp_path_factory) -> str:
+    """The digits CNN as a user hands it to the CLI: a 'file.py:factory' reference whose
+    factory returns (module, example inputs, export options); it carries a torch program, so
+    every runtime can build it."""
+    path = tmp_path_factory.mktemp("factory") / "digits_factory.py"
+    path.write_text(
+        "import torch\n"
+        "from edgeforge.zoo import DigitsCNN\n\n\n"
+        "def digits():\n"
+        "    torch.manual_seed(0)\n"
+        "    options = {'input_names': ['image'], 'output_names': ['logits'],\n"
+        "               'dynamic_axes': {'image': {0: 'batch'}}}\n"
+        "    return DigitsCNN().eval(), torch.randn(1, 1, 8, 8), options\n"
+    )
+    return f"{path}:digits"

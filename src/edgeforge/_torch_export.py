@@ -29,7 +29,7 @@ import onnx
 
 from edgeforge._onnx_file import open_onnx
 from edgeforge._progress import status
-from edgeforge.errors import EdgeforgeError, first_line
+from edgeforge.errors import EdgeforgeError, first_line, logged_cause
 from edgeforge.model import Model, Provenance, TorchParameters
 
 __all__ = ["ExportOptions", "export_module", "export_program", "load_factory"]
@@ -113,7 +113,7 @@ def export_program(path: Path, out_dir: Path) -> Model:
     import torch
 
     try:
-        with _quiet():  # torch.export logs its own traceback before raising
+        with _quiet(), logged_cause("torch.export"):  # it logs the cause, then raises
             program = torch.export.load(str(path))
     except Exception as exc:
         raise EdgeforgeError(

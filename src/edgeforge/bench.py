@@ -78,7 +78,7 @@ def bench(
 
     Inputs come from `data`, else are synthesised at `shapes` (input name -> full shape; it
     must keep the input's rank and fixed sizes) with the remaining dynamic axes at defaults."""
-    from edgeforge.convert import _run_children
+    from edgeforge._children import run_children
 
     if warmup < 0 or runs < 1 or repeats < 1 or not batches or min(batches) < 1:
         raise EdgeforgeError("--warmup >= 0, --runs >= 1, --repeats >= 1 and batches >= 1")
@@ -100,7 +100,7 @@ def bench(
         }
         # The first repeat also runs the runtime's profiler, after its timed runs.
         jobs = [job | {"profile": index == 0} for index in range(repeats)]
-        outcomes = _run_children(_measure, jobs, timeout, 1, "Benchmarking")
+        outcomes = run_children(_measure, jobs, timeout, 1, "Benchmarking")
         failed = [o for o in outcomes if "latencies" not in o]
         if failed:
             raise EdgeforgeError(

@@ -135,7 +135,7 @@ def _check(args: argparse.Namespace) -> int:
 
     report = check(args.model, args.runtime, timeout=args.timeout)
     _emit(args, "check", report.to_dict(), lambda: print_check(report))
-    return 0
+    return report.exit_code
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -150,9 +150,10 @@ def _convert(args: argparse.Namespace) -> int:
         data=args.data,
         options=_recipe_options(args.option),
         timeout=args.timeout,
+        require=args.require,
     )
     _emit(args, "convert", result.to_dict(), lambda: print_conversion(result))
-    return 0 if result.all_verified else 1
+    return result.exit_code
 
 
 def _recipe_options(pairs: list[str]) -> dict[str, Any]:
@@ -193,7 +194,7 @@ def _verify(args: argparse.Namespace) -> int:
             print(f"note: {note}")
 
     _emit(args, "verify", result.to_dict(), show)
-    return 0 if result.passed else 1
+    return result.exit_code
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -512,6 +513,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Take a trained model to a verified, measured model on edge devices.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument(
+        "--verbose", action="store_true", help="show what the runtimes' libraries print"
+    )
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     inspect = verbs.add_parser(
@@ -552,6 +556,12 @@ def build_parser() -> argparse.ArgumentParser:
         "block_size=32 (repeatable)",
     )
     convert.add_argument("--timeout", type=float, default=600, help="seconds per target")
+    convert.add_argument(
+        "--require",
+        metavar="R,...",
+        help="targets that must verify here (exit 1 otherwise), or 'all'; by default a target "
+        "this machine cannot run (Core ML off macOS, a runtime not installed) fails nothing",
+    )
     _data_options(convert)
     _output_options(convert)
     convert.set_defaults(run=_convert)
@@ -738,7 +748,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _one_line_warnings()
+    _quiet_by_default(args.verbose)
     try:
         return args.run(args)
     except EdgeforgeError as exc:
@@ -760,11 +770,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _one_line_warnings() -> None:
-    def show(message, category, filename, lineno, file=None, line=None) -> None:
-        print(f"edgeforge: warning: {message}", file=sys.stderr)
+def _quiet_by_default(verbose: bool) -> None:
+    from edgeforge._quiet import quiet_libraries, set_verbose, show_warning
 
-    warnings.showwarning = show
+    if verbose:
+        set_verbose(True)
+    quiet_libraries()
+    warnings.showwarning = show_warning
 
 
 if __name__ == "__main__":  # pragma: no cover

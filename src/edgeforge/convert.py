@@ -11,21 +11,17 @@ Invariants:
 
 from __future__ import annotations
 
-import contextlib
-import multiprocessing
-import queue
-import time
-import traceback
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeforge._children import FAILED, in_child, run_children
 from edgeforge._load import load
-from edgeforge._progress import progress_bar
 from edgeforge.errors import EdgeforgeError
 from edgeforge.model import Model
 from edgeforge.recipe import Recipe
-from edgeforge.runtimes import RuntimeUnavailable, get_runtime, runtime_names
+from edgeforge.runtimes import get_runtime, runtime_names
 
 __all__ = ["CheckReport", "Conversion", "TargetResult", "check", "convert", "parse_targets"]
 
@@ -51,6 +47,7 @@ class TargetResult:
     size_bytes: int | None = None
     seconds: float = 0.0
     verification: dict[str, Any] | None = None
+    log: str = ""  # the tail of what the child printed, kept only when it failed
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__, meaning=STATUSES.get(self.status, ""))
@@ -58,32 +55,129 @@ class TargetResult:
 
 @dataclass
 class Conversion:
+    """The targets' results and one verdict on them.
+
+    The verdict passes (exit code 0) when every target that can run here verified: a target
+    this machine cannot execute (`built-not-run`) or whose runtime is not installed
+    (`not-installed`) is named with the reason but fails nothing, unless it is `required`.
+    It fails (exit code 1) when a target failed, a required one did not verify, or nothing
+    could even be built."""
+
     source: str
     out: str
     precision: str
     targets: list[TargetResult] = field(default_factory=list)
+    required: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self._problems() == [] else 1
 
     @property
     def all_verified(self) -> bool:
+        """Every target verified, or built and validated where it cannot run here."""
         return all(t.status in ("verified", "built-not-run") for t in self.targets)
+
+    @property
+    def verdict(self) -> str:
+        """One line that explains the exit code."""
+        problems = self._problems()
+        verified = [t.runtime for t in self.targets if t.status == "verified"]
+        facts = [f"{len(verified)} of {len(self.targets)} targets verified"]
+        facts += _named(self.targets, "built-not-run", "built but not run here")
+        facts += _named(self.targets, "not-installed", "not available here")
+        head = "FAIL" if problems else "PASS"
+        return f"{head} (exit {self.exit_code}): " + "; ".join([*problems, *facts])
+
+    def _problems(self) -> list[str]:
+        """Why the conversion fails, one phrase each; [] when it passes."""
+        problems = [f"{t.runtime} {t.status}" for t in self.targets if t.status in FAILED]
+        unmet = [
+            f"{t.runtime} ({t.status}: {_reason(t.detail)})"
+            for t in self.targets
+            if t.runtime in self.required and t.status != "verified" and t.status not in FAILED
+        ]
+        if unmet:
+            problems.append(f"required but not verified: {', '.join(unmet)}")
+        if self.targets and all(t.status == "not-installed" for t in self.targets):
+            problems.append("no target's runtime is installed here, so nothing was built")
+        return problems
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "source": self.source,
             "out": self.out,
             "precision": self.precision,
+            "required": self.required,
+            "verdict": self.verdict,
+            "exit_code": self.exit_code,
             "targets": [t.to_dict() for t in self.targets],
         }
 
 
 @dataclass
 class CheckReport:
+    """What each runtime said about a model. Findings are advice, not failures: the exit
+    code is 1 only when a runtime's check itself did not finish (it crashed, timed out)."""
+
     source: str
     findings: list[dict[str, Any]]
     runtimes: dict[str, dict[str, Any]]  # name -> status, detail, seconds
 
+    @property
+    def exit_code(self) -> int:
+        return 1 if self._unfinished() else 0
+
+    @property
+    def verdict(self) -> str:
+        """One line that explains the exit code."""
+        checked = [n for n, r in self.runtimes.items() if r["status"] == "checked"]
+        severities = sorted(Counter(f["severity"] for f in self.findings).items())
+        by_severity = f" ({', '.join(f'{n} {s}' for s, n in severities)})" if severities else ""
+        facts = [
+            f"{len(checked)} of {len(self.runtimes)} runtimes checked",
+            f"{len(self.findings)} finding(s){by_severity}",
+        ]
+        unavailable = [
+            f"{name} ({_reason(r['detail'])})"
+            for name, r in self.runtimes.items()
+            if r["status"] == "not-installed"
+        ]
+        if unavailable:
+            facts.append(f"not available here: {', '.join(unavailable)}")
+        unfinished = self._unfinished()
+        problems = [f"check did not finish on {', '.join(unfinished)}"] if unfinished else []
+        head = "FAIL" if problems else "OK"
+        return f"{head} (exit {self.exit_code}): " + "; ".join([*problems, *facts])
+
+    def _unfinished(self) -> list[str]:
+        return [f"{n} ({r['status']})" for n, r in self.runtimes.items() if r["status"] in FAILED]
+
     def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "runtimes": self.runtimes, "findings": self.findings}
+        return {
+            "source": self.source,
+            "verdict": self.verdict,
+            "exit_code": self.exit_code,
+            "runtimes": self.runtimes,
+            "findings": self.findings,
+        }
+
+
+def _named(targets: list[TargetResult], status: str, label: str) -> list[str]:
+    """['label: a (reason), b (reason)'] for the targets with `status`, [] when none."""
+    named = [f"{t.runtime} ({_reason(t.detail)})" for t in targets if t.status == status]
+    return [f"{label}: {', '.join(named)}"] if named else []
+
+
+def _reason(detail: str) -> str:
+    """The first clause of a status detail, without the 'cannot run here' / 'runtime x'
+    prefixes: 'Core ML runs only on macOS/iOS'."""
+    text = detail.split(";")[0].strip()
+    for prefix in ("cannot run here: ", "runtime "):
+        if text.startswith(prefix):
+            text = text[len(prefix) :]
+    name, sep, rest = text.partition(": ")
+    return rest if sep and " " not in name else text
 
 
 def parse_targets(text: str | list[str]) -> list[str]:
@@ -98,6 +192,20 @@ def parse_targets(text: str | list[str]) -> list[str]:
     return names
 
 
+def _required(require: str | list[str] | None, targets: list[str]) -> list[str]:
+    """The runtimes that must verify: valid names among the targets ('all': every target)."""
+    if not require:
+        return []
+    names = targets if require in ("all", ["all"]) else parse_targets(require)
+    missing = [name for name in names if name not in targets]
+    if missing:
+        raise EdgeforgeError(
+            f"--require {','.join(missing)}: not among the targets ({','.join(targets)}); "
+            "add it to --to or drop it from --require"
+        )
+    return names
+
+
 def convert(
     source: Any,
     targets: str | list[str],
@@ -108,19 +216,22 @@ def convert(
     options: dict[str, Any] | None = None,
     timeout: float = 600,
     parallel: int = 2,
+    require: str | list[str] | None = None,
     **load_options: Any,
 ) -> Conversion:
     """Build every target from `source` into `out/<runtime>/`, then load, run and verify it.
 
     `options` are the recipe's (see `edgeforge.recipe`); an int8-static recipe calibrates on
     `data` unless `options` name another folder. Up to `parallel` targets run at once, each in
-    its own process limited to `timeout` s."""
+    its own process limited to `timeout` s. `require` names targets that must verify here
+    (see `Conversion.verdict`); the others may be unable to run on this machine."""
     names = parse_targets(targets)
+    required = _required(require, names)
     calibration = {"data": str(data)} if data and precision == "int8-static" else {}
     recipe = Recipe(precision, {**calibration, **(options or {})})
     out = Path(out)
     model = load(source, workdir=out / "source", **load_options)
-    result = Conversion(model.provenance.source, str(out), precision)
+    result = Conversion(model.provenance.source, str(out), precision, required=required)
     jobs = [
         {
             "model": model,
@@ -131,7 +242,7 @@ def convert(
         }
         for name in names
     ]
-    outcomes = _run_children(_convert_one, jobs, timeout, parallel, "Converting")
+    outcomes = run_children(_convert_one, jobs, timeout, parallel, "Converting")
     result.targets = [TargetResult(**outcome) for outcome in outcomes]
     return result
 
@@ -150,115 +261,18 @@ def check(
     findings: list[dict[str, Any]] = []
     status: dict[str, dict[str, Any]] = {}
     jobs = [{"model": model, "runtime": name} for name in names]
-    for outcome in _run_children(_check_one, jobs, timeout, parallel, "Checking"):
+    for outcome in run_children(_check_one, jobs, timeout, parallel, "Checking"):
         findings += outcome.pop("findings", [])
         status[outcome["runtime"]] = outcome
     return CheckReport(model.provenance.source, findings, status)
 
 
-# -- child processes ---------------------------------------------------------------------------
+# Older names: bench and optimize start their children through these.
+_run_children = run_children
+_in_child = in_child
 
 
-def _run_children(
-    work, jobs: list[dict[str, Any]], timeout: float, parallel: int, label: str
-) -> list[dict[str, Any]]:
-    """Run `work(job)` for every job, each in a fresh process, at most `parallel` at a time;
-    results come back in the jobs' order. A crash or a time-out becomes a result too."""
-    context = _context([job["runtime"] for job in jobs])
-    pending = list(enumerate(jobs))
-    running: dict[int, tuple[Any, Any, float]] = {}
-    results: dict[int, dict[str, Any]] = {}
-    with progress_bar(label, len(jobs)) as advance:
-        while pending or running:
-            while pending and len(running) < max(1, parallel):
-                index, job = pending.pop(0)
-                channel = context.Queue()
-                process = context.Process(
-                    target=_child_main, args=(work, job, channel), daemon=True
-                )
-                process.start()
-                running[index] = (process, channel, time.perf_counter())
-            for index, (process, channel, started) in list(running.items()):
-                outcome = _collect(process, channel, started, timeout, jobs[index]["runtime"])
-                if outcome is not None:
-                    results[index] = outcome
-                    del running[index]
-                    advance()
-            time.sleep(0.05)
-    return [results[i] for i in range(len(jobs))]
-
-
-def _in_child(work, job: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """One job in its own process (see `_run_children`)."""
-    return _run_children(work, [job], timeout, 1, job["runtime"])[0]
-
-
-def _collect(process, channel, started: float, timeout: float, runtime: str):
-    """The child's result if it is done (or dead, or out of time), else None."""
-    elapsed = time.perf_counter() - started
-    outcome = None
-    with contextlib.suppress(queue.Empty):
-        outcome = channel.get_nowait()
-    if outcome is None and process.is_alive() and elapsed < timeout:
-        return None
-    if outcome is None and not process.is_alive():  # died; take a last look at the channel
-        with contextlib.suppress(queue.Empty):
-            outcome = channel.get(timeout=1)
-    process.join(timeout=10)
-    if process.is_alive():
-        process.kill()
-        process.join()
-    if outcome is None:
-        timed_out = elapsed >= timeout
-        outcome = {
-            "runtime": runtime,
-            "status": "timed-out" if timed_out else "crashed",
-            "detail": f"no result after {timeout:g} s"
-            if timed_out
-            else f"the process died (exit code {process.exitcode})",
-        }
-    return outcome | {"seconds": round(time.perf_counter() - started, 2)}
-
-
-def _context(runtimes: list[str]):
-    """Children fork from a clean server process that imported the heavy modules once, so a
-    target costs its conversion, not another interpreter start (and never inherits the
-    parent's threads, as a plain fork would). The server starts with the first call,
-    preloading what that call's runtimes import; later calls share it."""
-    context = multiprocessing.get_context("forkserver")
-    modules = [m for name in runtimes for m in _RUNTIME_MODULES.get(name, ())]
-    context.set_forkserver_preload([*_PRELOAD, *dict.fromkeys(modules)])
-    return context
-
-
-# Imported once in the fork server; a module that is not installed is skipped there. OpenVINO
-# is not: importing it starts threads (since 2025.0), and a child forked from a multi-threaded
-# process can deadlock (openvino issue 28944); one optimize run here hung its full time limit.
-_PRELOAD = ["edgeforge.convert", "edgeforge.evaluate.parity", "numpy", "onnx", "onnxruntime"]
-_RUNTIME_MODULES = {
-    "litert": ("torch", "litert_torch", "ai_edge_litert.interpreter"),
-    "executorch": ("torch", "executorch.exir", "executorch.runtime"),
-    "coreml": ("torch", "coremltools"),
-}
-
-
-def _child_main(work, job: dict[str, Any], results) -> None:
-    try:
-        outcome = work(job)
-    except RuntimeUnavailable as exc:
-        outcome = {"runtime": job["runtime"], "status": "not-installed", "detail": str(exc)}
-    except EdgeforgeError as exc:
-        outcome = {"runtime": job["runtime"], "status": "unsupported", "detail": str(exc)}
-    except Exception as exc:  # report the converter's own failure in one line
-        last = traceback.extract_tb(exc.__traceback__)[-1]
-        where = f"{Path(last.filename).name}:{last.lineno}"
-        first = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else ""
-        outcome = {
-            "runtime": job["runtime"],
-            "status": "failed",
-            "detail": f"{type(exc).__name__}: {first} (at {where})",
-        }
-    results.put(outcome)
+# -- the work of one child (see edgeforge._children) -------------------------------------------
 
 
 def _convert_one(job: dict[str, Any]) -> dict[str, Any]:

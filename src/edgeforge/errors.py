@@ -6,9 +6,12 @@ prints it without a traceback and exits with status 2; the Python API lets it pr
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
+from collections.abc import Iterator
 
-__all__ = ["EdgeforgeError", "first_line"]
+__all__ = ["EdgeforgeError", "first_line", "logged_cause"]
 
 
 class EdgeforgeError(Exception):
@@ -32,3 +35,38 @@ def first_line(exc: BaseException) -> str:
     text = _ANSI.sub("", str(exc)).strip()
     line = text.splitlines()[0][:300] if text else ""
     return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+
+
+@contextlib.contextmanager
+def logged_cause(logger: str) -> Iterator[None]:
+    """Within the block, an exception that `logger` logs with its traceback (instead of
+    printing it) becomes the `__cause__` of the exception the block raises, so `first_line`
+    finds the real cause. torch.export.load does this: it logs the deserialisation error,
+    then raises "check the warnings above". The logged record is kept, not printed."""
+    target = logging.getLogger(logger)
+    recorder = _Recorder()
+    saved = target.level, target.propagate, target.handlers
+    target.setLevel(logging.WARNING)  # wins over a caller's silencing of the logger
+    target.propagate = False
+    target.handlers = [recorder]  # torch attaches its stderr handler to the logger itself
+    try:
+        yield
+    except Exception as exc:
+        if exc.__cause__ is None and recorder.exception is not None:
+            exc.__cause__ = recorder.exception
+        raise
+    finally:
+        target.setLevel(saved[0])
+        target.propagate, target.handlers = saved[1], saved[2]
+
+
+class _Recorder(logging.Handler):
+    """Keeps the last exception that was logged with `exc_info`."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.exception: BaseException | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info and record.exc_info[1] is not None:
+            self.exception = record.exc_info[1]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from rich.markup import escape
 from rich.table import Table
 
@@ -35,8 +37,28 @@ def print_conversion(result) -> None:
             f"{target.seconds:.1f}",
             escape(target.detail),
         )
-    output_console().print(table)
-    output_console().print(f"artifacts in {result.out}/<runtime>/ (each with manifest.json)")
+    console = output_console()
+    console.print(table)
+    console.print(f"artifacts in {result.out}/<runtime>/ (each with manifest.json)")
+    _print_verdict(result.verdict, result.exit_code)
+    _print_logs({t.runtime: t.log for t in result.targets})
+
+
+def _print_verdict(verdict: str, exit_code: int) -> None:
+    """The one line that explains the exit code, last, where a CI log's reader looks."""
+    style = "green" if exit_code == 0 else "red"
+    head, sep, rest = verdict.partition(": ")
+    output_console().print(
+        f"[bold {style}]{escape(head)}[/]{sep}{escape(rest)}", highlight=False, soft_wrap=True
+    )
+
+
+def _print_logs(logs: dict[str, str]) -> None:
+    """What failed children printed (kept only on failure), on stderr under a header each."""
+    for runtime, log in logs.items():
+        if log:
+            print(f"edgeforge: {runtime} printed, before it failed:", file=sys.stderr)
+            print("\n".join(f"  {line}" for line in log.splitlines()), file=sys.stderr)
 
 
 def print_verification(result) -> None:
@@ -76,6 +98,7 @@ def print_verification(result) -> None:
         console.print(
             f"{m['metric']}: reference {m['reference']:.4g}, candidate {m['candidate']:.4g}"
         )
+    _print_verdict(result.verdict, result.exit_code)
 
 
 def print_check(report) -> None:
@@ -88,11 +111,17 @@ def print_check(report) -> None:
     console.print(runtimes)
     if not report.findings:
         console.print("no findings: every checked runtime takes the model as it is")
-        return
+    else:
+        console.print(_findings_table(report.findings))
+    _print_verdict(report.verdict, report.exit_code)
+    _print_logs({name: outcome.get("log", "") for name, outcome in report.runtimes.items()})
+
+
+def _findings_table(found: list[dict]) -> Table:
     findings = Table(title="findings")
     for column in ("runtime", "severity", "op", "what", "workaround", "evidence"):
         findings.add_column(column, overflow="fold")
-    for f in report.findings:
+    for f in found:
         findings.add_row(
             f["runtime"],
             f["severity"],
@@ -101,7 +130,7 @@ def print_check(report) -> None:
             f["workaround"],
             f.get("evidence", ""),
         )
-    console.print(findings)
+    return findings
 
 
 def print_bench(result) -> None:

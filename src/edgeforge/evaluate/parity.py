@@ -57,8 +57,27 @@ class Verification:
     samples_available: int | None = None  # how many --data held (None: synthesised)
     preprocess: dict[str, Any] | None = None
 
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.passed else 1
+
+    @property
+    def verdict(self) -> str:
+        """One line that explains the exit code."""
+        if self.passed:
+            return (
+                f"PASS (exit 0): every output within {self.precision} tolerance on "
+                f"{self.samples} samples"
+            )
+        why = "; ".join(f"{o.name}: {o.reason}" for o in self.outputs if o.reason)
+        if self.divergence is not None and self.divergence.found:
+            why += f"; first diverges at {self.divergence.node} ({self.divergence.op_type})"
+        return f"FAIL (exit 1): {why}"
+
     def to_dict(self) -> dict[str, Any]:
         return {
+            "verdict": self.verdict,
+            "exit_code": self.exit_code,
             "reference": self.reference,
             "candidate": self.candidate,
             "runtime": self.runtime,

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from edgeforge._cache import remember
-from edgeforge.errors import EdgeforgeError, first_line
+from edgeforge.errors import EdgeforgeError, first_line, logged_cause
 from edgeforge.model import Model, TensorSpec
 from edgeforge.recipe import Recipe
 from edgeforge.runtimes._quantize_coreml import (
@@ -279,7 +279,7 @@ def _load_program(path: Path) -> Any:
     import torch
 
     try:
-        with _quiet():
+        with _quiet(), logged_cause("torch.export"):
             program = torch.export.load(str(path))
     except Exception as exc:
         raise EdgeforgeError(

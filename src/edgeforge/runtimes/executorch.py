@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from edgeforge._cache import remember
-from edgeforge.errors import EdgeforgeError
+from edgeforge.errors import EdgeforgeError, logged_cause
 from edgeforge.model import Model
 from edgeforge.recipe import Recipe
 from edgeforge.runtimes._native import ANSI, census, first_line, silenced
@@ -239,7 +239,8 @@ def _load_program(model: Model) -> Any:
     import torch
 
     try:
-        return torch.export.load(str(model.torch_program))
+        with logged_cause("torch.export"):
+            return torch.export.load(str(model.torch_program))
     except Exception as exc:  # torch raises whatever its unpickling and checks raise
         raise EdgeforgeError(
             f"{model.torch_program}: cannot load the torch.export program ({first_line(exc)}); "

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from edgeforge._cache import remember
-from edgeforge.errors import EdgeforgeError
+from edgeforge.errors import EdgeforgeError, logged_cause
 from edgeforge.model import Model
 from edgeforge.recipe import Recipe
 from edgeforge.runtimes._native import ANSI, census, first_line, silenced
@@ -53,6 +53,7 @@ class LiteRTSession(Session):
 
             try:
                 self._interpreter = Interpreter(model_path=str(artifact.path), num_threads=threads)
+                self._interpreter.allocate_tensors()  # XNNPACK's banner prints here, silenced
                 self._runner = self._interpreter.get_signature_runner()
             except (ValueError, RuntimeError) as exc:
                 raise EdgeforgeError(
@@ -268,7 +269,8 @@ def _convert(model: Model) -> tuple[bytes, dict[str, tuple[int, ...]]]:
         import litert_torch
 
         try:
-            program = torch.export.load(str(model.torch_program))
+            with logged_cause("torch.export"):
+                program = torch.export.load(str(model.torch_program))
         except Exception as exc:  # torch raises whatever its unpickling and checks raise
             raise EdgeforgeError(
                 f"{model.torch_program}: cannot load the torch.export program "

@@ -1,0 +1,187 @@
+"""Child processes: the one place where edgeforge starts a process to run its own code.
+
+`convert`, `check`, `bench` and `optimize` run each job here. Invariants:
+- every job runs in a fresh process forked from a fork server that imported the heavy modules
+  once, with a time limit; a crash or a hang costs that job only and becomes a `crashed` or
+  `timed-out` result; results come back in the jobs' order;
+- a child never runs the caller's `__main__` again, so a script without an
+  `if __name__ == "__main__":` guard that calls `convert` runs once (see `_forkserver`);
+- a child's output (Python's and the native libraries') goes to a log file that the parent
+  reads once the child has ended and attaches, as `log`, only to a failed result; with
+  `EDGEFORGE_VERBOSE=1` it passes through to the terminal instead;
+- a failure's `detail` is one line naming the innermost real cause, not a message that points
+  at output the user never saw.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import queue
+import shutil
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edgeforge._progress import progress_bar
+from edgeforge._quiet import capture_output, flush_native_streams, log_tail, real_cause, verbose
+from edgeforge.errors import EdgeforgeError, first_line
+
+__all__ = ["CHILD_PREFIX", "FAILED", "in_child", "run_children"]
+
+Job = dict[str, Any]
+Work = Callable[[Job], dict[str, Any]]
+
+# Process names start with this; the fork server recognises its edgeforge children by it.
+CHILD_PREFIX = "edgeforge-"
+# Statuses of a job that went wrong (the others: done, or could not run on this machine).
+FAILED = ("parity-failed", "unsupported", "crashed", "timed-out", "failed")
+
+
+def run_children(
+    work: Work, jobs: list[Job], timeout: float, parallel: int, label: str
+) -> list[dict[str, Any]]:
+    """Run `work(job)` for every job, each in a fresh process, at most `parallel` at a time;
+    results come back in the jobs' order. A crash or a time-out becomes a result too."""
+    context = _context([job["runtime"] for job in jobs])
+    logs = Path(tempfile.mkdtemp(prefix="edgeforge-logs-"))
+    pending = list(enumerate(jobs))
+    running: dict[int, tuple[Any, Any, float]] = {}
+    results: dict[int, dict[str, Any]] = {}
+    try:
+        with progress_bar(label, len(jobs)) as advance:
+            while pending or running:
+                while pending and len(running) < max(1, parallel):
+                    index, job = pending.pop(0)
+                    channel = context.Queue()
+                    process = context.Process(
+                        target=_child_main,
+                        args=(work, job, channel, logs / f"{index}.log"),
+                        name=f"{CHILD_PREFIX}{job['runtime']}",
+                        daemon=True,
+                    )
+                    process.start()
+                    running[index] = (process, channel, time.perf_counter())
+                for index, (process, channel, started) in list(running.items()):
+                    outcome = _collect(process, channel, started, timeout, jobs[index]["runtime"])
+                    if outcome is not None:
+                        results[index] = _with_log(outcome, logs / f"{index}.log")
+                        del running[index]
+                        advance()
+                time.sleep(0.05)
+    finally:
+        shutil.rmtree(logs, ignore_errors=True)
+    return [results[i] for i in range(len(jobs))]
+
+
+def in_child(work: Work, job: Job, timeout: float) -> dict[str, Any]:
+    """One job in its own process (see `run_children`)."""
+    return run_children(work, [job], timeout, 1, job["runtime"])[0]
+
+
+def _collect(process, channel, started: float, timeout: float, runtime: str):
+    """The child's result if it is done (or dead, or out of time), else None."""
+    elapsed = time.perf_counter() - started
+    outcome = None
+    with contextlib.suppress(queue.Empty):
+        outcome = channel.get_nowait()
+    if outcome is None and process.is_alive() and elapsed < timeout:
+        return None
+    if outcome is None and not process.is_alive():  # died; take a last look at the channel
+        with contextlib.suppress(queue.Empty):
+            outcome = channel.get(timeout=1)
+    process.join(timeout=10)
+    if process.is_alive():
+        process.kill()
+        process.join()
+    if outcome is None:
+        timed_out = elapsed >= timeout
+        outcome = {
+            "runtime": runtime,
+            "status": "timed-out" if timed_out else "crashed",
+            "detail": f"no result after {timeout:g} s"
+            if timed_out
+            else f"the process died (exit code {process.exitcode})",
+        }
+    return outcome | {"seconds": round(time.perf_counter() - started, 2)}
+
+
+def _with_log(outcome: dict[str, Any], log: Path) -> dict[str, Any]:
+    """A failed result carries the tail of what its child printed; a good one carries none
+    (the child has ended, so the log is complete)."""
+    if outcome.get("status") not in FAILED:
+        return outcome
+    tail = log_tail(log)
+    if outcome["status"] == "crashed" and tail:  # the last words of a dying native library
+        outcome["detail"] += f"; it last printed: {tail.splitlines()[-1][:300]}"
+    return outcome | {"log": tail}
+
+
+def _context(runtimes: list[str]):
+    """Children fork from a clean server process that imported the heavy modules once, so a
+    target costs its conversion, not another interpreter start (and never inherits the
+    parent's threads, as a plain fork would). The server starts with the first call,
+    preloading what that call's runtimes import; later calls share it. Its first preload,
+    `edgeforge._forkserver`, quiets it and keeps its children off the caller's `__main__`."""
+    context = multiprocessing.get_context("forkserver")
+    modules = [m for name in runtimes for m in _RUNTIME_MODULES.get(name, ())]
+    context.set_forkserver_preload([*_PRELOAD, *dict.fromkeys(modules)])
+    return context
+
+
+# Imported once in the fork server, in this order; a module that is not installed is skipped
+# there. OpenVINO is not: importing it starts threads (since 2025.0), and a child forked from a
+# multi-threaded process can deadlock (openvino issue 28944); one optimize run here hung its
+# full time limit.
+_PRELOAD = [
+    "edgeforge._forkserver",
+    "edgeforge.convert",
+    "edgeforge.evaluate.parity",
+    "numpy",
+    "onnx",
+    "onnxruntime",
+]
+_RUNTIME_MODULES = {
+    "litert": ("torch", "litert_torch", "ai_edge_litert.interpreter"),
+    "executorch": ("torch", "executorch.exir", "executorch.runtime"),
+    "coreml": ("torch", "coremltools"),
+}
+
+
+def _child_main(work: Work, job: Job, results, log: Path) -> None:
+    """In the child: run the job with its output captured; put exactly one result."""
+    # Imported here, not above: the fork server imports this module (through _forkserver)
+    # first, to quiet itself before its preloads, so the module's own imports stay light.
+    from edgeforge.runtimes import RuntimeUnavailable
+
+    if not verbose():
+        capture_output(log)
+    try:
+        outcome = work(job)
+    except RuntimeUnavailable as exc:
+        outcome = {"runtime": job["runtime"], "status": "not-installed", "detail": str(exc)}
+    except EdgeforgeError as exc:
+        outcome = {"runtime": job["runtime"], "status": "unsupported", "detail": _cause(exc, log)}
+    except Exception as exc:  # report the converter's own failure in one line
+        outcome = {"runtime": job["runtime"], "status": "failed", "detail": _cause(exc, log)}
+    results.put(outcome)
+
+
+def _cause(exc: BaseException, log: Path) -> str:
+    """One line: our own message as it is; another library's exception as the innermost
+    cause of its chain and where it was raised. Either way, a message that only points at
+    output printed above gets the real cause from that output."""
+    if isinstance(exc, EdgeforgeError):
+        text = str(exc)
+    else:
+        innermost = exc
+        while innermost.__cause__ is not None:
+            innermost = innermost.__cause__
+        frames = traceback.extract_tb(innermost.__traceback__)
+        where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+        text = first_line(exc) + where
+    flush_native_streams()
+    return real_cause(text, log_tail(log, lines=400))

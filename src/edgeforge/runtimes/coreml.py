@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from edgeforge._cache import remember
+from edgeforge._torch_export import load_program
 from edgeforge.errors import EdgeforgeError, first_line
 from edgeforge.model import Model, TensorSpec
 from edgeforge.recipe import Recipe
@@ -276,16 +277,7 @@ def _load_program(path: Path) -> Any:
     The program the ONNX exporter keeps has multi-output ops whose unused results coremltools
     cannot bind; `run_decompositions({})` retraces it without them (and fixes dynamic sizes to
     the example's)."""
-    import torch
-
-    try:
-        with _quiet():
-            program = torch.export.load(str(path))
-    except Exception as exc:
-        raise EdgeforgeError(
-            f"{path}: cannot load the torch.export program ({first_line(exc)}); load the torch "
-            "module again to re-export it"
-        ) from None
+    program = load_program(path, "load the torch module again to re-export it")
     try:
         with _quiet():
             return program.run_decompositions({})

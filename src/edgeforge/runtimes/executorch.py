@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from edgeforge._cache import remember
+from edgeforge._torch_export import load_program
 from edgeforge.errors import EdgeforgeError
 from edgeforge.model import Model
 from edgeforge.recipe import Recipe
@@ -236,15 +237,8 @@ def _lower(model: Model) -> _Lowered:
 
 
 def _load_program(model: Model) -> Any:
-    import torch
-
-    try:
-        return torch.export.load(str(model.torch_program))
-    except Exception as exc:  # torch raises whatever its unpickling and checks raise
-        raise EdgeforgeError(
-            f"{model.torch_program}: cannot load the torch.export program ({first_line(exc)}); "
-            "load the model again"
-        ) from None
+    assert model.torch_program is not None  # the base class refuses a model without one
+    return load_program(model.torch_program, "load the model again")
 
 
 def _delegation(graph_module: Any) -> tuple[int, int, list[str]]:

@@ -239,7 +239,7 @@ def test_unloadable_program_error_names_the_real_cause(tmp_path):
 def test_truncated_program_error_says_so(tmp_path, bert_classifier):
     data = bert_classifier.torch_program.read_bytes()
     (tmp_path / "cut.pt2").write_bytes(data[: len(data) // 3])
-    with pytest.raises(EdgeforgeError, match=r"cannot load the torch\.export program .*zip"):
+    with pytest.raises(EdgeforgeError, match=r"cannot load as a torch\.export program .*zip"):
         load_program(tmp_path / "cut.pt2", "save it again")
 
 

@@ -175,7 +175,7 @@ def load_program(path: Path, hint: str) -> Any:
         if attempt == 0 and _import_output_class(cause):
             continue
         break
-    raise EdgeforgeError(f"{path}: cannot load the torch.export program ({cause}); {hint}")
+    raise EdgeforgeError(f"{path}: cannot load as a torch.export program ({cause}); {hint}")
 
 
 def load_factory(reference: str) -> tuple[Any, Any, ExportOptions]:

@@ -161,7 +161,8 @@ def load_program(path: Path, hint: str) -> Any:
     is caught here and put in the message, with `hint` (what the user can do) after it. A
     program whose outputs name a `transformers` class (a `ModelOutput` saved by an older
     edgeforge or by the user) loads once that class's module is imported, so it is imported
-    and the load tried again; no module outside `transformers` is ever imported for a file.
+    and the load tried again; no module but transformers' `modeling_outputs` and
+    `models.<name>.modeling_<name>` is ever imported because a file names it.
     """
     import torch
 
@@ -327,7 +328,12 @@ def _flat_program(
         ) from None
 
 
-_UNREGISTERED = re.compile(r"Deserializing (transformers\.[\w.]+)\.\w+ in pytree is not registered")
+# The file names the class; only transformers' output modules qualify, so a file can make
+# us import nothing else (model files are data, never code).
+_UNREGISTERED = re.compile(
+    r"Deserializing (transformers\.(?:modeling_outputs|models\.\w+\.modeling_\w+))\.\w+ "
+    "in pytree is not registered"
+)
 
 
 def _import_output_class(cause: str) -> bool:

@@ -59,7 +59,11 @@ def export_module(
     dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
     opset: int | None = None,
 ) -> Model:
-    """Export an `nn.Module` called as `module(*args, **kwargs)` to `out_dir/model.onnx`."""
+    """Export an `nn.Module` called as `module(*args, **kwargs)` to `out_dir/model.onnx`.
+
+    Outputs other than a tensor or a flat tuple of tensors (a `ModelOutput`, a dict, nested
+    tuples) are flattened and named after their fields first (see `edgeforge._flat_outputs`);
+    `output_names`, when given, win."""
     import torch
 
     if not isinstance(module, torch.nn.Module):
@@ -313,7 +317,8 @@ def _flat_program(
 ) -> tuple[Any, list[str] | None]:
     """`program` exported again from its module with its outputs flattened (see
     `edgeforge._flat_outputs`), so that the saved program loads anywhere; with the outputs'
-    names."""
+    names. The export sees only the example inputs: axes the saved program left dynamic are
+    fixed to the example's sizes."""
     import torch
 
     module, names = flat_outputs(program.module(), reference)

@@ -290,6 +290,20 @@ def test_plain_module_outputs(returns, names, tmp_path):
     assert list(program.state_dict) == ["linear.weight", "linear.bias"]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("returns", ["tuple", "nested"])
+def test_plain_module_outputs_verify_on_the_torch_runtimes(returns, tmp_path):
+    module = _Pair(returns).eval()
+    result = convert(
+        module, "onnxruntime,litert,executorch", tmp_path, example_inputs=torch.randn(2, 4)
+    )
+    assert {t.runtime: t.status for t in result.targets} == dict.fromkeys(
+        ("onnxruntime", "litert", "executorch"), "verified"
+    ), [t.detail for t in result.targets]
+    outputs = len(result.targets[1].verification["outputs"])
+    assert outputs == (2 if returns == "tuple" else 3)
+
+
 def test_user_output_names_win_over_field_names(tmp_path):
     module = _Pair("dict").eval()
     model = edgeforge.load(module, torch.randn(2, 4), output_names=["a", "b"], workdir=tmp_path)

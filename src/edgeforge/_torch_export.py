@@ -16,6 +16,7 @@ import importlib
 import importlib.util
 import io
 import logging
+import re
 import shutil
 import sys
 import tempfile
@@ -27,12 +28,13 @@ from typing import Any
 import numpy as np
 import onnx
 
+from edgeforge._flat_outputs import flat_outputs, flatten, is_flat
 from edgeforge._onnx_file import open_onnx
 from edgeforge._progress import status
 from edgeforge.errors import EdgeforgeError, first_line, logged_cause
 from edgeforge.model import Model, Provenance, TorchParameters
 
-__all__ = ["ExportOptions", "export_module", "export_program", "load_factory"]
+__all__ = ["ExportOptions", "export_module", "export_program", "load_factory", "load_program"]
 
 # ONNX files above this size are written with external data (protobuf's limit is 2 GiB).
 _SINGLE_FILE_LIMIT = 1_800_000_000
@@ -57,7 +59,11 @@ def export_module(
     dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
     opset: int | None = None,
 ) -> Model:
-    """Export an `nn.Module` called as `module(*args, **kwargs)` to `out_dir/model.onnx`."""
+    """Export an `nn.Module` called as `module(*args, **kwargs)` to `out_dir/model.onnx`.
+
+    Outputs other than a tensor or a flat tuple of tensors (a `ModelOutput`, a dict, nested
+    tuples) are flattened and named after their fields first (see `edgeforge._flat_outputs`);
+    `output_names`, when given, win."""
     import torch
 
     if not isinstance(module, torch.nn.Module):
@@ -75,6 +81,10 @@ def export_module(
                 f"({first_line(exc)}); pass inputs it accepts"
             ) from None
     counts = _torch_counts(module)
+    # One flat tuple of named tensors for the ONNX file and the torch program alike.
+    module, field_names = flat_outputs(module, reference)
+    reference = flatten(reference)
+    output_names = output_names or field_names
     common = dict(input_names=input_names, output_names=output_names, opset_version=opset)
 
     def dynamo(path: Path) -> None:
@@ -112,14 +122,7 @@ def export_program(path: Path, out_dir: Path) -> Model:
     """Export a saved `torch.export` program (`.pt2`) to ONNX."""
     import torch
 
-    try:
-        with _quiet(), logged_cause("torch.export"):  # it logs the cause, then raises
-            program = torch.export.load(str(path))
-    except Exception as exc:
-        raise EdgeforgeError(
-            f"{path}: cannot load as a torch.export program "
-            f"({first_line(exc)}); save it with torch.export.save"
-        ) from None
+    program = load_program(path, "save it with torch.export.save")
     if program.example_inputs is None:
         raise EdgeforgeError(
             f"{path}: the saved program has no example inputs; export it with example "
@@ -132,11 +135,16 @@ def export_program(path: Path, out_dir: Path) -> Model:
         parameters=sum(p.numel() for p in program.parameters()),
         buffers=sum(b.numel() for b in program.buffers()),
     )
+    output_names = None
+    if not is_flat(reference):  # a ModelOutput or a dict: export it again with flat outputs
+        program, output_names = _flat_program(program, args, kwargs, reference, path)
+        reference = flatten(reference)
 
     def dynamo(onnx_path: Path) -> None:
-        _save_program(
-            torch.onnx.export(program, args, kwargs=kwargs or None, dynamo=True), onnx_path, program
+        exported = torch.onnx.export(
+            program, args, kwargs=kwargs or None, dynamo=True, output_names=output_names
         )
+        _save_program(exported, onnx_path, program)
 
     return _export_checked(
         dynamo,
@@ -148,6 +156,30 @@ def export_program(path: Path, out_dir: Path) -> Model:
         Provenance(source=str(path), source_kind="torch-export", torch_version=torch.__version__),
         counts,
     )
+
+
+def load_program(path: Path, hint: str) -> Any:
+    """`torch.export.load(path)`, or an `EdgeforgeError` that says why not.
+
+    torch logs the real cause as a warning and raises "check the warnings above"; that cause
+    is caught here and put in the message, with `hint` (what the user can do) after it. A
+    program whose outputs name a `transformers` class (a `ModelOutput` saved by an older
+    edgeforge or by the user) loads once that class's module is imported, so it is imported
+    and the load tried again; no module but transformers' `modeling_outputs` and
+    `models.<name>.modeling_<name>` is ever imported because a file names it.
+    """
+    import torch
+
+    for attempt in range(2):
+        try:
+            with _quiet(), logged_cause("torch.export"):  # it logs the cause, then raises
+                return torch.export.load(str(path))
+        except Exception as exc:  # torch raises whatever its unpickling and checks raise
+            cause = first_line(exc)
+        if attempt == 0 and _import_output_class(cause):
+            continue
+        break
+    raise EdgeforgeError(f"{path}: cannot load as a torch.export program ({cause}); {hint}")
 
 
 def load_factory(reference: str) -> tuple[Any, Any, ExportOptions]:
@@ -277,6 +309,48 @@ def _save_program(program: Any, path: Path, torch_program: Any = None) -> None:
     torch_program = torch_program or program.exported_program
     if torch_program is not None:
         torch.export.save(torch_program, str(path.with_name(TORCH_PROGRAM)))
+
+
+def _flat_program(
+    program: Any, args: tuple, kwargs: dict, reference: Any, path: Path
+) -> tuple[Any, list[str] | None]:
+    """`program` exported again from its module with its outputs flattened (see
+    `edgeforge._flat_outputs`), so that the saved program loads anywhere; with the outputs'
+    names. The export sees only the example inputs: axes the saved program left dynamic are
+    fixed to the example's sizes."""
+    import torch
+
+    module, names = flat_outputs(program.module(), reference)
+    try:
+        with _quiet():
+            return torch.export.export(module, args, kwargs=kwargs or None), names
+    except Exception as exc:
+        raise EdgeforgeError(
+            f"{path}: cannot flatten the program's outputs into a tuple of tensors "
+            f"({first_line(exc)}); export the module with outputs that are tensors, "
+            "e.g. return_dict=False for a transformers model"
+        ) from None
+
+
+# The file names the class; only transformers' output modules qualify, so a file can make
+# us import nothing else (model files are data, never code).
+_UNREGISTERED = re.compile(
+    r"Deserializing (transformers\.(?:modeling_outputs|models\.\w+\.modeling_\w+))\.\w+ "
+    "in pytree is not registered"
+)
+
+
+def _import_output_class(cause: str) -> bool:
+    """Import the `transformers` module that defines (and so registers) the output class
+    `cause` says is missing; True when it did."""
+    match = _UNREGISTERED.search(cause)
+    if match is None:
+        return False
+    try:
+        importlib.import_module(match.group(1))
+    except Exception:  # not installed, or broken: the original cause stands
+        return False
+    return True
 
 
 def _plain_export(module: Any, args: tuple, kwargs: dict) -> Any:
@@ -431,7 +505,8 @@ def _quiet():
     """Silence the exporters' own prints; errors still propagate."""
     # torch.onnx logs progress; torch.export logs a traceback before it raises. The exception
     # itself still reaches the caller, who turns it into one line.
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export")]
+    names = ("torch.onnx", "torch.export", "torch._export")
+    loggers = [logging.getLogger(name) for name in names]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.CRITICAL)

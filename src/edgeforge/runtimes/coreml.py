@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 
 from edgeforge._cache import remember
-from edgeforge.errors import EdgeforgeError, first_line, logged_cause
+from edgeforge._torch_export import load_program
+from edgeforge.errors import EdgeforgeError, first_line
 from edgeforge.model import Model, TensorSpec
 from edgeforge.recipe import Recipe
 from edgeforge.runtimes._quantize_coreml import (
@@ -275,22 +276,24 @@ def _load_program(path: Path) -> Any:
 
     The program the ONNX exporter keeps has multi-output ops whose unused results coremltools
     cannot bind; `run_decompositions({})` retraces it without them (and fixes dynamic sizes to
-    the example's)."""
-    import torch
-
-    try:
-        with _quiet(), logged_cause("torch.export"):
-            program = torch.export.load(str(path))
-    except Exception as exc:
-        raise EdgeforgeError(
-            f"{path}: cannot load the torch.export program ({first_line(exc)}); load the torch "
-            "module again to re-export it"
-        ) from None
+    the example's). When that leaves ops coremltools has no converter for, the core ATen
+    decompositions are tried too, and kept if they leave fewer (a transformers BERT builds
+    its attention mask with `new_ones`, which decomposes into `full`)."""
+    program = load_program(path, "load the torch module again to re-export it")
     try:
         with _quiet():
-            return program.run_decompositions({})
+            aten = program.run_decompositions({})
     except Exception:
         return program  # coremltools may still take it as it is
+    missing = len(_ops_without_converter(aten))
+    if not missing:
+        return aten
+    try:
+        with _quiet():
+            core = program.run_decompositions()
+    except Exception:
+        return aten
+    return core if len(_ops_without_converter(core)) < missing else aten
 
 
 def _convert(ct: Any, program: Any, outputs: tuple[TensorSpec, ...], precision: str, target: str):

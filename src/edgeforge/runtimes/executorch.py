@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from edgeforge._cache import remember
-from edgeforge.errors import EdgeforgeError, logged_cause
+from edgeforge._torch_export import load_program
+from edgeforge.errors import EdgeforgeError
 from edgeforge.model import Model
 from edgeforge.recipe import Recipe
 from edgeforge.runtimes._native import ANSI, census, first_line, silenced
@@ -236,16 +237,8 @@ def _lower(model: Model) -> _Lowered:
 
 
 def _load_program(model: Model) -> Any:
-    import torch
-
-    try:
-        with logged_cause("torch.export"):
-            return torch.export.load(str(model.torch_program))
-    except Exception as exc:  # torch raises whatever its unpickling and checks raise
-        raise EdgeforgeError(
-            f"{model.torch_program}: cannot load the torch.export program ({first_line(exc)}); "
-            "load the model again"
-        ) from None
+    assert model.torch_program is not None  # the base class refuses a model without one
+    return load_program(model.torch_program, "load the model again")
 
 
 def _delegation(graph_module: Any) -> tuple[int, int, list[str]]:

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from edgeforge._cache import remember
-from edgeforge.errors import EdgeforgeError, logged_cause
+from edgeforge._torch_export import load_program
+from edgeforge.errors import EdgeforgeError
 from edgeforge.model import Model
 from edgeforge.recipe import Recipe
 from edgeforge.runtimes._native import ANSI, census, first_line, silenced
@@ -262,20 +263,12 @@ class _ConversionFailed(EdgeforgeError):
 
 def _convert(model: Model) -> tuple[bytes, dict[str, tuple[int, ...]]]:
     """The `.tflite` bytes for `model`'s torch program, and the input shapes they are fixed to."""
-    import torch
 
     failure: BaseException | None = None
     with silenced(_QUIET) as log:
         import litert_torch
 
-        try:
-            with logged_cause("torch.export"):
-                program = torch.export.load(str(model.torch_program))
-        except Exception as exc:  # torch raises whatever its unpickling and checks raise
-            raise EdgeforgeError(
-                f"{model.torch_program}: cannot load the torch.export program "
-                f"({first_line(exc)}); load the model again"
-            ) from None
+        program = load_program(model.torch_program, "load the model again")
         module, tensors = _positional(program, model)
         try:
             content = litert_torch.convert(module, tensors).model_content()

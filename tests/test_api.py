@@ -8,6 +8,7 @@ escaping as something other than `EdgeforgeError`, and the API and `--json` drif
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import re
@@ -43,14 +44,12 @@ Raspberry Pi 4B (Cortex-A72 1.8GHz x4),ncnn benchncnn CPU threads=4 powersave=0,
 
 
 def fresh_python(code: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
-    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
 
 
 def test_dir_shows_only_the_public_names():
-    import edgeforge.convert  # noqa: F401  (a verb's module, imported: must not show)
-    import edgeforge.devices  # noqa: F401
+    import edgeforge.convert
+    import edgeforge.devices
 
     assert dir(edgeforge) == sorted(edgeforge.__all__)
     assert set(VERBS) <= set(dir(edgeforge))
@@ -59,10 +58,10 @@ def test_dir_shows_only_the_public_names():
 
 @pytest.mark.parametrize("verb", VERBS)
 def test_each_verb_is_a_function_even_after_its_module_is_imported(verb):
-    import edgeforge.bench  # noqa: F401
-    import edgeforge.convert  # noqa: F401
-    import edgeforge.decide  # noqa: F401
-    import edgeforge.optimize.search  # noqa: F401
+    import edgeforge.bench
+    import edgeforge.convert
+    import edgeforge.decide
+    import edgeforge.optimize.search
 
     function = getattr(edgeforge, verb)
     assert isinstance(function, types.FunctionType), function
@@ -120,7 +119,9 @@ def test_estimate_is_one_call_with_a_model_and_a_device_id(digits_model):
 
 
 def test_estimate_json_is_the_api_result_with_its_schema(digits_model, capsys):
-    assert main(["estimate", str(digits_model.onnx_path), "--device", "raspberry-pi-5", "--json"]) == 0
+    assert (
+        main(["estimate", str(digits_model.onnx_path), "--device", "raspberry-pi-5", "--json"]) == 0
+    )
     printed = json.loads(capsys.readouterr().out)
     api = edgeforge.estimate(digits_model.onnx_path, ["raspberry-pi-5"]).to_dict()
     assert printed.pop("schema") == "edgeforge.estimate/1"
@@ -228,10 +229,9 @@ def test_the_version_is_one_figure(capsys):
         main(["--version"])
     assert done.value.code == 0
     assert capsys.readouterr().out.strip() == f"edgeforge {edgeforge.__version__}"
-    try:
+    with contextlib.suppress(PackageNotFoundError):  # a bare checkout has no metadata
         assert version("edgeforge") == edgeforge.__version__  # pyproject reads it from here
-    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
-        pass
-    assert 'attr = "edgeforge.__version__"' in (
-        Path(__file__).parents[1] / "pyproject.toml"
-    ).read_text()
+    assert (
+        'attr = "edgeforge.__version__"'
+        in (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    )

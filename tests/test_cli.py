@@ -183,6 +183,16 @@ def test_old_spellings_still_parse():
     )
 
 
+@pytest.mark.parametrize("text, ms", [("100", 100), ("10ms", 10), ("0.5s", 500), ("500us", 0.5)])
+def test_max_latency_reads_one_time_format_in_every_verb(text, ms):
+    parser = build_parser()
+    decide = parser.parse_args(["decide", "m", "--device", "d", "--max-latency", text])
+    optimize = parser.parse_args(
+        ["optimize", "m", "--device", "d", "--data", "x", "--max-latency", text]
+    )
+    assert decide.max_latency == optimize.max_latency == pytest.approx(ms)
+
+
 def test_help_shows_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["convert", "--help"])

@@ -172,18 +172,20 @@ def _timeout_option(parser: Any, what: str) -> None:
 
 
 def _milliseconds(text: str) -> float:
-    """`10`, `10ms` or `0.5s` as milliseconds."""
+    """`10`, `10ms`, `0.5s` or `500us` as milliseconds."""
     value = text.strip().lower()
     scale = 1.0
     if value.endswith("ms"):
         value = value[:-2]
+    elif value.endswith("us"):
+        value, scale = value[:-2], 1e-3
     elif value.endswith("s"):
         value, scale = value[:-1], 1000.0
     try:
         return float(value) * scale
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a time; write e.g. 10ms or 0.5s"
+            f"{text!r} is not a time; write e.g. 10ms, 0.5s or 500us"
         ) from None
 
 

@@ -101,8 +101,11 @@ print('overall:', d['overall'])"
         install "$WORK/all" "$WHEEL[all]"
         echo
         echo "size, [all]: $(site_mb "$WORK/all") MB (du -sm $WORK/all/lib/python3*/site-packages)"
-        run "$WORK/all/bin/edgeforge" convert tiny.onnx --runtime onnxruntime,openvino,litert \
-            --out out-all
+        say "each runtime's availability in [all]"
+        "$WORK/all/bin/python" -c "from edgeforge.runtimes import get_runtime, runtime_names
+for name in runtime_names():
+    a = get_runtime(name).availability()
+    print(f'{name:20}', 'runs here' if a.can_execute else f'not here: {a.reason}')" 2>&1
     fi
 }
 

@@ -235,3 +235,12 @@ def test_the_version_is_one_figure(capsys):
         'attr = "edgeforge.__version__"'
         in (Path(__file__).parents[1] / "pyproject.toml").read_text()
     )
+
+
+def test_a_torch_factory_without_torch_names_the_extra(tmp_path, monkeypatch):
+    factory = tmp_path / "models.py"
+    factory.write_text("import torch\n\ndef build():\n    return torch.nn.Linear(2, 2), ()\n")
+    monkeypatch.setitem(sys.modules, "torch", None)  # as in the base install: no torch
+    monkeypatch.setattr(sys, "path", [*sys.path])
+    with pytest.raises(EdgeforgeError, match=r"pip install 'edgeforge\[torch\]'"):
+        edgeforge.inspect(f"{factory}:build")

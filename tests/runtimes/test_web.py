@@ -28,7 +28,6 @@ from edgeforge.runtimes.web import ORT_WEB_VERSION, WebSession
 __all__: list[str] = []
 
 
-
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch) -> Path:
     """Each test its own answer cache, so a check really starts a browser."""

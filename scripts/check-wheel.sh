@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Is edgeforge installable outside the repository? Build a wheel from this checkout, install it
 # into fresh venvs (base, then + openvino, then + torch) and run the verbs from a folder under
-# /tmp, with a model made by onnx alone. Measures each install's size (du of site-packages).
+# /tmp, with a model made by onnx alone: inspect, convert (onnxruntime; web after `edgeforge setup
+# web`; openvino with its extra), estimate, the Python API, calibrate --validate-only (without
+# torch, then with it: the same figures). Measures each install's size (du of site-packages).
 #
 #   scripts/check-wheel.sh [--all]     # --all: also a fresh venv with [all], for its size
 #
@@ -19,6 +21,15 @@ say() { printf '\n$ %s\n' "$*"; }
 # Run a command, show it and its output; a non-zero status is shown, not fatal (some steps
 # check that a verb refuses cleanly).
 run() { say "$*"; "$@" 2>&1 || echo "(exit status $?)"; }
+calibration_summary() {
+    say "edgeforge calibrate --validate-only --json  $1"
+    local started=$SECONDS
+    edgeforge calibrate --validate-only --json | python -c "import json, sys
+d = json.load(sys.stdin)
+print(d['schema'], d['mode'], 'rows file:', d['rows_file'])
+print('overall:', d['overall'])"
+    echo "($((SECONDS - started)) s)"
+}
 site_mb() { du -sm "$1"/lib/python3*/site-packages | cut -f1; }
 install() { "$1/bin/python" -m pip install -qq -c "$REPO/constraints.txt" "${@:2}"; }
 
@@ -78,7 +89,8 @@ e = edgeforge.estimate('tiny.onnx', 'jetson-orin-nano')
 c = edgeforge.convert('tiny.onnx', 'onnxruntime', 'out-api')
 print('API: macs', p.macs, '| jetson-orin-nano', round(e.latency_ms, 4), 'ms | verified',
       c.all_verified, '| torch imported:', 'torch' in sys.modules)"
-    run edgeforge calibrate --validate-only
+    calibration_summary "(base: the zoo profiles shipped in the package)"
+    run edgeforge inspect edgeforge.zoo:squeezenet1_1
     run edgeforge setup web --dir "$WORK/web"
     run env EDGEFORGE_WEB_DIR="$WORK/web" edgeforge convert tiny.onnx --runtime web --out out-web
 
@@ -90,11 +102,11 @@ print('API: macs', p.macs, '| jetson-orin-nano', round(e.latency_ms, 4), 'ms | v
     install "$WORK/base" "$WHEEL[torch]"
     echo
     echo "size, base + [openvino,torch]: $(site_mb "$WORK/base") MB"
-    say "edgeforge calibrate --validate-only --json  (summary)"
-    edgeforge calibrate --validate-only --json | python -c "import json, sys
+    calibration_summary "(with torch: the zoo built and exported afresh)"
+    say "edgeforge inspect edgeforge.zoo:squeezenet1_1 --json  (summary)"
+    edgeforge inspect edgeforge.zoo:squeezenet1_1 --json | python -c "import json, sys
 d = json.load(sys.stdin)
-print(d['schema'], d['mode'], 'rows file:', d['rows_file'])
-print('overall:', d['overall'])"
+print(d['schema'], 'MACs', d['macs'], 'torch parameters', d['model']['torch_parameters'])"
 
     if [ "$ALL" = "--all" ]; then
         "$PYTHON" -m venv "$WORK/all"

@@ -90,7 +90,7 @@ c = edgeforge.convert('tiny.onnx', 'onnxruntime', 'out-api')
 print('API: macs', p.macs, '| jetson-orin-nano', round(e.latency_ms, 4), 'ms | verified',
       c.all_verified, '| torch imported:', 'torch' in sys.modules)"
     calibration_summary "(base: the zoo profiles shipped in the package)"
-    run edgeforge inspect edgeforge.zoo:squeezenet1_1
+    run edgeforge inspect edgeforge.zoo.catalog:squeezenet1_1
     run edgeforge setup web --dir "$WORK/web"
     run env EDGEFORGE_WEB_DIR="$WORK/web" edgeforge convert tiny.onnx --runtime web --out out-web
 
@@ -103,8 +103,8 @@ print('API: macs', p.macs, '| jetson-orin-nano', round(e.latency_ms, 4), 'ms | v
     echo
     echo "size, base + [openvino,torch]: $(site_mb "$WORK/base") MB"
     calibration_summary "(with torch: the zoo built and exported afresh)"
-    say "edgeforge inspect edgeforge.zoo:squeezenet1_1 --json  (summary)"
-    edgeforge inspect edgeforge.zoo:squeezenet1_1 --json | python -c "import json, sys
+    say "edgeforge inspect edgeforge.zoo.catalog:squeezenet1_1 --json  (summary)"
+    edgeforge inspect edgeforge.zoo.catalog:squeezenet1_1 --json | python -c "import json, sys
 d = json.load(sys.stdin)
 print(d['schema'], 'MACs', d['macs'], 'torch parameters', d['model']['torch_parameters'])"
 

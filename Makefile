@@ -4,15 +4,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint wheel-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): $(BIN)/python pyproject.toml constraints.txt scripts/install-web-deps.sh
+# The web runtime's browser and onnxruntime-web come from `edgeforge setup web`; without npm (or
+# root for the browser) it says what is missing and the web runtime reports itself unavailable.
+$(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,all]'
-	bash scripts/install-web-deps.sh
+	-$(BIN)/edgeforge setup web --install-browser
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -20,10 +22,14 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff format --check src tests bench scripts
 
 test: lint
 	$(BIN)/python -m pytest
+
+# A wheel in fresh venvs, run from /tmp (minutes; writes bench/results/wheel_check.txt).
+wheel-check: $(STAMP)
+	bash scripts/check-wheel.sh
 
 clean:
 	rm -rf $(VENV) edgeforge-demo

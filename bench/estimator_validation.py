@@ -1,8 +1,8 @@
 """How good are the estimates? Median absolute percentage error and the share within +-25%.
 
 Two parts:
-- published rows held out from the fit (../shared/data/edge_benchmarks.csv, split by a hash of
-  architecture and device), or every row of `--rows FILE` (any CSV in that format, e.g. new
+- published rows held out from the fit (edge_benchmarks.csv as shipped in the package, split by a
+  hash of architecture and device), or every row of `--rows FILE` (any CSV in that format, e.g. new
   measurements, all of which are validation rows), reported per device and overall;
 - this machine: `estimate` on the device `this-machine` against `bench` (ONNX Runtime, measured
   here) over the zoo's architectures, CNNs and a transformer.
@@ -17,13 +17,14 @@ import json
 import statistics
 from pathlib import Path
 
+from edgeforge._api import published_rows
 from edgeforge.analysis import inspect
 from edgeforge.bench import bench
 from edgeforge.devices import get_device
 from edgeforge.estimator import calibrate, estimate, validate_file
 from edgeforge.zoo import catalog
 
-SHARED_ROWS = Path(__file__).resolve().parents[2] / "shared" / "data" / "edge_benchmarks.csv"
+SHARED_ROWS = published_rows()  # shipped in the package (estimator/data/), so any folder works
 HERE = [
     "mobilenet_v1",
     "mobilenet_v2",

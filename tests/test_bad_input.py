@@ -4,8 +4,9 @@ Every case builds its own files in a fresh folder and is checked through two doo
 - the Python API: `load` and `inspect` raise `EdgeforgeError` with a one-line message that names
   the problem and the fix;
 - the CLI: `edgeforge inspect MODEL --json --report FILE.html` exits with status 2, prints one
-  `edgeforge: error:` line on stderr and nothing on stdout, shows no traceback, and leaves the
-  report folder empty (neither the HTML nor its .json sibling, nor a half-written temporary).
+  `edgeforge: error:` line on stderr and the same error as one JSON object on stdout (and nothing
+  else there), shows no traceback, and leaves the report folder empty (neither the HTML nor its
+  .json sibling, nor a half-written temporary).
 
 The CLI is called in-process for every case (fast) and as a real `python -m edgeforge.cli`
 process for one case per family, which also covers what only a real process shows (the exit
@@ -20,6 +21,7 @@ wrong. They are strict: when the bug is fixed the test starts passing and the ma
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import subprocess
@@ -590,10 +592,14 @@ def assert_one_helpful_line(message: str, says: Sequence[str]) -> None:
 def assert_refused_by_cli(run: CliRun, says: Sequence[str], report_dir: Path) -> None:
     assert "Traceback" not in run.stderr, run.stderr
     assert run.status == 2, run.stderr
-    assert run.stdout == ""
     lines = run.stderr.splitlines()
     assert len(lines) == 1, run.stderr
     assert lines[0].startswith("edgeforge: error: "), lines[0]
+    # Under --json the error is also the only thing on stdout: one object a script can read.
+    printed = json.loads(run.stdout)
+    assert printed["schema"] == "edgeforge.error/1"
+    assert printed["error"]["kind"] == "bad-input" and printed["error"]["exit_code"] == 2
+    assert lines[0] == f"edgeforge: error: {printed['error']['message']}"
     assert_one_helpful_line(lines[0], says)
     assert list(report_dir.iterdir()) == [], "a refused model must leave no report behind"
 

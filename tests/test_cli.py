@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from edgeforge.cli import build_parser, main
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -42,7 +45,9 @@ def test_inspect_shape_override_reaches_the_counts(digits_model):
 def test_devices_lists_the_catalogue_with_sources():
     result = run("devices", "--json")
     assert result.returncode == 0, result.stderr
-    devices = {d["id"]: d for d in json.loads(result.stdout)}
+    printed = json.loads(result.stdout)
+    assert printed["schema"] == "edgeforge.devices/1"  # an object, never a bare list
+    devices = {d["id"]: d for d in printed["devices"]}
     for required in (
         "jetson-nano",
         "jetson-orin-nano",
@@ -88,7 +93,9 @@ def test_estimate_on_several_devices(digits_model):
         "estimate", str(digits_model.onnx_path), "--device", "raspberry-pi-5,jetson-nano", "--json"
     )
     assert result.returncode == 0, result.stderr
-    estimates = json.loads(result.stdout)
+    printed = json.loads(result.stdout)
+    assert printed["schema"] == "edgeforge.estimate/1"
+    estimates = printed["estimates"]
     assert [e["device"] for e in estimates] == ["raspberry-pi-5", "jetson-nano"]
     for e in estimates:
         assert 0 < e["latency_low_ms"] <= e["latency_ms"] <= e["latency_high_ms"]
@@ -111,3 +118,109 @@ def test_estimate_unknown_device_lists_the_valid_ones(digits_model):
     result = run("estimate", str(digits_model.onnx_path), "--device", "pi9")
     assert result.returncode == 2
     assert "raspberry-pi-5" in result.stderr and "Traceback" not in result.stderr
+
+
+# -- one vocabulary -------------------------------------------------------------------------------
+
+
+def verb_parsers() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def options_of(parser: argparse.ArgumentParser) -> set[str]:
+    return {s for a in parser._actions for s in a.option_strings}
+
+
+# Each meaning has one flag; the old spellings are hidden aliases of it.
+ALIASES = {"--to": "--runtime", "--runtimes": "--runtime", "--precisions": "--precision"}
+ALIASES["--cloud-instance"] = "--cloud"
+
+
+def test_one_flag_per_meaning_across_verbs():
+    parsers = verb_parsers()
+    for verb, parser in parsers.items():
+        for action in parser._actions:
+            for alias in set(action.option_strings) & set(ALIASES):
+                assert ALIASES[alias] in action.option_strings, (verb, action.option_strings)
+        shown = parser.format_help()
+        for alias in ALIASES:
+            assert f"{alias} " not in shown and f"{alias}," not in shown, (verb, alias)
+    # --runtime names the runtime(s) everywhere a verb takes one.
+    for verb in ("check", "convert", "bench", "estimate", "decide", "optimize"):
+        assert "--runtime" in options_of(parsers[verb]), verb
+    for verb in ("decide", "split", "cascade"):
+        assert "--network" in options_of(parsers[verb]), verb
+    for verb in ("decide", "split"):
+        assert "--cloud" in options_of(parsers[verb]), verb
+    for verb in ("inspect", "bench", "estimate", "decide", "split"):
+        assert "--shape" in options_of(parsers[verb]), verb
+
+
+def test_every_verb_that_reports_takes_json_and_report():
+    for verb, parser in verb_parsers().items():
+        options = options_of(parser)
+        if verb in ("demo", "setup"):
+            continue
+        assert {"--json", "--report"} <= options, verb
+
+
+def test_old_spellings_still_parse():
+    parser = build_parser()
+    assert parser.parse_args(["convert", "m.onnx", "--to", "onnxruntime"]).runtime == "onnxruntime"
+    args = parser.parse_args(["optimize", "m", "--device", "d", "--data", "x", "--runtimes", "a"])
+    assert args.runtime == "a"
+    args = parser.parse_args(
+        ["optimize", "m", "--device", "d", "--data", "x", "--precisions", "fp16"]
+    )
+    assert args.precision == "fp16"
+    args = parser.parse_args(["decide", "m", "--device", "d", "--cloud-instance", "g5-xlarge"])
+    assert args.cloud == "g5-xlarge"
+    assert (
+        parser.parse_args(["decide", "m", "--device", "d", "--max-latency", "0.1s"]).max_latency
+        == 100
+    )
+
+
+@pytest.mark.parametrize("text, ms", [("100", 100), ("10ms", 10), ("0.5s", 500), ("500us", 0.5)])
+def test_max_latency_reads_one_time_format_in_every_verb(text, ms):
+    parser = build_parser()
+    decide = parser.parse_args(["decide", "m", "--device", "d", "--max-latency", text])
+    optimize = parser.parse_args(
+        ["optimize", "m", "--device", "d", "--data", "x", "--max-latency", text]
+    )
+    assert decide.max_latency == optimize.max_latency == pytest.approx(ms)
+
+
+def test_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["convert", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "--out OUT output folder (default: edgeforge-out)" in shown
+    assert "(default: fp32)" in shown and "(default: 600)" in shown
+    assert "--to" not in shown
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith("edgeforge 0.")
+
+
+def test_a_usage_error_under_json_is_a_json_object_too(capsys):
+    assert main(["convert", "model.onnx", "--json"]) == 2
+    out, err = capsys.readouterr()
+    printed = json.loads(out)
+    assert printed["schema"] == "edgeforge.error/1"
+    assert printed["error"]["kind"] == "usage" and printed["error"]["verb"] == "convert"
+    assert "--runtime" in printed["error"]["message"] and "--to" not in printed["error"]["message"]
+    assert "required: --runtime" in err
+
+
+def test_a_bad_input_error_under_json_is_a_json_object_too(capsys):
+    assert main(["devices", "pi9", "--json"]) == 2
+    out, err = capsys.readouterr()
+    assert json.loads(out)["error"]["message"] in err
+    assert err.startswith("edgeforge: error: unknown device 'pi9'")

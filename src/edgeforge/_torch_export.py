@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from edgeforge._extras import EXTRAS
 from edgeforge._flat_outputs import flat_outputs, flatten, is_flat
 from edgeforge._onnx_file import open_onnx
 from edgeforge._progress import status
@@ -236,9 +237,13 @@ def _import_target(target: str, reference: str) -> Any:
     try:
         result = loader(arg)
     except ModuleNotFoundError as exc:
-        raise EdgeforgeError(
-            f"{reference}: cannot import {exc.name!r}; install it or add its folder to PYTHONPATH"
-        ) from None
+        extra = EXTRAS.get((exc.name or "").split(".")[0])
+        fix = (
+            f"install the extra: pip install 'edgeforge[{extra[0]}]'"
+            if extra
+            else "install it or add its folder to PYTHONPATH"
+        )
+        raise EdgeforgeError(f"{reference}: cannot import {exc.name!r}; {fix}") from None
     except (Exception, SystemExit) as exc:
         raise EdgeforgeError(f"{reference}: importing {target} raised {first_line(exc)}") from None
     return module if module is not None else result

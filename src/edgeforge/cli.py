@@ -1,13 +1,21 @@
 """The `edgeforge` command: a thin layer over the Python API of the same verbs.
 
-Option groups (model, output) are defined once and shared by every verb, so a flag means the
-same thing everywhere. `--json` prints exactly the object the API returns (`to_dict()`).
-Bad input exits with status 2 and one line on stderr, never a traceback (`--debug` shows it).
+One vocabulary: each option that means the same thing in several verbs (model and `--shape`,
+`--runtime`, `--precision`, `--device`, `--network`, `--cloud`, `--data`, `--out`, `--timeout`,
+`--json`/`--report`) is defined once below and shared; older spellings (`convert --to`,
+`optimize --runtimes`/`--precisions`, `decide --cloud-instance`) still work as aliases hidden
+from the help. Help shows every default.
+
+`--json` prints `{"schema": "edgeforge.<verb>/1", ...}`: the object the API returns
+(`to_dict()`; a list is put under a name), never a bare list. Bad input exits with status 2 and
+one line on stderr, never a traceback (`--debug` shows it); under `--json` the error is also a
+JSON object on stdout.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import warnings
@@ -15,9 +23,65 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from edgeforge import __version__
+from edgeforge._extras import missing_extra
 from edgeforge.errors import EdgeforgeError
 
-__all__ = ["main"]
+__all__ = ["SCHEMA_VERSION", "build_parser", "main"]
+
+# The version of every verb's --json object; raise it when a field changes meaning or goes.
+SCHEMA_VERSION = 1
+
+# Old spellings that keep working, hidden from the help (scripts may use them).
+_HIDDEN_ALIASES = {"--to", "--runtimes", "--precisions", "--cloud-instance"}
+
+# --json puts a verb's list result under this name, so the output is always an object.
+_LIST_NAMES = {"devices": "devices", "estimate": "estimates"}
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows each option's default (unless its help already says it, or it has none) and
+    leaves hidden aliases out of the help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or not action.option_strings
+            or default in (None, False, [], argparse.SUPPRESS)
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        shown = [s for s in action.option_strings if s not in _HIDDEN_ALIASES]
+        if shown != action.option_strings:
+            action = copy.copy(action)
+            action.option_strings = shown
+        return super()._format_action_invocation(action)
+
+
+class _UsageError(Exception):
+    """argparse's usage error, raised instead of exiting so that `main` can answer in JSON."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser = parser
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        for alias in _HIDDEN_ALIASES:  # "--runtime/--to" in "required: ..." names one flag
+            message = message.replace(f"/{alias}", "")
+        raise _UsageError(self, message)
+
+
+# -- shared options: each flag defined once ----------------------------------------------------
 
 
 def _model_options(parser: argparse.ArgumentParser, shape: bool = True) -> None:
@@ -41,7 +105,11 @@ def _model_options(parser: argparse.ArgumentParser, shape: bool = True) -> None:
 
 def _output_options(parser: argparse.ArgumentParser, report: bool = True) -> None:
     group = parser.add_argument_group("output")
-    group.add_argument("--json", action="store_true", help="print the result as JSON")
+    group.add_argument(
+        "--json",
+        action="store_true",
+        help="print the result as one JSON object (with a 'schema' version)",
+    )
     if report:
         group.add_argument(
             "--report",
@@ -49,6 +117,80 @@ def _output_options(parser: argparse.ArgumentParser, report: bool = True) -> Non
             metavar="FILE.html",
             help="also write an HTML report (and its JSON beside it)",
         )
+
+
+def _runtime_option(
+    parser: Any,
+    help: str,
+    *,
+    default: str | None = None,
+    required: bool = False,
+    aliases: tuple[str, ...] = (),
+) -> None:
+    """`--runtime`: one runtime, or a comma list where a verb takes several."""
+    parser.add_argument(
+        "--runtime", *aliases, dest="runtime", default=default, required=required, help=help
+    )
+
+
+def _precision_option(
+    parser: Any, help: str, *, default: str | None = "fp32", aliases: tuple[str, ...] = ()
+) -> None:
+    """`--precision`: fp32, fp16, int8 (estimates) or a recipe (int8-static, int4-weight...)."""
+    parser.add_argument("--precision", *aliases, dest="precision", default=default, help=help)
+
+
+def _device_option(parser: Any, help: str = "catalogue id (see `edgeforge devices`)") -> None:
+    parser.add_argument("--device", required=True, help=help)
+
+
+_NETWORKS = "3g, 4g, lte, 5g, wifi, offline, or rtt=80ms,up=5mbps,down=20mbps[,loss=1%%]"
+
+
+def _network_option(parser: Any, *, required: bool = False, default_text: str = "") -> None:
+    """`--network`: a network profile name or an rtt/up/down spec."""
+    parser.add_argument(
+        "--network",
+        required=required,
+        help=f"{_NETWORKS}{f' (default: {default_text})' if default_text else ''}",
+    )
+
+
+def _cloud_option(
+    parser: Any, help: str, *, default: str | None = None, aliases: tuple[str, ...] = ()
+) -> None:
+    """`--cloud`: the server in the cloud, a cloud instance from decide's catalogue."""
+    parser.add_argument("--cloud", *aliases, dest="cloud", default=default, help=help)
+
+
+def _out_option(parser: Any, default: Path | None, help: str = "output folder") -> None:
+    parser.add_argument("--out", type=Path, default=default, help=help)
+
+
+def _timeout_option(parser: Any, what: str) -> None:
+    parser.add_argument("--timeout", type=float, default=600, help=f"seconds per {what}")
+
+
+def _milliseconds(text: str) -> float:
+    """`10`, `10ms`, `0.5s` or `500us` as milliseconds."""
+    value = text.strip().lower()
+    scale = 1.0
+    if value.endswith("ms"):
+        value = value[:-2]
+    elif value.endswith("us"):
+        value, scale = value[:-2], 1e-3
+    elif value.endswith("s"):
+        value, scale = value[:-1], 1000.0
+    try:
+        return float(value) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a time; write e.g. 10ms, 0.5s or 500us"
+        ) from None
+
+
+def _max_latency_option(parser: Any, help: str) -> None:
+    parser.add_argument("--max-latency", type=_milliseconds, metavar="MS", help=help)
 
 
 def _shapes(args: argparse.Namespace) -> dict[str, tuple[int, ...]]:
@@ -62,15 +204,27 @@ def _shapes(args: argparse.Namespace) -> dict[str, tuple[int, ...]]:
 
 
 def _emit(args: argparse.Namespace, verb: str, data: Any, show: Callable[[], None]) -> None:
+    """The one place a verb's result leaves: the HTML report (`--report`), then JSON or text."""
     if getattr(args, "report", None):
         from edgeforge.report import write_report
 
         path = write_report({verb: data}, args.report, title=f"edgeforge {verb}")
         print(f"report: {path}", file=sys.stderr)
     if args.json:
-        print(json.dumps(data, indent=2, default=str))
+        print(json.dumps(_versioned(verb, data), indent=2, default=str))
     else:
         show()
+
+
+def _schema(verb: str) -> str:
+    return f"edgeforge.{verb}/{SCHEMA_VERSION}"
+
+
+def _versioned(verb: str, data: Any) -> dict[str, Any]:
+    """`data` as one object with its schema first; a list goes under its name."""
+    if not isinstance(data, dict):
+        data = {_LIST_NAMES.get(verb, "items"): data}
+    return {"schema": _schema(verb), **{k: v for k, v in data.items() if k != "schema"}}
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -92,13 +246,21 @@ def _devices(args: argparse.Namespace) -> int:
     return 0
 
 
-def _data_options(parser: argparse.ArgumentParser, sampling: bool = False) -> None:
+def _data_options(
+    parser: argparse.ArgumentParser,
+    *,
+    required: bool = False,
+    help: str | None = None,
+    sampling: bool = False,
+) -> None:
     group = parser.add_argument_group("data")
     group.add_argument(
         "--data",
         type=Path,
+        required=required,
         metavar="DIR",
-        help="samples: .npz files, <input>.npy files or images (class sub-folders = labels); "
+        help=help
+        or "samples: .npz files, <input>.npy files or images (class sub-folders = labels); "
         "without it, inputs are synthesised from the signature, edge values included",
     )
     if sampling:
@@ -123,14 +285,16 @@ def _sampling_options(group: Any) -> None:
 
 def _tolerance_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("comparison")
-    group.add_argument("--precision", help="judge as fp32, fp16, int8 or int4 (default: recipe)")
+    _precision_option(
+        group, "judge as fp32, fp16, int8 or int4 (default: the artifact's recipe)", default=None
+    )
     group.add_argument("--rtol", type=float, help="relative tolerance (times max |reference|)")
     group.add_argument("--atol", type=float, help="absolute tolerance")
     group.add_argument("--min-cosine", type=float, help="smallest acceptable cosine similarity")
 
 
 def _check(args: argparse.Namespace) -> int:
-    from edgeforge.convert import check
+    from edgeforge import check
     from edgeforge.render import print_check
 
     report = check(args.model, args.runtime, timeout=args.timeout)
@@ -139,12 +303,12 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from edgeforge.convert import convert
+    from edgeforge import convert
     from edgeforge.render import print_conversion
 
     result = convert(
         args.model,
-        args.to,
+        args.runtime,
         args.out,
         precision=args.precision,
         data=args.data,
@@ -173,7 +337,7 @@ def _recipe_options(pairs: list[str]) -> dict[str, Any]:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from edgeforge.evaluate import verify
+    from edgeforge import verify
     from edgeforge.render import print_verification
 
     result = verify(
@@ -198,7 +362,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from edgeforge.bench import bench
+    from edgeforge import bench
     from edgeforge.render import print_bench
 
     batches = tuple(int(b) for text in args.batch for b in text.split(",") if b.strip())
@@ -218,63 +382,59 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _estimate(args: argparse.Namespace) -> int:
-    from edgeforge.estimator import estimate_devices
+    from edgeforge import estimate
     from edgeforge.estimator.render import print_estimates
 
-    results = estimate_devices(
+    results = estimate(
         args.model,
-        [name.strip() for name in args.device.split(",") if name.strip()],
+        args.device.split(","),  # always several: --json is {"estimates": [...]}
         runtime=args.runtime,
         precision=args.precision,
         unit=args.unit,
         shapes=_shapes(args),
-    )
+    ).estimates
     data = [r.to_dict() for r in results]
     _emit(args, "estimate", data, lambda: print_estimates(results))
     return 0
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from edgeforge.estimator import calibrate, validate_file
+    from edgeforge import calibrate
 
-    if args.here:
-        from edgeforge.devices._this_machine import calibration_path
-        from edgeforge.estimator.here import calibrate_here
+    result = calibrate(
+        args.rows,
+        out=args.out,
+        validate_only=args.validate_only,
+        here=args.here,
+        quick=args.quick,
+        threads=args.threads,
+    )
+    data = result.to_dict()
 
-        result = calibrate_here(quick=args.quick, threads=args.threads)
-        data = result.to_dict()
-
-        def show() -> None:
-            for case in data["cases"]:
-                print(
-                    f"{case['case']:28} measured {case['measured_ms']:9.3f} ms  "
-                    f"roofline {case['predicted_ms']:9.3f} ms"
-                )
-            entry = data["entry"]
+    def show() -> None:
+        if result.here is None:
+            print(json.dumps(data, indent=2, default=str))
+            return
+        for case in data["cases"]:
             print(
-                f"bandwidth {data['bandwidth_gbps']:.1f} GB/s, layer overhead "
-                f"{entry['layer_overhead_ms'] * 1e3:.1f} us, efficiencies "
-                + ", ".join(f"{k} {v:.2f}" for k, v in entry["compute_efficiency"].items())
-                + f", memory {entry['memory_efficiency']:.2f}"
+                f"{case['case']:28} measured {case['measured_ms']:9.3f} ms  "
+                f"roofline {case['predicted_ms']:9.3f} ms"
             )
-            print(f"saved for this-machine: {calibration_path()}")
-
-        _emit(args, "calibrate", data, show)
-        return 0
-    if not args.rows.is_file():
-        raise EdgeforgeError(
-            f"--rows {args.rows}: no such file; pass a CSV in the published-measurements format"
+        entry = data["entry"]
+        print(
+            f"bandwidth {data['bandwidth_gbps']:.1f} GB/s, layer overhead "
+            f"{entry['layer_overhead_ms'] * 1e3:.1f} us, efficiencies "
+            + ", ".join(f"{k} {v:.2f}" for k, v in entry["compute_efficiency"].items())
+            + f", memory {entry['memory_efficiency']:.2f}"
         )
-    if args.validate_only:
-        report = validate_file(args.rows)
-    else:
-        _, report = calibrate(args.rows, out=args.out)
-    _emit(args, "calibrate", report, lambda: print(json.dumps(report, indent=2, default=str)))
+        print(f"saved for this-machine: {result.saved_to}")
+
+    _emit(args, "calibrate", data, show)
     return 0
 
 
 def _decide(args: argparse.Namespace) -> int:
-    from edgeforge.decide import decide
+    from edgeforge import decide
     from edgeforge.decide.render import print_decision
 
     decision = decide(
@@ -287,8 +447,8 @@ def _decide(args: argparse.Namespace) -> int:
         users=args.users,
         privacy=args.privacy,
         offline_required=args.offline_required,
-        max_latency_ms=args.max_latency,
-        cloud_instance=args.cloud_instance,
+        max_latency=args.max_latency,
+        cloud=args.cloud,
         runtime=args.runtime,
         precision=args.precision,
         force=args.force,
@@ -307,33 +467,36 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _setup(args: argparse.Namespace) -> int:
+    from edgeforge.setup_web import setup_web
+
+    result = setup_web(args.dir, install_browser=args.install_browser, timeout=args.timeout)
+
+    def show() -> None:
+        for line in result.done:
+            print(line)
+        print(
+            f"onnxruntime-web: {result.ort_web_version or 'missing'} in {result.web_dir} "
+            f"(pinned {result.ort_web_pinned}); chromium: {result.chromium or 'missing'}"
+        )
+        for line in result.missing:
+            print(f"missing: {line}", file=sys.stderr)
+
+    _emit(args, "setup", result.to_dict(), show)
+    return 0 if result.ready else 1
+
+
 # -- hybrid: split and cascade -----------------------------------------------------------------
 
 
-def _hybrid_network(name: str | None) -> Any:
-    from edgeforge.decide import get_network
-
-    return None if name is None else get_network(name)
-
-
-def _hybrid_cloud(name: str) -> Any:
-    """A cloud instance from decide's catalogue, or any catalogue device playing the server."""
-    from edgeforge.decide import get_cloud_instance, load_data
-    from edgeforge.devices import get_device
-
-    if name.strip().casefold().replace(".", "-") in load_data().instances:
-        return get_cloud_instance(name).device()
-    return get_device(name)
-
-
 def _split(args: argparse.Namespace) -> int:
-    from edgeforge.hybrid import split
+    from edgeforge import split
 
     result = split(
         args.model,
         args.device,
-        _hybrid_network(args.network),
-        cloud=_hybrid_cloud(args.cloud),
+        args.network,
+        cloud=args.cloud,
         out=args.out,
         objective=args.objective,
         compress=args.compress,
@@ -366,7 +529,7 @@ def _split(args: argparse.Namespace) -> int:
 
 
 def _cascade(args: argparse.Namespace) -> int:
-    from edgeforge.hybrid import cascade
+    from edgeforge import cascade
 
     result = cascade(
         args.small,
@@ -374,7 +537,7 @@ def _cascade(args: argparse.Namespace) -> int:
         args.data,
         target_accuracy=args.target_accuracy,
         confidence=args.confidence,
-        network=_hybrid_network(args.network),
+        network=args.network,
         small_ms=args.small_ms,
         large_ms=args.large_ms,
         price_per_request=args.price_per_request,
@@ -405,10 +568,7 @@ def _cascade(args: argparse.Namespace) -> int:
 
 
 def _optimize(args: argparse.Namespace) -> int:
-    from edgeforge.optimize.search import optimize
-
-    def names(text: str | None) -> list[str] | None:
-        return [n.strip() for n in text.split(",") if n.strip()] if text else None
+    from edgeforge import optimize
 
     result = optimize(
         args.model,
@@ -419,16 +579,16 @@ def _optimize(args: argparse.Namespace) -> int:
         max_size=args.max_size,
         max_latency=args.max_latency,
         max_memory=args.max_memory,
-        runtimes=names(args.runtimes),
-        precisions=names(args.precisions),
-        passes=names(args.passes) or (),
+        runtime=args.runtime,
+        precision=args.precision,
+        passes=args.passes,
         cleanup=not args.no_cleanup,
         calibration_samples=args.calibration_samples,
         max_samples=args.max_samples,
         preprocess=args.preprocess,
         metric=args.metric,
         timeout=args.timeout,
-        bench_runs=args.runs,
+        runs=args.runs,
     )
 
     def show() -> None:
@@ -470,10 +630,9 @@ def _add_optimize(verbs: Any) -> None:
         help="search recipes and runtimes for a device; choose the best within your limits",
     )
     _model_options(optimize, shape=False)
-    optimize.add_argument("--device", required=True, help="a catalogue device (edgeforge devices)")
-    optimize.add_argument(
-        "--data",
-        type=Path,
+    _device_option(optimize)
+    _data_options(
+        optimize,
         required=True,
         metavar="DIR",
         help="samples (.npz, <input>.npy or images; labels optional): a part drawn with a "
@@ -488,30 +647,38 @@ def _add_optimize(verbs: Any) -> None:
     limits = optimize.add_argument_group("limits (a candidate must meet every one given)")
     limits.add_argument("--max-accuracy-drop", metavar="SHARE", help="e.g. 1%% or 0.01")
     limits.add_argument("--max-size", metavar="BYTES", help="artifact size, e.g. 5MB")
-    limits.add_argument("--max-latency", metavar="MS", help="on the device (estimated), e.g. 10ms")
+    _max_latency_option(limits, "on the device (estimated), e.g. 10ms")
     limits.add_argument("--max-memory", metavar="BYTES", help="peak memory, e.g. 200MB")
     search = optimize.add_argument_group("search")
-    search.add_argument("--runtimes", help="only these of the device's runtimes (comma list)")
-    search.add_argument("--precisions", help="only these precisions (comma list)")
+    _runtime_option(
+        search,
+        "only these of the device's runtimes (comma list; default: all it lists)",
+        aliases=("--runtimes",),
+    )
+    _precision_option(
+        search,
+        "only these precisions (comma list; default: every one the runtimes take)",
+        default=None,
+        aliases=("--precisions",),
+    )
     search.add_argument("--passes", help="prune,distill (torch sources: pruned/distilled models)")
     search.add_argument("--no-cleanup", action="store_true", help="skip the ONNX clean-up pass")
     search.add_argument(
         "--calibration-samples", type=int, help="samples that calibrate (default: min(64, half))"
     )
     search.add_argument("--runs", type=int, default=30, help="timed runs per candidate here")
-    search.add_argument("--timeout", type=float, default=600, help="seconds per build")
-    optimize.add_argument(
-        "--out", type=Path, default=Path("edgeforge-optimize"), help="output and cache folder"
-    )
-    optimize.add_argument("--json", action="store_true", help="print the result as JSON")
+    _timeout_option(search, "build")
+    _out_option(optimize, Path("edgeforge-optimize"), "output and cache folder")
+    _output_options(optimize)
     optimize.set_defaults(run=_optimize)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="edgeforge",
         description="Take a trained model to a verified, measured model on edge devices.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     parser.add_argument(
         "--verbose", action="store_true", help="show what the runtimes' libraries print"
@@ -530,8 +697,8 @@ def build_parser() -> argparse.ArgumentParser:
         "check", help="before converting: what each runtime lacks, runs on a fallback, trips on"
     )
     _model_options(check, shape=False)
-    check.add_argument("--runtime", default="all", help="comma-separated runtimes (default: all)")
-    check.add_argument("--timeout", type=float, default=600, help="seconds per runtime")
+    _runtime_option(check, "comma-separated runtimes, or all", default="all")
+    _timeout_option(check, "runtime")
     _output_options(check)
     check.set_defaults(run=_check)
 
@@ -539,13 +706,14 @@ def build_parser() -> argparse.ArgumentParser:
         "convert", help="build every target, load and run it, and retest it against the source"
     )
     _model_options(convert, shape=False)
-    convert.add_argument("--to", required=True, help="comma-separated runtimes, or 'all'")
-    convert.add_argument("--out", type=Path, default=Path("edgeforge-out"), help="output folder")
-    convert.add_argument(
-        "--precision",
-        default="fp32",
-        help="fp32 (default), fp16, int8-dynamic, int8-static (calibrated on --data) or "
-        "int4-weight, each by the runtime's own quantizer",
+    _runtime_option(
+        convert, "comma-separated runtimes to build, or all", required=True, aliases=("--to",)
+    )
+    _out_option(convert, Path("edgeforge-out"))
+    _precision_option(
+        convert,
+        "fp32, fp16, int8-dynamic, int8-static (calibrated on --data) or int4-weight, each by "
+        "the runtime's own quantizer",
     )
     convert.add_argument(
         "--option",
@@ -555,7 +723,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a recipe option, e.g. calibration_method=entropy, per_channel=false, "
         "block_size=32 (repeatable)",
     )
-    convert.add_argument("--timeout", type=float, default=600, help="seconds per target")
+    _timeout_option(convert, "target")
     convert.add_argument(
         "--require",
         metavar="R,...",
@@ -580,13 +748,16 @@ def build_parser() -> argparse.ArgumentParser:
         "bench", help="latency percentiles, throughput, memory and top layers, measured here"
     )
     _model_options(bench)
-    bench.add_argument("--runtime", default="onnxruntime", help="runtime to measure in")
+    _runtime_option(bench, "the runtime to measure in", default="onnxruntime")
     bench.add_argument("--threads", type=int, help="CPU threads (default: the runtime's)")
     bench.add_argument("--warmup", type=int, default=10, help="untimed runs first")
     bench.add_argument("--runs", type=int, default=50, help="timed runs per repeat")
     bench.add_argument("--repeats", type=int, default=3, help="fresh processes to compare")
     bench.add_argument(
-        "--batch", action="append", default=[], help="batch sizes, e.g. --batch 1,8 (default 1)"
+        "--batch",
+        action="append",
+        default=[],
+        help="batch sizes, e.g. --batch 1,8 (repeatable; default: 1)",
     )
     _data_options(bench)
     _output_options(bench)
@@ -598,15 +769,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="MODEL may also be an artifact folder (with manifest.json), as for bench.",
     )
     _model_options(estimate)
-    estimate.add_argument(
-        "--device", required=True, help="catalogue ids, comma-separated (see `edgeforge devices`)"
+    _device_option(estimate, "catalogue ids, comma-separated (see `edgeforge devices`)")
+    _runtime_option(
+        estimate, "the runtime on the device (default: the fastest unit's, or the artifact's)"
     )
-    estimate.add_argument(
-        "--runtime",
-        help="the runtime on the device (default: the fastest unit's, or the artifact's)",
-    )
-    estimate.add_argument(
-        "--precision", help="fp32, fp16 or int8 (default: the artifact's, or fp32)"
+    _precision_option(
+        estimate, "fp32, fp16 or int8 (default: the artifact's, or fp32)", default=None
     )
     estimate.add_argument(
         "--unit", help="the compute unit: cpu, gpu, npu, tpu, ane (default: fastest)"
@@ -618,15 +786,11 @@ def build_parser() -> argparse.ArgumentParser:
         "decide", help="edge, cloud or hybrid: latency, cost, privacy and fit for a workload"
     )
     _model_options(decide)
-    decide.add_argument("--device", required=True, help="catalogue id of the edge device")
-    decide.add_argument("--runtime", help="the runtime on the device (default: any)")
-    decide.add_argument("--precision", default="fp32", help="fp32, fp16 or int8")
+    _device_option(decide, "catalogue id of the edge device")
+    _runtime_option(decide, "the runtime on the device (default: any it lists)")
+    _precision_option(decide, "fp32, fp16 or int8")
     workload = decide.add_argument_group("workload")
-    workload.add_argument(
-        "--network",
-        help="3g, 4g, lte, 5g, wifi, offline, or rtt=80ms,up=5mbps,down=20mbps[,loss=1%%] "
-        "(default: 4g)",
-    )
+    _network_option(workload, default_text="4g")
     workload.add_argument(
         "--payload", help="bytes uploaded per request, e.g. 150KB (default: the raw input)"
     )
@@ -643,12 +807,12 @@ def build_parser() -> argparse.ArgumentParser:
     workload.add_argument(
         "--offline-required", action="store_true", help="the application must work offline"
     )
-    workload.add_argument(
-        "--max-latency", type=float, metavar="MS", help="the application's target (default 100)"
-    )
+    _max_latency_option(workload, "the application's target, e.g. 100ms (default: 100)")
     cloud = decide.add_argument_group("cloud")
-    cloud.add_argument(
-        "--cloud-instance", help="g4dn-xlarge, g5-xlarge, c6i-xlarge, c7g-xlarge (default g4dn)"
+    _cloud_option(
+        cloud,
+        "the cloud instance: g4dn-xlarge, g5-xlarge, c6i-xlarge, c7g-xlarge (default: g4dn-xlarge)",
+        aliases=("--cloud-instance",),
     )
     cloud.add_argument(
         "--prices",
@@ -671,10 +835,10 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument(
         "--rows",
         type=Path,
-        default=Path("../shared/data/edge_benchmarks.csv"),
-        help="CSV of published measurements (device,runtime,model,input,precision,batch,...)",
+        help="CSV of published measurements (device,runtime,model,input,precision,batch,...) "
+        "(default: the published measurements shipped with edgeforge)",
     )
-    calibrate.add_argument("--out", type=Path, help="where to save the fitted factors (JSON)")
+    _out_option(calibrate, None, "where to save the fitted factors (JSON)")
     calibrate.add_argument(
         "--validate-only",
         action="store_true",
@@ -689,29 +853,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="with --here: fewer, smaller micro-benchmarks"
     )
     calibrate.add_argument("--threads", type=int, help="with --here: ONNX Runtime threads")
-    _output_options(calibrate, report=False)
+    _output_options(calibrate)
     calibrate.set_defaults(run=_calibrate)
 
     split = verbs.add_parser(
         "split", help="cut a model between the device (head) and the cloud (tail)"
     )
     _model_options(split)
-    split.add_argument("--device", required=True, help="catalogue id of the device")
-    split.add_argument(
-        "--network", required=True, help="3g, 4g, lte, 5g, wifi, offline, or rtt=..,up=..,down=.."
-    )
-    split.add_argument(
-        "--cloud",
+    _device_option(split, "catalogue id of the device")
+    _network_option(split, required=True)
+    _cloud_option(
+        split,
+        "the server: a cloud instance (as in decide) or a catalogue device id "
+        "(default: g4dn-xlarge, an NVIDIA T4)",
         default="g4dn-xlarge",
-        help="server: a cloud instance (as in decide --cloud-instance) or a device id "
-        "(default g4dn-xlarge, an NVIDIA T4)",
     )
-    split.add_argument("--out", type=Path, default=Path("edgeforge-split"), help="output folder")
+    _out_option(split, Path("edgeforge-split"))
     split.add_argument("--objective", default="latency", choices=("latency", "bytes"))
     split.add_argument("--compress", choices=("fp16", "int8"), help="send cut tensors quantized")
     split.add_argument("--cut", metavar="TENSOR", help="force the cut (comma-separated tensors)")
     split.add_argument("--max-tensors", type=int, default=1, help="most tensors crossing a cut")
-    split.add_argument("--precision", default="fp32", help="the device's: fp32, fp16 or int8")
+    _precision_option(split, "the device's: fp32, fp16 or int8")
     _data_options(split)
     _output_options(split)
     split.set_defaults(run=_split)
@@ -721,10 +883,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cascade.add_argument("small", metavar="SMALL", help="the on-device model")
     cascade.add_argument("large", metavar="LARGE", help="the cloud model")
-    cascade.add_argument("--data", type=Path, required=True, metavar="DIR", help="labelled samples")
+    _data_options(cascade, required=True, help="labelled samples")
     cascade.add_argument("--target-accuracy", type=float, required=True, help="e.g. 0.95")
     cascade.add_argument("--confidence", default="softmax", choices=("softmax", "margin"))
-    cascade.add_argument("--network", help="3g, 4g, 5g, wifi or offline (default: not counted)")
+    _network_option(cascade, default_text="not counted")
     cascade.add_argument("--small-ms", type=float, help="small model time on the device")
     cascade.add_argument("--large-ms", type=float, help="large model time on the server")
     price = cascade.add_mutually_exclusive_group()
@@ -741,33 +903,87 @@ def build_parser() -> argparse.ArgumentParser:
     devices.set_defaults(run=_devices)
 
     demo = verbs.add_parser("demo", help="build an example model and run every verb on it")
-    demo.add_argument("--out", type=Path, default=Path("edgeforge-demo"), help="output folder")
+    _out_option(demo, Path("edgeforge-demo"))
     demo.set_defaults(run=_demo)
+
+    setup = verbs.add_parser(
+        "setup", help="install what a runtime needs beyond pip (web: Chromium, onnxruntime-web)"
+    )
+    setup.add_argument("what", choices=("web",), help="web: the browser runtime's assets")
+    setup.add_argument(
+        "--dir",
+        type=Path,
+        help="where onnxruntime-web goes (default: $EDGEFORGE_WEB_DIR, else "
+        "~/.cache/edgeforge/web)",
+    )
+    setup.add_argument(
+        "--install-browser",
+        action="store_true",
+        help="install Debian's chromium with apt-get when none is found (needs root)",
+    )
+    _timeout_option(setup, "install step")
+    _output_options(setup, report=False)
+    setup.set_defaults(run=_setup)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except _UsageError as exc:
+        exc.parser.print_usage(sys.stderr)
+        print(f"{exc.parser.prog}: error: {exc}", file=sys.stderr)
+        if "--json" in argv:
+            _json_error("usage", str(exc), 2, _verb_in(argv))
+        return 2
     _quiet_by_default(args.verbose)
     try:
         return args.run(args)
+    except ModuleNotFoundError as exc:
+        error = missing_extra(exc)
+        if error is None or args.debug:
+            return _internal_error(args, exc)
+        return _bad_input(args, error)
     except EdgeforgeError as exc:
         if args.debug:
             raise
-        print(f"edgeforge: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return _bad_input(args, exc)
     except KeyboardInterrupt:
         print("edgeforge: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug, not bad input: say so in one line
-        if args.debug:
-            raise
-        print(
-            f"edgeforge: internal error: {type(exc).__name__}: {exc} "
-            "(rerun with --debug for the traceback and report it)",
-            file=sys.stderr,
-        )
-        return 1
+        return _internal_error(args, exc)
+
+
+def _bad_input(args: argparse.Namespace, exc: EdgeforgeError) -> int:
+    print(f"edgeforge: error: {exc}", file=sys.stderr)
+    if getattr(args, "json", False):
+        _json_error("bad-input", str(exc), exc.exit_code, args.verb)
+    return exc.exit_code
+
+
+def _internal_error(args: argparse.Namespace, exc: Exception) -> int:
+    if args.debug:
+        raise exc
+    message = (
+        f"internal error: {type(exc).__name__}: {exc} "
+        "(rerun with --debug for the traceback and report it)"
+    )
+    print(f"edgeforge: {message}", file=sys.stderr)
+    if getattr(args, "json", False):
+        _json_error("internal", message, 1, args.verb)
+    return 1
+
+
+def _json_error(kind: str, message: str, exit_code: int, verb: str | None) -> None:
+    """Under --json an error is an object on stdout too, so a script reads one JSON value."""
+    error = {"kind": kind, "message": message, "exit_code": exit_code, "verb": verb}
+    print(json.dumps({"schema": _schema("error"), "error": error}, indent=2))
+
+
+def _verb_in(argv: list[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
 def _quiet_by_default(verbose: bool) -> None:

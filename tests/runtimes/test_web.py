@@ -1,7 +1,7 @@
 """The `web` runtime: onnxruntime-web really run in headless Chromium (no mocks).
 
 Tests that need the browser skip, naming the fix, where chromium or onnxruntime-web is missing
-(`scripts/install-web-deps.sh` installs both); the rest run everywhere.
+(`edgeforge setup web` installs both); the rest run everywhere.
 """
 
 from __future__ import annotations
@@ -26,8 +26,6 @@ from edgeforge.runtimes import RuntimeUnavailable, get_runtime
 from edgeforge.runtimes.web import ORT_WEB_VERSION, WebSession
 
 __all__: list[str] = []
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -233,11 +231,11 @@ def test_missing_browser_blocks_execution_but_not_build(digits_model, tmp_path, 
         runtime.open(artifact)
 
 
-def test_missing_onnxruntime_web_names_the_install_script(tmp_path, monkeypatch):
+def test_missing_onnxruntime_web_names_the_setup_command(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEFORGE_CHROMIUM", sys.executable)  # any executable passes that test
     monkeypatch.setenv("EDGEFORGE_WEB_DIR", str(tmp_path))
     reason = get_runtime("web").execution_blocker()
-    assert reason is not None and "scripts/install-web-deps.sh" in reason
+    assert reason is not None and "edgeforge setup web" in reason
 
 
 def split_weights(model: edgeforge.Model, folder: Path) -> edgeforge.Model:
@@ -267,8 +265,3 @@ def test_external_data_is_inlined_so_the_browser_fetches_one_file(digits_model, 
     image = np.ones((2, 1, 8, 8), np.float32)
     (inlined,) = ort.InferenceSession(str(artifact.path)).run(None, {"image": image})
     assert_matches(inlined, cpu_outputs(digits_model, {"image": image})[0])
-
-
-def test_install_script_pins_the_version_the_runtime_expects():
-    script = (REPO / "scripts" / "install-web-deps.sh").read_text()
-    assert f"ORT_WEB_VERSION={ORT_WEB_VERSION}\n" in script

@@ -481,12 +481,19 @@ _PROFILES: dict[str, Profile] = {}
 
 
 def zoo_profiles(architectures: Iterable[str]) -> dict[str, Profile]:
-    """`inspect` profiles of zoo architectures, built once per process (a few seconds each)."""
+    """`inspect` profiles of zoo architectures, built once per process (a few seconds each).
+    Without torch (the base install) the profiles shipped with the package stand in
+    (`_zoo_snapshot`)."""
     import edgeforge
-    from edgeforge.zoo import catalog
+    from edgeforge.estimator import _zoo_snapshot
 
-    for name in sorted(set(architectures)):
+    wanted = sorted(set(architectures))
+    if any(n not in _PROFILES for n in wanted) and _zoo_snapshot.torch_missing():
+        _zoo_snapshot.preload()
+    for name in wanted:
         if name not in _PROFILES:
+            from edgeforge.zoo import catalog
+
             module, inputs, options = catalog.build(name)
             _PROFILES[name] = edgeforge.inspect(module, inputs, **options)
     return {name: _PROFILES[name] for name in architectures}

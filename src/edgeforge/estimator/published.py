@@ -83,9 +83,14 @@ def parse_input(text: str) -> tuple[int, int] | None:
 
 
 def _architecture(model: str) -> tuple[str | None, str | None]:
-    from edgeforge.zoo import catalog
+    from edgeforge.estimator import _zoo_snapshot
 
     name = _SUFFIX.sub("", model.strip())
+    if _zoo_snapshot.torch_missing():  # the zoo imports torch: the shipped spelling index
+        found = _zoo_snapshot.architecture_of(name)
+        return found, None if found else f"model {model!r} maps to no zoo architecture"
+    from edgeforge.zoo import catalog
+
     try:
         return catalog.lookup(name).name, None
     except EdgeforgeError:

@@ -1,7 +1,7 @@
 """The browser half of the `web` runtime: onnxruntime-web's files, a loopback server, headless
 Chromium, and the page in `web_page/` that runs jobs for Python.
 
-Chromium and onnxruntime-web come from outside Python (`scripts/install-web-deps.sh`).
+Chromium and onnxruntime-web come from outside Python (`edgeforge setup web`, `setup_web.py`).
 A `BrowserPage` loads `runner.html` in its own Chromium; the page polls the server for jobs,
 so the browser and whatever the page loaded stay loaded between runs. Invariants:
 - `blocker()` is None only when a Chromium executable is found and onnxruntime-web
@@ -58,7 +58,7 @@ __all__ = [
     "web_dir",
 ]
 
-# Keep equal to ORT_WEB_VERSION in scripts/install-web-deps.sh. npm has no 1.32 (the Python
+# `edgeforge setup web` installs this version. npm has no 1.32 (the Python
 # package's version); 1.30.0 is the newest release there.
 ORT_WEB_VERSION = "1.30.0"
 ORT_WEB_BUNDLE = "ort.wasm.min.js"  # the script runner.html loads: wasm provider only
@@ -112,15 +112,15 @@ def blocker() -> str | None:
     if chromium_binary() is None:
         return (
             "no chromium browser: install Debian's chromium (apt-get install chromium) "
-            "or run `make`"
+            "or run `edgeforge setup web --install-browser` as root"
         )
     version = installed_ort_web_version()
     if version is None:
-        return f"no onnxruntime-web in {web_dir()}: run scripts/install-web-deps.sh"
+        return f"no onnxruntime-web in {web_dir()}: run `edgeforge setup web`"
     if version != ORT_WEB_VERSION:
         return (
             f"onnxruntime-web {version} in {web_dir()}, edgeforge pins {ORT_WEB_VERSION}: "
-            "run scripts/install-web-deps.sh"
+            "run `edgeforge setup web`"
         )
     return None
 

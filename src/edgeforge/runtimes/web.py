@@ -1,7 +1,7 @@
 """ONNX Runtime Web: the `.onnx` file run by onnxruntime-web's wasm provider in headless Chromium.
 
 Nothing here imports a Python package for the browser; it needs Debian's `chromium` and a pinned
-onnxruntime-web from npm (`scripts/install-web-deps.sh` installs both). The server, the browser
+onnxruntime-web from npm (`edgeforge setup web` installs both). The server, the browser
 and the page live in `_browser.py`, whose invariants a `WebSession` inherits (loopback only,
 one Chromium per session, everything stopped by `close()`, every wait timed). Invariants:
 - the artifact is a single `model.onnx` with its weights inline whenever they fit protobuf's
@@ -100,7 +100,7 @@ class WebSession(Session):
                 # The page or the wasm files are broken: no verdict on the model.
                 raise EdgeforgeError(
                     f"onnxruntime-web did not start in chromium ({error}); "
-                    "run scripts/install-web-deps.sh again"
+                    "run `edgeforge setup web` again"
                 )
             raise WebModelError(f"onnxruntime-web cannot load {onnx_path.name}: {error}")
         self.load_ms = float(ready.get("loadMs", 0.0))

@@ -309,7 +309,7 @@ def test_cli_lists_each_device_even_when_one_cannot_run(small_profile, capsys):
     path = small_profile.model["path"]
     argv = ["estimate", path, "--device", "raspberry-pi-4,coral-usb-accelerator", "--json"]
     assert main(argv) == 0
-    data = json.loads(capsys.readouterr().out)
+    data = json.loads(capsys.readouterr().out)["estimates"]
     assert [d["available"] for d in data] == [True, False]
     assert "the Edge TPU runs int8 only" in data[1]["reason"]
 
@@ -326,7 +326,7 @@ def test_estimate_takes_an_artifact_folder(small_profile, tmp_path, capsys):
     assert found.artifact == str(folder) and found.runtime == "onnxruntime"
     assert found.precision == "fp32" and str(folder) in found.notes[0]
     assert main(["estimate", str(folder), "--device", "raspberry-pi-4", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)[0]["artifact"] == str(folder)
+    assert json.loads(capsys.readouterr().out)["estimates"][0]["artifact"] == str(folder)
     with pytest.raises(EdgeforgeError, match="pass one of its artifact folders: onnxruntime"):
         estimate(tmp_path / "out", "raspberry-pi-4")
 

@@ -634,7 +634,6 @@ def _add_optimize(verbs: Any) -> None:
     _data_options(
         optimize,
         required=True,
-        metavar="DIR",
         help="samples (.npz, <input>.npy or images; labels optional): a part drawn with a "
         "fixed seed (stratified by class) calibrates, the rest judges accuracy",
     )

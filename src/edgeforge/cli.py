@@ -49,6 +49,13 @@ def _output_options(parser: argparse.ArgumentParser, report: bool = True) -> Non
             metavar="FILE.html",
             help="also write an HTML report (and its JSON beside it)",
         )
+    # decide's --force pins its recommendation; there --overwrite alone says it (issue 13)
+    flags = ("--overwrite",) if "--force" in parser._option_string_actions else ("--force",)
+    group.add_argument(*flags, dest="overwrite", action="store_true", help=_OVERWRITE_HELP)
+
+
+_OVERWRITE_HELP = "replace existing outputs edgeforge did not write (inputs are never overwritten)"
+_INPUTS = ("model", "reference", "candidate", "small", "large", "data", "prices", "rows")
 
 
 def _shapes(args: argparse.Namespace) -> dict[str, tuple[int, ...]]:
@@ -65,7 +72,14 @@ def _emit(args: argparse.Namespace, verb: str, data: Any, show: Callable[[], Non
     if getattr(args, "report", None):
         from edgeforge.report import write_report
 
-        path = write_report({verb: data}, args.report, title=f"edgeforge {verb}")
+        inputs = [getattr(args, name, None) for name in _INPUTS]
+        path = write_report(
+            {verb: data},
+            args.report,
+            title=f"edgeforge {verb}",
+            inputs=inputs,
+            force=args.overwrite,
+        )
         print(f"report: {path}", file=sys.stderr)
     if args.json:
         print(json.dumps(data, indent=2, default=str))
@@ -132,6 +146,7 @@ def _convert(args: argparse.Namespace) -> int:
         data=args.data,
         options=_recipe_options(args.option),
         timeout=args.timeout,
+        force=args.overwrite,
     )
     _emit(args, "convert", result.to_dict(), lambda: print_conversion(result))
     return 0 if result.all_verified else 1
@@ -684,6 +699,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _one_line_warnings()
     try:
+        if getattr(args, "report", None):  # refuse a report path before the work, not after
+            from edgeforge.report import check_report_path
+
+            check_report_path(
+                args.report, [getattr(args, n, None) for n in _INPUTS], args.overwrite
+            )
         return args.run(args)
     except EdgeforgeError as exc:
         if args.debug:

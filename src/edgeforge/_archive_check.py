@@ -62,7 +62,8 @@ def check_torch_archive(path: Path) -> None:
             _check_zip(archive, str(path), 0, budget)
     except zipfile.BadZipFile as exc:
         raise EdgeforgeError(
-            f"{path}: not a readable zip archive ({exc}); save the program with torch.export.save"
+            f"{path}: cannot load as a torch.export program (not a zip archive: {exc}); "
+            "save it with torch.export.save"
         ) from None
 
 

@@ -5,7 +5,9 @@ Invariants enforced before a `Model` is returned:
 - every external-data `location` is a relative path that stays inside the model's folder once
   `..` and symbolic links are resolved (a model file must not make us read /etc/passwd);
 - every external-data file exists and holds `offset + length` bytes;
-- the graph passes `onnx.checker` (external weights are not loaded for that).
+- the graph passes `onnx.checker` (external weights are not loaded for that);
+- no tensor whose size the graph fixes in constants exceeds the memory budget, and no constant
+  Loop trip count exceeds what any time limit lets finish (`analysis._budget.check_budget`).
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ def open_onnx(path: Path, provenance: Provenance | None = None) -> Model:
         raise EdgeforgeError(
             f"{path}: fails the ONNX checker ({first}); re-export the model or repair the graph"
         ) from None
+    from edgeforge._limits import memory_budget
+    from edgeforge.analysis._budget import check_budget
+
+    check_budget(proto, memory_budget(), str(path))  # before any session or shape inference
     return Model(
         onnx_path=path.resolve(),
         inputs=graph_inputs(proto.graph),

@@ -26,8 +26,10 @@ def _model_options(parser: argparse.ArgumentParser, shape: bool = True) -> None:
         "model",
         metavar="MODEL",
         help="an .onnx file, a saved torch.export program (.pt2), or a "
-        "'package.module:factory' / 'file.py:factory' reference returning (module, inputs)",
+        "'package.module:factory' / 'file.py:factory' reference returning (module, inputs); "
+        "a reference imports and runs that code: pass only code you trust",
     )
+    group.add_argument("--memory-limit", metavar="BYTES", help=_MEMORY_HELP)
     if not shape:
         return
     group.add_argument(
@@ -54,6 +56,7 @@ def _output_options(parser: argparse.ArgumentParser, report: bool = True) -> Non
     group.add_argument(*flags, dest="overwrite", action="store_true", help=_OVERWRITE_HELP)
 
 
+_MEMORY_HELP = "memory budget for the model's work, e.g. 8GB (default: half this machine's RAM)"
 _OVERWRITE_HELP = "replace existing outputs edgeforge did not write (inputs are never overwritten)"
 _INPUTS = ("model", "reference", "candidate", "small", "large", "data", "prices", "rows")
 
@@ -200,6 +203,7 @@ def _bench(args: argparse.Namespace) -> int:
         batches=batches or (1,),
         data=args.data,
         shapes=_shapes(args),
+        timeout=args.timeout,
     )
     _emit(args, "bench", result.to_dict(), lambda: print_bench(result))
     return 0
@@ -544,6 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=int, default=10, help="untimed runs first")
     bench.add_argument("--runs", type=int, default=50, help="timed runs per repeat")
     bench.add_argument("--repeats", type=int, default=3, help="fresh processes to compare")
+    bench.add_argument("--timeout", type=float, default=600, help="seconds per repeat")
     bench.add_argument(
         "--batch", action="append", default=[], help="batch sizes, e.g. --batch 1,8 (default 1)"
     )
@@ -699,6 +704,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _one_line_warnings()
     try:
+        from edgeforge._limits import set_limits
+
+        set_limits(memory=getattr(args, "memory_limit", None))
         if getattr(args, "report", None):  # refuse a report path before the work, not after
             from edgeforge.report import check_report_path
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeforge._io import guard_output
+from edgeforge._limits import apply_child_limits
 from edgeforge._load import load
 from edgeforge._progress import progress_bar
 from edgeforge.errors import EdgeforgeError
@@ -249,6 +250,7 @@ _RUNTIME_MODULES = {
 
 
 def _child_main(work, job: dict[str, Any], results) -> None:
+    apply_child_limits(address_space=job["runtime"] != "web")  # untrusted work (issue 13)
     try:
         outcome = work(job)
     except RuntimeUnavailable as exc:

@@ -20,12 +20,14 @@ import onnx.inliner
 import onnx.shape_inference
 
 from edgeforge._onnx_file import skeleton
+from edgeforge.analysis._budget import largest_planned_bytes
 from edgeforge.errors import EdgeforgeError
 
 __all__ = ["AssumedDim", "ShapedGraph", "parse_shape", "resolve_shapes"]
 
 Shape = tuple[int, ...]
 
+SYMBOLIC_INFERENCE_LIMIT = 64 << 20  # bytes of planned constant tensors
 _INT_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32}
 _SEQUENCE_WORDS = re.compile(r"seq|len|token|time|step|sentence|past|context", re.IGNORECASE)
 _BATCH_WORDS = re.compile(r"batch|^n$|^b$|^bs$", re.IGNORECASE)
@@ -101,7 +103,11 @@ def resolve_shapes(
         assumed += _pin_input(value, overrides.get(value.name))
     inferred = _infer(model, overrides)
     types = _collect_types(inferred.graph)
-    if _has_unknown_outputs(inferred.graph, types):
+    # ONNX Runtime's symbolic inference computes constant tensors to follow them: never on a
+    # graph that plans a large one (inspect promises not to materialise weights or bombs).
+    if _has_unknown_outputs(inferred.graph, types) and (
+        largest_planned_bytes(model.graph) <= SYMBOLIC_INFERENCE_LIMIT
+    ):
         types = _fill_with_symbolic_inference(model, types)
     return ShapedGraph(inferred.graph, types, weights, assumed)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ import onnx
 import onnx.inliner
 import onnx.shape_inference
 
+from edgeforge._limits import memory_budget
 from edgeforge._onnx_file import skeleton
 from edgeforge.analysis._budget import largest_planned_bytes
 from edgeforge.errors import EdgeforgeError
@@ -127,6 +129,13 @@ def _validated(overrides: dict[str, Shape]) -> dict[str, Shape]:
             raise EdgeforgeError(
                 f"shape override for {name!r} is {shape!r}; give a sequence of positive "
                 "integers, e.g. shapes={'image': (1, 3, 224, 224)}"
+            )
+        # Rule (issue 13): a shape whose elements alone exceed the memory budget is refused
+        # before anything is allocated at it.
+        if math.prod(dims) > memory_budget():
+            raise EdgeforgeError(
+                f"shape override for {name!r} has {math.prod(dims):,} elements, more than the "
+                "memory budget holds; give a realistic shape (or raise --memory-limit)"
             )
         checked[name] = dims
     return checked

@@ -28,7 +28,7 @@ from edgeforge.errors import EdgeforgeError
 from edgeforge.model import Model
 from edgeforge.recipe import Recipe
 from edgeforge.runtimes import RuntimeUnavailable, get_runtime, runtime_names
-from edgeforge.runtimes.base import record_verification
+from edgeforge.runtimes.base import record_verification, settle_artifact
 
 __all__ = ["CheckReport", "Conversion", "TargetResult", "check", "convert", "parse_targets"]
 
@@ -138,8 +138,11 @@ def convert(
         }
         for name in names
     ]
+    started = time.time()
     outcomes = _run_children(_convert_one, jobs, timeout, parallel, "Converting")
     result.targets = [TargetResult(**outcome) for outcome in outcomes]
+    for target in result.targets:  # a child that died left its outcome unrecorded
+        settle_artifact(out / target.runtime, target.status, target.detail, started)
     return result
 
 

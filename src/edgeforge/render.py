@@ -36,7 +36,19 @@ def print_conversion(result) -> None:
             escape(target.detail),
         )
     output_console().print(table)
-    output_console().print(f"artifacts in {result.out}/<runtime>/ (each with manifest.json)")
+    finished = [t.runtime for t in result.targets if t.status in ("verified", "built-not-run")]
+    if finished:
+        output_console().print(
+            f"artifacts in {result.out}/<runtime>/ for {', '.join(finished)} (each with "
+            "manifest.json, which records its verification)",
+            markup=False,
+        )
+    unfinished = [t.runtime for t in result.targets if t.runtime not in finished]
+    if unfinished:
+        output_console().print(
+            f"not verified: {', '.join(unfinished)} (any folder left says so in its manifest)",
+            markup=False,
+        )
 
 
 def print_verification(result) -> None:

@@ -53,6 +53,7 @@ __all__ = [
     "file_sha256",
     "model_sha256",
     "record_verification",
+    "settle_artifact",
 ]
 
 MANIFEST = "manifest.json"
@@ -331,6 +332,21 @@ def record_verification(artifact: Artifact, status: str, detail: str = "") -> Ar
     manifest = dataclasses.replace(artifact.manifest, verification=outcome)
     write_json(artifact.folder / MANIFEST, manifest.to_dict())
     return Artifact(artifact.folder, manifest)
+
+
+def settle_artifact(folder: Path, status: str, detail: str, since: float) -> None:
+    """After a target ended without recording its outcome (a time-out, a killed or crashed
+    child), write that outcome into the manifest it left at `folder`, if one was written at
+    or after `since` (a Unix time): an artifact nobody checked never looks finished."""
+    path = Path(folder) / MANIFEST
+    try:
+        if path.stat().st_mtime < since:
+            return
+        artifact = Artifact.load(Path(folder))
+    except (OSError, EdgeforgeError):
+        return
+    if artifact.manifest.verification is None:
+        record_verification(artifact, status, detail)
 
 
 def _confined(folder: Path, manifest: Manifest) -> None:

@@ -1,0 +1,58 @@
+"""Class 6 of issue 13 (the parts outside `--data`): every bad value is exit 2 with one line.
+
+Tolerances that make every comparison pass or fail (`--rtol nan`, `--atol -1`,
+`--min-cosine 2`) and a binary `--prices` file were internal errors or silently accepted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from edgeforge import EdgeforgeError, cli
+from edgeforge.evaluate.compare import tolerance_for
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> Path:
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "relu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "flag, value", [("--rtol", "nan"), ("--atol", "-1"), ("--min-cosine", "2"), ("--rtol", "-0.1")]
+)
+def test_tolerance_that_judges_nothing_refused(model: Path, flag: str, value: str, capsys) -> None:
+    assert cli.main(["verify", str(model), str(model), flag, value]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"edgeforge: error: {flag}") and err.count("\n") == 1
+
+
+def test_infinite_tolerance_still_means_not_judged() -> None:
+    assert tolerance_for("fp32", rtol=float("inf")).rtol == float("inf")
+    with pytest.raises(EdgeforgeError):
+        tolerance_for("fp32", min_cosine=float("nan"))
+
+
+def test_binary_prices_file_refused(model: Path, tmp_path: Path, capsys) -> None:
+    prices = tmp_path / "prices.toml"
+    prices.write_bytes(bytes(range(256)))
+    code = cli.main(["decide", str(model), "--device", "raspberry-pi-5", "--prices", str(prices)])
+    assert code == 2
+    assert "not a UTF-8 text file" in capsys.readouterr().err
+
+
+def test_prices_folder_refused(model: Path, tmp_path: Path, capsys) -> None:
+    code = cli.main(["decide", str(model), "--device", "raspberry-pi-5", "--prices", str(tmp_path)])
+    assert code == 2
+    assert "cannot read it" in capsys.readouterr().err

@@ -41,9 +41,7 @@ def parse_bytes(text: str | int | float, flag: str = "--memory-limit") -> int:
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmgt]i?)?b?\s*", str(text), re.I)
     value = float(match.group(1)) * _UNITS[(match.group(2) or "").lower()] if match else 0.0
     if not match or not value >= 1 << 20 or value > 1 << 50:
-        raise EdgeforgeError(
-            f"{flag} {text!r}: give a size between 1 MB and 1 PB, e.g. {flag} 8GB"
-        )
+        raise EdgeforgeError(f"{flag} {text!r}: give a size between 1 MB and 1 PB, e.g. {flag} 8GB")
     return int(value)
 
 

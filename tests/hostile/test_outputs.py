@@ -144,3 +144,29 @@ def test_guard_refuses_folder_with_unlisted_file(tmp_path: Path) -> None:
     (folder / "user.txt").write_text("mine")
     with pytest.raises(EdgeforgeError, match="did not write"):
         guard_output(folder, folder=True)
+
+
+def test_inspect_never_writes_in_the_current_folder(tmp_path: Path, monkeypatch) -> None:
+    # ONNX Runtime's symbolic shape inference saves "sym_shape_infer_temp.onnx" in the current
+    # folder when it cannot infer every shape: over a user's file of that name.
+    from edgeforge.analysis import inspect
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("NonZero", ["x"], ["n"]),
+            helper.make_node("Foo", ["n"], ["y"], domain="custom"),
+        ],
+        "incomplete",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "k"])],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("custom", 1)]
+    path = tmp_path / "incomplete.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=opsets), path)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "sym_shape_infer_temp.onnx").write_text("mine")
+    monkeypatch.chdir(work)
+    inspect(path)
+    assert [p.name for p in work.iterdir()] == ["sym_shape_infer_temp.onnx"]
+    assert (work / "sym_shape_infer_temp.onnx").read_text() == "mine"

@@ -13,6 +13,7 @@ import contextlib
 import io
 import math
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -230,7 +231,13 @@ def _fill_with_symbolic_inference(model: onnx.ModelProto, types: dict) -> dict:
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        # When it cannot infer every shape it saves "sym_shape_infer_temp.onnx" in the current
+        # folder (over a user's file of that name): let it write in a folder of ours instead.
+        with (
+            tempfile.TemporaryDirectory(prefix="edgeforge-shapes-") as scratch,
+            contextlib.chdir(scratch),
+            contextlib.redirect_stdout(io.StringIO()),
+        ):
             inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
     except Exception:  # it gives up on graphs it cannot follow; keep ONNX's answer
         return types

@@ -56,3 +56,17 @@ def test_prices_folder_refused(model: Path, tmp_path: Path, capsys) -> None:
     code = cli.main(["decide", str(model), "--device", "raspberry-pi-5", "--prices", str(tmp_path)])
     assert code == 2
     assert "cannot read it" in capsys.readouterr().err
+
+
+def test_input_of_undefined_element_type_not_an_internal_error(tmp_path: Path, capsys) -> None:
+    # Found by bench/fuzz_load.py: element type 99 passed the checker, then crashed `load`.
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "odd",
+        [helper.make_tensor_value_info("x", 99, [2, 3])],
+        [helper.make_tensor_value_info("y", 99, [2, 3])],
+    )
+    path = tmp_path / "odd.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    assert cli.main(["inspect", str(path)]) in (0, 2)
+    assert "internal error" not in capsys.readouterr().err

@@ -125,6 +125,8 @@ def external_data_files(proto: onnx.ModelProto, base_dir: Path) -> dict[str, Pat
         info = _external_info(tensor)
         location = info.get("location", "")
         where = f"tensor {tensor.name!r} points to external data {location!r}"
+        if not isinstance(location, str):  # protobuf hands over bytes that are not UTF-8
+            raise EdgeforgeError(f"{where[:200]}, a name that is not UTF-8 text; re-save the model")
         if not location:
             raise EdgeforgeError(f"{where}, which has no location; re-save the model")
         if os.path.isabs(location) or location.startswith(("/", "\\")) or ":" in location:

@@ -70,3 +70,27 @@ def test_input_of_undefined_element_type_not_an_internal_error(tmp_path: Path, c
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     assert cli.main(["inspect", str(path)]) in (0, 2)
     assert "internal error" not in capsys.readouterr().err
+
+
+def test_external_location_not_utf8_refused(tmp_path: Path, capsys) -> None:
+    # Found by bench/fuzz_load.py: protobuf hands a non-UTF-8 string field over as bytes.
+    import numpy as np
+    from onnx import numpy_helper
+
+    weight = numpy_helper.from_array(np.ones(4, np.float32), "W")
+    weight.ClearField("raw_data")
+    weight.data_location = TensorProto.EXTERNAL
+    entry = weight.external_data.add()
+    entry.key, entry.value = "location", "wXbin"
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "W"], ["y"])],
+        "ext",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+        [weight],
+    )
+    raw = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "ext.onnx"
+    path.write_bytes(raw.SerializeToString().replace(b"wXbin", b"w\xbabin"))
+    assert cli.main(["inspect", str(path)]) == 2
+    assert "not UTF-8" in capsys.readouterr().err

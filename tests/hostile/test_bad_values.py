@@ -94,3 +94,18 @@ def test_external_location_not_utf8_refused(tmp_path: Path, capsys) -> None:
     path.write_bytes(raw.SerializeToString().replace(b"wXbin", b"w\xbabin"))
     assert cli.main(["inspect", str(path)]) == 2
     assert "not UTF-8" in capsys.readouterr().err
+
+
+def test_dim_name_not_utf8_not_an_internal_error(tmp_path: Path, capsys) -> None:
+    # Found by bench/fuzz_load.py: a dim_param that is not UTF-8 reached a regex as bytes.
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "dims",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["bXtch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["bXtch", 4])],
+    )
+    raw = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "dims.onnx"
+    path.write_bytes(raw.SerializeToString().replace(b"bXtch", b"b\xbatch"))
+    assert cli.main(["inspect", str(path), "--json"]) in (0, 2)
+    assert "internal error" not in capsys.readouterr().err

@@ -155,7 +155,7 @@ def _pin_input(value: onnx.ValueInfoProto, override: Shape | None) -> list[Assum
         return []
     dims = tensor_type.shape.dim
     if override is not None and len(override) != len(dims):
-        current = "x".join(d.dim_param or str(d.dim_value or "?") for d in dims)
+        current = "x".join(_text(d.dim_param) or str(d.dim_value or "?") for d in dims)
         raise EdgeforgeError(
             f"shape override for {value.name}: the input has rank {len(dims)} ({current}), "
             f"the override gives {len(override)} dimensions"
@@ -174,18 +174,30 @@ def _pin_input(value: onnx.ValueInfoProto, override: Shape | None) -> list[Assum
                 )
             if fixed is None:
                 assumed.append(
-                    AssumedDim(value.name, axis, dim.dim_param or "?", override[axis], "override")
+                    AssumedDim(
+                        _text(value.name),
+                        axis,
+                        _text(dim.dim_param) or "?",
+                        override[axis],
+                        "override",
+                    )
                 )
             dim.Clear()
             dim.dim_value = override[axis]
             continue
         if fixed is not None:
             continue
-        size, reason = _guess(dim.dim_param, axis, len(dims), is_integer)
-        assumed.append(AssumedDim(value.name, axis, dim.dim_param or "?", size, reason))
+        name = _text(dim.dim_param)
+        size, reason = _guess(name, axis, len(dims), is_integer)
+        assumed.append(AssumedDim(_text(value.name), axis, name or "?", size, reason))
         dim.Clear()
         dim.dim_value = size
     return assumed
+
+
+def _text(value: str | bytes) -> str:
+    """A name from the file as text: protobuf hands over bytes that are not UTF-8 as bytes."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 def _guess(name: str, axis: int, rank: int, is_integer: bool) -> tuple[int, str]:

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edgeforge._limits import memory_budget
 from edgeforge._progress import progress_bar
 from edgeforge._quiet import capture_output, flush_native_streams, log_tail, real_cause, verbose
 from edgeforge.errors import EdgeforgeError, first_line
@@ -57,9 +58,10 @@ def run_children(
                 while pending and len(running) < max(1, parallel):
                     index, job = pending.pop(0)
                     channel = context.Queue()
+                    limits = {"memory": memory_budget(), "cpu": 4 * timeout}
                     process = context.Process(
                         target=_child_main,
-                        args=(work, job, channel, logs / f"{index}.log"),
+                        args=(work, job | {"limits": limits}, channel, logs / f"{index}.log"),
                         name=f"{CHILD_PREFIX}{job['runtime']}",
                         daemon=True,
                     )
@@ -155,8 +157,15 @@ def _child_main(work: Work, job: Job, results, log: Path) -> None:
     """In the child: run the job with its output captured; put exactly one result."""
     # Imported here, not above: the fork server imports this module (through _forkserver)
     # first, to quiet itself before its preloads, so the module's own imports stay light.
+    from edgeforge._limits import apply_child_limits
     from edgeforge.runtimes import RuntimeUnavailable
 
+    # Untrusted work (issue 13): the budget the parent had when it started this child. The
+    # web runtime's Chromium reserves far more address space than it uses, so no RLIMIT_AS.
+    limits = job.get("limits", {})
+    apply_child_limits(
+        limits.get("memory"), limits.get("cpu"), address_space=job["runtime"] != "web"
+    )
     if not verbose():
         capture_output(log)
     try:

@@ -4,9 +4,12 @@ Accepted sources:
 - a path to an `.onnx` file (external data allowed, checked for safety);
 - a path to a saved `torch.export` program (`.pt2`);
 - a `package.module:factory` or `file.py:factory` reference whose factory returns a module and
-  its example inputs;
+  its example inputs (this imports and runs that code, by design: pass only code you trust);
 - a `torch.nn.Module` with `example_inputs` (Python API only);
 - a `Model`, returned as it is.
+
+Untrusted input: a `.pt2` (or any zip) is checked by `check_torch_archive` before torch opens
+it, so nothing is unpickled beyond torch's `weights_only` rules.
 
 Torch sources are exported into `workdir` (a fresh temporary folder when not given, removed
 when the process exits).
@@ -23,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from edgeforge._archive_check import check_torch_archive
 from edgeforge._onnx_file import open_onnx
 from edgeforge._torch_export import export_module, export_program, load_factory
 from edgeforge.errors import EdgeforgeError
@@ -66,6 +70,7 @@ def load(
     path = Path(text)
     if path.is_file():
         if _is_zip(path):  # torch.export.save writes a zip archive
+            check_torch_archive(path)  # before torch unpickles anything in it
             return export_program(path, _workdir(workdir))
         return open_onnx(path)
     if ":" in text and path.suffix.lower() not in {".onnx", ".pt2"}:

@@ -5,7 +5,9 @@ Invariants enforced before a `Model` is returned:
 - every external-data `location` is a relative path that stays inside the model's folder once
   `..` and symbolic links are resolved (a model file must not make us read /etc/passwd);
 - every external-data file exists and holds `offset + length` bytes;
-- the graph passes `onnx.checker` (external weights are not loaded for that).
+- the graph passes `onnx.checker` (external weights are not loaded for that);
+- no tensor whose size the graph fixes in constants exceeds the memory budget, and no constant
+  Loop trip count exceeds what any time limit lets finish (`analysis._budget.check_budget`).
 """
 
 from __future__ import annotations
@@ -47,11 +49,17 @@ def open_onnx(path: Path, provenance: Provenance | None = None) -> Model:
         # The checker gets the graph without its weights: they were checked above, and
         # handing it a large model would copy every weight twice more.
         onnx.checker.check_model(skeleton(proto, path.parent))
-    except onnx.checker.ValidationError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except (onnx.checker.ValidationError, UnicodeDecodeError) as exc:
+        # The checker's message quotes names from the file, which may not be UTF-8.
+        text = str(exc).strip() if isinstance(exc, onnx.checker.ValidationError) else ""
+        first = text.splitlines()[0] if text else "a name or message that is not UTF-8"
         raise EdgeforgeError(
             f"{path}: fails the ONNX checker ({first}); re-export the model or repair the graph"
         ) from None
+    from edgeforge._limits import memory_budget
+    from edgeforge.analysis._budget import check_budget
+
+    check_budget(proto, memory_budget(), str(path))  # before any session or shape inference
     return Model(
         onnx_path=path.resolve(),
         inputs=graph_inputs(proto.graph),
@@ -117,6 +125,8 @@ def external_data_files(proto: onnx.ModelProto, base_dir: Path) -> dict[str, Pat
         info = _external_info(tensor)
         location = info.get("location", "")
         where = f"tensor {tensor.name!r} points to external data {location!r}"
+        if not isinstance(location, str):  # protobuf hands over bytes that are not UTF-8
+            raise EdgeforgeError(f"{where[:200]}, a name that is not UTF-8 text; re-save the model")
         if not location:
             raise EdgeforgeError(f"{where}, which has no location; re-save the model")
         if os.path.isabs(location) or location.startswith(("/", "\\")) or ":" in location:
@@ -129,18 +139,28 @@ def external_data_files(proto: onnx.ModelProto, base_dir: Path) -> dict[str, Pat
                 f"{where}, which leaves the model's folder; move the data beside the model "
                 "and re-save with a plain file name as location"
             )
-        resolved = (base / location).resolve()
+        try:  # a NUL byte, an overlong name or a link loop is bad input, not a crash
+            if "\x00" in location:
+                raise ValueError("a NUL byte")
+            resolved = (base / location).resolve()
+            exists = resolved.is_file()
+            size = resolved.stat().st_size if exists else 0
+        except (OSError, ValueError, RuntimeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise EdgeforgeError(
+                f"{where[:200]}, which is not a usable file name ({reason}); re-save the model "
+                "with a plain file name as location"
+            ) from None
         if not resolved.is_relative_to(base):
             raise EdgeforgeError(
                 f"{where}, a link that resolves outside the model's folder ({resolved}); "
                 "copy the data file beside the model instead of linking it"
             )
-        if not resolved.is_file():
+        if not exists:
             raise EdgeforgeError(
                 f"{where}, which is missing; copy {location} into {base} next to the model"
             )
         offset, length = _extent(tensor, info, where)
-        size = resolved.stat().st_size
         if offset + length > size:
             raise EdgeforgeError(
                 f"{where}, which holds {size} bytes but the tensor needs bytes "

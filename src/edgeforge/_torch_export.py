@@ -254,7 +254,7 @@ def _import_from_cwd_too(name: str) -> Any:
     module:attribute references do), without leaving the folder on sys.path."""
     added = "" not in sys.path and "." not in sys.path
     if added:
-        sys.path.insert(0, "")
+        sys.path.append("")  # last: a local file must never shadow an installed module
     try:
         return importlib.import_module(name)
     finally:

@@ -82,6 +82,8 @@ def bench(
 
     if warmup < 0 or runs < 1 or repeats < 1 or not batches or min(batches) < 1:
         raise EdgeforgeError("--warmup >= 0, --runs >= 1, --repeats >= 1 and batches >= 1")
+    if not 0 < timeout < 10**7:  # NaN fails too
+        raise EdgeforgeError(f"--timeout {timeout}: give seconds > 0, e.g. --timeout 600")
     with tempfile.TemporaryDirectory(prefix="edgeforge-bench-") as scratch:
         artifact, model = _artifact(source, runtime, Path(scratch), load_options)
         if data:

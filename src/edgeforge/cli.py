@@ -90,8 +90,10 @@ def _model_options(parser: argparse.ArgumentParser, shape: bool = True) -> None:
         "model",
         metavar="MODEL",
         help="an .onnx file, a saved torch.export program (.pt2), or a "
-        "'package.module:factory' / 'file.py:factory' reference returning (module, inputs)",
+        "'package.module:factory' / 'file.py:factory' reference returning (module, inputs); "
+        "a reference imports and runs that code: pass only code you trust",
     )
+    group.add_argument("--memory-limit", metavar="BYTES", help=_MEMORY_HELP)
     if not shape:
         return
     group.add_argument(
@@ -117,6 +119,14 @@ def _output_options(parser: argparse.ArgumentParser, report: bool = True) -> Non
             metavar="FILE.html",
             help="also write an HTML report (and its JSON beside it)",
         )
+    # decide's --force pins its recommendation; there --overwrite alone says it (issue 13)
+    flags = ("--overwrite",) if "--force" in parser._option_string_actions else ("--force",)
+    group.add_argument(*flags, dest="overwrite", action="store_true", help=_OVERWRITE_HELP)
+
+
+_MEMORY_HELP = "memory budget for the model's work, e.g. 8GB (default: half this machine's RAM)"
+_OVERWRITE_HELP = "replace existing outputs edgeforge did not write (inputs are never overwritten)"
+_INPUTS = ("model", "reference", "candidate", "small", "large", "data", "prices", "rows")
 
 
 def _runtime_option(
@@ -208,7 +218,14 @@ def _emit(args: argparse.Namespace, verb: str, data: Any, show: Callable[[], Non
     if getattr(args, "report", None):
         from edgeforge.report import write_report
 
-        path = write_report({verb: data}, args.report, title=f"edgeforge {verb}")
+        inputs = [getattr(args, name, None) for name in _INPUTS]
+        path = write_report(
+            {verb: data},
+            args.report,
+            title=f"edgeforge {verb}",
+            inputs=inputs,
+            force=args.overwrite,
+        )
         print(f"report: {path}", file=sys.stderr)
     if args.json:
         print(json.dumps(_versioned(verb, data), indent=2, default=str))
@@ -315,6 +332,7 @@ def _convert(args: argparse.Namespace) -> int:
         options=_recipe_options(args.option),
         timeout=args.timeout,
         require=args.require,
+        force=args.overwrite,
     )
     _emit(args, "convert", result.to_dict(), lambda: print_conversion(result))
     return result.exit_code
@@ -376,6 +394,7 @@ def _bench(args: argparse.Namespace) -> int:
         batches=batches or (1,),
         data=args.data,
         shapes=_shapes(args),
+        timeout=args.timeout,
     )
     _emit(args, "bench", result.to_dict(), lambda: print_bench(result))
     return 0
@@ -752,6 +771,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=int, default=10, help="untimed runs first")
     bench.add_argument("--runs", type=int, default=50, help="timed runs per repeat")
     bench.add_argument("--repeats", type=int, default=3, help="fresh processes to compare")
+    bench.add_argument("--timeout", type=float, default=600, help="seconds per repeat")
     bench.add_argument(
         "--batch",
         action="append",
@@ -938,6 +958,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     _quiet_by_default(args.verbose)
     try:
+        from edgeforge._limits import set_limits
+
+        set_limits(memory=getattr(args, "memory_limit", None))
+        if getattr(args, "report", None):  # refuse a report path before the work, not after
+            from edgeforge.report import check_report_path
+
+            check_report_path(
+                args.report, [getattr(args, n, None) for n in _INPUTS], args.overwrite
+            )
         return args.run(args)
     except ModuleNotFoundError as exc:
         error = missing_extra(exc)

@@ -11,17 +11,20 @@ Invariants:
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgeforge._children import FAILED, in_child, run_children
+from edgeforge._io import guard_output
 from edgeforge._load import load
 from edgeforge.errors import EdgeforgeError
 from edgeforge.model import Model
 from edgeforge.recipe import Recipe
 from edgeforge.runtimes import get_runtime, runtime_names
+from edgeforge.runtimes.base import record_verification, settle_artifact
 
 __all__ = ["CheckReport", "Conversion", "TargetResult", "check", "convert", "parse_targets"]
 
@@ -217,6 +220,7 @@ def convert(
     timeout: float = 600,
     parallel: int = 2,
     require: str | list[str] | None = None,
+    force: bool = False,
     **load_options: Any,
 ) -> Conversion:
     """Build every target from `source` into `out/<runtime>/`, then load, run and verify it.
@@ -230,6 +234,8 @@ def convert(
     calibration = {"data": str(data)} if data and precision == "int8-static" else {}
     recipe = Recipe(precision, {**calibration, **(options or {})})
     out = Path(out)
+    for name in names:  # refuse before any work: out/<runtime>/ with the user's files in it
+        guard_output(out / name, [source, data], force=force, folder=True)
     model = load(source, workdir=out / "source", **load_options)
     result = Conversion(model.provenance.source, str(out), precision, required=required)
     jobs = [
@@ -239,11 +245,15 @@ def convert(
             "recipe": recipe.to_dict(),
             "folder": str(out / name),
             "data": str(data) if data else None,
+            "force": force,
         }
         for name in names
     ]
+    started = time.time()
     outcomes = run_children(_convert_one, jobs, timeout, parallel, "Converting")
     result.targets = [TargetResult(**outcome) for outcome in outcomes]
+    for target in result.targets:  # a child that died left its outcome unrecorded
+        settle_artifact(out / target.runtime, target.status, target.detail, started)
     return result
 
 
@@ -280,7 +290,8 @@ def _convert_one(job: dict[str, Any]) -> dict[str, Any]:
 
     model: Model = job["model"]
     runtime = get_runtime(job["runtime"])
-    artifact = runtime.build(model, Recipe.from_dict(job["recipe"]), Path(job["folder"]))
+    recipe = Recipe.from_dict(job["recipe"])
+    artifact = runtime.build(model, recipe, Path(job["folder"]), force=job.get("force", False))
     outcome: dict[str, Any] = {
         "runtime": runtime.name,
         "artifact": str(artifact.path),
@@ -293,7 +304,9 @@ def _convert_one(job: dict[str, Any]) -> dict[str, Any]:
         detail = f"cannot run here: {available.reason}"
         if validate:
             detail += "; signature validated" if not problems else f"; problems: {problems}"
-        return outcome | {"status": "built-not-run" if not problems else "failed", "detail": detail}
+        status = "built-not-run" if not problems else "failed"
+        record_verification(artifact, status, detail)
+        return outcome | {"status": status, "detail": detail}
     verification = verify(model, artifact, data=job["data"])
     worst = max(verification.outputs, key=lambda o: o.max_rel)
     detail = f"max abs error {worst.max_abs:.3g}, cosine {worst.cosine:.6f}"
@@ -302,8 +315,10 @@ def _convert_one(job: dict[str, Any]) -> dict[str, Any]:
         if verification.divergence and verification.divergence.found:
             d = verification.divergence
             detail += f"; first diverges at {d.node} ({d.op_type})"
+    status = "verified" if verification.passed else "parity-failed"
+    record_verification(artifact, status, detail)
     return outcome | {
-        "status": "verified" if verification.passed else "parity-failed",
+        "status": status,
         "detail": detail,
         "verification": verification.to_dict(),
     }

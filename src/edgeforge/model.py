@@ -131,7 +131,11 @@ def dtype_name(elem_type: int) -> str:
     try:
         return onnx.helper.tensor_dtype_to_np_dtype(elem_type).name
     except (KeyError, TypeError, ValueError):
+        pass
+    try:
         return onnx.TensorProto.DataType.Name(elem_type).lower()
+    except ValueError:  # a type number ONNX does not define (a corrupt or hostile file)
+        return f"unknown-type-{elem_type}"
 
 
 def dtype_size(elem_type: int) -> float:

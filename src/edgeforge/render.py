@@ -39,7 +39,19 @@ def print_conversion(result) -> None:
         )
     console = output_console()
     console.print(table)
-    console.print(f"artifacts in {result.out}/<runtime>/ (each with manifest.json)")
+    finished = [t.runtime for t in result.targets if t.status in ("verified", "built-not-run")]
+    if finished:
+        console.print(
+            f"artifacts in {result.out}/<runtime>/ for {', '.join(finished)} (each with "
+            "manifest.json, which records its verification)",
+            markup=False,
+        )
+    unfinished = [t.runtime for t in result.targets if t.runtime not in finished]
+    if unfinished:
+        console.print(
+            f"not verified: {', '.join(unfinished)} (any folder left says so in its manifest)",
+            markup=False,
+        )
     _print_verdict(result.verdict, result.exit_code)
     _print_logs({t.runtime: t.log for t in result.targets})
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,13 +21,16 @@ import onnx
 import onnx.inliner
 import onnx.shape_inference
 
+from edgeforge._limits import memory_budget
 from edgeforge._onnx_file import skeleton
+from edgeforge.analysis._budget import largest_planned_bytes
 from edgeforge.errors import EdgeforgeError
 
 __all__ = ["AssumedDim", "ShapedGraph", "parse_shape", "resolve_shapes"]
 
 Shape = tuple[int, ...]
 
+SYMBOLIC_INFERENCE_LIMIT = 64 << 20  # bytes of planned constant tensors
 _INT_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32}
 _SEQUENCE_WORDS = re.compile(r"seq|len|token|time|step|sentence|past|context", re.IGNORECASE)
 _BATCH_WORDS = re.compile(r"batch|^n$|^b$|^bs$", re.IGNORECASE)
@@ -101,7 +106,11 @@ def resolve_shapes(
         assumed += _pin_input(value, overrides.get(value.name))
     inferred = _infer(model, overrides)
     types = _collect_types(inferred.graph)
-    if _has_unknown_outputs(inferred.graph, types):
+    # ONNX Runtime's symbolic inference computes constant tensors to follow them: never on a
+    # graph that plans a large one (inspect promises not to materialise weights or bombs).
+    if _has_unknown_outputs(inferred.graph, types) and (
+        largest_planned_bytes(model.graph) <= SYMBOLIC_INFERENCE_LIMIT
+    ):
         types = _fill_with_symbolic_inference(model, types)
     return ShapedGraph(inferred.graph, types, weights, assumed)
 
@@ -122,6 +131,13 @@ def _validated(overrides: dict[str, Shape]) -> dict[str, Shape]:
                 f"shape override for {name!r} is {shape!r}; give a sequence of positive "
                 "integers, e.g. shapes={'image': (1, 3, 224, 224)}"
             )
+        # Rule (issue 13): a shape whose elements alone exceed the memory budget is refused
+        # before anything is allocated at it.
+        if math.prod(dims) > memory_budget():
+            raise EdgeforgeError(
+                f"shape override for {name!r} has {math.prod(dims):,} elements, more than the "
+                "memory budget holds; give a realistic shape (or raise --memory-limit)"
+            )
         checked[name] = dims
     return checked
 
@@ -139,7 +155,7 @@ def _pin_input(value: onnx.ValueInfoProto, override: Shape | None) -> list[Assum
         return []
     dims = tensor_type.shape.dim
     if override is not None and len(override) != len(dims):
-        current = "x".join(d.dim_param or str(d.dim_value or "?") for d in dims)
+        current = "x".join(_text(d.dim_param) or str(d.dim_value or "?") for d in dims)
         raise EdgeforgeError(
             f"shape override for {value.name}: the input has rank {len(dims)} ({current}), "
             f"the override gives {len(override)} dimensions"
@@ -158,18 +174,30 @@ def _pin_input(value: onnx.ValueInfoProto, override: Shape | None) -> list[Assum
                 )
             if fixed is None:
                 assumed.append(
-                    AssumedDim(value.name, axis, dim.dim_param or "?", override[axis], "override")
+                    AssumedDim(
+                        _text(value.name),
+                        axis,
+                        _text(dim.dim_param) or "?",
+                        override[axis],
+                        "override",
+                    )
                 )
             dim.Clear()
             dim.dim_value = override[axis]
             continue
         if fixed is not None:
             continue
-        size, reason = _guess(dim.dim_param, axis, len(dims), is_integer)
-        assumed.append(AssumedDim(value.name, axis, dim.dim_param or "?", size, reason))
+        name = _text(dim.dim_param)
+        size, reason = _guess(name, axis, len(dims), is_integer)
+        assumed.append(AssumedDim(_text(value.name), axis, name or "?", size, reason))
         dim.Clear()
         dim.dim_value = size
     return assumed
+
+
+def _text(value: str | bytes) -> str:
+    """A name from the file as text: protobuf hands over bytes that are not UTF-8 as bytes."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 def _guess(name: str, axis: int, rank: int, is_integer: bool) -> tuple[int, str]:
@@ -215,7 +243,13 @@ def _fill_with_symbolic_inference(model: onnx.ModelProto, types: dict) -> dict:
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        # When it cannot infer every shape it saves "sym_shape_infer_temp.onnx" in the current
+        # folder (over a user's file of that name): let it write in a folder of ours instead.
+        with (
+            tempfile.TemporaryDirectory(prefix="edgeforge-shapes-") as scratch,
+            contextlib.chdir(scratch),
+            contextlib.redirect_stdout(io.StringIO()),
+        ):
             inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
     except Exception:  # it gives up on graphs it cannot follow; keep ONNX's answer
         return types

@@ -116,6 +116,14 @@ def _read(path: Path, origin: str) -> dict[str, Any]:
         raise EdgeforgeError(f"--prices {origin}: no such file; pass a TOML file") from None
     except tomllib.TOMLDecodeError as exc:
         raise EdgeforgeError(f"{origin}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError:  # a binary file (issue 13)
+        raise EdgeforgeError(
+            f"--prices {origin}: not a UTF-8 text file; pass a TOML file"
+        ) from None
+    except (IsADirectoryError, PermissionError) as exc:
+        raise EdgeforgeError(
+            f"--prices {origin}: cannot read it ({exc.strerror}); pass a TOML file"
+        ) from None
 
 
 def _check_table(table: Any, where: str) -> Mapping[str, Any]:

@@ -56,6 +56,13 @@ def tolerance_for(precision: str, **overrides: float | None) -> Tolerance:
     if family not in _DEFAULTS:
         raise EdgeforgeError(f"unknown precision {precision!r}; choose fp32, fp16, int8 or int4")
     given = {k: v for k, v in overrides.items() if v is not None}
+    for key, value in given.items():
+        # Rule (issue 13): a tolerance that makes every comparison pass or fail is refused.
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise EdgeforgeError(f"{flag} {value!r}: give a number >= 0 (NaN is not one)")
+        if key == "min_cosine" and value > 1:  # rtol/atol may be inf: "not judged"
+            raise EdgeforgeError(f"{flag} {value!r}: a cosine similarity is at most 1")
     return replace(_DEFAULTS[family], **given)
 
 

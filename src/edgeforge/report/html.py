@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
-from edgeforge._io import write_json, write_text
+from edgeforge._io import HTML_MARK, guard_output, write_json, write_text
 from edgeforge.report import _plots
 
-__all__ = ["human_bytes", "human_count", "render_html", "write_report"]
+__all__ = ["check_report_path", "human_bytes", "human_count", "render_html", "write_report"]
 
 
 def human_count(value: float | None, unit: str = "") -> str:
@@ -107,9 +108,37 @@ def render_html(sections: dict[str, Any], title: str = "edgeforge report") -> st
     )
 
 
-def write_report(sections: dict[str, Any], path: Path, title: str = "edgeforge report") -> Path:
-    """Write the HTML report at `path` and its JSON beside it; returns the HTML path."""
+def check_report_path(
+    path: Path, inputs: Iterable[Any] = (), force: bool = False
+) -> tuple[Path, Path]:
+    """(HTML path, JSON path) for a report at `path`, both checked by `guard_output`: a path
+    ending in .json names the JSON file and the HTML goes beside it, so one never overwrites
+    the other."""
     path = Path(path)
+    if path.suffix.lower() == ".json":
+        html_path, json_path = path.with_suffix(".html"), path
+    else:
+        html_path, json_path = path, path.with_suffix(".json")
+    inputs = list(inputs)
+    for output in (html_path, json_path):
+        guard_output(output, inputs, force=force)
+    return html_path, json_path
+
+
+def write_report(
+    sections: dict[str, Any],
+    path: Path,
+    title: str = "edgeforge report",
+    *,
+    inputs: Iterable[Any] = (),
+    force: bool = False,
+) -> Path:
+    """Write the HTML report at `path` and its JSON beside it; returns the HTML path.
+
+    A `path` ending in .json names the JSON file (the HTML goes beside it as .html). Neither
+    file may be one of `inputs`, nor an existing file edgeforge did not write unless `force`
+    (see `edgeforge._io.guard_output`)."""
+    html_path, json_path = check_report_path(path, inputs, force)
     html = render_html(sections, title)  # render first: a failure writes nothing
-    write_json(path.with_suffix(".json"), sections)
-    return write_text(path, html)
+    write_json(json_path, sections)
+    return write_text(html_path, html + HTML_MARK)

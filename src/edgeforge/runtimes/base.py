@@ -3,9 +3,16 @@
 A runtime is one file with one class that fills in `_build` and `_open` (and, where it can
 tell more than a conversion attempt does, `check`). The base class enforces the contract:
 - `build` refuses when the runtime is not installed (naming the pip extra), when it cannot
-  carry out the recipe, or when it needs a torch program the model lacks; it builds into a
-  staging folder and moves the finished artifact, with its manifest, into place only at the
-  end, so a failed build leaves nothing behind;
+  carry out the recipe, or when it needs a torch program the model lacks; it refuses an output
+  folder that holds the model or that edgeforge did not write (unless `force`, see
+  `edgeforge._io.guard_output`); it builds into a staging folder and swaps the finished
+  artifact, with its manifest, into place with renames only at the end, so a failed build
+  leaves nothing behind;
+- a manifest lists every file of its artifact and records the verification outcome:
+  `verification` is None until someone checked the artifact (`record_verification`), so an
+  artifact whose check never finished (a time-out, a killed child) does not look finished;
+- `Artifact.load` refuses a manifest whose `file` (or any listed file) leaves the artifact
+  folder, by `..`, an absolute path or a symbolic link: an artifact names only its own files;
 - `open` refuses an artifact of another runtime and says plainly when this machine cannot
   execute it (Core ML off macOS, TensorRT without a GPU);
 - a `Session` takes and returns tensors under the source model's own input and output names,
@@ -14,11 +21,13 @@ tell more than a conversion attempt does, `check`). The base class enforces the 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import importlib.metadata
 import importlib.util
 import json
+import os
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
@@ -28,6 +37,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from edgeforge._io import guard_output, replace_folder, write_json
 from edgeforge.errors import EdgeforgeError
 from edgeforge.model import Model, TensorSpec
 from edgeforge.recipe import Recipe
@@ -42,6 +52,8 @@ __all__ = [
     "Session",
     "file_sha256",
     "model_sha256",
+    "record_verification",
+    "settle_artifact",
 ]
 
 MANIFEST = "manifest.json"
@@ -94,6 +106,10 @@ class Manifest:
     tools: dict[str, str]
     created: str
     notes: list[str] = field(default_factory=list)
+    files: list[str] | None = None  # every file of the artifact (None: an older manifest)
+    # None until checked; then {"status": "verified" | "parity-failed" | "built-not-run" |
+    # "failed", "detail": ...}
+    verification: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -134,12 +150,15 @@ class Artifact:
                 f"{folder}: no {MANIFEST}; pass a folder written by `edgeforge convert`"
             )
         try:
-            data = json.loads(path.read_text())
-            return cls(folder, Manifest(**data))
-        except (ValueError, TypeError) as exc:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            manifest = Manifest(**data)
+        except (ValueError, TypeError, OSError) as exc:
+            message = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
             raise EdgeforgeError(
-                f"{path}: unreadable manifest ({exc}); rebuild the artifact"
+                f"{path}: unreadable manifest ({message}); rebuild the artifact"
             ) from None
+        _confined(folder, manifest)
+        return cls(folder, manifest)
 
     def to_dict(self) -> dict[str, Any]:
         return {"folder": str(self.folder), "path": str(self.path), **self.manifest.to_dict()}
@@ -242,8 +261,9 @@ class Runtime(ABC):
                 found[name] = "not installed"
         return found
 
-    def build(self, model: Model, recipe: Recipe, out: Path) -> Artifact:
-        """Build `model` with `recipe` into the folder `out` (replaced if it exists)."""
+    def build(self, model: Model, recipe: Recipe, out: Path, *, force: bool = False) -> Artifact:
+        """Build `model` with `recipe` into the folder `out` (replaced if it exists and
+        edgeforge wrote it, or with `force`; never when it holds the model)."""
         available = self.availability()
         if not available.installed:
             raise RuntimeUnavailable(f"runtime {self.name}: {available.reason}")
@@ -259,6 +279,8 @@ class Runtime(ABC):
                 "instead of the .onnx file"
             )
         out = Path(out)
+        sources = [model.onnx_path, model.torch_program]
+        guard_output(out, sources, force=force, folder=True)
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
         try:
@@ -276,11 +298,14 @@ class Runtime(ABC):
                 tools=self.versions(),
                 created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
                 notes=notes,
+                files=sorted(
+                    p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file()
+                ),
             )
+            _confined(staging, manifest)  # a runtime's own file name must stay inside too
             (staging / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
-            if out.exists():
-                shutil.rmtree(out)
-            staging.rename(out)
+            guard_output(out, sources, force=force, folder=True)  # again: the build took a while
+            replace_folder(staging, out)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return Artifact(out, manifest)
@@ -294,6 +319,53 @@ class Runtime(ABC):
         if not available.can_execute:
             raise RuntimeUnavailable(f"runtime {self.name} cannot run here: {available.reason}")
         return self._open(artifact)
+
+
+def record_verification(artifact: Artifact, status: str, detail: str = "") -> Artifact:
+    """Write the verification outcome into the artifact's manifest (atomically); returns the
+    artifact with the updated manifest."""
+    outcome = {
+        "status": status,
+        "detail": detail,
+        "checked": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+    manifest = dataclasses.replace(artifact.manifest, verification=outcome)
+    write_json(artifact.folder / MANIFEST, manifest.to_dict())
+    return Artifact(artifact.folder, manifest)
+
+
+def settle_artifact(folder: Path, status: str, detail: str, since: float) -> None:
+    """After a target ended without recording its outcome (a time-out, a killed or crashed
+    child), write that outcome into the manifest it left at `folder`, if one was written at
+    or after `since` (a Unix time): an artifact nobody checked never looks finished."""
+    path = Path(folder) / MANIFEST
+    try:
+        if path.stat().st_mtime < since:
+            return
+        artifact = Artifact.load(Path(folder))
+    except (OSError, EdgeforgeError):
+        return
+    if artifact.manifest.verification is None:
+        record_verification(artifact, status, detail)
+
+
+def _confined(folder: Path, manifest: Manifest) -> None:
+    """Rule: an artifact's files lie inside its folder (issue 13: a manifest pointing outside
+    made `verify` pass on a model elsewhere)."""
+    base = folder.resolve()
+    listed = manifest.files if isinstance(manifest.files, list) else []
+    for name in [manifest.file, *listed]:
+        if not isinstance(name, str) or not name:
+            raise EdgeforgeError(
+                f"{folder / MANIFEST}: a file entry is {name!r}, not a file name; rebuild the "
+                "artifact with edgeforge convert"
+            )
+        inside = (base / name).resolve()
+        if os.path.isabs(name) or ".." in Path(name).parts or not inside.is_relative_to(base):
+            raise EdgeforgeError(
+                f"{folder / MANIFEST}: the file {name!r} lies outside the artifact folder; an "
+                "artifact names only its own files: rebuild it with edgeforge convert"
+            )
 
 
 def _with_shapes(

@@ -11,6 +11,7 @@ Core ML packages cannot run off macOS: they are validated against their manifest
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -268,7 +269,8 @@ def test_coreml_package_claiming_int8_without_int8_weights_is_caught(mlp, builds
     fp32 = builds("coreml", mlp[0], "fp32")
     tampered = tmp_path / "tampered"
     tampered.mkdir()
-    (tampered / "model.mlpackage").symlink_to(fp32.path)
+    # A copy: a link leading out of the artifact folder is refused on its own (issue 13).
+    shutil.copytree(fp32.path, tampered / "model.mlpackage")
     manifest = {**fp32.manifest.to_dict(), "recipe": {"precision": "int8-dynamic", "options": {}}}
     (tampered / "manifest.json").write_text(json.dumps(manifest))
     problems = validate_without_running(Artifact.load(tampered))

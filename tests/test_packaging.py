@@ -128,6 +128,8 @@ def test_zoo_snapshots_equal_what_torch_builds(tmp_path):
         data = profile.to_dict()
         data["seconds"] = 0.0
         data["model"] = {**data["model"], "path": None, "onnx_path": None, "torch_program": None}
+        # The file's size follows the exporter's names and metadata, not what is estimated.
+        data["weights"] = {**data["weights"], "file_bytes": None}
         return data
 
     for name, profile in shipped.items():

@@ -1,8 +1,10 @@
 """OpenVINO's quantized recipes, carried out by NNCF on the converted `openvino.Model`.
 
 - int8-static: `nncf.quantize` (post-training, int8 weights and activations) over the recipe's
-  calibration samples; options `preset` ("performance", the default, or "mixed") and
-  `nodes_to_exclude` (node names kept in float, as NNCF's `IgnoredScope`);
+  calibration samples; options `preset` ("performance", the default, or "mixed"),
+  `model_type` ("transformer": NNCF's transformer scheme, SmoothQuant and float softmax and
+  layer norms, as NNCF recommends for transformers) and `nodes_to_exclude` (node names kept in
+  float, as NNCF's `IgnoredScope`);
 - int8-dynamic: `nncf.compress_weights` INT8_ASYM, per output channel. It is weight-only: the
   activations stay float and the CPU plugin decompresses the weights as it computes;
 - int4-weight: `nncf.compress_weights` INT4_SYM (or INT4_ASYM with `symmetric: false`) in
@@ -57,6 +59,7 @@ def _int8_static(ov_model: Any, model: Model, recipe: Recipe) -> tuple[Any, list
     preset = choice_option(recipe, "preset", ("performance", "mixed"), "performance")
     excluded = names_option(recipe, "nodes_to_exclude")
     ignored = _ignored(ov_model, excluded)
+    transformer = recipe.option("model_type") == "transformer"
     samples = calibration_data(model, recipe)
     # The IR's parameters are in the ONNX graph's input order, as are model.inputs.
     items = [[feed[spec.name] for spec in model.inputs] for feed in samples.feeds]
@@ -68,11 +71,13 @@ def _int8_static(ov_model: Any, model: Model, recipe: Recipe) -> tuple[Any, list
             preset=nncf.QuantizationPreset(preset),
             subset_size=len(items),
             ignored_scope=ignored,
+            model_type=nncf.ModelType.TRANSFORMER if transformer else None,
         ),
     )
+    scheme = "model type transformer: SmoothQuant, " if transformer else ""
     notes = [
-        f"int8 weights and activations: NNCF post-training quantization (preset {preset}, "
-        "fast bias correction)",
+        f"int8 weights and activations: NNCF post-training quantization ({scheme}preset "
+        f"{preset}, fast bias correction)",
         calibration_note(samples, recipe),
     ]
     if excluded:

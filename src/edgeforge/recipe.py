@@ -27,7 +27,8 @@ Options that only some runtimes read (each runtime checks their values where it 
   default, for CNNs.
 
 `bf16` (OpenVINO) computes in bfloat16 on CPUs that have it (AVX-512 BF16, AMX): the weights
-are stored as fp16 and the session's inference precision is bf16.
+stay fp32 on disk (the CPU plugin converts them) and the session's inference precision is
+bf16.
 - `coreml_target`, `tensorrt_profiles`, `tensorrt_max_dim`: see those runtimes' modules.
 
 Any other name is refused, naming the closest known one: a misspelt option would otherwise be

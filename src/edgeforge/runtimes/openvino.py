@@ -129,12 +129,14 @@ class OpenVino(Runtime):
             # Float weights NNCF left alone (and its scales) stay fp32.
             ov.save_model(ov_model, folder / "model.xml", compress_to_fp16=False)
             return "model.xml", notes
-        fp16 = recipe.precision in ("fp16", "bf16")
-        # save_model compresses weights to fp16 by default: an fp32 recipe must say no.
+        fp16 = recipe.precision == "fp16"
+        # save_model compresses weights to fp16 by default: an fp32 recipe must say no. A
+        # bf16 recipe keeps fp32 weights too: fp16 cannot hold an attention mask's stand-in
+        # for -inf (float32's lowest), which becomes -inf and then NaN.
         ov.save_model(ov_model, folder / "model.xml", compress_to_fp16=fp16)
         if recipe.precision == "bf16":
             notes = [
-                "weights stored as fp16 (compress_to_fp16); sessions compute in bf16 "
+                "weights kept in fp32 (compress_to_fp16=False); sessions compute in bf16 "
                 "(INFERENCE_PRECISION_HINT bf16: AMX or AVX-512 BF16 on x86 CPUs)"
             ]
         elif fp16:

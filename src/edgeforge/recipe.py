@@ -22,9 +22,10 @@ Options that only some runtimes read (each runtime checks their values where it 
 - `group_size` (int4-weight on OpenVINO and Core ML): weights per scale (OpenVINO 128, Core ML 32).
 - `ratio` (int4-weight on OpenVINO): the share of weights compressed to int4, in (0, 1] (1).
 - `preset` (int8-static on OpenVINO): NNCF's `performance` or `mixed` (`performance`).
-- `model_type` (int8-static on OpenVINO): `transformer` calibrates the way NNCF recommends for
-  transformers (SmoothQuant, attention's softmax and layer norms kept float); unset: NNCF's
-  default, for CNNs.
+- `model_type` (int8-static on OpenVINO and ONNX Runtime): `transformer` quantizes the way
+  the quantizers recommend for transformers (NNCF: SmoothQuant, softmax and layer norms
+  float; ONNX Runtime: MatMul/Gemm only), with the GELU-fed feed-forward down-projections kept
+  float; unset: the defaults, for CNNs.
 
 `bf16` (OpenVINO) computes in bfloat16 on CPUs that have it (AVX-512 BF16, AMX): the weights
 stay fp32 on disk (the CPU plugin converts them) and the session's inference precision is

@@ -238,3 +238,6 @@ def test_a_transformer_gets_fused_candidates_and_nncf_s_transformer_scheme(tiny_
     assert openvino.status == "evaluated", openvino.detail
     assert openvino.recipe["options"]["model_type"] == "transformer"
     assert any("SmoothQuant" in note for note in openvino.notes)
+    ort_int8 = by_id["onnxruntime/int8-static-minmax"]
+    assert ort_int8.recipe["options"]["model_type"] == "transformer"
+    assert any("only MatMul/Gemm quantized" in note for note in ort_int8.notes)

@@ -20,8 +20,9 @@ What a caller can rely on:
 - a transformer (`_deploy.is_transformer`) also gets a "fused" variant, the ONNX variant
   after ONNX Runtime's transformer optimizer (fused attention, skip layer norms, GELU: ONNX
   Runtime's contrib ops), built for ONNX Runtime only in fp32, int8-dynamic and int8-static
-  (minmax and percentile), and its OpenVINO int8-static recipes use NNCF's transformer scheme
-  (`model_type: transformer`);
+  (minmax and percentile), and its int8-static recipes on OpenVINO and ONNX Runtime take
+  `model_type: transformer` (NNCF's transformer scheme; ONNX Runtime: MatMul/Gemm only, the
+  GELU-fed down-projections float);
 - a bf16 recipe is planned only where the device computes in bf16 (`_deploy.has_bf16`);
 - planning builds nothing but the variants: candidates come back with status "planned".
 """
@@ -296,7 +297,7 @@ class Planner:
             "data": str(self.calibration_folder),
             "calibration_samples": self.split.calibration,
         }
-        if self.transformer and runtime.name == "openvino":
+        if self.transformer and runtime.name in ("openvino", "onnxruntime"):
             options["model_type"] = "transformer"
         methods = getattr(runtime, "calibration_methods", None) or _CALIBRATION_METHODS.get(
             runtime.name, ()

@@ -17,6 +17,11 @@ What a caller can rely on:
   where the runtime takes that option, the ONNX clean-up pass before the ONNX-hub runtimes,
   and, when an int8-static candidate breaks `--max-accuracy-drop`, an ONNX Runtime candidate
   with its most harmful layers kept in float (`edgeforge.optimize.sensitivity`);
+- each candidate is timed and scored with the settings it will run with on the device (the
+  device's thread count; OpenVINO's inference precision for its recipe: bf16 for bf16, the
+  runtime's own default for the quantized recipes, f32 for fp32), recorded in its
+  `timed_with`; for `this-machine` the measurement is the device latency the choice uses,
+  for other devices the estimate at the precision the recipe computes in there;
 - builds run in child processes with a time limit (two at a time where there are cores); a
   converter that fails costs its candidate only. Latency here is measured one candidate at a
   time, never in parallel (parallel timing lies);

@@ -21,7 +21,8 @@ sentences), the CNNs' top-1 agreement (and, for digits, top-1 against the labels
     PYTHONPATH=src .venv/bin/python bench/peers.py --encoder-dir DIR \
         [--cases encoder,resnet50,digits] [--runs 20] [--rounds 3] [--samples 96]
 
-Writes bench/results/peers.json.
+Writes bench/results/peers.json; `--table` prints that file as the README's markdown tables
+without measuring anything.
 """
 
 from __future__ import annotations
@@ -346,6 +347,26 @@ def run_case(case, work: Path, args) -> dict[str, Any]:
     }
 
 
+def table(found: dict[str, Any]) -> str:
+    lines = []
+    for name, case in found["cases"].items():
+        metric = "pooled cosine" if name == "encoder" else "top-1 agreement"
+        key = "pooled_cosine" if name == "encoder" else "top1_agreement"
+        lines += [
+            f"{case['model']} ({case['held_out']} held-out samples):",
+            "",
+            f"| what | latency | vs ONNX Runtime fp32 | {metric} |",
+            "| --- | --- | --- | --- |",
+        ]
+        for row in case["rows"]:
+            lines.append(
+                f"| {row['what']} | {row['latency_ms']:.2f} ms | "
+                f"{row['speedup_vs_ort_fp32']:.2f}× | {row[key]:.4f} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default="encoder,resnet50,digits")
@@ -356,7 +377,11 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=96)
     parser.add_argument("--calibration", type=int, default=32)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--table", action="store_true", help="print --out as markdown")
     args = parser.parse_args()
+    if args.table:
+        print(table(json.loads(args.out.read_text())))
+        return
     found = json.loads(args.out.read_text()) if args.out.is_file() else {}
     found.update(
         {

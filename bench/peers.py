@@ -226,17 +226,21 @@ def peers(case: dict[str, Any], calibration: list[dict], work: Path) -> dict[str
     return built
 
 
-def chosen_session(result, candidate):
-    """The chosen artifact, opened as it was timed (its timed_with settings)."""
-    from edgeforge.runtimes import Artifact, get_runtime
+def chosen_session(candidate, names: list[str]):
+    """The chosen artifact, run with the same harness as the peers and with the settings it
+    was timed with in `optimize` (its `timed_with`), as a user would deploy it."""
+    from edgeforge.runtimes import Artifact
 
-    runtime = get_runtime(candidate.runtime)
-    runtime.threads = candidate.timed_with.get("threads") or THREADS
-    if candidate.timed_with.get("inference_precision"):
-        runtime.inference_precision = candidate.timed_with["inference_precision"]
-    session = runtime.open(Artifact.load(Path(candidate.artifact)))
-    output = session.outputs[0].name
-    return lambda feed: session.run(feed)[output]
+    artifact = Artifact.load(Path(candidate.artifact))
+    if candidate.runtime == "openvino":
+        import openvino as ov
+
+        config = {}
+        precision = candidate.timed_with.get("inference_precision")
+        if precision not in (None, "default"):
+            config["INFERENCE_PRECISION_HINT"] = precision
+        return ov_session(ov.Core().read_model(str(artifact.path)), names, config)
+    return ort_session(artifact.path)
 
 
 # -- measuring ------------------------------------------------------------------------------
@@ -306,7 +310,8 @@ def run_case(case, work: Path, args) -> dict[str, Any]:
     label = "edgeforge optimize --device this-machine --max-accuracy-drop 0.5%"
     chosen = result.candidate(result.chosen) if result.chosen else None
     if chosen is not None:
-        sessions[f"{label}: {chosen.id}"] = chosen_session(result, chosen)
+        names = [spec.name for spec in edgeforge.load(case["onnx"]).inputs]
+        sessions[f"{label}: {chosen.id}"] = chosen_session(chosen, names)
     reference = [sessions["ONNX Runtime fp32"](feed) for feed in held_out]
     latency = timed(sessions, held_out[0], args.rounds, args.runs)
     base = latency["ONNX Runtime fp32"]

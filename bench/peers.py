@@ -365,7 +365,7 @@ def table(found: dict[str, Any]) -> str:
         ]
         for row in case["rows"]:
             lines.append(
-                f"| {row['what']} | {row['latency_ms']:.2f} ms | "
+                f"| {row['what']} | {row['latency_ms']:.3g} ms | "
                 f"{row['speedup_vs_ort_fp32']:.2f}× | {row[key]:.4f} |"
             )
         lines.append("")

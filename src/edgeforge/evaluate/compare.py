@@ -56,7 +56,9 @@ def tolerance_for(precision: str, **overrides: float | None) -> Tolerance:
     """Default tolerance for a precision ("int8-static" -> int8), with overrides applied."""
     family = precision.split("-")[0]
     if family not in _DEFAULTS:
-        raise EdgeforgeError(f"unknown precision {precision!r}; choose fp32, fp16, bf16, int8 or int4")
+        raise EdgeforgeError(
+            f"unknown precision {precision!r}; choose fp32, fp16, bf16, int8 or int4"
+        )
     given = {k: v for k, v in overrides.items() if v is not None}
     return replace(_DEFAULTS[family], **given)
 

@@ -12,7 +12,8 @@ What a caller can rely on:
   reading the calibration part (written as .npz under `out/data/`) through `data` and
   `calibration_samples`;
 - a candidate's key (its folder under `out/candidates/`) digests the source model, the passes,
-  the runtime and its tool versions, the recipe, the data and the split, and the benchmark runs:
+  the runtime and its tool versions, the recipe, the data and the split, the benchmark runs and
+  the deployment settings it is timed and scored with (`_deploy.deployment`):
   equal keys mean the same build and the same measurement;
 - when an int8-static candidate breaks the accuracy limit, `sensitivity` plans one more: ONNX
   Runtime int8-static with the most harmful layers kept in float, on the recipe of the least
@@ -40,6 +41,7 @@ from edgeforge.errors import EdgeforgeError
 from edgeforge.evaluate.data import Samples
 from edgeforge.model import Model
 from edgeforge.optimize._data import Split
+from edgeforge.optimize._deploy import deployment
 from edgeforge.recipe import Recipe
 
 if TYPE_CHECKING:
@@ -327,6 +329,7 @@ class Planner:
                 self.bench_runs,
                 self.metric,
                 extra,
+                deployment(runtime.name, precision, self.device),  # how it is timed and scored
             ]
         )[:20]
         return Candidate(

@@ -20,6 +20,7 @@ FIELDS = {
     "artifact",
     "artifact_bytes",
     "threads",
+    "settings",
     "warmup",
     "runs",
     "repeats",
@@ -141,3 +142,28 @@ def test_every_runtime_that_runs_here_is_measured_the_same_way(digits_model, run
     result = bench(digits_model, runtime=runtime, runs=5, warmup=1, repeats=1)
     assert result.runtime == runtime
     assert result.latency_ms["p50"] > 0 and result.artifact_bytes > 0
+
+
+def test_bench_records_the_openvino_precision_it_timed_with(digits_model):
+    pytest.importorskip("openvino")
+    result = bench(
+        digits_model,
+        runtime="openvino",
+        threads=1,
+        inference_precision="default",
+        warmup=1,
+        runs=2,
+        repeats=1,
+    )
+    assert result.settings["inference_precision"] == "default"  # no hint: OpenVINO's own
+    assert result.settings["threads"] == 1
+    assert result.settings["effective_precision"] in ("f32", "bf16", "f16")
+    pinned = bench(
+        digits_model,
+        runtime="openvino",
+        inference_precision="f32",
+        warmup=1,
+        runs=2,
+        repeats=1,
+    )
+    assert pinned.settings["effective_precision"] == "f32"

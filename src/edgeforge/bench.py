@@ -55,6 +55,9 @@ class BenchResult:
     model_memory_mb: float  # that peak minus what the process held before loading the model
     top_layers: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # What the session was configured with, as the runtime reports it: threads, and for
+    # OpenVINO the inference precision asked for and the one the compiled model computes in.
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -65,6 +68,7 @@ def bench(
     *,
     runtime: str = "onnxruntime",
     threads: int | None = None,
+    inference_precision: str | None = None,
     warmup: int = 10,
     runs: int = 50,
     repeats: int = 3,
@@ -77,7 +81,9 @@ def bench(
     """Measure `source` (a model, or an artifact folder) in `runtime` on this machine.
 
     Inputs come from `data`, else are synthesised at `shapes` (input name -> full shape; it
-    must keep the input's rank and fixed sizes) with the remaining dynamic axes at defaults."""
+    must keep the input's rank and fixed sizes) with the remaining dynamic axes at defaults.
+    `inference_precision`: OpenVINO's INFERENCE_PRECISION_HINT for the timed session ("f32",
+    "bf16", "f16", or "default" for OpenVINO's own choice); other runtimes ignore it."""
     from edgeforge._children import run_children
 
     if warmup < 0 or runs < 1 or repeats < 1 or not batches or min(batches) < 1:
@@ -95,6 +101,7 @@ def bench(
             "runtime": artifact.runtime,
             "folder": str(artifact.folder),
             "threads": threads,
+            "inference_precision": inference_precision,
             "warmup": warmup,
             "runs": runs,
             "batches": list(batches),
@@ -176,6 +183,8 @@ def _measure(job: dict[str, Any]) -> dict[str, Any]:
     """In the child: load, first run, warm-up, timed runs per batch; peak memory."""
     runtime = get_runtime(job["runtime"])
     runtime.threads = job["threads"]
+    if job.get("inference_precision") is not None and hasattr(runtime, "inference_precision"):
+        runtime.inference_precision = job["inference_precision"]
     artifact = Artifact.load(Path(job["folder"]))
     feeds = job["feeds"]
     baseline_kb = _resident_kb("VmRSS")
@@ -198,6 +207,10 @@ def _measure(job: dict[str, Any]) -> dict[str, Any]:
             session.run(batched)
             times.append((time.perf_counter() - tick) * 1e3)
         latencies[str(batch)] = times
+    settings = {"threads": job["threads"]}
+    for name in ("inference_precision", "effective_precision"):
+        if hasattr(session, name):
+            settings[name] = getattr(session, name)
     session.close()
     peak_kb = _resident_kb("VmHWM")  # before the profiler opens a session of its own
     profiler = _PROFILERS.get(artifact.manifest.format) if job.get("profile") else None
@@ -211,6 +224,7 @@ def _measure(job: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_kb": peak_kb,
         "baseline_rss_kb": baseline_kb,
         "top_layers": top_layers,
+        "settings": settings,
     }
 
 
@@ -267,6 +281,7 @@ def _summarise(artifact, label, described, job, outcomes, persisted) -> BenchRes
         model_memory_mb=max(o["peak_rss_kb"] - o["baseline_rss_kb"] for o in outcomes) / 1024,
         top_layers=outcomes[0]["top_layers"],
         warnings=warnings,
+        settings=outcomes[0].get("settings", {}),
     )
 
 

@@ -22,6 +22,14 @@ Options that only some runtimes read (each runtime checks their values where it 
 - `group_size` (int4-weight on OpenVINO and Core ML): weights per scale (OpenVINO 128, Core ML 32).
 - `ratio` (int4-weight on OpenVINO): the share of weights compressed to int4, in (0, 1] (1).
 - `preset` (int8-static on OpenVINO): NNCF's `performance` or `mixed` (`performance`).
+- `model_type` (int8-static on OpenVINO and ONNX Runtime): `transformer` quantizes the way
+  the quantizers recommend for transformers (NNCF: SmoothQuant, softmax and layer norms
+  float; ONNX Runtime: MatMul/Gemm only), with the GELU-fed feed-forward down-projections kept
+  float; unset: the defaults, for CNNs.
+
+`bf16` (OpenVINO) computes in bfloat16 on CPUs that have it (AVX-512 BF16, AMX): the weights
+stay fp32 on disk (the CPU plugin converts them) and the session's inference precision is
+bf16.
 - `coreml_target`, `tensorrt_profiles`, `tensorrt_max_dim`: see those runtimes' modules.
 
 Any other name is refused, naming the closest known one: a misspelt option would otherwise be
@@ -40,7 +48,7 @@ from edgeforge.errors import EdgeforgeError
 
 __all__ = ["CALIBRATION_METHODS", "OPTIONS", "PRECISIONS", "Recipe"]
 
-PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static", "int4-weight")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8-dynamic", "int8-static", "int4-weight")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 ACTIVATION_TYPES = ("uint8", "int8")
 OPTIONS = (
@@ -55,6 +63,7 @@ OPTIONS = (
     "group_size",
     "ratio",
     "preset",
+    "model_type",
     "coreml_target",
     "tensorrt_profiles",
     "tensorrt_max_dim",
@@ -103,6 +112,7 @@ def _check_options(options: dict[str, Any]) -> None:
         ) from None
     _choice(options, "calibration_method", CALIBRATION_METHODS)
     _choice(options, "activation_type", ACTIVATION_TYPES)
+    _choice(options, "model_type", ("transformer",))
     for name in ("per_channel",):
         if name in options and not isinstance(options[name], bool):
             raise EdgeforgeError(f"recipe option {name} takes true or false, not {options[name]!r}")

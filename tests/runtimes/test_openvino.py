@@ -139,6 +139,25 @@ def test_session_does_not_compute_in_bf16_behind_our_back(digits_model, digits_f
     assert _relative_error(got, _reference(digits_model, image)) > 1e-4
 
 
+def test_a_bf16_artifact_computes_in_bf16_and_default_leaves_the_choice_to_openvino(
+    digits_model, tmp_path
+):
+    capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    artifact = OpenVino().build(digits_model, Recipe("bf16"), tmp_path / "bf16")
+    assert any("bf16" in note for note in artifact.manifest.notes)
+    image = _images(3)
+    with OpenVino().open(artifact) as session:
+        assert session.inference_precision == "bf16"
+        got = session.run({"image": image})["logits"]
+        if "BF16" in capabilities:
+            assert session.effective_precision == "bf16"
+    assert _relative_error(got, _reference(digits_model, image)) < 0.05
+    with OpenVino(inference_precision="default").open(artifact) as session:
+        assert session.inference_precision == "default"
+        expected = "bf16" if "BF16" in capabilities else "f32"
+        assert session.effective_precision == expected
+
+
 def test_session_refuses_a_feed_of_the_wrong_shape(digits_fp32):
     with OpenVino().open(digits_fp32) as session, pytest.raises(EdgeforgeError, match="image"):
         session.run({"image": np.zeros((1, 1, 8, 4), np.float32)})

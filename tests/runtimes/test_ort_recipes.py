@@ -49,7 +49,7 @@ def _reference(model, images: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "onnxruntime-mobile"])
-@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("precision", [p for p in PRECISIONS if p != "bf16"])  # OpenVINO's
 def test_every_precision_builds_and_runs(digits, tmp_path, runtime, precision):
     model, calibration, images = digits
     options = {"data": calibration} if precision == "int8-static" else {}

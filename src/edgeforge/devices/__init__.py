@@ -101,12 +101,15 @@ class ComputeUnit:
 
     `peak` maps a dtype of `DTYPES` to its `Figure` in GOPS; a dtype the unit has no figure for
     is missing from `peak` and its reason is in `absent` (dtype -> why). Both are read-only.
+    `features` names arithmetic the unit has beyond its peaks, as CPU flags (`avx512_bf16`,
+    `amx_bf16`): what decides whether a bf16 recipe is offered.
     """
 
     kind: str
     name: str
     peak: Mapping[str, Figure]
     absent: Mapping[str, str] = field(default_factory=_no_absent)
+    features: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -114,6 +117,7 @@ class ComputeUnit:
             "name": self.name,
             "peak": {dtype: fig.to_dict() for dtype, fig in self.peak.items()},
             "absent": dict(self.absent),
+            "features": list(self.features),
         }
 
 

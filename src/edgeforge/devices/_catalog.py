@@ -20,6 +20,7 @@ on first use with the file and key named, never by silently dropping a figure:
     peak.fp32 = <figure or absent>  # every dtype of DTYPES must be stated
     peak.fp16 = <figure or absent>
     peak.int8 = <figure or absent>
+    features = ["avx512_bf16", "amx_bf16"]  # optional: arithmetic beyond the peaks (CPU flags)
 
 where <figure> is `{ value = 472, tag = "src", source = "https://..." }` (value >= 0, tag one of
 TAGS, source non-empty) and <absent> is `{ absent = "why there is no figure" }`. Unknown keys
@@ -175,7 +176,7 @@ def _device(data: Mapping[str, Any]) -> Device:
 def _compute_unit(unit: Any, path: str) -> ComputeUnit:
     if not isinstance(unit, Mapping):
         raise _Invalid(path, "must be a table")
-    _check_keys(unit, path, required=_UNIT_KEYS, known=frozenset(_UNIT_KEYS))
+    _check_keys(unit, path, required=_UNIT_KEYS, known=frozenset((*_UNIT_KEYS, "features")))
     peak_data = unit["peak"]
     if not isinstance(peak_data, Mapping):
         raise _Invalid(f"{path}.peak", "must be a table of dtype -> figure")
@@ -193,6 +194,7 @@ def _compute_unit(unit: Any, path: str) -> ComputeUnit:
         name=_string(unit, "name", path),
         peak=MappingProxyType(peak),
         absent=MappingProxyType(absent),
+        features=_strings(unit, f"{path}.features") if "features" in unit else (),
     )
 
 
@@ -230,7 +232,7 @@ def _string(table: Mapping[str, Any], key: str, path: str = "") -> str:
 
 
 def _strings(table: Mapping[str, Any], key: str) -> tuple[str, ...]:
-    value = table[key]
+    value = table[key.rpartition(".")[2]]
     if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
         raise _Invalid(key, "must be a list of non-empty strings")
     return tuple(value)

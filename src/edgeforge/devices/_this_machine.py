@@ -48,6 +48,9 @@ __all__ = [
 
 THIS_MACHINE_ID = "this-machine"
 THIS_MACHINE_ALIASES: tuple[str, ...] = ("local", "localhost")
+# Flags of arithmetic the peaks do not show, named in the unit's `features` (bf16 decides
+# whether `optimize` offers a bf16 recipe).
+_FEATURE_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "amx_int8", "avx512_fp16", "avx512_vnni"})
 
 _GHZ_IN_NAME = re.compile(r"(\d+(?:\.\d+)?)\s*GHz", re.IGNORECASE)
 _BANDWIDTH_ABSENT = "unknown until measured by `edgeforge calibrate`"
@@ -241,6 +244,7 @@ def describe_host(facts: HostFacts) -> Device:
                 name=f"{facts.model_name}, {facts.physical_cores} cores",
                 peak=MappingProxyType(peak),
                 absent=MappingProxyType(unit_absent),
+                features=tuple(sorted(facts.flags & _FEATURE_FLAGS)),
             ),
         ),
         power_w=None,

@@ -44,6 +44,8 @@ class Tolerance:
 _DEFAULTS = {
     "fp32": Tolerance(rtol=1e-3, atol=1e-4, min_cosine=0.9999),
     "fp16": Tolerance(rtol=2e-2, atol=1e-3, min_cosine=0.999),
+    # bf16 keeps fp32's range with 8 bits of mantissa: about 2-3 significant digits.
+    "bf16": Tolerance(rtol=6e-2, atol=1e-2, min_cosine=0.998),
     # Quantized models are judged on agreement, not closeness of every value.
     "int8": Tolerance(rtol=float("inf"), atol=float("inf"), min_cosine=0.98, min_top1=0.9),
     "int4": Tolerance(rtol=float("inf"), atol=float("inf"), min_cosine=0.95, min_top1=0.85),
@@ -54,7 +56,9 @@ def tolerance_for(precision: str, **overrides: float | None) -> Tolerance:
     """Default tolerance for a precision ("int8-static" -> int8), with overrides applied."""
     family = precision.split("-")[0]
     if family not in _DEFAULTS:
-        raise EdgeforgeError(f"unknown precision {precision!r}; choose fp32, fp16, int8 or int4")
+        raise EdgeforgeError(
+            f"unknown precision {precision!r}; choose fp32, fp16, bf16, int8 or int4"
+        )
     given = {k: v for k, v in overrides.items() if v is not None}
     for key, value in given.items():
         # Rule (issue 13): a tolerance that makes every comparison pass or fail is refused.

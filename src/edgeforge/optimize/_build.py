@@ -8,8 +8,14 @@ What a caller can rely on:
   status then says so;
 - a runtime that builds here but cannot run here (Core ML off macOS) leaves its candidate
   "built-not-run": size and the device estimate, no accuracy, no latency here;
-- latency here is measured one candidate at a time, never in parallel (parallel timing lies);
-- every built candidate gets the device estimate; memory is measured here where the candidate
+- latency here is measured one candidate at a time, never in parallel (parallel timing lies),
+  with the settings the candidate will run with on the device (`_deploy.deployment`: the
+  device's thread count, OpenVINO's inference precision for the recipe), which the candidate
+  records in `timed_with`; its accuracy is scored with the same inference precision;
+- every built candidate gets the device estimate, at the precision its recipe computes in on
+  that device (`compute_precision`); on `this-machine` a candidate measured here takes its
+  measurement as its device latency (the estimate stays in `estimated_ms`): the measurement
+  decides, not the estimate; memory is measured here where the candidate
   ran here, else estimated on the device;
 - a candidate whose outcome is deterministic (built, or unsupported) is cached as
   `out/candidates/<key>/result.json`; a cached built candidate whose artifact folder is gone is
@@ -35,13 +41,57 @@ from edgeforge.evaluate.data import Samples
 from edgeforge.model import Model
 from edgeforge.optimize._accuracy import describe_task, judge_for, score
 from edgeforge.optimize._data import Split
+from edgeforge.optimize._deploy import deployment, has_bf16
 from edgeforge.optimize._plan import BUILT, Candidate, Variant
 from edgeforge.recipe import Recipe
 
 if TYPE_CHECKING:
     from edgeforge.devices import Device
 
-__all__ = ["Builder", "reference_outputs", "reference_summary"]
+__all__ = ["Builder", "compute_precision", "reference_outputs", "reference_summary"]
+
+THIS_MACHINE_ID = "this-machine"
+# Convolutions' share of a model's operations above which int8-dynamic buys no int8 speed:
+# dynamic quantization turns a Conv into ConvInteger, which ONNX Runtime runs without the
+# int8 GEMM kernels (measured: bench/results/ort_int8_resnet50.json).
+_CONV_HEAVY = 0.5
+
+
+def compute_precision(precision: str, profile: Any, device: Device) -> tuple[str, str]:
+    """(the estimator's precision for a recipe on `device`, why it differs from the obvious
+    one or ''): int8-dynamic on a conv-heavy model computes at fp32 speed, bf16 computes at
+    the 16-bit rate only where the device has bf16 arithmetic, fp16 at the fp16 rate only where
+    the unit states an fp16 peak."""
+    if precision == "int8-dynamic":
+        share = _conv_share(profile)
+        if share > _CONV_HEAVY:
+            return "fp32", (
+                f"int8-dynamic estimated at fp32 speed: convolutions are {share:.0%} of the "
+                "operations and dynamic quantization runs them as ConvInteger, without int8 "
+                "GEMM kernels"
+            )
+        return "int8", ""
+    if precision == "int8-static":
+        return "int8", ""
+    if precision == "bf16":
+        if has_bf16(device):
+            return "fp16", "bf16 estimated at the 16-bit rate (the device has bf16 arithmetic)"
+        return "fp32", "bf16 estimated at fp32 speed: the device has no bf16 arithmetic"
+    if precision == "fp16":
+        if not any("fp16" in unit.peak for unit in device.compute):
+            return "fp32", "fp16 estimated at fp32 speed: the device states no fp16 arithmetic"
+        return "fp16", ""
+    return "fp32", ""
+
+
+def _conv_share(profile: Any) -> float:
+    total = conv = 0.0
+    for node in getattr(profile, "nodes", ()):
+        ops = float(getattr(node, "flops", 0) or 0)
+        total += ops
+        if node.op_type in ("Conv", "ConvTranspose"):
+            conv += ops
+    return conv / total if total else 0.0
 
 
 def reference_outputs(model: Model, split: Split) -> list[dict[str, np.ndarray]]:
@@ -150,6 +200,7 @@ class Builder:
             "size_bytes",
             "latency_here_ms",
             "recipe",
+            "timed_with",
             "accuracy",
             "accuracy_drop",
             "build_seconds",
@@ -157,6 +208,7 @@ class Builder:
         ):
             setattr(candidate, name, cached.get(name))
         candidate.notes = list(candidate.notes or [])
+        candidate.timed_with = dict(candidate.timed_with or {})
         candidate.cached = True
         if cached.get("memory_source") == "measured here":
             candidate.memory_bytes = cached.get("memory_bytes")
@@ -168,7 +220,9 @@ class Builder:
         from edgeforge.runtimes import get_runtime
 
         hub = get_runtime(candidate.runtime).hub
+        deployed = deployment(candidate.runtime, candidate.precision, self.device)
         return {
+            "inference_precision": deployed["inference_precision"],
             "runtime": candidate.runtime,
             "model": variant.onnx_model if hub == "onnx" else variant.torch_model,
             "recipe": candidate.recipe,
@@ -185,10 +239,13 @@ class Builder:
     def _bench(self, candidate: Candidate) -> None:
         from edgeforge.bench import bench
 
+        deployed = deployment(candidate.runtime, candidate.precision, self.device)
         try:
             result = bench(
                 candidate.artifact,
                 runtime=candidate.runtime,
+                threads=deployed["threads"],
+                inference_precision=deployed["inference_precision"],
                 warmup=3,
                 runs=self.bench_runs,
                 repeats=1,
@@ -199,6 +256,7 @@ class Builder:
             candidate.notes.append(f"latency here not measured: {exc}")
             return
         candidate.latency_here_ms = round(result.latency_ms["p50"], 4)
+        candidate.timed_with = dict(result.settings)
         candidate.memory_bytes = int(result.model_memory_mb * 1024 * 1024)
         candidate.memory_source = "measured here"
 
@@ -208,19 +266,29 @@ class Builder:
         if candidate.status not in BUILT:
             return
         profile = self._profile(candidate.model)
-        compute = {"fp16": "fp16", "int8-dynamic": "int8", "int8-static": "int8"}.get(
-            candidate.precision, "fp32"
-        )
+        compute, why = compute_precision(candidate.precision, profile, self.device)
+        if why and why not in candidate.notes:
+            candidate.notes.append(why)
         try:
             found = estimate(profile, self.device, runtime=candidate.runtime, precision=compute)
         except EdgeforgeError as exc:
             candidate.notes.append(f"no estimate on {self.device.id}: {exc}")
+            found = None
+        if found is not None:
+            candidate.estimated_ms = round(found.latency_ms, 4)
+            candidate.device_latency_ms = candidate.estimated_ms
+            candidate.device_latency_band_ms = [
+                round(found.latency_low_ms, 4),
+                round(found.latency_high_ms, 4),
+            ]
+            candidate.device_latency_source = f"estimated on {self.device.id}"
+        if self.device.id == THIS_MACHINE_ID and candidate.latency_here_ms is not None:
+            # The target is where we measure: the measurement decides, not the estimate.
+            candidate.device_latency_ms = candidate.latency_here_ms
+            candidate.device_latency_band_ms = [candidate.latency_here_ms] * 2
+            candidate.device_latency_source = "measured here"
+        if found is None:
             return
-        candidate.device_latency_ms = round(found.latency_ms, 4)
-        candidate.device_latency_band_ms = [
-            round(found.latency_low_ms, 4),
-            round(found.latency_high_ms, 4),
-        ]
         peak = found.peak_memory_bytes
         if candidate.precision == "int4-weight":
             int4_weights = found.weight_bytes // 8  # fp32 (4 bytes) -> int4 (half a byte)
@@ -235,6 +303,8 @@ class Builder:
     def _profile(self, variant_name: str) -> Any:
         from edgeforge.analysis import inspect
 
+        if variant_name == "fused":  # the same computation as the first variant, unfused
+            variant_name = next(iter(self.variant_of))
         if variant_name not in self.profiles:
             variant = self.variant_of[variant_name]
             self.profiles[variant_name] = inspect(variant.onnx_model)
@@ -254,6 +324,8 @@ def _build_and_score(job: dict[str, Any]) -> dict[str, Any]:
     os.dup2(2, 1)
 
     runtime = get_runtime(job["runtime"])
+    if job.get("inference_precision") is not None and hasattr(runtime, "inference_precision"):
+        runtime.inference_precision = job["inference_precision"]  # score what will be timed
     model: Model = job["model"]
     recipe = Recipe.from_dict(job["recipe"])
     notes: list[str] = []

@@ -12,11 +12,19 @@ What a caller can rely on:
   reading the calibration part (written as .npz under `out/data/`) through `data` and
   `calibration_samples`;
 - a candidate's key (its folder under `out/candidates/`) digests the source model, the passes,
-  the runtime and its tool versions, the recipe, the data and the split, and the benchmark runs:
+  the runtime and its tool versions, the recipe, the data and the split, the benchmark runs and
+  the deployment settings it is timed and scored with (`_deploy.deployment`):
   equal keys mean the same build and the same measurement;
 - when an int8-static candidate breaks the accuracy limit, `sensitivity` plans one more: ONNX
   Runtime int8-static with the most harmful layers kept in float, on the recipe of the least
   harmed ONNX Runtime int8-static candidate;
+- a transformer (`_deploy.is_transformer`) also gets a "fused" variant, the ONNX variant
+  after ONNX Runtime's transformer optimizer (fused attention, skip layer norms, GELU: ONNX
+  Runtime's contrib ops), built for ONNX Runtime only in fp32, int8-dynamic and int8-static
+  (minmax and percentile), and its int8-static recipes on OpenVINO and ONNX Runtime take
+  `model_type: transformer` (NNCF's transformer scheme; ONNX Runtime: MatMul/Gemm only, the
+  GELU-fed down-projections float);
+- a bf16 recipe is planned only where the device computes in bf16 (`_deploy.has_bf16`);
 - planning builds nothing but the variants: candidates come back with status "planned".
 """
 
@@ -33,6 +41,7 @@ from edgeforge.errors import EdgeforgeError
 from edgeforge.evaluate.data import Samples
 from edgeforge.model import Model
 from edgeforge.optimize._data import Split
+from edgeforge.optimize._deploy import deployment
 from edgeforge.recipe import Recipe
 
 if TYPE_CHECKING:
@@ -40,7 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = ["BUILT", "TORCH_PASSES", "Candidate", "Planner", "Variant"]
 
-_CACHE_VERSION = 2  # bump when what a cached candidate holds changes
+_CACHE_VERSION = 3  # bump when what a cached candidate holds changes
 # Runtimes whose int8-static recipe takes `calibration_method`, for those that do not declare
 # it themselves (a runtime may set a `calibration_methods` attribute).
 _CALIBRATION_METHODS = {
@@ -49,6 +58,8 @@ _CALIBRATION_METHODS = {
 }
 TORCH_PASSES = ("prune", "distill")
 _MADE_BY = {"prune": "pruned", "distill": "distilled"}
+_FUSED_PRECISIONS = ("fp32", "int8-dynamic", "int8-static")
+_FUSED_METHODS = ("minmax", "percentile")
 BUILT = ("evaluated", "built-not-run")  # the statuses of a candidate that has an artifact
 
 
@@ -68,7 +79,10 @@ class Candidate:
     artifact: str | None = None
     size_bytes: int | None = None
     latency_here_ms: float | None = None  # measured here, p50 at batch 1
-    device_latency_ms: float | None = None  # estimated on the device
+    timed_with: dict[str, Any] = field(default_factory=dict)  # the timed session's settings
+    device_latency_ms: float | None = None  # on the device: measured (this-machine) or estimated
+    device_latency_source: str = ""  # "measured here" or "estimated on <device>"
+    estimated_ms: float | None = None  # the roofline estimate, kept beside a measurement
     device_latency_band_ms: list[float] | None = None  # [low, high]
     memory_bytes: int | None = None
     memory_source: str = ""  # "measured here" or "estimated on the device"
@@ -123,6 +137,10 @@ class Planner:
         self.bench_runs = bench_runs
         self.digest = model_sha256(model)  # the source model's, in every key
         self.variant_of: dict[str, Variant] = {}
+        from edgeforge.optimize._deploy import has_bf16, is_transformer
+
+        self.transformer = is_transformer(model)
+        self.bf16 = has_bf16(device)
 
     # -- model variants --------------------------------------------------------------------
 
@@ -133,6 +151,12 @@ class Planner:
             applied = ["cleanup"] if onnx_model is not self.model else []
         torch_model = self.model if self.model.torch_program is not None else None
         found = [Variant("cleaned" if applied else "source", applied, onnx_model, torch_model)]
+        if self.transformer and "onnxruntime" in self.device.runtimes:
+            fused = self._fused(onnx_model, notes)
+            if fused is not None:
+                found.append(
+                    Variant("fused", [*applied, "ort-fusion"], fused, None, ("onnxruntime",))
+                )
         for name in passes:
             if name in TORCH_PASSES:
                 made = self._torch_pass(name, source, example_inputs, notes)
@@ -151,6 +175,23 @@ class Planner:
         except EdgeforgeError as exc:
             notes.append(f"ONNX clean-up skipped: {exc}")
             return self.model
+
+    def _fused(self, model: Model, notes: list[str]) -> Model | None:
+        """`model` after ONNX Runtime's transformer optimizer, or None (noted) when it fuses
+        nothing or fails."""
+        from edgeforge.passes.ort_fusion import fuse_transformer
+
+        folder = self.out / "passes" / f"ort-fusion-{model_sha256_of(model)[:16]}"
+        try:
+            fused, fusions = fuse_transformer(model, folder)
+        except EdgeforgeError as exc:
+            notes.append(f"ONNX Runtime transformer fusion skipped: {exc}")
+            return None
+        if fused is None:
+            notes.append("ONNX Runtime's transformer optimizer fused nothing: no fused variant")
+            return None
+        notes.append(f"fused variant (ONNX Runtime transformer optimizer): {fusions}")
+        return fused
 
     def _torch_pass(self, name, source, example_inputs, notes) -> Model | None:
         """The source pruned or distilled (cached under out/passes/), exported to ONNX."""
@@ -232,23 +273,39 @@ class Planner:
                 wanted = list(runtime.precisions)
                 if variant.name in ("pruned", "distilled"):
                     wanted = [p for p in wanted if p in ("fp32", "int8-static")]
+                if variant.name == "fused":
+                    wanted = [p for p in wanted if p in _FUSED_PRECISIONS]
+                if "bf16" in wanted and not self.bf16:
+                    wanted.remove("bf16")
+                    if variant is variants[0] and (not precisions or "bf16" in precisions):
+                        skipped.append(
+                            {
+                                "runtime": f"{name}/bf16",
+                                "reason": f"{self.device.id} has no bf16 arithmetic "
+                                "(AVX-512 BF16 or AMX)",
+                            }
+                        )
                 for precision in wanted:
                     if precisions and precision not in precisions:
                         continue
-                    for suffix, options in self._recipes(runtime, precision):
+                    for suffix, options in self._recipes(runtime, precision, variant):
                         plans.append(self._candidate(variant, runtime, precision, suffix, options))
         return plans, skipped
 
-    def _recipes(self, runtime, precision) -> list[tuple[str, dict[str, Any]]]:
+    def _recipes(self, runtime, precision, variant=None) -> list[tuple[str, dict[str, Any]]]:
         if precision != "int8-static":
             return [("", {})]
-        options = {
+        options: dict[str, Any] = {
             "data": str(self.calibration_folder),
             "calibration_samples": self.split.calibration,
         }
+        if self.transformer and runtime.name in ("openvino", "onnxruntime"):
+            options["model_type"] = "transformer"
         methods = getattr(runtime, "calibration_methods", None) or _CALIBRATION_METHODS.get(
             runtime.name, ()
         )
+        if variant is not None and variant.name == "fused":
+            methods = tuple(m for m in methods if m in _FUSED_METHODS)
         if not methods:
             return [("", options)]
         return [(f"-{m}", options | {"calibration_method": m}) for m in methods]
@@ -272,6 +329,7 @@ class Planner:
                 self.bench_runs,
                 self.metric,
                 extra,
+                deployment(runtime.name, precision, self.device),  # how it is timed and scored
             ]
         )[:20]
         return Candidate(
@@ -333,6 +391,12 @@ class Planner:
             extra=job,
         )
         return candidate, job
+
+
+def model_sha256_of(model: Model) -> str:
+    from edgeforge.runtimes.base import model_sha256
+
+    return model_sha256(model)
 
 
 def _digest(parts: list[Any]) -> str:

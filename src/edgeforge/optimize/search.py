@@ -17,6 +17,11 @@ What a caller can rely on:
   where the runtime takes that option, the ONNX clean-up pass before the ONNX-hub runtimes,
   and, when an int8-static candidate breaks `--max-accuracy-drop`, an ONNX Runtime candidate
   with its most harmful layers kept in float (`edgeforge.optimize.sensitivity`);
+- each candidate is timed and scored with the settings it will run with on the device (the
+  device's thread count; OpenVINO's inference precision for its recipe: bf16 for bf16, the
+  runtime's own default for the quantized recipes, f32 for fp32), recorded in its
+  `timed_with`; for `this-machine` the measurement is the device latency the choice uses,
+  for other devices the estimate at the precision the recipe computes in there;
 - builds run in child processes with a time limit (two at a time where there are cores); a
   converter that fails costs its candidate only. Latency here is measured one candidate at a
   time, never in parallel (parallel timing lies);
@@ -171,7 +176,7 @@ def optimize(
         model=model.provenance.source,
         device=target.id,
         out=str(out),
-        limits={**limits.to_dict(), "latency_means": f"estimated on {target.id}"},
+        limits={**limits.to_dict(), "latency_means": _latency_means(target.id)},
         data=split.describe(),
         reference=summary,
         candidates=plans,
@@ -235,11 +240,21 @@ def _nothing_built() -> dict[str, Any]:
     }
 
 
+def _latency_means(device_id: str) -> str:
+    if device_id == "this-machine":
+        return "measured here with the deployment settings (the estimate where not measured)"
+    return f"estimated on {device_id}"
+
+
 def _standing_notes() -> list[str]:
     return [
-        "latency on the device is the roofline estimate (int8-dynamic and int8-static computed "
-        "as int8, fp16 as fp16, int4-weight as fp32 compute with int4 weight bytes); latency "
-        "here is measured on this machine, one candidate at a time",
+        "latency on the device is measured here when the device is this machine, else the "
+        "roofline estimate at the precision each recipe computes in there (int8-static as "
+        "int8; int8-dynamic as int8, or fp32 on conv-heavy models; bf16 and fp16 at the "
+        "16-bit rate only where the unit has that arithmetic; int4-weight as fp32 compute with "
+        "int4 weight bytes); latency here is measured on this machine one candidate at a time, "
+        "with the candidate's deployment settings (threads, OpenVINO inference precision: "
+        "each candidate's timed_with)",
         "memory is the model's share of the measuring process's peak here where the candidate "
         "ran here, else the estimate of weights plus peak activations on the device",
     ]

@@ -128,6 +128,18 @@ def quantize_int8_static(
                 f"{len(kept)} node(s) that carry a stand-in for -inf (an attention mask) kept "
                 "in float: one int8 range spanning it would round every other value to zero"
             )
+        transformer = recipe.option("model_type") == "transformer"
+        op_types = None
+        if transformer:
+            # As ONNX Runtime's transformer examples do: int8 for the weight products only,
+            # and the feed-forward down-projections (fed by GELU, the widest range) float.
+            op_types = ["MatMul", "Gemm"]
+            down = [n for n in _fed_by_gelu(prepared) if n not in excluded]
+            excluded += down
+            notes.append(
+                f"transformer: only MatMul/Gemm quantized; {len(down)} feed-forward "
+                "down-projection MatMul(s) (fed by GELU) kept in float"
+            )
         if method != "minmax":
             calibration_cache = calibration_cache or Path(scratch) / "calibration.json"
             if not calibration_cache.is_file():
@@ -143,6 +155,7 @@ def quantize_int8_static(
                 activation_type=QuantType.QUInt8 if activation == "uint8" else QuantType.QInt8,
                 weight_type=QuantType.QInt8,
                 nodes_to_exclude=excluded,
+                op_types_to_quantize=op_types,
                 calibrate_method=_calibration_method(method),
                 calibration_providers=["CPUExecutionProvider"],
                 use_external_data_format=_large(source),
@@ -155,6 +168,19 @@ def quantize_int8_static(
         f"{'per channel' if per_channel else 'per tensor'}, {method} calibration"
         + _excluded_note(recipe),
     ]
+
+
+def _fed_by_gelu(path: Path) -> list[str]:
+    """Names of the MatMuls whose first input is a GELU's output (Gelu, or ONNX Runtime's
+    fused BiasGelu / FastGelu)."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    gelu = {
+        out
+        for node in graph.node
+        if node.op_type in ("Gelu", "BiasGelu", "FastGelu")
+        for out in node.output
+    }
+    return [n.name for n in graph.node if n.op_type == "MatMul" and n.input[0] in gelu and n.name]
 
 
 def infinity_stand_ins(path: Path) -> tuple[set[str], list[str]]:

@@ -1,8 +1,11 @@
 """OpenVINO's quantized recipes, carried out by NNCF on the converted `openvino.Model`.
 
 - int8-static: `nncf.quantize` (post-training, int8 weights and activations) over the recipe's
-  calibration samples; options `preset` ("performance", the default, or "mixed") and
-  `nodes_to_exclude` (node names kept in float, as NNCF's `IgnoredScope`);
+  calibration samples; options `preset` ("performance", the default, or "mixed"),
+  `model_type` ("transformer": NNCF's transformer scheme, SmoothQuant and float softmax and
+  layer norms, as NNCF recommends for transformers, with preset "mixed" unless told, and the
+  feed-forward down-projections, the MatMuls fed by GELU whose inputs have the widest range,
+  kept float) and `nodes_to_exclude` (node names kept in float, as NNCF's `IgnoredScope`);
 - int8-dynamic: `nncf.compress_weights` INT8_ASYM, per output channel. It is weight-only: the
   activations stay float and the CPU plugin decompresses the weights as it computes;
 - int4-weight: `nncf.compress_weights` INT4_SYM (or INT4_ASYM with `symmetric: false`) in
@@ -54,9 +57,18 @@ def quantize(ov_model: Any, model: Model, recipe: Recipe) -> tuple[Any, list[str
 def _int8_static(ov_model: Any, model: Model, recipe: Recipe) -> tuple[Any, list[str]]:
     import nncf
 
-    preset = choice_option(recipe, "preset", ("performance", "mixed"), "performance")
+    transformer = recipe.option("model_type") == "transformer"
+    preset = choice_option(
+        recipe, "preset", ("performance", "mixed"), "mixed" if transformer else "performance"
+    )
     excluded = names_option(recipe, "nodes_to_exclude")
     ignored = _ignored(ov_model, excluded)
+    down = _fed_by_gelu(ov_model) if transformer else []
+    if down:
+        import nncf
+
+        names = [*(ignored.names if ignored else []), *down]
+        ignored = nncf.IgnoredScope(names=names)
     samples = calibration_data(model, recipe)
     # The IR's parameters are in the ONNX graph's input order, as are model.inputs.
     items = [[feed[spec.name] for spec in model.inputs] for feed in samples.feeds]
@@ -68,16 +80,37 @@ def _int8_static(ov_model: Any, model: Model, recipe: Recipe) -> tuple[Any, list
             preset=nncf.QuantizationPreset(preset),
             subset_size=len(items),
             ignored_scope=ignored,
+            model_type=nncf.ModelType.TRANSFORMER if transformer else None,
         ),
     )
+    scheme = "model type transformer: SmoothQuant, " if transformer else ""
     notes = [
-        f"int8 weights and activations: NNCF post-training quantization (preset {preset}, "
-        "fast bias correction)",
+        f"int8 weights and activations: NNCF post-training quantization ({scheme}preset "
+        f"{preset}, fast bias correction)",
         calibration_note(samples, recipe),
     ]
     if excluded:
         notes.append(f"kept in float (nodes_to_exclude): {', '.join(excluded)}")
+    if down:
+        notes.append(
+            f"{len(down)} feed-forward down-projection MatMul(s) (fed by GELU) kept in float: "
+            "their inputs' range is the widest in a transformer"
+        )
     return quantized, notes
+
+
+def _fed_by_gelu(ov_model: Any) -> list[str]:
+    """The MatMuls whose first input is a GELU's output (through reshapes and converts)."""
+    found = []
+    for op in ov_model.get_ordered_ops():
+        if op.get_type_name() != "MatMul":
+            continue
+        producer = op.input_value(0).get_node()
+        while producer.get_type_name() in ("Convert", "Reshape", "Transpose"):
+            producer = producer.input_value(0).get_node()
+        if producer.get_type_name() == "Gelu":
+            found.append(op.get_friendly_name())
+    return found
 
 
 def _int8_weights(ov_model: Any, model: Model, recipe: Recipe) -> tuple[Any, list[str]]:

@@ -1,6 +1,6 @@
 """ONNX Runtime: the `.onnx` file itself, and the `.ort` format for ONNX Runtime Mobile.
 
-Both build every precision in `edgeforge.recipe.PRECISIONS` with ONNX Runtime's own tools
+Both build every precision in `edgeforge.recipe.PRECISIONS` but bf16 with ONNX Runtime's own tools
 (`_ort_quantize`); the `.ort` file is converted from the quantized ONNX file, so the two
 runtimes run the same graph. Inputs and outputs stay float32 at every precision.
 """
@@ -47,7 +47,7 @@ class OnnxRuntime(Runtime):
     format = "onnx"
     modules = ("onnxruntime",)
     distributions = ("onnxruntime",)
-    precisions = PRECISIONS
+    precisions = tuple(p for p in PRECISIONS if p != "bf16")  # bf16 is OpenVINO's
 
     def _build(self, model: Model, recipe: Recipe, folder: Path) -> tuple[str, list[str]]:
         return "model.onnx", _write_onnx(model, recipe, folder)

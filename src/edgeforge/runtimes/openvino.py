@@ -7,7 +7,10 @@ What a caller can rely on:
   converted for that build alone (NNCF changes the model it is given); see
   `_quantize_openvino` for the options each takes;
 - a session on an fp32 artifact computes in fp32: OpenVINO's CPU plugin otherwise computes in
-  bf16 on CPUs with AMX or avx512_bf16, which breaks parity with the source model;
+  bf16 on CPUs with AMX or avx512_bf16, which breaks parity with the source model; a bf16
+  artifact's session computes in bf16; `inference_precision="default"` leaves the choice to
+  OpenVINO (what a user who compiles without settings gets), and a session records the
+  precision the compiled model reports in `effective_precision`;
 - sessions map inputs and outputs by position onto the source model's names, and keep the
   dynamic dimensions the ONNX graph declared (each run takes the shapes it is given);
 - `check` answers from OpenVINO itself (a conversion attempt, then `Core.query_model` per
@@ -76,7 +79,13 @@ class OpenVinoSession(Session):
                 f"{artifact.path}: OpenVINO cannot compile it for {device} ({_last_line(exc)})"
             ) from None
         self._request = self._compiled.create_infer_request()
-        self.inference_precision = config.get("INFERENCE_PRECISION_HINT")
+        self.inference_precision = config.get("INFERENCE_PRECISION_HINT", "default")
+        self.threads = config.get("INFERENCE_NUM_THREADS")
+        try:
+            found = self._compiled.get_property("INFERENCE_PRECISION_HINT")
+            self.effective_precision = found.get_type_name()  # "f32", "bf16"
+        except (RuntimeError, AttributeError):  # not every plugin reports it
+            self.effective_precision = None
 
     def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         for spec in self.inputs:
@@ -99,13 +108,14 @@ class OpenVino(Runtime):
     extra = "openvino"
     modules = ("openvino",)
     distributions = ("openvino",)
-    precisions = ("fp32", "fp16", "int8-dynamic", "int8-static", "int4-weight")
+    precisions = ("fp32", "fp16", "bf16", "int8-dynamic", "int8-static", "int4-weight")
 
     def __init__(
         self, *, threads: int | None = None, inference_precision: str | None = None
     ) -> None:
         """Options for the sessions `open` returns: a CPU thread count, and OpenVINO's
-        INFERENCE_PRECISION_HINT ("f32", "bf16", "f16"; default "f32")."""
+        INFERENCE_PRECISION_HINT ("f32", "bf16", "f16", or "default" for OpenVINO's own
+        choice; None: "bf16" for a bf16 artifact, else "f32")."""
         self.threads = threads
         self.inference_precision = inference_precision
 
@@ -120,9 +130,16 @@ class OpenVino(Runtime):
             ov.save_model(ov_model, folder / "model.xml", compress_to_fp16=False)
             return "model.xml", notes
         fp16 = recipe.precision == "fp16"
-        # save_model compresses weights to fp16 by default: an fp32 recipe must say no.
+        # save_model compresses weights to fp16 by default: an fp32 recipe must say no. A
+        # bf16 recipe keeps fp32 weights too: fp16 cannot hold an attention mask's stand-in
+        # for -inf (float32's lowest), which becomes -inf and then NaN.
         ov.save_model(ov_model, folder / "model.xml", compress_to_fp16=fp16)
-        if fp16:
+        if recipe.precision == "bf16":
+            notes = [
+                "weights kept in fp32 (compress_to_fp16=False); sessions compute in bf16 "
+                "(INFERENCE_PRECISION_HINT bf16: AMX or AVX-512 BF16 on x86 CPUs)"
+            ]
+        elif fp16:
             notes = [
                 "weights stored as fp16 (compress_to_fp16); the CPU plugin decompresses them "
                 "and computes at the session's inference precision"
@@ -132,9 +149,10 @@ class OpenVino(Runtime):
         return "model.xml", notes
 
     def _open(self, artifact: Artifact) -> Session:
-        return OpenVinoSession(
-            artifact, threads=self.threads, inference_precision=self.inference_precision
-        )
+        precision = self.inference_precision
+        if precision is None and artifact.manifest.recipe.get("precision") == "bf16":
+            precision = "bf16"
+        return OpenVinoSession(artifact, threads=self.threads, inference_precision=precision)
 
     def check(self, model: Model) -> list[Finding]:
         """What OpenVINO cannot convert or place, and its traps, asked of OpenVINO itself.
@@ -365,7 +383,7 @@ def _compile_config(
         # fp16 weights run at fp32 too unless asked otherwise, so that the only loss
         # measured is the weights' own.
         inference_precision = "f32"
-    if inference_precision is not None:
+    if inference_precision not in (None, "default"):
         config["INFERENCE_PRECISION_HINT"] = inference_precision
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)

@@ -102,6 +102,11 @@ class Model:
     # The torch.export program beside the ONNX file, for runtimes that convert from torch
     # (LiteRT, Core ML, ExecuTorch); None for ONNX sources and TorchScript-exported ones.
     torch_program: Path | None = None
+    # Input sizes fixed with `--shape` (`edgeforge._pin.pin_shapes`): the ONNX graph above has
+    # them; the torch program keeps its own dims, and runtimes that convert from it build
+    # `unpinned`, the model as it was loaded, and say so.
+    pinned: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    unpinned: Model | None = None
 
     @property
     def uses_external_data(self) -> bool:
@@ -121,6 +126,7 @@ class Model:
             "provenance": self.provenance.to_dict(),
             "torch_parameters": self.torch_parameters.to_dict() if self.torch_parameters else None,
             "torch_program": str(self.torch_program) if self.torch_program else None,
+            "pinned": {name: list(shape) for name, shape in self.pinned.items()},
         }
 
 

@@ -272,6 +272,12 @@ class Runtime(ABC):
                 f"runtime {self.name} cannot build {recipe.precision}; it builds "
                 f"{', '.join(self.precisions)}"
             )
+        pin_note = []
+        if self.hub == "torch" and model.unpinned is not None:
+            from edgeforge._pin import for_hub, torch_hub_note
+
+            pin_note = [torch_hub_note(model)]
+            model = for_hub(model, self.hub)
         if self.hub == "torch" and model.torch_program is None:
             raise EdgeforgeError(
                 f"runtime {self.name} converts from a torch.export program, and this model "
@@ -297,7 +303,7 @@ class Runtime(ABC):
                 outputs=[t.to_dict() for t in model.outputs],
                 tools=self.versions(),
                 created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-                notes=notes,
+                notes=[*pin_note, *notes],
                 files=sorted(
                     p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file()
                 ),

@@ -119,15 +119,17 @@ class Model:
         return onnx.load(str(self.onnx_path), load_external_data=load_weights)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "onnx_path": str(self.onnx_path),
             "inputs": [t.to_dict() for t in self.inputs],
             "outputs": [t.to_dict() for t in self.outputs],
             "provenance": self.provenance.to_dict(),
             "torch_parameters": self.torch_parameters.to_dict() if self.torch_parameters else None,
             "torch_program": str(self.torch_program) if self.torch_program else None,
-            "pinned": {name: list(shape) for name, shape in self.pinned.items()},
         }
+        if self.pinned:  # only then: profiles (and the zoo snapshots of them) stay as they were
+            data["pinned"] = {name: list(shape) for name, shape in self.pinned.items()}
+        return data
 
 
 def dtype_name(elem_type: int) -> str:

@@ -15,6 +15,8 @@ tell more than a conversion attempt does, `check`). The base class enforces the 
   folder, by `..`, an absolute path or a symbolic link: an artifact names only its own files;
 - `open` refuses an artifact of another runtime and says plainly when this machine cannot
   execute it (Core ML off macOS, TensorRT without a GPU);
+- a runtime that converts from the torch program builds a `--shape`-pinned model's unpinned
+  original (the program keeps its own dims) and its manifest's notes say so;
 - a `Session` takes and returns tensors under the source model's own input and output names,
   whatever the runtime calls them internally, and checks the feeds against its signature.
 """

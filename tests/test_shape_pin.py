@@ -182,3 +182,21 @@ def test_recipe_preprocess_option_is_checked():
     with pytest.raises(EdgeforgeError, match="layout"):
         Recipe("int8-static", {"preprocess": "layout=chw"})
     assert Recipe("int8-static", {"preprocess": {"mean": [0.5], "std": None}})
+
+
+def test_convert_table_says_what_was_pinned_and_read(capsys):
+    from edgeforge.convert import Conversion
+    from edgeforge.render import print_conversion
+
+    result = Conversion(
+        "m.onnx",
+        "out",
+        "fp32",
+        shapes={"image": [4, 1, 8, 8]},
+        data={"folder": "images", "max_samples": 4, "preprocess": {"mean": [0.5], "std": [0.25]}},
+    )
+    print_conversion(result)
+    out = capsys.readouterr().out
+    assert "inputs pinned with --shape image=4x1x8x8" in out
+    assert "verified on images (at most 4 samples)" in out
+    assert "- mean [0.5] / std [0.25]" in out and "{" not in out

@@ -200,3 +200,27 @@ def test_convert_table_says_what_was_pinned_and_read(capsys):
     assert "inputs pinned with --shape image=4x1x8x8" in out
     assert "verified on images (at most 4 samples)" in out
     assert "- mean [0.5] / std [0.25]" in out and "{" not in out
+
+
+def test_optimize_takes_shape_and_notes_the_pin(digits_model, tmp_path, capsys):
+    from edgeforge import optimize
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    np.save(data / "image.npy", rng.standard_normal((8, 1, 8, 8)).astype(np.float32))
+    with pytest.raises(EdgeforgeError, match="the input has rank 4"):
+        optimize(digits_model, "laptop-cpu", data, out=tmp_path / "bad", shapes={"image": (1, 8)})
+    result = optimize(
+        str(digits_model.onnx_path),
+        "laptop-cpu",
+        data,
+        out=tmp_path / "out",
+        runtime="onnxruntime",
+        precision="fp32",
+        cleanup=False,
+        runs=3,
+        shapes={"image": (1, 1, 8, 8)},
+    )
+    assert any("inputs pinned with --shape image=1x1x8x8" in note for note in result.notes)
+    assert result.chosen is not None

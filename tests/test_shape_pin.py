@@ -116,6 +116,8 @@ def test_one_axis_name_pinned_to_two_sizes_is_refused(tmp_path):
     assert [t.shape for t in pinned.inputs] == [(2, 4), (2, 4)]
     assert pinned.outputs[0].shape == (2, 4)
     assert pinned.unpinned is model and pinned.onnx_path.parent != path.parent
+    again = pin_shapes(pinned, {"b": (2, 4)})  # a second pin keeps the first
+    assert again.pinned == {"a": (2, 4), "b": (2, 4)} and again.unpinned is model
 
 
 @pytest.mark.slow

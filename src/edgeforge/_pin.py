@@ -36,7 +36,8 @@ def pin_shapes(model: Model, shapes: dict[str, tuple[int, ...]] | None) -> Model
     if not shapes:
         return model
     source = model.unpinned or model
-    pinned_specs(source.inputs, dict(shapes))  # the checks every --shape gets
+    shapes = {**model.pinned, **shapes}  # pinning a pinned model again keeps the earlier pins
+    pinned_specs(source.inputs, shapes)  # the checks every --shape gets
     wanted = {name: tuple(int(d) for d in dims) for name, dims in shapes.items()}
     proto = source.proto(load_weights=False)
     symbols = _symbol_sizes(proto.graph, wanted)

@@ -125,7 +125,7 @@ def test_shape_pins_a_dynamic_axis_and_refuses_contradictions(digits_model):
     result = bench(digits_model, runs=3, warmup=1, repeats=1, shapes={spec.name: shape})
     assert f"{spec.name} 3x1x8x8 float32" in result.to_dict()["inputs"]
     with pytest.raises(
-        EdgeforgeError, match=r"axis 1 is fixed at 1 in the model, the shape gives 2"
+        EdgeforgeError, match=r"axis 1 is fixed at 1 in the model, the override gives 2"
     ):
         bench(digits_model, runs=3, repeats=1, shapes={spec.name: (1, 2, 8, 8)})
     with pytest.raises(EdgeforgeError, match="rank 4"):

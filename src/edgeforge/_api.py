@@ -94,13 +94,18 @@ def published_rows() -> Path:
 
 @_verb
 def check(
-    model: Any, runtime: str | Sequence[str] = "all", *, timeout: float = 600, **more: Any
+    model: Any,
+    runtime: str | Sequence[str] = "all",
+    *,
+    timeout: float = 600,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    **more: Any,
 ) -> CheckReport:
     """`edgeforge check MODEL --runtime R,...`: what each runtime lacks, runs on a fallback, or
     trips over. Other keywords go to `edgeforge.convert.check`."""
     from edgeforge.convert import check as check_model
 
-    return check_model(model, _runtimes(runtime), timeout=timeout, **more)
+    return check_model(model, _runtimes(runtime), timeout=timeout, shapes=_shapes(shapes), **more)
 
 
 @_verb
@@ -113,11 +118,15 @@ def convert(
     data: str | Path | None = None,
     options: Mapping[str, Any] | None = None,
     timeout: float = 600,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    max_samples: int | None = None,
+    preprocess: Any = None,
     **more: Any,
 ) -> Conversion:
     """`edgeforge convert MODEL --runtime R,... --out DIR`: build, run and verify every target.
-    `options` are the recipe's (`--option KEY=VALUE`). Other keywords go to
-    `edgeforge.convert.convert`."""
+    `options` are the recipe's (`--option KEY=VALUE`); `preprocess` a `Preprocess` or its text
+    (`--preprocess`), for verification and int8-static calibration alike. Other keywords go
+    to `edgeforge.convert.convert`."""
     from edgeforge.convert import convert as convert_model
 
     return convert_model(
@@ -128,6 +137,9 @@ def convert(
         data=data,
         options=dict(options or {}),
         timeout=timeout,
+        shapes=_shapes(shapes),
+        max_samples=max_samples,
+        preprocess=preprocess,
         **more,
     )
 
@@ -142,6 +154,7 @@ def verify(
     rtol: float | None = None,
     atol: float | None = None,
     min_cosine: float | None = None,
+    shapes: Mapping[str, Sequence[int]] | None = None,
     **more: Any,
 ) -> Verification:
     """`edgeforge verify REFERENCE CANDIDATE`: compare a candidate (artifact folder or .onnx)
@@ -156,6 +169,7 @@ def verify(
         rtol=rtol,
         atol=atol,
         min_cosine=min_cosine,
+        shapes=_shapes(shapes),
         **more,
     )
 
@@ -392,6 +406,7 @@ def optimize(
     calibration_samples: int | None = None,
     runs: int = 30,
     timeout: float = 600,
+    shapes: Mapping[str, Sequence[int]] | None = None,
     **more: Any,
 ) -> OptimizeResult:
     """`edgeforge optimize MODEL --device D --data DIR`: search recipes and runtimes for the
@@ -416,6 +431,7 @@ def optimize(
         calibration_samples=calibration_samples,
         timeout=timeout,
         bench_runs=runs,
+        shapes=_shapes(shapes),
         **more,
     )
 
@@ -541,6 +557,9 @@ def cascade(
     large_ms: float | None = None,
     price_per_request: float | None = None,
     price_per_hour: float | None = None,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    max_samples: int | None = None,
+    preprocess: Any = None,
     **more: Any,
 ) -> CascadeResult:
     """`edgeforge cascade SMALL LARGE --data DIR --target-accuracy A`: the small model on the
@@ -559,5 +578,8 @@ def cascade(
         large_ms=large_ms,
         price_per_request=price_per_request,
         price_per_hour=price_per_hour,
+        shapes=_shapes(shapes),
+        max_samples=max_samples,
+        preprocess=preprocess,
         **more,
     )

@@ -12,7 +12,6 @@ in tests.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import statistics
 import tempfile
@@ -136,34 +135,10 @@ def _artifact(source, runtime: str, scratch: Path, load_options) -> tuple[Artifa
 def _pinned(
     specs: tuple[TensorSpec, ...], shapes: dict[str, tuple[int, ...]]
 ) -> tuple[TensorSpec, ...]:
-    """`specs` with the `shapes` given for some inputs; EdgeforgeError naming the input and why
-    when a shape contradicts the model."""
-    from edgeforge.analysis._shapes import _validated
+    """`specs` with the `shapes` given for some inputs (see `analysis._shapes.pinned_specs`)."""
+    from edgeforge.analysis._shapes import pinned_specs
 
-    shapes = _validated(shapes)
-    names = [spec.name for spec in specs]
-    for name in shapes:
-        if name not in names:
-            raise EdgeforgeError(
-                f"--shape names no input {name!r}; the model's inputs are {', '.join(names)}"
-            )
-    pinned = []
-    for spec in specs:
-        shape = shapes.get(spec.name)
-        if shape is not None and spec.shape is not None:
-            if len(shape) != len(spec.shape):
-                raise EdgeforgeError(
-                    f"--shape {spec.name}: the input has rank {len(spec.shape)}, the shape "
-                    f"gives {len(shape)} dimensions"
-                )
-            for axis, (fixed, given) in enumerate(zip(spec.shape, shape, strict=True)):
-                if isinstance(fixed, int) and fixed != given:
-                    raise EdgeforgeError(
-                        f"--shape {spec.name}: axis {axis} is fixed at {fixed} in the model, "
-                        f"the shape gives {given}"
-                    )
-        pinned.append(spec if shape is None else dataclasses.replace(spec, shape=tuple(shape)))
-    return tuple(pinned)
+    return pinned_specs(specs, shapes)
 
 
 def _batched(feeds: dict[str, np.ndarray], specs: tuple[TensorSpec, ...], batch: int):

@@ -94,14 +94,19 @@ def _model_options(parser: argparse.ArgumentParser, shape: bool = True) -> None:
         "a reference imports and runs that code: pass only code you trust",
     )
     group.add_argument("--memory-limit", metavar="BYTES", help=_MEMORY_HELP)
-    if not shape:
-        return
+    if shape:
+        _shape_option(group)
+
+
+def _shape_option(group: Any) -> None:
+    """`--shape NAME=DIMS`: pin an input's dims wherever a model is read."""
     group.add_argument(
         "--shape",
         action="append",
         default=[],
         metavar="NAME=DIMS",
-        help="pin an input's shape, e.g. --shape image=1x3x224x224 (repeatable)",
+        help="pin an input's shape, e.g. --shape image=1x3x224x224 (repeatable; runtimes "
+        "that convert from a torch program keep its own dims, and say so)",
     )
 
 
@@ -314,7 +319,7 @@ def _check(args: argparse.Namespace) -> int:
     from edgeforge import check
     from edgeforge.render import print_check
 
-    report = check(args.model, args.runtime, timeout=args.timeout)
+    report = check(args.model, args.runtime, timeout=args.timeout, shapes=_shapes(args))
     _emit(args, "check", report.to_dict(), lambda: print_check(report))
     return report.exit_code
 
@@ -333,6 +338,9 @@ def _convert(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         require=args.require,
         force=args.overwrite,
+        shapes=_shapes(args),
+        max_samples=args.max_samples,
+        preprocess=args.preprocess,
     )
     _emit(args, "convert", result.to_dict(), lambda: print_conversion(result))
     return result.exit_code
@@ -368,6 +376,7 @@ def _verify(args: argparse.Namespace) -> int:
         min_cosine=args.min_cosine,
         max_samples=args.max_samples,
         preprocess=args.preprocess,
+        shapes=_shapes(args),
     )
 
     def show() -> None:
@@ -561,6 +570,9 @@ def _cascade(args: argparse.Namespace) -> int:
         large_ms=args.large_ms,
         price_per_request=args.price_per_request,
         price_per_hour=args.price_per_hour,
+        shapes=_shapes(args),
+        max_samples=args.max_samples,
+        preprocess=args.preprocess,
     )
     data = result.to_dict()
 
@@ -608,6 +620,7 @@ def _optimize(args: argparse.Namespace) -> int:
         metric=args.metric,
         timeout=args.timeout,
         runs=args.runs,
+        shapes=_shapes(args),
     )
 
     def show() -> None:
@@ -648,7 +661,7 @@ def _add_optimize(verbs: Any) -> None:
         "optimize",
         help="search recipes and runtimes for a device; choose the best within your limits",
     )
-    _model_options(optimize, shape=False)
+    _model_options(optimize)
     _device_option(optimize)
     _data_options(
         optimize,
@@ -714,7 +727,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = verbs.add_parser(
         "check", help="before converting: what each runtime lacks, runs on a fallback, trips on"
     )
-    _model_options(check, shape=False)
+    _model_options(check)
     _runtime_option(check, "comma-separated runtimes, or all", default="all")
     _timeout_option(check, "runtime")
     _output_options(check)
@@ -723,7 +736,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert = verbs.add_parser(
         "convert", help="build every target, load and run it, and retest it against the source"
     )
-    _model_options(convert, shape=False)
+    _model_options(convert)
     _runtime_option(
         convert, "comma-separated runtimes to build, or all", required=True, aliases=("--to",)
     )
@@ -748,7 +761,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="targets that must verify here (exit 1 otherwise), or 'all'; by default a target "
         "this machine cannot run (Core ML off macOS, a runtime not installed) fails nothing",
     )
-    _data_options(convert)
+    _data_options(convert, sampling=True)
     _output_options(convert)
     convert.set_defaults(run=_convert)
 
@@ -757,6 +770,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("reference", metavar="REFERENCE", help="the source model")
     verify.add_argument("candidate", metavar="CANDIDATE", help="artifact folder or .onnx")
+    _shape_option(verify.add_argument_group("model"))
     _data_options(verify, sampling=True)
     _tolerance_options(verify)
     _output_options(verify)
@@ -902,7 +916,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cascade.add_argument("small", metavar="SMALL", help="the on-device model")
     cascade.add_argument("large", metavar="LARGE", help="the cloud model")
-    _data_options(cascade, required=True, help="labelled samples")
+    _shape_option(cascade.add_argument_group("model"))
+    _data_options(cascade, required=True, help="labelled samples", sampling=True)
     cascade.add_argument("--target-accuracy", type=float, required=True, help="e.g. 0.95")
     cascade.add_argument("--confidence", default="softmax", choices=("softmax", "margin"))
     _network_option(cascade, default_text="not counted")

@@ -71,6 +71,9 @@ class Conversion:
     precision: str
     targets: list[TargetResult] = field(default_factory=list)
     required: list[str] = field(default_factory=list)
+    shapes: dict[str, list[int]] = field(default_factory=dict)  # --shape pins, {} when none
+    # what verification (and int8-static calibration) read: folder, max_samples, preprocess
+    data: dict[str, Any] | None = None
 
     @property
     def exit_code(self) -> int:
@@ -112,6 +115,8 @@ class Conversion:
             "out": self.out,
             "precision": self.precision,
             "required": self.required,
+            "shapes": self.shapes,
+            "data": self.data,
             "verdict": self.verdict,
             "exit_code": self.exit_code,
             "targets": [t.to_dict() for t in self.targets],
@@ -126,6 +131,7 @@ class CheckReport:
     source: str
     findings: list[dict[str, Any]]
     runtimes: dict[str, dict[str, Any]]  # name -> status, detail, seconds
+    shapes: dict[str, list[int]] = field(default_factory=dict)  # --shape pins, {} when none
 
     @property
     def exit_code(self) -> int:
@@ -161,6 +167,7 @@ class CheckReport:
             "source": self.source,
             "verdict": self.verdict,
             "exit_code": self.exit_code,
+            "shapes": self.shapes,
             "runtimes": self.runtimes,
             "findings": self.findings,
         }
@@ -221,6 +228,9 @@ def convert(
     parallel: int = 2,
     require: str | list[str] | None = None,
     force: bool = False,
+    shapes: dict[str, tuple[int, ...]] | None = None,
+    max_samples: int | None = None,
+    preprocess: Any = None,
     **load_options: Any,
 ) -> Conversion:
     """Build every target from `source` into `out/<runtime>/`, then load, run and verify it.
@@ -228,16 +238,49 @@ def convert(
     `options` are the recipe's (see `edgeforge.recipe`); an int8-static recipe calibrates on
     `data` unless `options` name another folder. Up to `parallel` targets run at once, each in
     its own process limited to `timeout` s. `require` names targets that must verify here
-    (see `Conversion.verdict`); the others may be unable to run on this machine."""
+    (see `Conversion.verdict`); the others may be unable to run on this machine.
+
+    `shapes` pins input dims (`edgeforge._pin.pin_shapes`): ONNX-hub targets are built and
+    verified at them; torch-hub targets convert the torch program, which keeps its own dims,
+    and their detail says so. Verification reads `max_samples` of `data` (default: all) and
+    turns images into inputs as `preprocess` says (a `Preprocess` or its text form); an
+    int8-static recipe calibrates with the same preprocessing (the recipe's `preprocess`)."""
+    from edgeforge._pin import pin_shapes
+    from edgeforge.evaluate.data import Preprocess
+
     names = parse_targets(targets)
     required = _required(require, names)
-    calibration = {"data": str(data)} if data and precision == "int8-static" else {}
+    steps = Preprocess.parse(preprocess)
+    if (steps is not None or max_samples is not None) and not data:
+        raise EdgeforgeError(
+            "--preprocess and --max-samples read a --data folder; pass --data as well"
+        )
+    if max_samples is not None and max_samples < 1:
+        raise EdgeforgeError(f"--max-samples {max_samples}: give a count of 1 or more")
+    calibration: dict[str, Any] = {}
+    if data and precision == "int8-static":
+        calibration = {"data": str(data)}
+        if steps is not None:
+            calibration["preprocess"] = steps.to_dict()
     recipe = Recipe(precision, {**calibration, **(options or {})})
     out = Path(out)
     for name in names:  # refuse before any work: out/<runtime>/ with the user's files in it
         guard_output(out / name, [source, data], force=force, folder=True)
-    model = load(source, workdir=out / "source", **load_options)
-    result = Conversion(model.provenance.source, str(out), precision, required=required)
+    model = pin_shapes(load(source, workdir=out / "source", **load_options), shapes)
+    result = Conversion(
+        model.provenance.source,
+        str(out),
+        precision,
+        required=required,
+        shapes={name: list(shape) for name, shape in model.pinned.items()},
+        data=None
+        if not data
+        else {
+            "folder": str(data),
+            "max_samples": max_samples,
+            "preprocess": steps.to_dict() if steps is not None else None,
+        },
+    )
     jobs = [
         {
             "model": model,
@@ -245,6 +288,8 @@ def convert(
             "recipe": recipe.to_dict(),
             "folder": str(out / name),
             "data": str(data) if data else None,
+            "max_samples": max_samples,
+            "preprocess": steps,
             "force": force,
         }
         for name in names
@@ -263,18 +308,24 @@ def check(
     *,
     timeout: float = 600,
     parallel: int = 2,
+    shapes: dict[str, tuple[int, ...]] | None = None,
     **load_options: Any,
 ) -> CheckReport:
-    """What each runtime lacks, runs on a fallback, or trips over, for `source`."""
+    """What each runtime lacks, runs on a fallback, or trips over, for `source` (with its
+    inputs pinned to `shapes`, where given; torch-hub runtimes check the torch program, which
+    keeps its own dims, and say so)."""
+    from edgeforge._pin import pin_shapes
+
     names = parse_targets(runtimes)
-    model = load(source, **load_options)
+    model = pin_shapes(load(source, **load_options), shapes)
     findings: list[dict[str, Any]] = []
     status: dict[str, dict[str, Any]] = {}
     jobs = [{"model": model, "runtime": name} for name in names]
     for outcome in run_children(_check_one, jobs, timeout, parallel, "Checking"):
         findings += outcome.pop("findings", [])
         status[outcome["runtime"]] = outcome
-    return CheckReport(model.provenance.source, findings, status)
+    pinned = {name: list(shape) for name, shape in model.pinned.items()}
+    return CheckReport(model.provenance.source, findings, status, shapes=pinned)
 
 
 # Older names: bench and optimize start their children through these.
@@ -286,10 +337,14 @@ _in_child = in_child
 
 
 def _convert_one(job: dict[str, Any]) -> dict[str, Any]:
+    from edgeforge._pin import for_hub, torch_hub_note
     from edgeforge.evaluate.parity import verify
 
     model: Model = job["model"]
     runtime = get_runtime(job["runtime"])
+    # A torch-hub runtime builds the torch program at its own dims (Runtime.build): verify it
+    # against the model as loaded, and say that the pin did not apply.
+    pin_note = f"; {torch_hub_note(model)}" if for_hub(model, runtime.hub) is not model else ""
     recipe = Recipe.from_dict(job["recipe"])
     artifact = runtime.build(model, recipe, Path(job["folder"]), force=job.get("force", False))
     outcome: dict[str, Any] = {
@@ -305,9 +360,16 @@ def _convert_one(job: dict[str, Any]) -> dict[str, Any]:
         if validate:
             detail += "; signature validated" if not problems else f"; problems: {problems}"
         status = "built-not-run" if not problems else "failed"
+        detail += pin_note
         record_verification(artifact, status, detail)
         return outcome | {"status": status, "detail": detail}
-    verification = verify(model, artifact, data=job["data"])
+    verification = verify(
+        for_hub(model, runtime.hub),
+        artifact,
+        data=job["data"],
+        max_samples=job.get("max_samples"),
+        preprocess=job.get("preprocess"),
+    )
     worst = max(verification.outputs, key=lambda o: o.max_rel)
     detail = f"max abs error {worst.max_abs:.3g}, cosine {worst.cosine:.6f}"
     if not verification.passed:
@@ -316,6 +378,7 @@ def _convert_one(job: dict[str, Any]) -> dict[str, Any]:
             d = verification.divergence
             detail += f"; first diverges at {d.node} ({d.op_type})"
     status = "verified" if verification.passed else "parity-failed"
+    detail += pin_note
     record_verification(artifact, status, detail)
     return outcome | {
         "status": status,
@@ -325,12 +388,17 @@ def _convert_one(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_one(job: dict[str, Any]) -> dict[str, Any]:
+    from edgeforge._pin import for_hub, torch_hub_note
+
     runtime = get_runtime(job["runtime"])
     available = runtime.availability()
     if not available.installed:
         return {"runtime": runtime.name, "status": "not-installed", "detail": available.reason}
-    findings = runtime.check(job["model"])
+    model = for_hub(job["model"], runtime.hub)
+    findings = runtime.check(model)
     detail = f"{len(findings)} finding(s)"
+    if model is not job["model"]:
+        detail += f"; {torch_hub_note(job['model'])}"
     if not available.can_execute:
         detail += f"; cannot run here: {available.reason}"
     return {

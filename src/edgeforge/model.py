@@ -102,6 +102,11 @@ class Model:
     # The torch.export program beside the ONNX file, for runtimes that convert from torch
     # (LiteRT, Core ML, ExecuTorch); None for ONNX sources and TorchScript-exported ones.
     torch_program: Path | None = None
+    # Input sizes fixed with `--shape` (`edgeforge._pin.pin_shapes`): the ONNX graph above has
+    # them; the torch program keeps its own dims, and runtimes that convert from it build
+    # `unpinned`, the model as it was loaded, and say so.
+    pinned: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    unpinned: Model | None = None
 
     @property
     def uses_external_data(self) -> bool:
@@ -114,7 +119,7 @@ class Model:
         return onnx.load(str(self.onnx_path), load_external_data=load_weights)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "onnx_path": str(self.onnx_path),
             "inputs": [t.to_dict() for t in self.inputs],
             "outputs": [t.to_dict() for t in self.outputs],
@@ -122,6 +127,9 @@ class Model:
             "torch_parameters": self.torch_parameters.to_dict() if self.torch_parameters else None,
             "torch_program": str(self.torch_program) if self.torch_program else None,
         }
+        if self.pinned:  # only then: profiles (and the zoo snapshots of them) stay as they were
+            data["pinned"] = {name: list(shape) for name, shape in self.pinned.items()}
+        return data
 
 
 def dtype_name(elem_type: int) -> str:

@@ -8,6 +8,8 @@ Options shared by the quantizing precisions (a runtime ignores those that do not
 - `data` (int8-static): a folder `evaluate.data.load_data` reads, the calibration samples;
   without it, random synthesised samples calibrate and the build notes say so.
 - `calibration_samples` (int8-static): how many samples calibrate, an int >= 1 (64).
+- `preprocess` (int8-static): how images in `data` become inputs, as `--preprocess` says (its
+  text, or `Preprocess.to_dict()`), so that calibration sees what verification sees.
 - `calibration_method` (int8-static): `minmax`, `entropy` or `percentile` (`minmax`).
 - `per_channel` (int8-static, int8-dynamic): one weight scale per output channel (true).
 - `activation_type` (int8-static): `uint8` or `int8` (`uint8`: x86 kernels with VNNI are
@@ -54,6 +56,7 @@ ACTIVATION_TYPES = ("uint8", "int8")
 OPTIONS = (
     "data",
     "calibration_samples",
+    "preprocess",
     "calibration_method",
     "per_channel",
     "activation_type",
@@ -131,6 +134,10 @@ def _check_options(options: dict[str, Any]) -> None:
         raise EdgeforgeError(
             f"recipe option nodes_to_exclude takes a list of node names, not {excluded!r}"
         )
+    if "preprocess" in options:
+        from edgeforge.evaluate.data import Preprocess
+
+        Preprocess.parse(options["preprocess"])  # raises naming what is wrong
     if "data" in options and not isinstance(options["data"], str):
         raise EdgeforgeError(
             f"recipe option data takes a folder path as a string, not {options['data']!r}"

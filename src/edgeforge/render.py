@@ -52,6 +52,19 @@ def print_conversion(result) -> None:
             f"not verified: {', '.join(unfinished)} (any folder left says so in its manifest)",
             markup=False,
         )
+    if getattr(result, "shapes", None):
+        pins = ", ".join(f"{n}={'x'.join(map(str, s))}" for n, s in result.shapes.items())
+        console.print(f"inputs pinned with --shape {pins}", markup=False)
+    data = getattr(result, "data", None)
+    if data:
+        read = f"verified on {data['folder']}"
+        if data.get("max_samples"):
+            read += f" (at most {data['max_samples']} samples)"
+        if data.get("preprocess"):
+            from edgeforge.evaluate.data import Preprocess
+
+            read += f"; images preprocessed: {Preprocess.from_dict(data['preprocess']).describe()}"
+        console.print(read, markup=False)
     _print_verdict(result.verdict, result.exit_code)
     _print_logs({t.runtime: t.log for t in result.targets})
 

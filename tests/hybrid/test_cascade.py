@@ -120,3 +120,15 @@ def test_cli_cascade(digits, capsys):
     code = main([*argv, "--data", str(digits["data"]), "--target-accuracy", "0.93", "--json"])
     assert code == 0
     assert json.loads(capsys.readouterr().out)["met"] is True
+
+
+def test_cli_cascade_uses_max_samples_and_records_what_it_read(digits, capsys):
+    argv = ["cascade", str(digits["small"].onnx_path), str(digits["large"].onnx_path)]
+    options = ["--target-accuracy", "0.5", "--max-samples", "40", "--json"]
+    code = main([*argv, "--data", str(digits["data"]), *options])
+    assert code in (0, 1)
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["data"]["samples"] == 40
+    assert printed["data"]["available"] > 40
+    assert printed["calibration"]["samples"] + printed["held_out"]["samples"] == 40
+    assert "40 of" in printed["data"]["source"]

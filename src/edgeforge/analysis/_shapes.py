@@ -25,8 +25,16 @@ from edgeforge._limits import memory_budget
 from edgeforge._onnx_file import skeleton
 from edgeforge.analysis._budget import largest_planned_bytes
 from edgeforge.errors import EdgeforgeError
+from edgeforge.model import Dim, TensorSpec
 
-__all__ = ["AssumedDim", "ShapedGraph", "parse_shape", "resolve_shapes"]
+__all__ = [
+    "AssumedDim",
+    "ShapedGraph",
+    "check_override",
+    "parse_shape",
+    "pinned_specs",
+    "resolve_shapes",
+]
 
 Shape = tuple[int, ...]
 
@@ -95,12 +103,7 @@ def resolve_shapes(
     if model.functions:
         model = onnx.inliner.inline_local_functions(model)
     inputs = [v for v in model.graph.input if v.name not in weights]
-    unknown = set(overrides) - {v.name for v in inputs}
-    if unknown:
-        raise EdgeforgeError(
-            f"the shape override names no input {sorted(unknown)[0]!r}; the model's inputs are "
-            f"{', '.join(v.name for v in inputs)}"
-        )
+    _check_names(overrides, [v.name for v in inputs])
     assumed: list[AssumedDim] = []
     for value in inputs:
         assumed += _pin_input(value, overrides.get(value.name))
@@ -154,24 +157,14 @@ def _pin_input(value: onnx.ValueInfoProto, override: Shape | None) -> list[Assum
             tensor_type.shape.dim.add(dim_value=size)
         return []
     dims = tensor_type.shape.dim
-    if override is not None and len(override) != len(dims):
-        current = "x".join(_text(d.dim_param) or str(d.dim_value or "?") for d in dims)
-        raise EdgeforgeError(
-            f"shape override for {value.name}: the input has rank {len(dims)} ({current}), "
-            f"the override gives {len(override)} dimensions"
-        )
+    if override is not None:
+        check_override(value.name, tuple(_dim(d) for d in dims), override)
     assumed = []
     is_integer = tensor_type.elem_type in _INT_TYPES
     for axis, dim in enumerate(dims):
         # Some exporters write -1 (or 0) for a dynamic axis: treat it as dynamic.
         fixed = dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None
         if override is not None:
-            if fixed is not None and fixed != override[axis]:
-                raise EdgeforgeError(
-                    f"shape override for {value.name}: axis {axis} is fixed at {fixed} "
-                    "in the model, "
-                    f"the override gives {override[axis]}"
-                )
             if fixed is None:
                 assumed.append(
                     AssumedDim(
@@ -193,6 +186,63 @@ def _pin_input(value: onnx.ValueInfoProto, override: Shape | None) -> list[Assum
         dim.Clear()
         dim.dim_value = size
     return assumed
+
+
+def check_override(name: str, dims: tuple[Dim, ...] | None, shape: Shape) -> None:
+    """Rule: an override keeps the input's rank and every size the model fixes (`dims` as a
+    `TensorSpec` holds them: an int is fixed, a name or None is dynamic; None: rank unknown,
+    anything goes). Raises EdgeforgeError naming the input and the axis."""
+    if dims is None:
+        return
+    if len(shape) != len(dims):
+        current = "x".join(
+            "?" if d is None else _text(d) if isinstance(d, str) else str(d) for d in dims
+        )
+        raise EdgeforgeError(
+            f"shape override for {name}: the input has rank {len(dims)} ({current}), "
+            f"the override gives {len(shape)} dimensions"
+        )
+    for axis, (fixed, given) in enumerate(zip(dims, shape, strict=True)):
+        if isinstance(fixed, int) and fixed > 0 and fixed != given:
+            raise EdgeforgeError(
+                f"shape override for {name}: axis {axis} is fixed at {fixed} in the model, "
+                f"the override gives {given}"
+            )
+
+
+def pinned_specs(
+    specs: tuple[TensorSpec, ...], shapes: dict[str, Shape] | None
+) -> tuple[TensorSpec, ...]:
+    """`specs` with the `shapes` given for some inputs (input name -> full shape), after the
+    checks every `--shape` gets: positive sizes within the memory budget, an input that
+    exists, its rank and its fixed sizes kept. Raises EdgeforgeError saying which and why."""
+    shapes = _validated(shapes or {})
+    _check_names(shapes, [spec.name for spec in specs])
+    pinned = []
+    for spec in specs:
+        shape = shapes.get(spec.name)
+        if shape is None:
+            pinned.append(spec)
+            continue
+        check_override(spec.name, spec.shape, shape)
+        pinned.append(TensorSpec(spec.name, spec.dtype, tuple(shape)))
+    return tuple(pinned)
+
+
+def _check_names(overrides: dict[str, Shape], inputs: list[str]) -> None:
+    unknown = sorted(set(overrides) - set(inputs))
+    if unknown:
+        raise EdgeforgeError(
+            f"the shape override names no input {unknown[0]!r}; the model's inputs are "
+            f"{', '.join(inputs)}"
+        )
+
+
+def _dim(dim: onnx.TensorShapeProto.Dimension) -> Dim:
+    """One dimension of the file as a `TensorSpec` holds it (-1 and 0 mean dynamic)."""
+    if dim.HasField("dim_value") and dim.dim_value > 0:
+        return dim.dim_value
+    return _text(dim.dim_param) or None
 
 
 def _text(value: str | bytes) -> str:

@@ -102,10 +102,13 @@ class Preprocess:
             )
 
     @classmethod
-    def parse(cls, text: str | Preprocess | None) -> Preprocess | None:
-        """`mean=0.485,0.456,0.406;std=0.229,0.224,0.225;layout=nchw;channels=rgb`."""
+    def parse(cls, text: str | Preprocess | dict[str, Any] | None) -> Preprocess | None:
+        """`mean=0.485,0.456,0.406;std=0.229,0.224,0.225;layout=nchw;channels=rgb`, or the
+        mapping `to_dict` wrote (a recipe's `preprocess` option, a manifest)."""
         if text is None or isinstance(text, Preprocess):
             return text
+        if isinstance(text, dict):
+            return cls.from_dict(text)
         values: dict[str, Any] = {}
         for part in (p.strip() for p in str(text).split(";")):
             if not part:
@@ -132,6 +135,23 @@ class Preprocess:
             "scale": self.scale,
             "hook": self.hook,
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocess:
+        """The inverse of `to_dict`; unknown keys and values are refused in one line."""
+        unknown = sorted(set(data) - set(_PREPROCESS_KEYS))
+        if unknown:
+            raise EdgeforgeError(f"--preprocess {unknown[0]!r}: {_PREPROCESS_FORM}")
+        values = {k: v for k, v in data.items() if v is not None}
+        try:
+            for key in ("mean", "std"):
+                if key in values:
+                    values[key] = tuple(float(v) for v in values[key])
+            if "scale" in values:
+                values["scale"] = float(values["scale"])
+        except (TypeError, ValueError):
+            raise EdgeforgeError(f"--preprocess {data!r}: {_PREPROCESS_FORM}") from None
+        return cls(**values)
 
     def describe(self) -> str:
         if self.hook:

@@ -56,6 +56,7 @@ class Verification:
     created: str = ""
     samples_available: int | None = None  # how many --data held (None: synthesised)
     preprocess: dict[str, Any] | None = None
+    shapes: dict[str, list[int]] = field(default_factory=dict)  # --shape pins, {} when none
 
     @property
     def exit_code(self) -> int:
@@ -87,6 +88,7 @@ class Verification:
             "samples_available": self.samples_available,
             "data": self.data,
             "preprocess": self.preprocess,
+            "shapes": self.shapes,
             "passed": self.passed,
             "outputs": [o.to_dict() for o in self.outputs],
             "divergence": self.divergence.to_dict() if self.divergence else None,
@@ -138,22 +140,28 @@ def verify(
     localize: bool = True,
     max_samples: int | None = None,
     preprocess: Preprocess | str | None = None,
+    shapes: dict[str, tuple[int, ...]] | None = None,
 ) -> Verification:
-    """Compare `candidate` against `reference` (anything `edgeforge.load` takes)."""
-    model = load(reference)
+    """Compare `candidate` against `reference` (anything `edgeforge.load` takes), with the
+    reference's inputs pinned to `shapes` where given (`edgeforge._pin.pin_shapes`): samples
+    then take the pinned sizes."""
+    from edgeforge._pin import pin_shapes
+
+    model = pin_shapes(load(reference), shapes)
     artifact = open_candidate(candidate)
     _check_signatures(model, artifact)
+    specs = _input_specs(model, artifact)
     precision = precision or artifact.manifest.recipe.get("precision", "fp32")
     tolerance = tolerance_for(precision, rtol=rtol, atol=atol, min_cosine=min_cosine)
     # The artifact's own input shapes: some runtimes fix dynamic dimensions when they convert.
     if data:
-        samples = load_data(Path(data), artifact.inputs, limit=max_samples, preprocess=preprocess)
+        samples = load_data(Path(data), specs, limit=max_samples, preprocess=preprocess)
     elif preprocess is not None or max_samples is not None:
         raise EdgeforgeError(
             "--preprocess and --max-samples read a --data folder; pass --data as well"
         )
     else:
-        samples = _synthesize(model, artifact, precision)
+        samples = _synthesize(model, specs, precision)
     runtime = get_runtime(artifact.runtime)
 
     import onnxruntime as ort
@@ -188,6 +196,7 @@ def verify(
         created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         samples_available=samples.available,
         preprocess=samples.preprocess,
+        shapes={name: list(shape) for name, shape in model.pinned.items()},
     )
     if result.task_metric and result.task_metric["metric"] == "top-1 accuracy":
         note = chance_level(result.task_metric["reference"], samples.labels)
@@ -199,12 +208,30 @@ def verify(
     return result
 
 
-def _synthesize(model: Model, artifact: Artifact, precision: str) -> Samples:
+def _input_specs(model: Model, artifact: Artifact) -> tuple[TensorSpec, ...]:
+    """The artifact's inputs (some runtimes fix dynamic dims when they convert), each dim the
+    artifact leaves dynamic taken from the reference where it is fixed there (a --shape pin)."""
+    ours = {spec.name: spec for spec in model.inputs}
+    specs = []
+    for spec in artifact.inputs:
+        reference = ours.get(spec.name)
+        if reference is None or reference.shape is None or spec.shape is None:
+            specs.append(spec if reference is None or spec.shape is not None else reference)
+            continue
+        dims = tuple(
+            theirs if not isinstance(mine, int) and isinstance(theirs, int) else mine
+            for mine, theirs in zip(spec.shape, reference.shape, strict=True)
+        )
+        specs.append(TensorSpec(spec.name, spec.dtype, dims))
+    return tuple(specs)
+
+
+def _synthesize(model: Model, specs: tuple[TensorSpec, ...], precision: str) -> Samples:
     """Edge values probe float conversions; a quantized model clips them to its calibrated
     ranges by design, so it is judged on random samples, enough for a steady agreement."""
     if not precision.startswith(("int8", "int4")):
-        return synthesize(model, artifact.inputs)
-    samples = synthesize(model, artifact.inputs, count=QUANTIZED_SAMPLES, edges=False)
+        return synthesize(model, specs)
+    samples = synthesize(model, specs, count=QUANTIZED_SAMPLES, edges=False)
     samples.notes.append(
         f"{precision}: judged on {QUANTIZED_SAMPLES} random synthesised samples (no edge values); "
         "pass --data with representative inputs for a verdict that means something"

@@ -72,6 +72,8 @@ class CascadeResult:
     cost_per_1k: float | None
     network: dict[str, Any] | None
     notes: list[str] = field(default_factory=list)
+    # what was read: source, samples used and available, preprocess, --shape pins
+    data: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -88,6 +90,7 @@ class CascadeResult:
             "latency": {k: _finite(v) for k, v in self.latency.items()},
             "cost_per_1k": self.cost_per_1k,
             "network": self.network,
+            "data": self.data,
             "notes": self.notes,
         }
 
@@ -105,16 +108,23 @@ def cascade(
     large_ms: float | None = None,
     price_per_request: float | None = None,
     price_per_hour: float | None = None,
-    limit: int = 10_000,
+    max_samples: int | None = None,
+    preprocess: Any = None,
+    shapes: dict[str, tuple[int, ...]] | None = None,
     seed: int = 0,
     safety_z: float = 1.645,
 ) -> CascadeResult:
     """Calibrate when `small` (on the device) should hand a sample to `large` (in the cloud) so
-    that the cascade reaches `target_accuracy` on the labelled samples in `data`.
+    that the cascade reaches `target_accuracy` on the labelled samples in `data`: every sample,
+    or `max_samples` drawn with a fixed seed (stratified by class); images turned into inputs
+    as `preprocess` says (a `Preprocess` or its text form). `shapes` pins both models' inputs
+    (`edgeforge._pin.pin_shapes`).
 
     `small` and `large` are anything `edgeforge.load` takes and must take the same inputs and
     score the same classes; raises EdgeforgeError saying what to change otherwise.
     """
+    from edgeforge._pin import pin_shapes
+
     if confidence not in CONFIDENCES:
         raise EdgeforgeError(f"unknown confidence {confidence!r}; choose softmax or margin")
     if not 0 < target_accuracy <= 1:
@@ -130,7 +140,8 @@ def cascade(
     network = check_network(network) if network is not None else None
     small_model, large_model = load(small), load(large)
     _check_inputs(small_model, large_model)
-    samples = load_data(Path(data), small_model.inputs, limit=limit)
+    small_model, large_model = pin_shapes(small_model, shapes), pin_shapes(large_model, shapes)
+    samples = load_data(Path(data), small_model.inputs, limit=max_samples, preprocess=preprocess)
     if samples.labels is None:
         raise EdgeforgeError(
             f"--data {data}: no labels; a cascade is calibrated on labelled samples (add "
@@ -245,7 +256,14 @@ def cascade(
         },
         cost_per_1k=cost,
         network=network_dict(network) if network is not None else None,
-        notes=notes,
+        notes=[*notes, *samples.notes],
+        data={
+            "source": samples.source,
+            "samples": len(samples.feeds),
+            "available": samples.available,
+            "preprocess": samples.preprocess,
+            "shapes": {name: list(shape) for name, shape in small_model.pinned.items()},
+        },
     )
 
 

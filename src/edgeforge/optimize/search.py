@@ -115,6 +115,7 @@ def optimize(
     parallel: int | None = None,
     bench_runs: int = 30,
     example_inputs: Any = None,
+    shapes: dict[str, tuple[int, ...]] | None = None,
     **load_options: Any,
 ) -> OptimizeResult:
     """Search the candidates for `device` on `data`; write `out/chosen/`, `out/optimize.json`
@@ -122,8 +123,10 @@ def optimize(
     ('10ms', on the device, estimated) and bytes of peak memory. `preprocess`: a
     `evaluate.data.Preprocess` or its text form, for image folders; `metric`: one of
     `_accuracy.METRICS`, a 'module:function' / 'file.py:function', or a callable
-    (reference outputs, candidate outputs) -> score, 1 meaning identical."""
+    (reference outputs, candidate outputs) -> score, 1 meaning identical. `shapes` pins input
+    dims (`edgeforge._pin.pin_shapes`) for every candidate built from the ONNX graph."""
     from edgeforge._load import load
+    from edgeforge._pin import describe_shapes, pin_shapes
     from edgeforge.devices import get_device
 
     started = time.perf_counter()
@@ -139,13 +142,19 @@ def optimize(
         raise EdgeforgeError(f"unknown pass {unknown[0]!r}; choose from prune, distill")
     target = get_device(device)
     out = Path(out)
-    model = load(source, example_inputs, workdir=out / "source", **load_options)
+    model = pin_shapes(load(source, example_inputs, workdir=out / "source", **load_options), shapes)
     split = Split.read(Path(data), model, calibration_samples, max_samples, preprocess)
     calibration_folder = split.write_calibration(out)
     planner = Planner(out, model, target, split, bench_runs, calibration_folder, metric)
     reference = reference_outputs(model, split)
     summary = reference_summary(reference, split, metric)
     notes: list[str] = []
+    if model.pinned:
+        notes.append(
+            f"inputs pinned with --shape {describe_shapes(model.pinned)}; runtimes that convert "
+            "from the torch program, and pruned or distilled variants exported from torch, keep "
+            "the torch program's own dims"
+        )
     if summary["near_chance"]:
         notes.append(summary["near_chance"])
     variants = planner.variants(source, example_inputs, cleanup, tuple(passes), notes)

@@ -5,7 +5,9 @@ A recipe names its calibration data with two options:
   are synthesised from the model's signature, and `calibration_note` says so, because ranges
   measured on synthetic inputs rarely match deployment;
 - `calibration_samples`: how many samples to use (default `DEFAULT_COUNT`), drawn from the
-  folder with a fixed seed, stratified by class when it has labels (`load_data`).
+  folder with a fixed seed, stratified by class when it has labels (`load_data`);
+- `preprocess`: how images in the folder become inputs (`evaluate.data.Preprocess`), the same
+  as verification uses (convert puts `--preprocess` here).
 
 Every runtime quantizes with its own tool; this module only decides which inputs it sees.
 """
@@ -17,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeforge.errors import EdgeforgeError
-from edgeforge.evaluate.data import Samples, load_data, synthesize
+from edgeforge.evaluate.data import Preprocess, Samples, load_data, synthesize
 from edgeforge.model import Model
 from edgeforge.recipe import Recipe
 from edgeforge.runtimes._options import positive_int_option
@@ -33,7 +35,9 @@ def calibration_data(model: Model, recipe: Recipe) -> Samples:
     folder = recipe.options.get("data")
     if folder is None:
         return synthesize(model, count=count)
-    samples = load_data(Path(folder), model.inputs, limit=count)
+    samples = load_data(
+        Path(folder), model.inputs, limit=count, preprocess=recipe.options.get("preprocess")
+    )
     if not samples.feeds:
         raise EdgeforgeError(f"--data {folder}: no samples to calibrate with; add some")
     return samples
@@ -52,4 +56,6 @@ def calibration_note(samples: Samples, recipe: Recipe) -> str:
             "(edge values, then random ones): no `data` option was given; pass a folder of "
             "real inputs so that the activation ranges match deployment"
         )
-    return f"calibrated on {len(samples.feeds)} samples from {recipe.options['data']}"
+    steps = Preprocess.parse(recipe.options.get("preprocess"))
+    how = f", preprocessed: {steps.describe()}" if steps is not None else ""
+    return f"calibrated on {len(samples.feeds)} samples from {recipe.options['data']}{how}"

@@ -33,7 +33,7 @@ import onnx
 from onnxruntime.quantization import CalibrationDataReader
 
 from edgeforge.errors import EdgeforgeError, first_line
-from edgeforge.evaluate.data import Samples, load_data, synthesize
+from edgeforge.evaluate.data import Preprocess, Samples, load_data, synthesize
 from edgeforge.model import Model
 from edgeforge.recipe import Recipe
 
@@ -83,9 +83,13 @@ def calibration_samples(model: Model, recipe: Recipe) -> Samples:
     """The recipe's `data` folder, else random synthesised samples (never the edge values)."""
     count = recipe.option("calibration_samples", DEFAULT_CALIBRATION_SAMPLES)
     if recipe.option("data"):
-        samples = load_data(Path(recipe.option("data")), model.inputs, limit=count)
+        steps = Preprocess.parse(recipe.option("preprocess"))
+        samples = load_data(
+            Path(recipe.option("data")), model.inputs, limit=count, preprocess=steps
+        )
         where = recipe.option("data")
-        samples.notes.append(f"calibrated on {len(samples.feeds)} samples from {where}")
+        how = f", preprocessed: {steps.describe()}" if steps is not None else ""
+        samples.notes.append(f"calibrated on {len(samples.feeds)} samples from {where}{how}")
         return samples
     # Constant images of 8.0 would stretch every activation range: calibrate on random ones.
     samples = synthesize(model, count=count, edges=False)

@@ -15,6 +15,8 @@ tell more than a conversion attempt does, `check`). The base class enforces the 
   folder, by `..`, an absolute path or a symbolic link: an artifact names only its own files;
 - `open` refuses an artifact of another runtime and says plainly when this machine cannot
   execute it (Core ML off macOS, TensorRT without a GPU);
+- a runtime that converts from the torch program builds a `--shape`-pinned model's unpinned
+  original (the program keeps its own dims) and its manifest's notes say so;
 - a `Session` takes and returns tensors under the source model's own input and output names,
   whatever the runtime calls them internally, and checks the feeds against its signature.
 """
@@ -272,6 +274,12 @@ class Runtime(ABC):
                 f"runtime {self.name} cannot build {recipe.precision}; it builds "
                 f"{', '.join(self.precisions)}"
             )
+        pin_note = []
+        if self.hub == "torch" and model.unpinned is not None:
+            from edgeforge._pin import for_hub, torch_hub_note
+
+            pin_note = [torch_hub_note(model)]
+            model = for_hub(model, self.hub)
         if self.hub == "torch" and model.torch_program is None:
             raise EdgeforgeError(
                 f"runtime {self.name} converts from a torch.export program, and this model "
@@ -297,7 +305,7 @@ class Runtime(ABC):
                 outputs=[t.to_dict() for t in model.outputs],
                 tools=self.versions(),
                 created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-                notes=notes,
+                notes=[*pin_note, *notes],
                 files=sorted(
                     p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file()
                 ),

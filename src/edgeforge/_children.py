@@ -31,7 +31,7 @@ from edgeforge._progress import progress_bar
 from edgeforge._quiet import capture_output, flush_native_streams, log_tail, real_cause, verbose
 from edgeforge.errors import EdgeforgeError, first_line
 
-__all__ = ["CHILD_PREFIX", "FAILED", "in_child", "run_children"]
+__all__ = ["CHILD_PREFIX", "FAILED", "in_child", "inside_child", "run_children"]
 
 Job = dict[str, Any]
 Work = Callable[[Job], dict[str, Any]]
@@ -84,6 +84,13 @@ def in_child(work: Work, job: Job, timeout: float) -> dict[str, Any]:
     return run_children(work, [job], timeout, 1, job["runtime"])[0]
 
 
+def inside_child() -> bool:
+    """True in an edgeforge child, whose limits already hold (work there never nests a second
+    child), and in any daemonic process, which multiprocessing forbids to start children."""
+    current = multiprocessing.current_process()
+    return current.name.startswith(CHILD_PREFIX) or bool(current.daemon)
+
+
 def _collect(process, channel, started: float, timeout: float, runtime: str):
     """The child's result if it is done (or dead, or out of time), else None."""
     elapsed = time.perf_counter() - started
@@ -95,6 +102,8 @@ def _collect(process, channel, started: float, timeout: float, runtime: str):
     if outcome is None and not process.is_alive():  # died; take a last look at the channel
         with contextlib.suppress(queue.Empty):
             outcome = channel.get(timeout=1)
+    if process.is_alive() and elapsed >= timeout:  # out of time: no grace period
+        process.kill()
     process.join(timeout=10)
     if process.is_alive():
         process.kill()

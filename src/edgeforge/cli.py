@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import errno
 import json
 import sys
 import warnings
@@ -368,6 +369,7 @@ def _verify(args: argparse.Namespace) -> int:
         min_cosine=args.min_cosine,
         max_samples=args.max_samples,
         preprocess=args.preprocess,
+        timeout=args.timeout,
     )
 
     def show() -> None:
@@ -759,6 +761,9 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("candidate", metavar="CANDIDATE", help="artifact folder or .onnx")
     _data_options(verify, sampling=True)
     _tolerance_options(verify)
+    limits = verify.add_argument_group("limits")
+    limits.add_argument("--memory-limit", metavar="BYTES", help=_MEMORY_HELP)
+    _timeout_option(limits, "verification (both models on every sample)")
     _output_options(verify)
     verify.set_defaults(run=_verify)
 
@@ -980,6 +985,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgeforge: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        error = _refused_by_file_system(exc)
+        if error is None or args.debug:
+            return _internal_error(args, exc)
+        return _bad_input(args, error)
     except Exception as exc:  # a bug, not bad input: say so in one line
         return _internal_error(args, exc)
 
@@ -989,6 +999,30 @@ def _bad_input(args: argparse.Namespace, exc: EdgeforgeError) -> int:
     if getattr(args, "json", False):
         _json_error("bad-input", str(exc), exc.exit_code, args.verb)
     return exc.exit_code
+
+
+# What the file system says about a path the user gave (issue 13, class 6): a name too long
+# or not encodable, a read-only or full folder, a file where a folder is needed.
+_PATH_ERRNOS = {
+    errno.ENAMETOOLONG: "choose a shorter name",
+    errno.EILSEQ: "rename it with UTF-8 characters",
+    errno.EACCES: "choose a folder you may write to",
+    errno.EPERM: "choose a folder you may write to",
+    errno.EROFS: "choose a folder on a writable file system",
+    errno.ENOSPC: "free some space or choose another disk",
+    errno.EDQUOT: "free some space or choose another disk",
+    errno.ENOTDIR: "a file stands where a folder is needed; choose another path",
+    errno.EISDIR: "a folder stands where a file is needed; choose another path",
+}
+
+
+def _refused_by_file_system(exc: OSError) -> EdgeforgeError | None:
+    """One line for an OSError that is about the user's path, not about our code."""
+    advice = _PATH_ERRNOS.get(exc.errno or -1)
+    if advice is None:
+        return None
+    where = f"{exc.filename}: " if exc.filename else ""
+    return EdgeforgeError(f"{where}{exc.strerror or exc}; {advice}")
 
 
 def _internal_error(args: argparse.Namespace, exc: Exception) -> int:

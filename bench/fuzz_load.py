@@ -376,7 +376,9 @@ class _Pool:
 
     def _start(self) -> None:
         parent, child = self.context.Pipe()
-        self.process = self.context.Process(target=_worker, args=(child, self.memory), daemon=True)
+        # Not daemonic: a daemonic process may not start children, and verify runs its
+        # comparison in one (the boundary under test); close() kills the worker itself.
+        self.process = self.context.Process(target=_worker, args=(child, self.memory))
         self.process.start()
         self.connection = parent
 
@@ -455,7 +457,8 @@ def fuzz(minutes: float, out: Path, memory: int, case_timeout: float) -> dict:
             if with_data:
                 _data_folder(case / "data", seeds[name], data)
             reference, candidate = (clean, path) if data.draw(st.booleans()) else (path, clean)
-            argv = ["verify", str(reference), str(candidate)]
+            # verify's own time limit, inside the case's: a hang is its one-line time-out
+            argv = ["verify", str(reference), str(candidate), "--timeout", f"{case_timeout / 3:g}"]
             argv += ["--data", str(case / "data")] if with_data else []
         elif verb == "inspect":
             argv = ["inspect", str(path), "--json"]

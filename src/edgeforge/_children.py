@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import queue
 import shutil
 import tempfile
@@ -29,7 +30,7 @@ from typing import Any
 from edgeforge._limits import memory_budget
 from edgeforge._progress import progress_bar
 from edgeforge._quiet import capture_output, flush_native_streams, log_tail, real_cause, verbose
-from edgeforge.errors import EdgeforgeError, first_line
+from edgeforge.errors import EdgeforgeError, file_system_error, first_line
 
 __all__ = ["CHILD_PREFIX", "FAILED", "in_child", "inside_child", "run_children"]
 
@@ -166,12 +167,14 @@ def _child_main(work: Work, job: Job, results, log: Path) -> None:
     """In the child: run the job with its output captured; put exactly one result."""
     # Imported here, not above: the fork server imports this module (through _forkserver)
     # first, to quiet itself before its preloads, so the module's own imports stay light.
-    from edgeforge._limits import apply_child_limits
+    from edgeforge._limits import MEMORY_ENV, apply_child_limits
     from edgeforge.runtimes import RuntimeUnavailable
 
     # Untrusted work (issue 13): the budget the parent had when it started this child. The
     # web runtime's Chromium reserves far more address space than it uses, so no RLIMIT_AS.
     limits = job.get("limits", {})
+    if limits.get("memory"):  # the fork server's environment is as old as the server
+        os.environ[MEMORY_ENV] = str(limits["memory"])
     apply_child_limits(
         limits.get("memory"), limits.get("cpu"), address_space=job["runtime"] != "web"
     )
@@ -183,6 +186,10 @@ def _child_main(work: Work, job: Job, results, log: Path) -> None:
         outcome = {"runtime": job["runtime"], "status": "not-installed", "detail": str(exc)}
     except EdgeforgeError as exc:
         outcome = {"runtime": job["runtime"], "status": "unsupported", "detail": _cause(exc, log)}
+    except OSError as exc:  # a path the file system refuses is the user's to fix, in one line
+        error = file_system_error(exc)
+        status = "failed" if error is None else "unsupported"
+        outcome = {"runtime": job["runtime"], "status": status, "detail": _cause(error or exc, log)}
     except Exception as exc:  # report the converter's own failure in one line
         outcome = {"runtime": job["runtime"], "status": "failed", "detail": _cause(exc, log)}
     results.put(outcome)

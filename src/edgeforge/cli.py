@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import errno
 import json
 import sys
 import warnings
@@ -26,7 +25,7 @@ from typing import Any
 
 from edgeforge import __version__
 from edgeforge._extras import missing_extra
-from edgeforge.errors import EdgeforgeError
+from edgeforge.errors import EdgeforgeError, file_system_error
 
 __all__ = ["SCHEMA_VERSION", "build_parser", "main"]
 
@@ -986,7 +985,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("edgeforge: interrupted", file=sys.stderr)
         return 130
     except OSError as exc:
-        error = _refused_by_file_system(exc)
+        error = file_system_error(exc)
         if error is None or args.debug:
             return _internal_error(args, exc)
         return _bad_input(args, error)
@@ -999,30 +998,6 @@ def _bad_input(args: argparse.Namespace, exc: EdgeforgeError) -> int:
     if getattr(args, "json", False):
         _json_error("bad-input", str(exc), exc.exit_code, args.verb)
     return exc.exit_code
-
-
-# What the file system says about a path the user gave (issue 13, class 6): a name too long
-# or not encodable, a read-only or full folder, a file where a folder is needed.
-_PATH_ERRNOS = {
-    errno.ENAMETOOLONG: "choose a shorter name",
-    errno.EILSEQ: "rename it with UTF-8 characters",
-    errno.EACCES: "choose a folder you may write to",
-    errno.EPERM: "choose a folder you may write to",
-    errno.EROFS: "choose a folder on a writable file system",
-    errno.ENOSPC: "free some space or choose another disk",
-    errno.EDQUOT: "free some space or choose another disk",
-    errno.ENOTDIR: "a file stands where a folder is needed; choose another path",
-    errno.EISDIR: "a folder stands where a file is needed; choose another path",
-}
-
-
-def _refused_by_file_system(exc: OSError) -> EdgeforgeError | None:
-    """One line for an OSError that is about the user's path, not about our code."""
-    advice = _PATH_ERRNOS.get(exc.errno or -1)
-    if advice is None:
-        return None
-    where = f"{exc.filename}: " if exc.filename else ""
-    return EdgeforgeError(f"{where}{exc.strerror or exc}; {advice}")
 
 
 def _internal_error(args: argparse.Namespace, exc: Exception) -> int:

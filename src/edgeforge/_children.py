@@ -10,7 +10,13 @@
   reads once the child has ended and attaches, as `log`, only to a failed result; with
   `EDGEFORGE_VERBOSE=1` it passes through to the terminal instead;
 - a failure's `detail` is one line naming the innermost real cause, not a message that points
-  at output the user never saw.
+  at output the user never saw;
+- interrupts (issue 13, class 5): each child leads its own process group, so a Ctrl-C at the
+  terminal reaches the parent alone; when the parent is interrupted (SIGINT, or SIGTERM, which
+  `raise_on_sigterm` turns into `Interrupted`), it sends SIGTERM to every running child's
+  group (a child unwinds on it, so a browser it started is closed), SIGKILL after a grace
+  period, and, where the CLI made it a subreaper, kills what those children left behind;
+  then the interrupt goes on up, for the CLI to report in one line.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import multiprocessing
 import os
 import queue
 import shutil
+import signal
 import tempfile
 import time
 import traceback
@@ -32,7 +39,16 @@ from edgeforge._progress import progress_bar
 from edgeforge._quiet import capture_output, flush_native_streams, log_tail, real_cause, verbose
 from edgeforge.errors import EdgeforgeError, file_system_error, first_line
 
-__all__ = ["CHILD_PREFIX", "FAILED", "in_child", "inside_child", "run_children"]
+__all__ = [
+    "CHILD_PREFIX",
+    "FAILED",
+    "Interrupted",
+    "adopt_orphans",
+    "in_child",
+    "inside_child",
+    "raise_on_sigterm",
+    "run_children",
+]
 
 Job = dict[str, Any]
 Work = Callable[[Job], dict[str, Any]]
@@ -41,6 +57,33 @@ Work = Callable[[Job], dict[str, Any]]
 CHILD_PREFIX = "edgeforge-"
 # Statuses of a job that went wrong (the others: done, or could not run on this machine).
 FAILED = ("parity-failed", "unsupported", "crashed", "timed-out", "failed")
+
+
+class Interrupted(BaseException):
+    """SIGTERM (or another signal) arrived: like KeyboardInterrupt, not an error of the work."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def raise_on_sigterm() -> None:
+    """From now on SIGTERM raises `Interrupted` in the main thread (cleanup runs), instead of
+    ending the process at once with its children still running."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Interrupted(signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def adopt_orphans() -> None:
+    """Make this process a child subreaper (Linux): what a child leaves behind when it dies
+    (a browser in its own session) is re-parented here, so `_end` can find and end it."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
 
 
 def run_children(
@@ -75,6 +118,9 @@ def run_children(
                         del running[index]
                         advance()
                 time.sleep(0.05)
+    except BaseException:  # interrupted (Ctrl-C, SIGTERM): end every child before going on up
+        _end([process for process, _, _ in running.values()])
+        raise
     finally:
         shutil.rmtree(logs, ignore_errors=True)
     return [results[i] for i in range(len(jobs))]
@@ -90,6 +136,59 @@ def inside_child() -> bool:
     child), and in any daemonic process, which multiprocessing forbids to start children."""
     current = multiprocessing.current_process()
     return current.name.startswith(CHILD_PREFIX) or bool(current.daemon)
+
+
+def _end(processes: list[Any], grace: float = 3.0) -> None:
+    """SIGTERM each child's process group, SIGKILL what is left after `grace` seconds, then
+    kill the orphans this (subreaper) process adopted from them."""
+    ignore = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        for process in processes:
+            _signal_group(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for process in processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+        for process in processes:
+            _signal_group(process.pid, signal.SIGKILL)
+            process.join(1)
+        for pid in _orphans():
+            with contextlib.suppress(OSError):
+                if os.getpgid(pid) == pid:  # a browser leads its own session: end its helpers
+                    os.killpg(pid, signal.SIGKILL)
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(OSError):
+                os.waitpid(pid, 0)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, ignore)
+
+
+def _signal_group(pid: int | None, signum: int) -> None:
+    if pid is None:
+        return
+    with contextlib.suppress(OSError):
+        os.killpg(pid, signum)  # the child leads its group (see _child_main)
+    with contextlib.suppress(OSError):
+        os.kill(pid, signum)  # in case it died before it could lead one
+
+
+def _orphans() -> list[int]:
+    """Processes re-parented to this one that are not multiprocessing's own helpers."""
+    helpers = {p.pid for p in multiprocessing.active_children()}
+    with contextlib.suppress(Exception):
+        from multiprocessing import forkserver, resource_tracker
+
+        helpers.add(forkserver._forkserver._forkserver_pid)  # type: ignore[attr-defined]
+        helpers.add(resource_tracker._resource_tracker._pid)  # type: ignore[attr-defined]
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == os.getpid() and int(entry.name) not in helpers:
+            found.append(int(entry.name))
+    return found
 
 
 def _collect(process, channel, started: float, timeout: float, runtime: str):
@@ -170,6 +269,12 @@ def _child_main(work: Work, job: Job, results, log: Path) -> None:
     from edgeforge._limits import MEMORY_ENV, apply_child_limits
     from edgeforge.runtimes import RuntimeUnavailable
 
+    # Interrupts (issue 13): this child leads its own process group, which the parent signals
+    # as a whole; SIGTERM unwinds it, so `with` blocks close what they opened (a browser).
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides, and sends SIGTERM
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     # Untrusted work (issue 13): the budget the parent had when it started this child. The
     # web runtime's Chromium reserves far more address space than it uses, so no RLIMIT_AS.
     limits = job.get("limits", {})
@@ -193,6 +298,10 @@ def _child_main(work: Work, job: Job, results, log: Path) -> None:
     except Exception as exc:  # report the converter's own failure in one line
         outcome = {"runtime": job["runtime"], "status": "failed", "detail": _cause(exc, log)}
     results.put(outcome)
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _cause(exc: BaseException, log: Path) -> str:

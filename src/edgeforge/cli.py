@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import signal
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeforge import __version__
+from edgeforge._children import Interrupted, adopt_orphans, raise_on_sigterm
 from edgeforge._extras import missing_extra
 from edgeforge.errors import EdgeforgeError, file_system_error
 
@@ -961,6 +963,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             _json_error("usage", str(exc), 2, _verb_in(argv))
         return 2
     _quiet_by_default(args.verbose)
+    # Interrupts (issue 13, class 5): SIGTERM unwinds like Ctrl-C, and what a child leaves
+    # behind (a browser) is re-parented here, so both end every process we started.
+    raise_on_sigterm()
+    adopt_orphans()
     try:
         from edgeforge._limits import set_limits
 
@@ -981,9 +987,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         return _bad_input(args, exc)
-    except KeyboardInterrupt:
-        print("edgeforge: interrupted", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Interrupted) as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        name = signal.Signals(signum).name
+        print(
+            f"edgeforge: interrupted ({name}); every process it started was ended", file=sys.stderr
+        )
+        return 128 + signum
     except OSError as exc:
         error = file_system_error(exc)
         if error is None or args.debug:

@@ -185,7 +185,10 @@ def _fold(node: onnx.NodeProto, values: dict[str, np.ndarray]) -> None:
         result = _apply(node, args)
     except (ValueError, TypeError, IndexError, OverflowError, ZeroDivisionError):
         return
-    if result is not None and result.size <= _FOLD_ELEMENTS:
+    if result is None:
+        return
+    result = np.asarray(result, dtype=object)  # an op on a 0-d object array gives a scalar
+    if result.size <= _FOLD_ELEMENTS:
         values[out] = result
 
 

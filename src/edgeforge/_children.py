@@ -67,14 +67,18 @@ class Interrupted(BaseException):
         self.signum = signum
 
 
-def raise_on_sigterm() -> None:
+def raise_on_sigterm() -> Any:
     """From now on SIGTERM raises `Interrupted` in the main thread (cleanup runs), instead of
-    ending the process at once with its children still running."""
+    ending the process at once with its children still running. Returns the handler it
+    replaced (for `signal.signal`), or None off the main thread, where nothing changes."""
 
     def handler(signum: int, frame: Any) -> None:
         raise Interrupted(signum)
 
-    signal.signal(signal.SIGTERM, handler)
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: signals are the main thread's business
+        return None
 
 
 def adopt_orphans() -> None:

@@ -953,6 +953,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Interrupts (issue 13, class 5): SIGTERM unwinds like Ctrl-C (and the caller's handler
+    # is back when main returns), so both end every process edgeforge started.
+    previous = raise_on_sigterm()
+    try:
+        return _main(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
@@ -963,10 +974,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _json_error("usage", str(exc), 2, _verb_in(argv))
         return 2
     _quiet_by_default(args.verbose)
-    # Interrupts (issue 13, class 5): SIGTERM unwinds like Ctrl-C, and what a child leaves
-    # behind (a browser) is re-parented here, so both end every process we started.
-    raise_on_sigterm()
-    adopt_orphans()
+    adopt_orphans()  # what a dying child leaves behind (a browser) is re-parented here
     try:
         from edgeforge._limits import set_limits
 

@@ -49,3 +49,21 @@ def test_split_out_that_is_a_file_refused(tmp_path: Path) -> None:
     (tmp_path / "out").write_text("mine")
     with pytest.raises(EdgeforgeError, match="file"):
         _check_out(tmp_path / "out", [])
+
+
+def test_node_name_not_utf8_inspects(tmp_path: Path, capsys) -> None:
+    """Found by the fuzzer: ONNX's shape inference could not decode its own error message
+    naming a node whose name is not UTF-8 (an internal error)."""
+    from edgeforge import cli
+
+    graph = helper.make_graph(  # Reshape by a float tensor: strict inference names the node
+        [helper.make_node("Reshape", ["x", "x"], ["y"], name="ZZZZ")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+    )
+    raw = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    model = tmp_path / "model.onnx"
+    model.write_bytes(raw.replace(b"ZZZZ", b"\xf2\x28\xa1\x28"))
+    assert cli.main(["inspect", str(model), "--json"]) in (0, 2)
+    assert "internal error" not in capsys.readouterr().err

@@ -84,10 +84,16 @@ def raise_on_sigterm() -> Any:
 def adopt_orphans() -> None:
     """Make this process a child subreaper (Linux): what a child leaves behind when it dies
     (a browser in its own session) is re-parented here, so `_end` can find and end it."""
+    global _adopting
     with contextlib.suppress(Exception):
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+        libc = ctypes.CDLL(None, use_errno=True)
+        _adopting = libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+_PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
+_adopting = False  # whether adopt_orphans made this process a subreaper
 
 
 def run_children(
@@ -145,7 +151,8 @@ def inside_child() -> bool:
 def _end(processes: list[Any], grace: float = 3.0) -> None:
     """SIGTERM each child's process group, SIGKILL what is left after `grace` seconds, then
     kill the orphans this (subreaper) process adopted from them."""
-    ignore = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    # A second Ctrl-C while children are being ended waits until they are.
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
         for process in processes:
             _signal_group(process.pid, signal.SIGTERM)
@@ -164,7 +171,7 @@ def _end(processes: list[Any], grace: float = 3.0) -> None:
             with contextlib.suppress(OSError):
                 os.waitpid(pid, 0)
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, ignore)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _signal_group(pid: int | None, signum: int) -> None:
@@ -177,7 +184,11 @@ def _signal_group(pid: int | None, signum: int) -> None:
 
 
 def _orphans() -> list[int]:
-    """Processes re-parented to this one that are not multiprocessing's own helpers."""
+    """Processes re-parented to this one that are not multiprocessing's own helpers; none
+    unless `adopt_orphans` made this a subreaper (a library caller's own children are not
+    ours to end)."""
+    if not _adopting:
+        return []
     helpers = {p.pid for p in multiprocessing.active_children()}
     with contextlib.suppress(Exception):
         from multiprocessing import forkserver, resource_tracker

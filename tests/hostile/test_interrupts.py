@@ -75,7 +75,8 @@ def _interrupt(argv: list[str], signum: int, ready, cwd: Path) -> tuple[int, str
         if ready(seen):
             break
         time.sleep(0.2)
-    assert process.poll() is None, "it ended before it could be interrupted"
+    if process.poll() is not None:
+        pytest.fail(f"it ended before it could be interrupted: {process.stderr.read().decode()}")
     time.sleep(0.5)
     seen |= _descendants(process.pid)
     os.killpg(process.pid, signum)

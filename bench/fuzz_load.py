@@ -376,7 +376,9 @@ class _Pool:
 
     def _start(self) -> None:
         parent, child = self.context.Pipe()
-        self.process = self.context.Process(target=_worker, args=(child, self.memory), daemon=True)
+        # Not daemonic: a daemonic process may not start children, and verify runs its
+        # comparison in one (the boundary under test); close() kills the worker itself.
+        self.process = self.context.Process(target=_worker, args=(child, self.memory))
         self.process.start()
         self.connection = parent
 
@@ -405,7 +407,9 @@ class _Pool:
 
 def _classify(code: int, err: str) -> str:
     lines = [line for line in err.strip().splitlines() if line.startswith("edgeforge:")]
-    if code in (98, 99) or "internal error" in err or "Traceback" in err:
+    # "internal error" as edgeforge's own prefix: a model may name a file "internal error"
+    internal = any(line.startswith("edgeforge: internal error") for line in lines)
+    if code in (98, 99) or internal or "Traceback" in err:
         return "memory" if "MemoryError" in err else "crash"
     if code == 2:
         if len(lines) == 1 and lines[0].startswith("edgeforge: error:"):
@@ -455,7 +459,8 @@ def fuzz(minutes: float, out: Path, memory: int, case_timeout: float) -> dict:
             if with_data:
                 _data_folder(case / "data", seeds[name], data)
             reference, candidate = (clean, path) if data.draw(st.booleans()) else (path, clean)
-            argv = ["verify", str(reference), str(candidate)]
+            # verify's own time limit, inside the case's: a hang is its one-line time-out
+            argv = ["verify", str(reference), str(candidate), "--timeout", f"{case_timeout / 3:g}"]
             argv += ["--data", str(case / "data")] if with_data else []
         elif verb == "inspect":
             argv = ["inspect", str(path), "--json"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import signal
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -24,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from edgeforge import __version__
+from edgeforge._children import Interrupted, adopt_orphans, raise_on_sigterm
 from edgeforge._extras import missing_extra
-from edgeforge.errors import EdgeforgeError
+from edgeforge.errors import EdgeforgeError, file_system_error
 
 __all__ = ["SCHEMA_VERSION", "build_parser", "main"]
 
@@ -377,6 +379,7 @@ def _verify(args: argparse.Namespace) -> int:
         max_samples=args.max_samples,
         preprocess=args.preprocess,
         shapes=_shapes(args),
+        timeout=args.timeout,
     )
 
     def show() -> None:
@@ -773,6 +776,9 @@ def build_parser() -> argparse.ArgumentParser:
     _shape_option(verify.add_argument_group("model"))
     _data_options(verify, sampling=True)
     _tolerance_options(verify)
+    limits = verify.add_argument_group("limits")
+    limits.add_argument("--memory-limit", metavar="BYTES", help=_MEMORY_HELP)
+    _timeout_option(limits, "verification (both models on every sample)")
     _output_options(verify)
     verify.set_defaults(run=_verify)
 
@@ -962,6 +968,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Interrupts (issue 13, class 5): SIGTERM unwinds like Ctrl-C (and the caller's handler
+    # is back when main returns), so both end every process edgeforge started.
+    previous = raise_on_sigterm()
+    try:
+        return _main(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
@@ -972,6 +989,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _json_error("usage", str(exc), 2, _verb_in(argv))
         return 2
     _quiet_by_default(args.verbose)
+    adopt_orphans()  # what a dying child leaves behind (a browser) is re-parented here
     try:
         from edgeforge._limits import set_limits
 
@@ -992,9 +1010,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         return _bad_input(args, exc)
-    except KeyboardInterrupt:
-        print("edgeforge: interrupted", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Interrupted) as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        name = signal.Signals(signum).name
+        print(
+            f"edgeforge: interrupted ({name}); every process it started was ended", file=sys.stderr
+        )
+        return 128 + signum
+    except OSError as exc:
+        error = file_system_error(exc)
+        if error is None or args.debug:
+            return _internal_error(args, exc)
+        return _bad_input(args, error)
     except Exception as exc:  # a bug, not bad input: say so in one line
         return _internal_error(args, exc)
 

@@ -295,7 +295,14 @@ def convert(
         for name in names
     ]
     started = time.time()
-    outcomes = run_children(_convert_one, jobs, timeout, parallel, "Converting")
+    try:
+        outcomes = run_children(_convert_one, jobs, timeout, parallel, "Converting")
+    except BaseException:  # interrupted: no folder it left may look finished (issue 13)
+        for name in names:
+            settle_artifact(
+                out / name, "interrupted", "interrupted before it was verified", started
+            )
+        raise
     result.targets = [TargetResult(**outcome) for outcome in outcomes]
     for target in result.targets:  # a child that died left its outcome unrecorded
         settle_artifact(out / target.runtime, target.status, target.detail, started)

@@ -7,11 +7,12 @@ prints it without a traceback and exits with status 2; the Python API lets it pr
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import re
 from collections.abc import Iterator
 
-__all__ = ["EdgeforgeError", "first_line", "logged_cause"]
+__all__ = ["EdgeforgeError", "file_system_error", "first_line", "logged_cause"]
 
 
 class EdgeforgeError(Exception):
@@ -20,8 +21,34 @@ class EdgeforgeError(Exception):
     exit_code = 2
 
     def __init__(self, message: str) -> None:
-        # Keep the message to one line: the CLI prints it as is.
-        super().__init__(" ".join(message.split()))
+        # Keep the message to one line: the CLI prints it as is. A file name that is not
+        # UTF-8 (surrogate escapes) is shown escaped, so printing it never fails (issue 13).
+        text = " ".join(message.split())
+        super().__init__(text.encode("utf-8", "backslashreplace").decode("utf-8"))
+
+
+# What the file system says about a path the user gave (issue 13, class 6): a name too long
+# or not encodable, a read-only or full folder, a file where a folder is needed.
+_PATH_ERRNOS = {
+    errno.ENAMETOOLONG: "choose a shorter name",
+    errno.EILSEQ: "rename it with UTF-8 characters",
+    errno.EACCES: "choose a folder you may write to",
+    errno.EPERM: "choose a folder you may write to",
+    errno.EROFS: "choose a folder on a writable file system",
+    errno.ENOSPC: "free some space or choose another disk",
+    errno.EDQUOT: "free some space or choose another disk",
+    errno.ENOTDIR: "a file stands where a folder is needed; choose another path",
+    errno.EISDIR: "a folder stands where a file is needed; choose another path",
+}
+
+
+def file_system_error(exc: OSError) -> EdgeforgeError | None:
+    """One line for an OSError about the user's path (not about our code), else None."""
+    advice = _PATH_ERRNOS.get(exc.errno or -1)
+    if advice is None:
+        return None
+    where = f"{exc.filename}: " if exc.filename else ""
+    return EdgeforgeError(f"{where}{exc.strerror or exc}; {advice}")
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

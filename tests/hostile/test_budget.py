@@ -244,3 +244,32 @@ def test_memory_limit_units() -> None:
 def test_timeout_garbage_refused(value: float) -> None:
     with pytest.raises(EdgeforgeError, match="--timeout"):
         set_limits(timeout=value)
+
+
+@pytest.mark.parametrize("op", ["Neg", "Abs"])
+def test_scalar_fold_in_loop_body_does_not_crash_budget(op: str) -> None:
+    """Found by the fuzzer: Neg/Abs of a 0-d folded constant gave a Python int, not an array."""
+    body = helper.make_graph(
+        [
+            helper.make_node("Constant", [], ["k"], value_int=3),
+            helper.make_node(op, ["k"], ["nk"]),
+            helper.make_node("Identity", ["c"], ["c2"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+        ],
+        [helper.make_tensor_value_info("c2", TensorProto.BOOL, [])],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["M", "cond"], [], body=body)],
+        "loop",
+        [],
+        [],
+        [
+            numpy_helper.from_array(np.array(2, np.int64), "M"),
+            numpy_helper.from_array(np.array(True), "cond"),
+        ],
+    )
+    check_budget(helper.make_model(graph), 1 << 30, "model.onnx")  # no exception

@@ -266,7 +266,11 @@ def _infer(model: onnx.ModelProto, overrides: dict[str, Shape]) -> onnx.ModelPro
         return onnx.shape_inference.infer_shapes(
             model, check_type=False, strict_mode=True, data_prop=True
         )
-    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
+    except (
+        onnx.shape_inference.InferenceError,
+        onnx.checker.ValidationError,
+        UnicodeDecodeError,  # the error names a node whose name is not UTF-8 (fuzz finding)
+    ) as exc:
         if overrides:
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else "inference failed"
             given = ", ".join(
@@ -276,9 +280,15 @@ def _infer(model: onnx.ModelProto, overrides: dict[str, Shape]) -> onnx.ModelPro
                 f"the shape override {given} does not fit the model: {message[:300]}"
             ) from None
     # Inference failed without any override: keep what could be inferred.
-    return onnx.shape_inference.infer_shapes(
-        model, check_type=False, strict_mode=False, data_prop=True
-    )
+    try:
+        return onnx.shape_inference.infer_shapes(
+            model, check_type=False, strict_mode=False, data_prop=True
+        )
+    except UnicodeDecodeError:
+        raise EdgeforgeError(
+            "the model holds a name or string that is not UTF-8 text (protobuf requires it); "
+            "re-export the model"
+        ) from None
 
 
 def _has_unknown_outputs(graph: onnx.GraphProto, types: dict) -> bool:

@@ -19,6 +19,15 @@ What a caller can rely on when reading a folder:
   from in `Samples.files`; `Samples.available` says how many the folder held;
 - the same folder, limit and seed give the same samples.
 
+A `--data` folder is untrusted input (issue 13, class 6); reading it never runs code and never
+allocates past the budget:
+- arrays are read with `allow_pickle=False`: an object array is refused, never unpickled;
+- every `.npy` (alone or inside an `.npz`) has its header read first; what its shape and dtype
+  would allocate is checked against `_limits.memory_budget()` (all the arrays read, together)
+  before any data is read, so a small `.npz` that inflates to gigabytes is refused up front;
+- a truncated or corrupt `.npy`/`.npz`/image, or an image larger than the budget, is one line
+  naming the file; so is a float input holding NaN or Inf (a data problem, not the model's).
+
 Synthesised samples always include edge values: zeros, ones, large magnitudes and negative
 values for float inputs; 0 and the largest valid index for integer inputs (the vocabulary size
 is read from the Gather that consumes the input, when there is one).
@@ -28,6 +37,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeforge._limits import memory_budget
 from edgeforge.errors import EdgeforgeError
 from edgeforge.model import Model, TensorSpec
 
@@ -179,7 +190,18 @@ class Preprocess:
             (dims[0], dims[1], dims[2]) if layout == "nchw" else (dims[2], dims[0], dims[1])
         )
         order = self.channels or ("gray" if channels == 1 else "rgb")
-        image = Image.open(path).convert("L" if order == "gray" else "RGB")
+        try:
+            with Image.open(path) as opened:
+                # The decoded pixels (float32, 3 channels) must fit the budget (issue 13).
+                _within_budget(opened.width * opened.height * 3 * 4, path, "decoded")
+                image = opened.convert("L" if order == "gray" else "RGB")
+        except EdgeforgeError:
+            raise
+        except Exception as exc:  # PIL: unidentified, truncated, a decompression bomb
+            raise EdgeforgeError(
+                f"--data {path.name}: not a readable image ({type(exc).__name__}: "
+                f"{str(exc)[:200]}); replace or remove the file"
+            ) from None
         if height and width:
             image = image.resize((width, height))
         array = np.asarray(image, dtype=np.float32) / np.float32(self.scale)
@@ -292,8 +314,8 @@ def load_data(
             "images scaled to [0, 1] with no mean/std normalisation: if the model expects "
             "normalised inputs, pass --preprocess mean=...;std=..."
         )
-    for feed in samples.feeds:
-        _check_feed(feed, inputs, folder)
+    for feed, origin in zip(samples.feeds, samples.files, strict=True):
+        _check_feed(feed, inputs, folder, origin)
     return samples
 
 
@@ -439,20 +461,23 @@ def _vocabulary_sizes(model: Model) -> dict[str, int]:
 
 def _npz_items(files: list[Path], inputs: tuple[TensorSpec, ...], folder: Path) -> list[_Item]:
     items = []
+    planned = 0  # bytes every sample read from the folder will hold, together
     for path in files:
-        with np.load(path) as archive:
-            names = set(archive.files)
-            label = np.atleast_1d(archive["label"]) if "label" in names else None
+        headers = _npz_headers(path)
+        names = set(headers)
         missing = [t.name for t in inputs if t.name not in names]
         if missing:
             raise EdgeforgeError(
                 f"--data {path.name}: no array named {missing[0]!r}; each .npz needs arrays "
                 f"named {', '.join(t.name for t in inputs)} (and optionally 'label')"
             )
+        planned += sum(headers[t.name] for t in inputs) + headers.get("label", 0)
+        _within_budget(planned, path, "together with the files before it,")
+        label = _read_npz(path, ["label"])["label"] if "label" in names else None
+        label = np.atleast_1d(label) if label is not None else None
 
         def load(path: Path = path) -> dict[str, np.ndarray]:
-            with np.load(path) as archive:
-                return {t.name: archive[t.name] for t in inputs}
+            return _read_npz(path, [t.name for t in inputs])
 
         items.append(_Item(str(path.relative_to(folder)), load, label))
     return items
@@ -465,13 +490,18 @@ def _npy_items(files: dict[str, Path], inputs: tuple[TensorSpec, ...], folder: P
             f"--data {folder}: no {missing[0]}.npy; give one <input>.npy per input "
             f"({', '.join(t.name + '.npy' for t in inputs)}) with samples along axis 0"
         )
-    arrays = {t.name: np.load(files[t.name], mmap_mode="r") for t in inputs}
+    arrays = {t.name: _read_npy(files[t.name], mmap=True) for t in inputs}
+    _within_budget(sum(a.nbytes for a in arrays.values()), folder, "together")
+    if any(a.ndim == 0 for a in arrays.values()):
+        raise EdgeforgeError(
+            f"--data {folder}: a .npy file holds a scalar; store the samples along axis 0"
+        )
     counts = {len(a) for a in arrays.values()}
     if len(counts) != 1:
         raise EdgeforgeError(f"--data {folder}: the .npy files hold different sample counts")
     count = counts.pop()
-    labels = np.load(files["labels"]) if "labels" in files else None
-    aligned = labels is not None and len(labels) == count
+    labels = _read_npy(files["labels"]) if "labels" in files else None
+    aligned = labels is not None and labels.ndim > 0 and len(labels) == count
     origin = "+".join(f"{t.name}.npy" for t in inputs)
 
     def loader(i: int) -> Callable[[], dict[str, np.ndarray]]:
@@ -483,6 +513,87 @@ def _npy_items(files: dict[str, Path], inputs: tuple[TensorSpec, ...], folder: P
         _Item(f"{origin}[{i}]", loader(i), labels[i : i + 1] if aligned else None)  # type: ignore[index]
         for i in range(count)
     ]
+
+
+_CORRUPT = "replace the file (np.save / np.savez write it whole)"
+
+
+def _header(stream, where: Path | str) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, bytes) from an .npy header, before any data is read; EdgeforgeError
+    for a header numpy cannot parse or an object dtype (never unpickled: issue 13)."""
+    from numpy.lib import format as npy
+
+    try:
+        version = npy.read_magic(stream)
+        read = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+        shape, _, dtype = read(stream)
+    except Exception as exc:  # ValueError, EOFError: not an .npy, or cut short
+        raise EdgeforgeError(f"--data {where}: not a readable .npy ({exc}); {_CORRUPT}") from None
+    if dtype.hasobject:
+        raise EdgeforgeError(
+            f"--data {where}: holds Python objects (a pickle), which edgeforge never loads; "
+            "store numeric arrays"
+        )
+    count = 1
+    for dim in shape:
+        count *= int(dim)
+    return tuple(shape), dtype, count * dtype.itemsize
+
+
+def _read_npy(path: Path, mmap: bool = False) -> np.ndarray:
+    """An .npy file, its header checked first (object dtype, budget, length)."""
+    try:
+        with open(path, "rb") as stream:
+            _, _, size = _header(stream, path.name)
+            offset = stream.tell()
+        _within_budget(size, path, "")
+        if path.stat().st_size < offset + size:
+            raise EdgeforgeError(
+                f"--data {path.name}: truncated (its header promises {size} bytes of data, the "
+                f"file holds {path.stat().st_size - offset}); {_CORRUPT}"
+            )
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except EdgeforgeError:
+        raise
+    except (OSError, ValueError, EOFError) as exc:
+        raise EdgeforgeError(f"--data {path.name}: cannot read it ({exc}); {_CORRUPT}") from None
+
+
+def _npz_headers(path: Path) -> dict[str, int]:
+    """Array name -> bytes it would allocate, from each member's header alone."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            sizes = {}
+            for info in archive.infolist():
+                name = info.filename.removesuffix(".npy")
+                with archive.open(info) as stream:
+                    sizes[name] = _header(stream, f"{path.name}/{info.filename}")[2]
+            return sizes
+    except EdgeforgeError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, RuntimeError) as exc:
+        raise EdgeforgeError(
+            f"--data {path.name}: not a readable .npz ({exc}); {_CORRUPT}"
+        ) from None
+
+
+def _read_npz(path: Path, names: list[str]) -> dict[str, np.ndarray]:
+    """`names` from an .npz whose headers `_npz_headers` checked."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in names}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, RuntimeError) as exc:
+        raise EdgeforgeError(f"--data {path.name}: cannot read it ({exc}); {_CORRUPT}") from None
+
+
+def _within_budget(size: int, where: Path, what: str) -> None:
+    """Refuse before allocating what the memory budget cannot hold (issue 13)."""
+    budget = memory_budget()
+    if size > budget:
+        raise EdgeforgeError(
+            f"--data {where.name}: its arrays need {size / 1e9:.3g} GB {what} above the memory "
+            f"budget of {budget / 1e9:.3g} GB; pass fewer or smaller samples, or --memory-limit"
+        )
 
 
 def _image_items(
@@ -513,7 +624,9 @@ def _image_items(
     return items
 
 
-def _check_feed(feed: dict[str, np.ndarray], inputs: tuple[TensorSpec, ...], folder: Path) -> None:
+def _check_feed(
+    feed: dict[str, np.ndarray], inputs: tuple[TensorSpec, ...], folder: Path, origin: str = ""
+) -> None:
     for spec in inputs:
         array = feed[spec.name]
         if spec.shape is not None and array.ndim != len(spec.shape):
@@ -532,5 +645,11 @@ def _check_feed(feed: dict[str, np.ndarray], inputs: tuple[TensorSpec, ...], fol
             raise EdgeforgeError(
                 f"--data {folder}: input {spec.name!r} is {array.dtype}, the model expects "
                 f"{spec.dtype}"
+            )
+        if array.dtype.kind in "fc" and not np.isfinite(array).all():
+            # A data problem, not a model failure: NaN compares unequal to itself (issue 13).
+            raise EdgeforgeError(
+                f"--data {folder}: input {spec.name!r} holds NaN or Inf in {origin}; the "
+                "comparison needs finite inputs: fix or drop those samples"
             )
         feed[spec.name] = array.astype(spec.dtype, copy=False)

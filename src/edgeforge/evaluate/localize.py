@@ -79,13 +79,14 @@ def expose_all(onnx_path: Path, out_path: Path) -> list[tuple[str, str, str]]:
 def reference_intermediates(
     model: Model, feeds: dict[str, np.ndarray], scratch: Path
 ) -> tuple[list[tuple[str, str, str]], dict[str, np.ndarray]]:
-    import onnxruntime as ort
+    from edgeforge.runtimes.onnxruntime import ort_run, ort_session
 
     exposed = scratch / "reference_all_outputs.onnx"
     order = expose_all(model.onnx_path, exposed)
-    session = ort.InferenceSession(str(exposed), providers=["CPUExecutionProvider"])
+    what = "the reference with every tensor exposed"
+    session = ort_session(exposed, what)
     names = [o.name for o in session.get_outputs()]
-    values = dict(zip(names, session.run(names, feeds), strict=True))
+    values = dict(zip(names, ort_run(session, names, feeds, what), strict=True))
     return order, values
 
 

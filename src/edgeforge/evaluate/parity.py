@@ -7,6 +7,15 @@ compared with precision-dependent tolerances; when they part, the first divergin
 named; with labels, the task metric is reported for both, and a reference near chance is
 said to be (a gate on it proves nothing). The candidate is an artifact folder
 written by `convert` (any runtime) or an `.onnx` file (run in ONNX Runtime).
+
+Trust boundary (issue 13): the reference is loaded and the candidate's manifest and signature
+checked in the calling process (static checks only); everything that reads `--data` or runs
+either model happens in one child process (`edgeforge._children.in_child`) held to the memory
+budget and `timeout`. A model that loops on its inputs, a runtime that crashes or a sample that
+exhausts the budget ends that child, and the caller gets one line (`EdgeforgeError`), never a
+hang. Inside an edgeforge child already (`convert` verifies in its own), the work runs where
+it is: that child's limits hold, and no second child is nested. The result is the same object
+either way.
 """
 
 from __future__ import annotations
@@ -19,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from edgeforge._children import in_child, inside_child
+from edgeforge._limits import time_limit
 from edgeforge._load import load
 from edgeforge._progress import track
 from edgeforge.errors import EdgeforgeError
@@ -141,40 +152,107 @@ def verify(
     max_samples: int | None = None,
     preprocess: Preprocess | str | None = None,
     shapes: dict[str, tuple[int, ...]] | None = None,
+    timeout: float | None = None,
+    isolate: bool | None = None,
 ) -> Verification:
     """Compare `candidate` against `reference` (anything `edgeforge.load` takes), with the
     reference's inputs pinned to `shapes` where given (`edgeforge._pin.pin_shapes`): samples
-    then take the pinned sizes."""
+    then take the pinned sizes.
+
+    The comparison runs in a child process limited to `timeout` s (default: `--timeout`, else
+    600) and the memory budget; `isolate=False` runs it here (None: in a child unless this is
+    an edgeforge child already)."""
     from edgeforge._pin import pin_shapes
 
+    if timeout is not None and not 0 < timeout < 10**7:  # NaN fails too
+        raise EdgeforgeError(f"--timeout {timeout}: give seconds > 0, e.g. --timeout 600")
     model = pin_shapes(load(reference), shapes)
     artifact = open_candidate(candidate)
     _check_signatures(model, artifact)
     specs = _input_specs(model, artifact)
     precision = precision or artifact.manifest.recipe.get("precision", "fp32")
     tolerance = tolerance_for(precision, rtol=rtol, atol=atol, min_cosine=min_cosine)
-    # The artifact's own input shapes: some runtimes fix dynamic dimensions when they convert.
-    if data:
-        samples = load_data(Path(data), specs, limit=max_samples, preprocess=preprocess)
-    elif preprocess is not None or max_samples is not None:
+    if not data and (preprocess is not None or max_samples is not None):
         raise EdgeforgeError(
             "--preprocess and --max-samples read a --data folder; pass --data as well"
+        )
+    job = {
+        "runtime": artifact.runtime,
+        "model": model,
+        "artifact": artifact,
+        "specs": specs,
+        "data": str(data) if data else None,
+        "precision": precision,
+        "tolerance": tolerance,
+        "localize": localize,
+        "max_samples": max_samples,
+        "preprocess": Preprocess.parse(preprocess),
+    }
+    if isolate is False or (isolate is None and inside_child()):
+        return _compare(job)
+    limit = timeout or time_limit()
+    outcome = in_child(_compare_in_child, job, limit)
+    if "verification" in outcome:
+        return outcome["verification"]
+    raise _failure(outcome, limit)
+
+
+def _compare_in_child(job: dict[str, Any]) -> dict[str, Any]:
+    """The child's work: the result travels back whole, so it is the same object either way."""
+    try:
+        verification = _compare(job)
+    except MemoryError:  # a sample or an output past the budget (RLIMIT_AS)
+        raise EdgeforgeError(
+            "verify ran out of its memory budget; raise --memory-limit, or check the model "
+            "and the --data samples"
+        ) from None
+    return {"runtime": job["runtime"], "status": "done", "verification": verification}
+
+
+def _failure(outcome: dict[str, Any], limit: float) -> Exception:
+    """What the caller raises for a child that returned no verification: one line."""
+    status, detail = outcome.get("status"), outcome.get("detail", "")
+    if status == "timed-out":
+        return EdgeforgeError(
+            f"verify did not finish within {limit:g} s (a model that loops on its inputs never "
+            "does); raise --timeout if it is merely slow"
+        )
+    if status == "crashed":
+        return EdgeforgeError(
+            f"verify's process died: {detail}; the model crashed its runtime or ran past the "
+            "memory budget (--memory-limit)"
+        )
+    if status in ("unsupported", "not-installed"):  # an EdgeforgeError in the child
+        return EdgeforgeError(detail)
+    return RuntimeError(f"verify failed: {detail}")  # a bug of ours: an internal error
+
+
+def _compare(job: dict[str, Any]) -> Verification:
+    """Read the samples, run both models on them and compare: the untrusted part of verify."""
+    from edgeforge.runtimes.onnxruntime import ort_run, ort_session
+
+    model: Model = job["model"]
+    artifact: Artifact = job["artifact"]
+    precision, tolerance, specs = job["precision"], job["tolerance"], job["specs"]
+    # The artifact's own input shapes: some runtimes fix dynamic dimensions when they convert.
+    if job["data"]:
+        samples = load_data(
+            Path(job["data"]),
+            specs,
+            limit=job["max_samples"],
+            preprocess=job["preprocess"],
         )
     else:
         samples = _synthesize(model, specs, precision)
     runtime = get_runtime(artifact.runtime)
-
-    import onnxruntime as ort
-
-    reference_session = ort.InferenceSession(
-        str(model.onnx_path), providers=["CPUExecutionProvider"]
-    )
+    reference_session = ort_session(model.onnx_path, "the reference")
     output_names = [t.name for t in model.outputs]
     expected: list[list[np.ndarray]] = [[] for _ in output_names]
     got: list[list[np.ndarray]] = [[] for _ in output_names]
     with runtime.open(artifact) as session:
         for feed in track(samples.feeds, f"Verifying on {artifact.runtime}"):
-            for i, value in enumerate(reference_session.run(output_names, feed)):
+            values = ort_run(reference_session, output_names, feed, "the reference")
+            for i, value in enumerate(values):
                 expected[i].append(value)
             result = session.run(feed)
             for i, name in enumerate(output_names):
@@ -203,8 +281,13 @@ def verify(
         result.task_metric["near_chance"] = note is not None
         if note:
             result.notes.append(note)
-    if not passed and localize:
-        result.divergence = _localize(model, artifact, runtime, samples, expected, got, tolerance)
+    if not passed and job["localize"]:
+        try:
+            result.divergence = _localize(
+                model, artifact, runtime, samples, expected, got, tolerance
+            )
+        except EdgeforgeError as exc:  # the verdict stands without the layer that parts
+            result.divergence = Divergence(False, note=f"could not localize: {exc}")
     return result
 
 

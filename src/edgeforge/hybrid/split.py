@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from edgeforge._io import guard_output
 from edgeforge._load import load
 from edgeforge.devices import Device
 from edgeforge.errors import EdgeforgeError
@@ -246,6 +247,8 @@ def split(
     if max_tensors < 1:
         raise EdgeforgeError(f"--max-tensors {max_tensors}: at least 1 tensor must cross a cut")
     network = check_network(network)
+    if out is not None:  # refuse before any work (issue 13): inputs, foreign files, a file
+        _check_out(Path(out), [source, data])
     model = load(source)
     device = get_device(device) if isinstance(device, str) else device
     profile = inspect(model, shapes=shapes)
@@ -424,7 +427,9 @@ def _write_and_check(
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _check_out(out: Path) -> None:
+def _check_out(out: Path, inputs: tuple[Any, ...] | list[Any] = ()) -> None:
+    # Rule (as convert's --out): never an input or a folder holding one, nor under a file.
+    guard_output(out, inputs, force=True, folder=True)
     if out.exists() and not out.is_dir():
         raise EdgeforgeError(f"--out {out}: is a file; pass a folder for head.onnx and tail.onnx")
     if out.is_dir():

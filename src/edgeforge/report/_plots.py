@@ -1,4 +1,8 @@
-"""Static plots as inline SVG (matplotlib, no display needed)."""
+"""Static plots as inline SVG (matplotlib, no display needed).
+
+Text taken from a model (op types, node names) goes through `_plain`: matplotlib reads a pair
+of `$` as mathtext, and a name like `a$\\frac$b` made the report fail (issue 13, class 6).
+"""
 
 from __future__ import annotations
 
@@ -38,6 +42,11 @@ def _svg(pyplot, figure) -> str:
     return text[text.index("<svg") :]
 
 
+def _plain(text: object) -> str:
+    """`text` drawn as it is: a `$` never starts mathtext."""
+    return str(text).replace("$", r"\$")
+
+
 def _scale(largest: float) -> tuple[float, str]:
     for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
         if largest >= factor:
@@ -50,7 +59,7 @@ def work_by_op_type_svg(profile: dict[str, Any], top: int = 12) -> str:
     rows = [r for r in profile["by_op_type"] if r["flops"] > 0][:top]
     pyplot, figure, axes = _figure(height=0.9 + 0.28 * max(1, len(rows)))
     scale, prefix = _scale(max((r["flops"] for r in rows), default=1))
-    names = [r["op_type"] for r in rows][::-1]
+    names = [_plain(r["op_type"]) for r in rows][::-1]
     values = [r["flops"] / scale for r in rows][::-1]
     axes.barh(names, values, color="#3b6ea8")
     axes.set_xlabel(f"{prefix}FLOPs")
@@ -94,7 +103,7 @@ def layer_error_svg(verification: dict[str, Any]) -> str:
         index = next(i for i, layer in enumerate(layers) if layer["tensor"] == divergence["tensor"])
         axes.scatter([index], [errors[index]], color="#c0392b", zorder=3)
         axes.annotate(
-            f"first divergence: {divergence['node']}",
+            f"first divergence: {_plain(divergence['node'])}",
             (index, errors[index]),
             textcoords="offset points",
             xytext=(6, 6),

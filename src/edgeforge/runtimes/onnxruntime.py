@@ -7,6 +7,7 @@ runtimes run the same graph. Inputs and outputs stay float32 at every precision.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,41 @@ from edgeforge.model import Model
 from edgeforge.recipe import PRECISIONS, Recipe
 from edgeforge.runtimes.base import Artifact, Finding, Runtime, Session
 
-__all__ = ["OnnxRuntime", "OnnxRuntimeMobile", "OrtSession"]
+__all__ = ["OnnxRuntime", "OnnxRuntimeMobile", "OrtSession", "ort_run", "ort_session"]
+
+
+def ort_session(path: Path, what: str, options=None):
+    """An ONNX Runtime CPU session on `path`; a model it refuses (invalid graph, a type or
+    shape error, an op without a kernel) is bad input: EdgeforgeError naming `what` (issue 13,
+    class 6: never an internal error)."""
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own exception types
+        raise EdgeforgeError(
+            f"{what} {path.name}: ONNX Runtime cannot load it ({_ort_message(exc)})"
+        ) from None
+
+
+def ort_run(session, names: list[str], feeds: dict[str, np.ndarray], what: str) -> list:
+    """`session.run`; a model that fails on these inputs (out-of-range indices, shapes its
+    own graph rejects, memory it cannot get) is a model problem: EdgeforgeError naming `what`."""
+    try:
+        return session.run(names, feeds)
+    except Exception as exc:
+        raise EdgeforgeError(
+            f"{what}: ONNX Runtime failed to run it ({_ort_message(exc)}); "
+            "check the model with `edgeforge check` and the inputs given with --data"
+        ) from None
+
+
+def _ort_message(exc: BaseException) -> str:
+    """ONNX Runtime's message without its `[ONNXRuntimeError] : 1 : FAIL :` prefix, one line."""
+    text = " ".join(str(exc).split())
+    text = text.split(" : ", 3)[-1] if text.startswith("[ONNXRuntimeError]") else text
+    text = re.sub(r"^Load model from .*? failed: ?", "", text)
+    return text[:300] or type(exc).__name__
 
 
 class OrtSession(Session):
@@ -30,16 +65,12 @@ class OrtSession(Session):
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        try:
-            self._session = ort.InferenceSession(
-                str(path), options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # ORT raises its own exception types
-            raise EdgeforgeError(f"{path}: ONNX Runtime cannot load it ({exc})") from None
+        self._what = f"the {artifact.runtime} artifact {path.name}"
+        self._session = ort_session(path, "the artifact", options)
         self._names = [o.name for o in self._session.get_outputs()]
 
     def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self._session.run(self._names, feeds)
+        return ort_run(self._session, self._names, feeds, self._what)
 
 
 class OnnxRuntime(Runtime):
@@ -58,16 +89,15 @@ class OnnxRuntime(Runtime):
     def intermediates(
         self, artifact: Artifact, feeds: dict[str, np.ndarray], names: list[str], scratch: Path
     ) -> dict[str, np.ndarray]:
-        import onnxruntime as ort
-
         from edgeforge.evaluate.localize import expose_all
 
         exposed = scratch / "candidate_all_outputs.onnx"
         expose_all(artifact.path, exposed)
-        session = ort.InferenceSession(str(exposed), providers=["CPUExecutionProvider"])
+        session = ort_session(exposed, "the candidate with every tensor exposed")
         available = [o.name for o in session.get_outputs()]
         wanted = [n for n in names if n in set(available)]
-        return dict(zip(wanted, session.run(wanted, feeds), strict=True))
+        values = ort_run(session, wanted, feeds, "the candidate with every tensor exposed")
+        return dict(zip(wanted, values, strict=True))
 
     def check(self, model: Model) -> list[Finding]:
         """ONNX Runtime's CPU provider: an op it has no kernel for fails session creation."""

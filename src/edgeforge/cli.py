@@ -623,6 +623,7 @@ def _optimize(args: argparse.Namespace) -> int:
         metric=args.metric,
         timeout=args.timeout,
         runs=args.runs,
+        force=args.overwrite,
         shapes=_shapes(args),
     )
 

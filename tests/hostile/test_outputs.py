@@ -170,3 +170,29 @@ def test_inspect_never_writes_in_the_current_folder(tmp_path: Path, monkeypatch)
     inspect(path)
     assert [p.name for p in work.iterdir()] == ["sym_shape_infer_temp.onnx"]
     assert (work / "sym_shape_infer_temp.onnx").read_text() == "mine"
+
+
+def test_optimize_chosen_with_user_files_refused(model: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "search"
+    (out / "chosen").mkdir(parents=True)
+    (out / "chosen" / "notes.txt").write_text("mine")
+    data = tmp_path / "data"
+    data.mkdir()
+    argv = ["optimize", str(model), "--device", "this-machine", "--data", str(data)]
+    assert cli.main([*argv, "--out", str(out)]) == 2
+    assert "did not write" in _one_line_error(capsys)
+    assert (out / "chosen" / "notes.txt").read_text() == "mine"
+
+
+def test_optimize_chosen_folder_stays_recognisably_ours(tmp_path: Path) -> None:
+    from edgeforge.optimize._report import _list_in_manifest
+
+    folder = tmp_path / "chosen"
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes(b"x")
+    manifest = {"runtime": "onnxruntime", "format": "onnx", "file": "model.onnx"}
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "files": ["model.onnx"]}))
+    (folder / "candidate.json").write_text("{}")
+    assert not written_by_edgeforge(folder)
+    _list_in_manifest(folder, "candidate.json")
+    assert written_by_edgeforge(folder)

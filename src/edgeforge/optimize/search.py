@@ -116,6 +116,7 @@ def optimize(
     bench_runs: int = 30,
     example_inputs: Any = None,
     shapes: dict[str, tuple[int, ...]] | None = None,
+    force: bool = False,
     **load_options: Any,
 ) -> OptimizeResult:
     """Search the candidates for `device` on `data`; write `out/chosen/`, `out/optimize.json`
@@ -124,11 +125,15 @@ def optimize(
     `evaluate.data.Preprocess` or its text form, for image folders; `metric`: one of
     `_accuracy.METRICS`, a 'module:function' / 'file.py:function', or a callable
     (reference outputs, candidate outputs) -> score, 1 meaning identical. `shapes` pins input
-    dims (`edgeforge._pin.pin_shapes`) for every candidate built from the ONNX graph."""
+    dims (`edgeforge._pin.pin_shapes`) for every candidate built from the ONNX graph.
+    `out/chosen/` is replaced only when edgeforge wrote it, unless `force`."""
+    from edgeforge._io import guard_output
     from edgeforge._load import load
     from edgeforge._pin import describe_shapes, pin_shapes
     from edgeforge.devices import get_device
 
+    # Refused before any work: an out/chosen/ holding the user's files (issue 13).
+    guard_output(Path(out) / "chosen", [source, data], force=force, folder=True)
     started = time.perf_counter()
     limits = Limits(
         parse_share(max_accuracy_drop),

@@ -159,7 +159,8 @@ def _own_folder(path: Path) -> bool:
     listed = manifest.get("files")
     if not isinstance(listed, list):
         return True  # written before manifests listed their files
-    return present <= {str(f) for f in listed} | {"manifest.json"}
+    # optimize's out/chosen/ also holds the record of the candidate it copied there.
+    return present <= {str(f) for f in listed} | {"manifest.json", "candidate.json"}
 
 
 def _check_parent(path: Path) -> None:

@@ -184,15 +184,13 @@ def test_optimize_chosen_with_user_files_refused(model: Path, tmp_path: Path, ca
     assert (out / "chosen" / "notes.txt").read_text() == "mine"
 
 
-def test_optimize_chosen_folder_stays_recognisably_ours(tmp_path: Path) -> None:
-    from edgeforge.optimize._report import _list_in_manifest
-
+def test_optimize_chosen_folder_with_its_candidate_record_is_ours(tmp_path: Path) -> None:
     folder = tmp_path / "chosen"
     folder.mkdir()
     (folder / "model.onnx").write_bytes(b"x")
     manifest = {"runtime": "onnxruntime", "format": "onnx", "file": "model.onnx"}
     (folder / "manifest.json").write_text(json.dumps({**manifest, "files": ["model.onnx"]}))
     (folder / "candidate.json").write_text("{}")
-    assert not written_by_edgeforge(folder)
-    _list_in_manifest(folder, "candidate.json")
     assert written_by_edgeforge(folder)
+    (folder / "notes.txt").write_text("mine")
+    assert not written_by_edgeforge(folder)

@@ -12,7 +12,6 @@ What a caller can rely on:
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -39,7 +38,6 @@ def write_chosen(out: Path, plans: list[Candidate], chosen: str | None) -> str |
     try:
         shutil.copytree(candidate.artifact, staging / "artifact")
         write_json(staging / "artifact" / "candidate.json", candidate.to_dict())
-        _list_in_manifest(staging / "artifact", "candidate.json")
         if target.exists():
             shutil.rmtree(target)
         (staging / "artifact").rename(target)
@@ -48,16 +46,6 @@ def write_chosen(out: Path, plans: list[Candidate], chosen: str | None) -> str |
     from edgeforge.runtimes import Artifact
 
     return str(Artifact.load(target).path)
-
-
-def _list_in_manifest(folder: Path, name: str) -> None:
-    """Add `name` to the manifest's file list, so the folder stays recognisably edgeforge's
-    (`_io.guard_output` replaces only folders whose files their manifest lists)."""
-    path = folder / "manifest.json"
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    if isinstance(manifest.get("files"), list) and name not in manifest["files"]:
-        manifest["files"].append(name)
-        write_json(path, manifest)
 
 
 def write_outputs(result: OptimizeResult) -> None:

@@ -10,7 +10,7 @@ from rich.table import Table
 from edgeforge._progress import output_console
 from edgeforge.report.html import human_bytes
 
-__all__ = ["print_bench", "print_check", "print_conversion", "print_estimate", "print_verification"]
+__all__ = ["print_bench", "print_check", "print_conversion", "print_verification"]
 
 _STYLE = {
     "verified": "green",
@@ -200,51 +200,3 @@ def print_bench(result) -> None:
         console.print(layers)
     for warning in result.warnings:
         console.print(f"[yellow]warning[/]: {escape(warning)}")
-
-
-def print_estimate(results) -> None:
-    console = output_console()
-    table = Table(title="estimate (calibrated roofline)")
-    for column in (
-        "device",
-        "unit",
-        "precision",
-        "latency ms",
-        "band ms",
-        "memory",
-        "fits RAM",
-        "fits size budget",
-    ):
-        table.add_column(column)
-    for r in results:
-        table.add_row(
-            r.device,
-            escape(r.unit),
-            r.precision,
-            f"{r.latency_ms:.2f}",
-            f"{r.latency_low_ms:.2f}–{r.latency_high_ms:.2f}",
-            human_bytes(r.peak_memory_bytes),
-            _fits(r.ram),
-            _fits(r.size_budget),
-        )
-    console.print(table)
-    if results and results[0].input_shapes:
-        shapes = ", ".join(
-            f"{name} {'x'.join(map(str, shape))}" for name, shape in results[0].input_shapes.items()
-        )
-        assumed = ", ".join(f"{d['name']}={d['value']}" for d in results[0].assumed_dims)
-        hint = (
-            f" (dynamic axes assumed: {assumed}; pin them with --shape NAME=DIMS)"
-            if assumed
-            else ""
-        )
-        console.print(f"at input shapes {escape(shapes)}{escape(hint)}")
-    for r in results:
-        for note in r.notes:
-            console.print(f"{r.device}: {escape(note)}")
-
-
-def _fits(fit) -> str:
-    if fit.fits is None:
-        return "unknown"
-    return "yes" if fit.fits else f"[red]no[/], short by {human_bytes(fit.short_bytes)}"

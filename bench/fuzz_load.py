@@ -409,7 +409,9 @@ def _classify(code: int, err: str) -> str:
     lines = [line for line in err.strip().splitlines() if line.startswith("edgeforge:")]
     # "internal error" as edgeforge's own prefix: a model may name a file "internal error"
     internal = any(line.startswith("edgeforge: internal error") for line in lines)
-    if code in (98, 99) or internal or "Traceback" in err:
+    # Python's own traceback header, not the word: a mutated file may be named "Traceback".
+    traceback = "Traceback (most recent call last)" in err
+    if code in (98, 99) or internal or traceback:
         return "memory" if "MemoryError" in err else "crash"
     if code == 2:
         if len(lines) == 1 and lines[0].startswith("edgeforge: error:"):

@@ -52,3 +52,16 @@ def test_fuzz_harness_runs_and_reports(tmp_path: Path) -> None:
     # it checks only that every crash comes with a reproducer.
     for crash in result["crashes"]:
         assert (out.parent / "fuzz_crashes").is_dir() and crash["argv"], crash
+
+
+def test_fuzz_harness_tells_a_file_named_traceback_from_a_traceback() -> None:
+    # The 30-minute run flagged a refused external-data location named 'Traceback'.
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fuzz_load", _ROOT / "bench" / "fuzz_load.py")
+    harness = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(harness)
+    refused = "edgeforge: error: tensor 'W' points to external data 'Traceback', which is missing"
+    assert harness._classify(2, refused) == "error"
+    internal = "Traceback (most recent call last):\n  File 'x.py'\nValueError: boom"
+    assert harness._classify(1, internal) == "crash"

@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from edgeforge.convert import Conversion, TargetResult, _in_child, check, convert, parse_targets
+from edgeforge._children import in_child
+from edgeforge.convert import Conversion, TargetResult, check, convert, parse_targets
 from edgeforge.errors import EdgeforgeError
 
 # What the CLI may print on stderr: its own lines. Progress bars draw only on a terminal.
@@ -53,13 +54,13 @@ def test_onnx_runtimes_build_load_run_and_verify(digits_model, tmp_path):
 
 
 def test_a_converter_that_dies_costs_only_its_own_target():
-    outcome = _in_child(_exit_abruptly, {"runtime": "crashy"}, timeout=60)
+    outcome = in_child(_exit_abruptly, {"runtime": "crashy"}, timeout=60)
     assert outcome["status"] == "crashed"
     assert "exit code 3" in outcome["detail"]
 
 
 def test_a_converter_that_hangs_is_stopped_at_the_limit():
-    outcome = _in_child(_hang, {"runtime": "slow"}, timeout=3)
+    outcome = in_child(_hang, {"runtime": "slow"}, timeout=3)
     assert outcome["status"] == "timed-out"
     assert outcome["seconds"] < 30
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeforge._children import FAILED, in_child, run_children
+from edgeforge._children import FAILED, run_children
 from edgeforge._io import guard_output
 from edgeforge._load import load
 from edgeforge.errors import EdgeforgeError
@@ -333,11 +333,6 @@ def check(
         status[outcome["runtime"]] = outcome
     pinned = {name: list(shape) for name, shape in model.pinned.items()}
     return CheckReport(model.provenance.source, findings, status, shapes=pinned)
-
-
-# Older names: bench and optimize start their children through these.
-_run_children = run_children
-_in_child = in_child
 
 
 # -- the work of one child (see edgeforge._children) -------------------------------------------

@@ -163,12 +163,12 @@ class Builder:
     def evaluate(self, plans: list[Candidate], sensitivity: dict[str, Any] | None = None):
         """Build and score what is not cached (children, in parallel), then measure latency
         here one at a time, then estimate on the device."""
-        from edgeforge.convert import _run_children
+        from edgeforge._children import run_children
 
         fresh = [c for c in plans if not self._from_cache(c)]
         jobs = [self._job(c, sensitivity) for c in fresh]
         if jobs:
-            outcomes = _run_children(
+            outcomes = run_children(
                 _build_and_score, jobs, self.timeout, self.parallel, "Building candidates"
             )
             for candidate, outcome in zip(fresh, outcomes, strict=True):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib
 import json
 import signal
 import sys
@@ -36,6 +37,9 @@ SCHEMA_VERSION = 1
 
 # Old spellings that keep working, hidden from the help (scripts may use them).
 _HIDDEN_ALIASES = {"--to", "--runtimes", "--precisions", "--cloud-instance"}
+
+# Modules of this package that add verbs (the fleet half), in the order `--help` lists them.
+_VERB_FAMILIES: tuple[str, ...] = ()
 
 # --json puts a verb's list result under this name, so the output is always an object.
 _LIST_NAMES = {"devices": "devices", "estimate": "estimates"}
@@ -965,6 +969,10 @@ def build_parser() -> argparse.ArgumentParser:
     _timeout_option(setup, "install step")
     _output_options(setup, report=False)
     setup.set_defaults(run=_setup)
+    # The fleet half's verbs: one module per family in this package, each with
+    # `add_verbs(verbs)`; they import their machinery inside the handlers, so `--help` stays fast.
+    for family in _VERB_FAMILIES:
+        importlib.import_module(f"edgeforge.cli.{family}").add_verbs(verbs)
     return parser
 
 

@@ -78,9 +78,7 @@ def add_verbs(verbs: Any) -> None:
     _output_options(release, report=False)
     release.set_defaults(run=_release)
 
-    registry = verbs.add_parser(
-        "registry", help="the registry: list, show, history, alias, diff"
-    )
+    registry = verbs.add_parser("registry", help="the registry: list, show, history, alias, diff")
     actions = registry.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="every model with its versions and aliases")
     show = actions.add_parser("show", help="a model, or one version with its evidence")
@@ -181,7 +179,11 @@ def _registry(args: argparse.Namespace) -> int:
         from edgeforge.fleet.release import move_alias
 
         moved = move_alias(
-            args.repo, args.reference, args.alias, keys=args.keys, db=args.db,
+            args.repo,
+            args.reference,
+            args.alias,
+            keys=args.keys,
+            db=args.db,
             downgrade=args.downgrade,
         )
 
@@ -252,7 +254,9 @@ def _print_view(kind: str, data: dict[str, Any]) -> None:
                     f"{row['to_version']}{' (downgrade)' if row['downgrade'] else ''}"
                 )
     else:
-        print(f"{data['a']} -> {data['b']}" + ("  (source changed)" if data["source_changed"] else ""))
+        print(
+            f"{data['a']} -> {data['b']}" + ("  (source changed)" if data["source_changed"] else "")
+        )
         for row in data["classes"]:
             figures = [
                 f"{key} {_figure(row[key]['a'])} -> {_figure(row[key]['b'])}"

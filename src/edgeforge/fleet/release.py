@@ -180,8 +180,15 @@ def release(
     return result
 
 
-def _publish(result: Release, repository: Any, evidence: list[Any], model: Any,
-             db: str | None, store: Any, work: Path) -> None:
+def _publish(
+    result: Release,
+    repository: Any,
+    evidence: list[Any],
+    model: Any,
+    db: str | None,
+    store: Any,
+    work: Path,
+) -> None:
     from edgeforge.fleet.evidence import tool_versions
     from edgeforge.fleet.registry import Registry, Variant, Version
 
@@ -189,9 +196,7 @@ def _publish(result: Release, repository: Any, evidence: list[Any], model: Any,
     result.registry = _redacted(registry.url)
     name = result.name
     with repository.lock(), registry.session() as session, session.begin():
-        version = max(
-            Registry.next_version(session, name), _next_in_repository(repository, name)
-        )
+        version = max(Registry.next_version(session, name), _next_in_repository(repository, name))
         released = _dt.datetime.now(_dt.UTC)
         files: dict[str, Path] = {}
         custom: dict[str, dict] = {}

@@ -117,8 +117,9 @@ class LocalStore(ArtifactStore):
 class S3Store(ArtifactStore):
     """A bucket (and key prefix) on an S3-compatible server, through boto3."""
 
-    def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None,
-                 client: Any = None) -> None:
+    def __init__(
+        self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None, client: Any = None
+    ) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
@@ -147,7 +148,9 @@ class S3Store(ArtifactStore):
 
         try:
             self.client.upload_file(
-                str(path), self.bucket, self._object(sha256),
+                str(path),
+                self.bucket,
+                self._object(sha256),
                 ExtraArgs={"Metadata": {"sha256": sha256}},
             )
         except (ClientError, BotoCoreError) as exc:

@@ -317,3 +317,14 @@ def test_concurrent_releases_are_serialised_by_the_lock(tiny, repo):
     assert {"tiny/1/linux-x86/variant.json", "tiny/2/linux-x86/variant.json"} <= set(targets)
     view = edgeforge.fleet.registry.Registry.for_repository(repo).list().to_dict()
     assert view["models"][0]["versions"] == [1, 2]
+
+
+def test_demo_ships_two_classes_and_fetches_one_back(tiny, tmp_path):
+    from edgeforge.demo import ship
+
+    source, data = tiny
+    facts = ship(source, data, tmp_path / "fleet")
+    assert facts["release"].startswith("RELEASED") and "raspberry-pi-4" in facts["fetched"]
+    fetched = tmp_path / "fleet" / "device" / "digits"
+    assert {p.name for p in fetched.iterdir()} >= {"variant.json", "model.onnx", "canary.npz"}
+    assert ship(source, data, tmp_path / "fleet")["release"].startswith("RELEASED")  # a re-run

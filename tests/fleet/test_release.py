@@ -26,7 +26,10 @@ from release_helpers import (
 import edgeforge
 from edgeforge.fleet.client import fetch
 from edgeforge.fleet.db import sqlite_url
+from edgeforge.fleet.registry import Registry
+from edgeforge.fleet.release import release as release_api
 from edgeforge.fleet.repository import Repository
+from edgeforge.runtimes.base import file_sha256
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +96,7 @@ def test_release_then_fetch_one_variant_through_the_client_over_http(
     assert got.version == 1 and got.index["precision"] == "int8-dynamic"
     assert set(got.files) == {"model.onnx", "manifest.json", "canary.npz"}
     evidence = got.index["evidence"]
-    assert evidence["lineage"]["artifact_sha256"] == edgeforge.runtimes.base.file_sha256(
-        got.files["model.onnx"]
-    )
+    assert evidence["lineage"]["artifact_sha256"] == file_sha256(got.files["model.onnx"])
     assert evidence["accuracy"]["data_sha256"]
     # the device's canary check: the fetched model on the canary inputs, within tolerance
     session = onnxruntime.InferenceSession(str(got.files["model.onnx"]))
@@ -169,7 +170,7 @@ def _registry_list(repo: Path, db: str | None, capsys) -> str:
 def test_limits_refuse_naming_the_variant_and_the_figure(tiny, repo):
     source, _ = tiny
     before = _state(repo)
-    result = edgeforge.fleet.release.release(
+    result = release_api(
         source,
         repo,
         "tiny",
@@ -192,7 +193,7 @@ def test_release_takes_artifacts_from_convert_output_and_checks_their_source(
 ):
     source, data = tiny
     edgeforge.convert(source, "onnxruntime", tmp_path / "built", precision="int8-dynamic")
-    result = edgeforge.fleet.release.release(
+    result = release_api(
         source,
         repo,
         "tiny",
@@ -315,7 +316,7 @@ def test_concurrent_releases_are_serialised_by_the_lock(tiny, repo):
     assert sorted(a["version"] for a in answers) == [1, 2]
     targets = Repository.open(repo).targets()
     assert {"tiny/1/linux-x86/variant.json", "tiny/2/linux-x86/variant.json"} <= set(targets)
-    view = edgeforge.fleet.registry.Registry.for_repository(repo).list().to_dict()
+    view = Registry.for_repository(repo).list().to_dict()
     assert view["models"][0]["versions"] == [1, 2]
 
 
@@ -328,3 +329,23 @@ def test_demo_ships_two_classes_and_fetches_one_back(tiny, tmp_path):
     fetched = tmp_path / "fleet" / "device" / "digits"
     assert {p.name for p in fetched.iterdir()} >= {"variant.json", "model.onnx", "canary.npz"}
     assert ship(source, data, tmp_path / "fleet")["release"].startswith("RELEASED")  # a re-run
+
+
+def test_a_publish_that_fails_rolls_the_registry_back(tiny, repo, monkeypatch):
+    """Fault injected at the seam: the repository cannot publish (a full disk). The registry's
+    transaction, opened before publishing, must not commit the version."""
+    source, _ = tiny
+    release = release_api
+    assert release(source, repo, "tiny", "a=onnxruntime", bench_runs=0, canary_count=4).released
+    before = _state(repo)
+
+    def full_disk(self, files, custom=None):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Repository, "publish", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        release(source, repo, "tiny", "a=onnxruntime", bench_runs=0, canary_count=4)
+    assert _state(repo) == before
+    monkeypatch.undo()
+    again = release(source, repo, "tiny", "a=onnxruntime", bench_runs=0, canary_count=4)
+    assert again.version == 2  # the failed attempt took no version

@@ -14,7 +14,7 @@ __all__ = ["add_verbs"]
 
 
 def add_verbs(verbs: Any) -> None:
-    from edgeforge.cli import _data_options, _output_options, _timeout_option
+    from edgeforge.cli import _data_options, _timeout_option
 
     release = verbs.add_parser(
         "release",
@@ -68,14 +68,19 @@ def add_verbs(verbs: Any) -> None:
     release.add_argument(
         "--bench-runs",
         type=int,
+        metavar="N",
         default=20,
         help="timed runs to measure each variant's latency here (0: do not measure)",
     )
     release.add_argument(
-        "--canary-samples", type=int, default=32, help="inputs in each variant's canary set"
+        "--canary-samples",
+        type=int,
+        default=32,
+        metavar="N",
+        help="inputs in each variant's canary set",
     )
     _timeout_option(release, "build or retest")
-    _output_options(release, report=False)
+    _json_option(release)
     release.set_defaults(run=_release)
 
     registry = verbs.add_parser("registry", help="the registry: list, show, history, alias, diff")
@@ -98,8 +103,17 @@ def add_verbs(verbs: Any) -> None:
     diff.add_argument("b", metavar="NAME@B")
     for action in (listing, show, history, alias, diff):
         _repository_options(action)
-        _output_options(action, report=False)
+        _json_option(action)
         action.set_defaults(run=_registry)
+
+
+def _json_option(parser: argparse.ArgumentParser) -> None:
+    """`--json` as every verb has it (these verbs write no report and overwrite nothing)."""
+    parser.add_argument_group("output").add_argument(
+        "--json",
+        action="store_true",
+        help="print the result as one JSON object (with a 'schema' version)",
+    )
 
 
 def _repository_options(parser: argparse.ArgumentParser) -> None:

@@ -242,3 +242,16 @@ def test_external_signer_uri(tmp_path):
     root = repo.metadata()["root"]
     assert root.signed.roles["targets"].keyids == [signer.public_key.keyid]
     root.verify_delegate("targets", repo.metadata()["targets"])
+
+
+def test_publish_move_links_the_file_in_and_removes_it_only_on_success(tmp_path):
+    repo = Repository.init(tmp_path / "repo")
+    local = tmp_path / "release-tmp.bin"
+    local.write_bytes(b"artifact")
+    before = _tree(tmp_path / "repo")
+    with pytest.raises(EdgeforgeError):
+        repo.publish({"m/1/a/x.bin": local, "m/1/a/y.bin": tmp_path / "gone"}, move=True)
+    assert local.read_bytes() == b"artifact" and _tree(tmp_path / "repo") == before
+    repo.publish({"m/1/a/x.bin": local}, move=True)
+    assert not local.exists()
+    assert repo.target_file("m/1/a/x.bin").read_bytes() == b"artifact"

@@ -131,10 +131,14 @@ class Repository:
         external = signers or {}
         unknown = set(external) - set(keystore.TUF_ROLES)
         if unknown:
-            raise EdgeforgeError(f"unknown role {sorted(unknown)[0]}; roles: root, targets, ...")
+            raise EdgeforgeError(
+                f"unknown role {sorted(unknown)[0]!r} in signers; roles: root, targets, "
+                "snapshot, timestamp"
+            )
 
         repo = cls(path, keys, expiry, clock=clock)
         created = not path.exists()
+        keys_created = not keys.exists()
         try:
             path.mkdir(parents=True, exist_ok=True)
             (path / "metadata").mkdir()
@@ -146,8 +150,8 @@ class Repository:
                 if role in external:
                     role_signers[role] = []
                     for uri, key in external[role]:
+                        role_signers[role].append(_external_signer(uri, key))
                         keystore.register_external(keys, key.keyid, uri)
-                        role_signers[role].append(Signer.from_priv_key_uri(uri, key))
                 else:
                     role_signers[role] = [
                         keystore.generate(keys, role) for _ in range(thresholds[role])
@@ -185,6 +189,15 @@ class Repository:
             if created:
                 with contextlib.suppress(OSError):
                     path.rmdir()
+            # the keys folder was absent or empty: what init made in it goes too
+            for entry in keys.iterdir() if keys.is_dir() else []:
+                if entry.is_dir():
+                    _remove_tree(entry)
+                else:
+                    entry.unlink()
+            if keys_created:
+                with contextlib.suppress(OSError):
+                    keys.rmdir()
             raise
         return repo
 
@@ -492,6 +505,13 @@ def _merged(what: str, defaults: dict[str, Any], given: dict[str, Any]) -> dict[
             f"unknown role {sorted(unknown)[0]!r} in {what}; roles: {', '.join(defaults)}"
         )
     return {**defaults, **given}
+
+
+def _external_signer(uri: str, key: Key) -> Signer:
+    try:
+        return Signer.from_priv_key_uri(uri, key)
+    except Exception as exc:  # each signer kind fails in its own way; all are bad input here
+        raise EdgeforgeError(f"cannot use the signer {uri}: {type(exc).__name__}: {exc}") from exc
 
 
 def _check_target_path(path: str) -> None:

@@ -242,6 +242,9 @@ def test_external_signer_uri(tmp_path):
     root = repo.metadata()["root"]
     assert root.signed.roles["targets"].keyids == [signer.public_key.keyid]
     root.verify_delegate("targets", repo.metadata()["targets"])
+    pem.chmod(0o640)
+    with pytest.raises(EdgeforgeError, match=f"chmod 600 {pem}"):
+        repo.publish({"m/1/c/b.bin": local})
 
 
 def test_publish_move_links_the_file_in_and_removes_it_only_on_success(tmp_path):

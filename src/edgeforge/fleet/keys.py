@@ -143,6 +143,8 @@ def load_signers(keys: Path, role: str, public_keys: dict[str, Key]) -> list[Sig
         path = folder / f"{keyid}.pem"
         if keyid in external:
             uri = external[keyid]
+            if uri.startswith("file2:"):
+                check_permissions(Path(uri.removeprefix("file2:")))
         elif path.exists():
             check_permissions(path)
             uri = f"file2:{path}"

@@ -4,6 +4,8 @@ loopback HTTP (a static folder, as a device would see it).
 - `tuf_repo` -> `TufRepo`: a repository in tmp_path with model "demo" version 1 for
   "linux-x86" published and the alias production -> 1. `publish_variant` and `set_aliases`
   publish more (small fake artifacts: the registry's tests build real releases).
+- `tuf_repo_factory` -> `make_tuf_repo(folder, **init)`: the same with `Repository.init`
+  options (thresholds, expiry).
 - `http_server` -> `serve(folder) -> base URL`: serves `metadata/` and `targets/` of a
   repository folder on 127.0.0.1 (refusing a folder that holds a private key, as `serve` must).
 """
@@ -18,6 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -95,15 +98,27 @@ def set_aliases(repo: Repository, scratch: Path, name: str, aliases: dict[str, i
         repo.publish({f"{name}/aliases.json": path})
 
 
-@pytest.fixture
-def tuf_repo(tmp_path) -> TufRepo:
-    repo = Repository.init(tmp_path / "repo")
-    scratch = tmp_path / "scratch"
+def make_tuf_repo(folder: Path, **init: Any) -> TufRepo:
+    """A repository in `folder/repo` (keys beside it; `init` goes to `Repository.init`) with
+    demo 1 for linux-x86 published and production -> 1."""
+    repo = Repository.init(folder / "repo", **init)
+    scratch = folder / "scratch"
     scratch.mkdir()
     made = TufRepo(repo, repo.path, repo.path / "metadata" / "1.root.json", scratch)
     made.publish_variant("demo", 1, "linux-x86")
     made.set_aliases("demo", {"production": 1})
     return made
+
+
+@pytest.fixture
+def tuf_repo(tmp_path) -> TufRepo:
+    return make_tuf_repo(tmp_path)
+
+
+@pytest.fixture
+def tuf_repo_factory() -> Callable[..., TufRepo]:
+    """`make_tuf_repo(folder, **init)`, for a repository with other thresholds or expiry."""
+    return make_tuf_repo
 
 
 class _RepositoryHandler(SimpleHTTPRequestHandler):
@@ -130,7 +145,7 @@ def http_server() -> Iterator[Callable[[Path], str]]:
         handler = functools.partial(_RepositoryHandler, directory=str(folder))
         server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
         servers.append(server)
         return f"http://127.0.0.1:{server.server_address[1]}"
 

@@ -242,3 +242,37 @@ def test_external_signer_uri(tmp_path):
     root = repo.metadata()["root"]
     assert root.signed.roles["targets"].keyids == [signer.public_key.keyid]
     root.verify_delegate("targets", repo.metadata()["targets"])
+    pem.chmod(0o640)
+    with pytest.raises(EdgeforgeError, match=f"chmod 600 {pem}"):
+        repo.publish({"m/1/c/b.bin": local})
+
+
+def test_publish_move_links_the_file_in_and_removes_it_only_on_success(tmp_path):
+    repo = Repository.init(tmp_path / "repo")
+    local = tmp_path / "release-tmp.bin"
+    local.write_bytes(b"artifact")
+    before = _tree(tmp_path / "repo")
+    with pytest.raises(EdgeforgeError):
+        repo.publish({"m/1/a/x.bin": local, "m/1/a/y.bin": tmp_path / "gone"}, move=True)
+    assert local.read_bytes() == b"artifact" and _tree(tmp_path / "repo") == before
+    repo.publish({"m/1/a/x.bin": local}, move=True)
+    assert not local.exists()
+    assert repo.target_file("m/1/a/x.bin").read_bytes() == b"artifact"
+
+
+def test_failed_init_leaves_no_keys_behind(tmp_path):
+    from securesystemslib.signer import CryptoSigner
+
+    key = CryptoSigner.generate_ed25519().public_key
+    with pytest.raises(EdgeforgeError, match="cannot use the signer"):
+        Repository.init(tmp_path / "repo", signers={"targets": [(f"file2:{tmp_path}/no.pem", key)]})
+    assert not (tmp_path / "repo").exists() and not (tmp_path / "repo-keys").exists()
+    Repository.init(tmp_path / "repo")  # and a second try works
+
+
+def test_private_keys_are_found_through_links(tmp_path):
+    Repository.init(tmp_path / "repo")
+    (tmp_path / "repo" / "targets" / "linked").symlink_to(tmp_path / "repo-keys")
+    (tmp_path / "repo" / "targets" / "loop").symlink_to(tmp_path / "repo" / "targets")
+    found = private_keys_in(tmp_path / "repo")
+    assert len(found) == 5 and all("linked" in str(p) for p in found)

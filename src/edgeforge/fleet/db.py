@@ -23,7 +23,7 @@ from sqlalchemy.pool import NullPool
 
 from edgeforge.errors import EdgeforgeError
 
-__all__ = ["Base", "engine", "sqlite_url", "upgrade"]
+__all__ = ["Base", "dispose", "engine", "sqlite_url", "upgrade"]
 
 HEAD = "head"
 _LOCK_KEY = 0x6564676566  # "edgef": the advisory lock that serialises migrations on PostgreSQL

@@ -32,6 +32,7 @@ Invariants a caller can rely on:
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import math
@@ -468,6 +469,19 @@ def _edges(lo: float, hi: float, log: bool) -> np.ndarray:
     return np.linspace(lo, hi, DP_BINS + 1)
 
 
+@functools.lru_cache(maxsize=16)
+def _laplace_scale(sensitivity: int, epsilon: float) -> float:
+    """A Laplace scale OpenDP certifies as `epsilon`-DP at this L1 sensitivity: sensitivity /
+    epsilon (exact for the discrete Laplace), nudged up until OpenDP's privacy map agrees
+    (its binary search costs seconds on a small device)."""
+    dp = _opendp()
+    space = (dp.vector_domain(dp.atom_domain(T=int)), dp.l1_distance(T=int))
+    scale = sensitivity / epsilon
+    while dp.m.make_laplace(*space, scale=scale).map(sensitivity) > epsilon:
+        scale *= 1.0 + 1e-9
+    return scale
+
+
 def _privatize(
     window: Window,
     values: dict[str, np.ndarray],
@@ -497,9 +511,7 @@ def _privatize(
     vec = np.concatenate([*hists, cls_vec, [counters[c] for c in count_names]]).astype(int)
     parts = len(SLOTS) + (1 if ncls else 0) + len(count_names)
     space = (dp.vector_domain(dp.atom_domain(T=int)), dp.l1_distance(T=int))
-    scale = dp.binary_search_param(
-        lambda s: dp.m.make_laplace(*space, scale=s), d_in=parts, d_out=float(epsilon)
-    )
+    scale = _laplace_scale(parts, float(epsilon))
     noisy = np.maximum(np.asarray(dp.m.make_laplace(*space, scale=scale)(vec.tolist())), 0)
     out_values, at = {}, 0
     for slot in SLOTS:
@@ -507,7 +519,7 @@ def _privatize(
         centres = np.sqrt(e[:-1] * e[1:]) if slot == "latency_ms" else (e[:-1] + e[1:]) / 2
         counts = noisy[at : at + DP_BINS]
         at += DP_BINS
-        if not window.values.get(slot):
+        if values[slot].size == 0:
             counts = np.zeros_like(counts)  # an unused slot stays empty (kinds are public)
         total = counts.sum()
         if total > MAX_ROWS:  # keep the sketch within its slot: scale down, keep the shape
@@ -756,8 +768,8 @@ class Telemetry:
             cur[0].counters[f"{kind}_{'pass' if ok else 'fail'}"] += 1
 
     def close_due(self, *, now: float | None = None, everything: bool = False) -> int:
-        """Close windows whose period has ended (all of them with `everything`) into the spool;
-        returns how many were spooled."""
+        """Close windows whose period has ended (all of them with `everything`) into the spool
+        and prune it; returns how many were spooled."""
         t = self.clock() if now is None else now
         done = 0
         for key in sorted(self._open, key=lambda k: k[2]):
@@ -765,6 +777,7 @@ class Telemetry:
             if everything or w.start + w.length_s <= t:
                 del self._open[key]
                 done += self._release(w, t)
+        self.spool.prune(now=t)  # the age bound holds even when nothing new closes
         return done
 
     def _release(self, w: Window, now: float) -> int:
@@ -787,7 +800,6 @@ class Telemetry:
         payload's hash, so the server can drop a resent one."""
         t = self.clock() if now is None else now
         self.close_due(now=t, everything=flush)
-        self.spool.prune(now=t)
         return [
             {"id": wid, "payload": base64.b64encode(p).decode("ascii")}
             for wid, p in self.spool.pending(limit)

@@ -3,7 +3,7 @@
     aggs = aggregate_windows([(device_id, payload_b64), ...])     # per version × class × day
     ref = reference_from_data(outputs, inputs)                      # at release time
     report = drift(aggs[key], ref, min_reporters=10)                # "drift" | "ok" | ...
-    gate_metrics(aggs.values(), {(name, version): ref})             # latency_p95, confidence_p50, drift_psi
+    gate_metrics(aggs.values(), {(name, version): ref})             # latency_p95, drift_psi, ...
     print(render_monitor_text(monitor_summary(aggs.values(), refs)))
 
 Imports numpy and datasketches only (and the device-side `edgeforge.fleet.telemetry`).

@@ -186,7 +186,7 @@ class Aggregate:
         """Distinct devices that sent a window (HLL estimate; exact in practice below ~100)."""
         if not self.reporters_hll:
             return 0
-        return int(round(ds.hll_sketch.deserialize(self.reporters_hll).get_estimate()))
+        return round(ds.hll_sketch.deserialize(self.reporters_hll).get_estimate())
 
     def add(self, device_id: str, window: WindowSummary) -> None:
         """Fold one decoded window from `device_id` into this aggregate."""

@@ -24,6 +24,7 @@ from edgeforge.fleet.monitor.aggregate import Aggregate, LogHistogram, Reference
 from edgeforge.fleet.telemetry import INPUT_SLOTS, OUTPUT_SLOTS
 
 __all__ = [
+    "DEFAULT_THRESHOLDS",
     "MIN_REPORTERS",
     "DriftReport",
     "Thresholds",
@@ -51,6 +52,9 @@ class Thresholds:
     psi: float = 0.2
     ks: float = 0.1
     js: float = 0.1
+
+
+DEFAULT_THRESHOLDS = Thresholds()
 
 
 def _psi_from(ref_p: np.ndarray, cur_p: np.ndarray) -> float:
@@ -149,7 +153,7 @@ def drift(
     current: Aggregate,
     reference: Reference | None,
     *,
-    thresholds: Thresholds = Thresholds(),
+    thresholds: Thresholds = DEFAULT_THRESHOLDS,
     min_reporters: int = MIN_REPORTERS,
 ) -> DriftReport:
     """Compare an aggregate with its reference: PSI and KS per summary (confidence, input and
@@ -207,7 +211,7 @@ def gate_metrics(
     references: Mapping[Any, Reference] | None = None,
     *,
     min_reporters: int = MIN_REPORTERS,
-    thresholds: Thresholds = Thresholds(),
+    thresholds: Thresholds = DEFAULT_THRESHOLDS,
 ) -> dict[str, dict[str, Any]]:
     """What the rollout gates read, per "NAME@VERSION/CLASS" (aggregates of several days are
     merged first): latency_p50/p95 (ms), confidence_p50, drift_psi, drift verdict, error_rate,

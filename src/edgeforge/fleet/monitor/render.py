@@ -20,6 +20,7 @@ from typing import Any
 
 from edgeforge.fleet.monitor.aggregate import Aggregate, Reference
 from edgeforge.fleet.monitor.drift import (
+    DEFAULT_THRESHOLDS,
     MIN_REPORTERS,
     Thresholds,
     _reference_for,
@@ -36,7 +37,7 @@ def monitor_summary(
     *,
     model: str | None = None,
     min_reporters: int = MIN_REPORTERS,
-    thresholds: Thresholds = Thresholds(),
+    thresholds: Thresholds = DEFAULT_THRESHOLDS,
 ) -> dict[str, Any]:
     """The monitor's JSON object: per version × class the gate metrics over all days given, and
     the drift verdict of each day."""

@@ -312,7 +312,8 @@ def test_device_side_imports_neither_torch_nor_opendp_without_epsilon(tmp_path):
         "t.set_model('m', 1)\n"
         "t.observe(np.zeros((1, 3, 4, 4), np.float32), np.ones((1, 4)) / 4, 1.0, now=0.0)\n"
         "assert t.drain(now=5.0)\n"
-        "bad = [m for m in ('torch', 'opendp', 'onnx', 'edgeforge.fleet.monitor') if m in sys.modules]\n"
+        "heavy = ('torch', 'opendp', 'onnx', 'edgeforge.fleet.monitor')\n"
+        "bad = [m for m in heavy if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
     done = _run(code)

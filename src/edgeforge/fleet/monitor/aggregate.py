@@ -8,10 +8,12 @@ counts are integers: adding histograms is exactly commutative and associative, s
 is a function of the set of windows it holds, whatever their arrival order. The only
 approximation left is each device's KLL (rank error ~2-4% of its window), which averages out
 across windows. Class frequencies are likewise summed as integer counts; the distinct reporting
-devices are counted with an HLL sketch of their hashed ids (its union is order-independent).
+devices are counted with a Theta sketch of their hashed ids (exact up to 1,024 devices per
+aggregate, ~3% beyond; its ordered compact form is the same whatever the merge order, which
+an HLL's list mode is not).
 
 Invariants: `a.merge(b).to_dict() == b.merge(a).to_dict()`; an aggregate carries no device id
-(only the HLL registers of their hashes) and no input value.
+(only a Theta sketch of their hashes) and no input value.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ __all__ = [
 GAMMA = 1.002  # bucket i holds (GAMMA**(i-1), GAMMA**i]; relative accuracy (GAMMA-1)/(GAMMA+1)
 _LOG_GAMMA = math.log(GAMMA)
 _ZERO = 1e-9  # |x| below this counts as 0
-HLL_LG_K = 12
+THETA_LG_K = 10
 
 
 @dataclass
@@ -176,17 +178,17 @@ class Aggregate:
             k: [0.0, 0.0] for k in ("temperature_c", "battery_pct", "throttled")
         }
     )  # sum, count
-    reporters_hll: bytes = b""
+    reporters_theta: bytes = b""
 
     @property
     def key(self) -> tuple[str, int, str, str]:
         return (self.name, self.version, self.device_class, self.day)
 
     def reporters(self) -> int:
-        """Distinct devices that sent a window (HLL estimate; exact in practice below ~100)."""
-        if not self.reporters_hll:
+        """Distinct devices that sent a window (exact up to 1,024)."""
+        if not self.reporters_theta:
             return 0
-        return round(ds.hll_sketch.deserialize(self.reporters_hll).get_estimate())
+        return round(ds.compact_theta_sketch.deserialize(self.reporters_theta).get_estimate())
 
     def add(self, device_id: str, window: WindowSummary) -> None:
         """Fold one decoded window from `device_id` into this aggregate."""
@@ -209,9 +211,9 @@ class Aggregate:
             v = window.facts.get(k)
             if v is not None:
                 one.facts[k] = [float(v), 1.0]
-        hll = ds.hll_sketch(HLL_LG_K)
-        hll.update(_hash_device(device_id))
-        one.reporters_hll = hll.serialize_compact()
+        theta = ds.update_theta_sketch(THETA_LG_K)
+        theta.update(_hash_device(device_id))
+        one.reporters_theta = theta.compact(True).serialize()
         merged = self.merge(one)
         self.__dict__.update(merged.__dict__)
 
@@ -241,12 +243,12 @@ class Aggregate:
             k: [self.facts[k][0] + other.facts[k][0], self.facts[k][1] + other.facts[k][1]]
             for k in self.facts
         }
-        union = ds.hll_union(HLL_LG_K)
-        for blob in (self.reporters_hll, other.reporters_hll):
+        union = ds.theta_union(THETA_LG_K)
+        for blob in (self.reporters_theta, other.reporters_theta):
             if blob:
-                union.update(ds.hll_sketch.deserialize(blob))
-        if self.reporters_hll or other.reporters_hll:
-            out.reporters_hll = union.get_result().serialize_compact()
+                union.update(ds.compact_theta_sketch.deserialize(blob))
+        if self.reporters_theta or other.reporters_theta:
+            out.reporters_theta = union.get_result(True).serialize()
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -266,7 +268,7 @@ class Aggregate:
             "classes": dict(sorted(self.classes.items())),
             "class_other": self.class_other,
             "facts": {k: list(v) for k, v in self.facts.items()},
-            "reporters_hll": base64.b64encode(self.reporters_hll).decode("ascii"),
+            "reporters_theta": base64.b64encode(self.reporters_theta).decode("ascii"),
         }
 
     @classmethod
@@ -280,7 +282,7 @@ class Aggregate:
         out.classes = {str(k): int(v) for k, v in d["classes"].items()}
         out.class_other = int(d["class_other"])
         out.facts = {k: [float(a), float(b)] for k, (a, b) in d["facts"].items()}
-        out.reporters_hll = base64.b64decode(d["reporters_hll"])
+        out.reporters_theta = base64.b64decode(d["reporters_theta"])
         return out
 
 

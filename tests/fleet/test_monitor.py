@@ -257,3 +257,58 @@ def test_monitor_summary_json_and_text(fleet_reference):
     text = M.render_monitor_text(summary)
     assert "m@1" in text and "1970-01-02" in text and "drift" in text
     assert M.monitor_summary([], model="m")["versions"] == []
+
+
+def test_a_lying_device_cannot_outweigh_an_honest_window_or_crash_the_server():
+    import subprocess
+    import sys
+
+    code = """
+import numpy as np, random, struct
+from edgeforge.errors import EdgeforgeError
+from edgeforge.fleet import telemetry as T
+rng = np.random.default_rng(0)
+w = T.Window("m", 1, "pi4", 0.0, 60.0)
+probs = rng.dirichlet(np.ones(6), size=500).astype(np.float32)
+w.add(T.row_features({"x": rng.random((500, 3, 4, 4))}, probs), 3.0, 6)
+good = w.to_bytes()
+refused = decoded = 0
+r = random.Random(1)
+for i in range(600):
+    bad = bytearray(good)
+    for _ in range(r.randint(1, 8)):
+        bad[r.randrange(T._HEADER.size - 60, len(bad))] = r.randrange(256)
+    try:
+        T.decode_window(bytes(bad))
+        decoded += 1
+    except EdgeforgeError:
+        refused += 1
+for i in range(300):  # garbage behind a valid magic and format
+    junk = bytearray(r.randbytes(len(good)))
+    junk[:6] = good[:6]
+    try:
+        T.decode_window(bytes(junk))
+        decoded += 1
+    except EdgeforgeError:
+        refused += 1
+heavy = bytearray(good)
+struct.pack_into("<I", heavy, T._HEADER.size - 54, 10**9)  # rows
+try:
+    T.decode_window(bytes(heavy)); print("heavy accepted")
+except EdgeforgeError as e:
+    print("heavy refused:", e)
+print(decoded, refused)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]  # no crash of the decoder on any of them
+    assert "heavy refused" in done.stdout
+    decoded, refused = map(int, done.stdout.split()[-2:])
+    assert decoded + refused == 900 and refused >= 300
+
+
+def test_the_enrolled_class_wins_over_the_class_a_window_claims():
+    rng = np.random.default_rng(0)
+    img = _images(rng, 16)
+    payload = device_window("m", 1, 0.0, {"image": img}, _model(img), [2.0])
+    aggs = M.aggregate_windows([("d1", payload)], device_classes={"d1": "jetson"})
+    assert list(aggs) == [("m", 1, "jetson", "1970-01-01")]

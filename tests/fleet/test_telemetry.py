@@ -73,15 +73,21 @@ def test_payload_size_does_not_depend_on_inputs_or_their_number(tmp_path, kind):
 
 @pytest.mark.parametrize("k", [T.K_MAIN, T.K_FEATURE])
 def test_kll_slot_holds_every_window_up_to_max_rows(k):
-    # A KLL's serialised size depends on n only; sweep n with two unlike streams.
+    # How many items a KLL keeps depends on n only; sweep n with two unlike streams.
     for seed, draw in ((0, "normal"), (1, "exponential")):
         values = getattr(np.random.default_rng(seed), draw)(size=T.MAX_ROWS).astype(np.float32)
         sk = ds.kll_floats_sketch(k)
         worst = 0
         for v in values:
             sk.update(float(v))
-            worst = max(worst, len(sk.serialize()))
-        assert worst <= T._KLL_SLOT[k]
+            worst = max(worst, sk.num_retained)
+        assert worst <= T._KLL_ITEMS[k]
+        blob = T._encode_kll(sk, k)
+        assert len(blob) == T._KLL_SLOT[k]
+        back = T._decode_kll(blob, k)  # the wire form is the sketch's content, exactly
+        assert back.n == sk.n and back.max == sk.get_max_value()
+        assert sorted(back.values.tolist()) == sorted(float(v) for v, _ in sk)
+        assert back.quantiles([0.5]) == pytest.approx(sk.get_quantiles([0.5]), abs=1e-6)
 
 
 def test_class_slot_holds_the_worst_class_mix():
@@ -160,11 +166,11 @@ def test_contributions_are_clipped(tmp_path):
     w = T.decode_window(entry["payload"])
     assert w.counters["rows"] == T.MAX_ROWS and w.counters["clipped"] == 11
     lo, hi = T.CLIP["feature"]
-    assert w.sketches["in0"].get_max_value() == pytest.approx(hi)
-    assert w.sketches["in1"].get_min_value() == pytest.approx(lo)
+    assert w.sketches["in0"].max == pytest.approx(hi)
+    assert w.sketches["in1"].min == pytest.approx(lo)
     assert w.sketches["in2"].n == T.MAX_ROWS - 1  # NaN is not summarised
-    assert w.sketches["out0"].get_max_value() == pytest.approx(hi)
-    assert w.sketches["latency_ms"].get_max_value() == pytest.approx(T.CLIP["latency_ms"][1])
+    assert w.sketches["out0"].max == pytest.approx(hi)
+    assert w.sketches["latency_ms"].max == pytest.approx(T.CLIP["latency_ms"][1])
 
 
 def test_confidence_follows_the_output_kind():

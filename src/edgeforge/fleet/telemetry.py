@@ -54,13 +54,17 @@ __all__ = [
     "PAYLOAD_SIZE",
     "SLOTS",
     "EpsilonLedger",
+    "Sample",
     "Spool",
     "Telemetry",
     "Window",
     "WindowSummary",
+    "clip_range",
+    "clip_values",
     "decode_window",
     "device_facts",
     "row_features",
+    "window_id",
 ]
 
 # --- the fixed layout -------------------------------------------------------------------------
@@ -80,9 +84,17 @@ SLOTS: tuple[str, ...] = (
     *(f"in{i}" for i in range(INPUT_SLOTS)),
     *(f"out{i}" for i in range(OUTPUT_SLOTS)),
 )
-# Largest serialised KLL for n <= MAX_ROWS (its size depends on n only; tests sweep n to check).
-_KLL_SLOT = {K_MAIN: 1460, K_FEATURE: 760}
-_CLASS_SLOT = 512
+# The wire form of a KLL sketch is its retained items, grouped by level (an item at level h
+# weighs 2**h), in our own layout: the server never hands device bytes to a native parser (the
+# DataSketches deserialisers crash on crafted input). A sketch keeps at most `_KLL_ITEMS[k]`
+# items for n <= MAX_ROWS (it depends on n only; tests sweep n to check).
+MAX_LEVELS = 12
+_KLL_HEAD = struct.Struct(f"<IffB{MAX_LEVELS}H")  # n, min, max, levels, items per level
+_KLL_ITEMS = {K_MAIN: 355, K_FEATURE: 180}
+_KLL_SLOT = {k: _KLL_HEAD.size + 4 * items for k, items in _KLL_ITEMS.items()}
+MAX_CLASS_ITEMS = 32  # a frequent-items map of 2**LG_CLASSES slots holds at most 24
+_CLASS_HEAD = struct.Struct("<IH")  # total weight, entries
+_CLASS_SLOT = _CLASS_HEAD.size + 8 * MAX_CLASS_ITEMS  # (class id, count) as two u32
 _SLOT_K = {name: (K_MAIN if name in ("latency_ms", "confidence") else K_FEATURE) for name in SLOTS}
 
 OUTPUT_KINDS = ("probabilities", "logits", "regression", "embedding", "none")
@@ -103,13 +115,7 @@ _COUNTERS = (
     "calls",
     "spool_dropped",
 )
-_SLOT_LEN = struct.Struct("<H")
-PAYLOAD_SIZE = (
-    _HEADER.size
-    + sum(_SLOT_LEN.size + _KLL_SLOT[_SLOT_K[s]] for s in SLOTS)
-    + _SLOT_LEN.size
-    + _CLASS_SLOT
-)
+PAYLOAD_SIZE = _HEADER.size + sum(_KLL_SLOT[_SLOT_K[s]] for s in SLOTS) + _CLASS_SLOT
 
 # Clip ranges: every value a row contributes lies in these (and, with epsilon, they are the
 # histogram ranges the noise is added on). Latency is binned on a log scale.
@@ -309,6 +315,28 @@ def device_facts(sysfs: Path = Path("/sys")) -> dict[str, float | int | None]:
 # --- one window -------------------------------------------------------------------------------
 
 
+def clip_range(slot: str, confidence_kind: str) -> tuple[float, float]:
+    """The range every value of `slot` is clipped to (the same on devices and in references)."""
+    if slot == "latency_ms":
+        return CLIP["latency_ms"]
+    if slot == "confidence":
+        return CLIP.get(confidence_kind, CLIP["feature"])
+    return CLIP["feature"]
+
+
+def clip_values(slot: str, values: np.ndarray, confidence_kind: str) -> np.ndarray:
+    """Finite values of `slot`, clipped to `clip_range` (NaN and infinities are dropped)."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    lo, hi = clip_range(slot, confidence_kind)
+    return np.clip(v[np.isfinite(v)], lo, hi)
+
+
+def window_id(payload: bytes) -> str:
+    """The id a window travels under: the first 128 bits of its SHA-256, hex. A resent window
+    (its acknowledgement lost) has the same id, so the server can count it once."""
+    return hashlib.sha256(payload).hexdigest()[:32]
+
+
 def _kll(k: int) -> Any:
     return ds.kll_floats_sketch(k)
 
@@ -350,20 +378,13 @@ class Window:
             self.classes.append(row["classes"][:take])
 
     def _clip_range(self, slot: str) -> tuple[float, float]:
-        if slot == "latency_ms":
-            return CLIP["latency_ms"]
-        if slot == "confidence":
-            return CLIP.get(self.confidence_kind, CLIP["feature"])
-        return CLIP["feature"]
+        return clip_range(slot, self.confidence_kind)
 
     def clipped_values(self, slot: str) -> np.ndarray:
         arrs = self.values.get(slot)
         if not arrs:
             return np.zeros(0)
-        v = np.concatenate(arrs)
-        v = v[np.isfinite(v)]
-        lo, hi = self._clip_range(slot)
-        return np.clip(v, lo, hi)
+        return clip_values(slot, np.concatenate(arrs), self.confidence_kind)
 
     def class_counts(self) -> dict[int, int]:
         if not self.classes:
@@ -424,12 +445,12 @@ class Window:
             sk = _kll(k)
             if values[slot].size:
                 sk.update(values[slot].astype(np.float32))
-            parts.append(_pad(sk.serialize(), _KLL_SLOT[k], slot))
+            parts.append(_encode_kll(sk, k))
         fi = ds.frequent_strings_sketch(LG_CLASSES)
         for cid, n in classes.items():
             if n > 0:
                 fi.update(str(cid), int(n))
-        parts.append(_pad(fi.serialize(), _CLASS_SLOT, "classes"))
+        parts.append(_encode_classes(fi))
         payload = b"".join(parts)
         assert len(payload) == PAYLOAD_SIZE, (len(payload), PAYLOAD_SIZE)
         return payload
@@ -442,10 +463,82 @@ def _fixed(text: str, size: int, what: str) -> bytes:
     return raw
 
 
-def _pad(blob: bytes, size: int, what: str) -> bytes:
-    if len(blob) > size:  # cannot happen for n <= MAX_ROWS; a loud failure if it ever does
-        raise AssertionError(f"telemetry slot {what}: {len(blob)} bytes > {size}")
-    return _SLOT_LEN.pack(len(blob)) + blob + bytes(size - len(blob))
+def _encode_kll(sk: Any, k: int) -> bytes:
+    """A KLL sketch's retained items by level, zero-padded to the slot of its k."""
+    size = _KLL_SLOT[k]
+    if sk.is_empty():
+        return _KLL_HEAD.pack(0, math.nan, math.nan, 0, *([0] * MAX_LEVELS)) + bytes(
+            size - _KLL_HEAD.size
+        )
+    by_level: dict[int, list[float]] = {}
+    for item, weight in sk:
+        by_level.setdefault(int(weight).bit_length() - 1, []).append(item)
+    levels = max(by_level) + 1
+    counts = [len(by_level.get(h, [])) for h in range(MAX_LEVELS)]
+    if levels > MAX_LEVELS or sum(counts) > _KLL_ITEMS[k]:  # cannot happen for n <= MAX_ROWS
+        raise AssertionError(f"KLL k={k} n={sk.n}: {sum(counts)} items, {levels} levels")
+    items = np.concatenate(
+        [np.sort(np.asarray(by_level.get(h, []), np.float32)) for h in range(levels)]
+    )
+    head = _KLL_HEAD.pack(int(sk.n), sk.get_min_value(), sk.get_max_value(), levels, *counts)
+    blob = head + items.astype("<f4").tobytes()
+    return blob + bytes(size - len(blob))
+
+
+def _encode_classes(fi: Any) -> bytes:
+    items = fi.get_frequent_items(ds.frequent_items_error_type.NO_FALSE_NEGATIVES)
+    pairs = sorted((int(item), int(est)) for item, est, _lb, _ub in items)[:MAX_CLASS_ITEMS]
+    blob = _CLASS_HEAD.pack(min(int(fi.total_weight), 2**32 - 1), len(pairs))
+    blob += b"".join(struct.pack("<II", cid, n) for cid, n in pairs)
+    return blob + bytes(_CLASS_SLOT - len(blob))
+
+
+@dataclass
+class Sample:
+    """A decoded KLL sketch: its retained items and their weights (powers of two). `n` is the
+    number of values the device summarised."""
+
+    values: np.ndarray
+    weights: np.ndarray
+    min: float
+    max: float
+
+    @property
+    def n(self) -> int:
+        return int(self.weights.sum())
+
+    def is_empty(self) -> bool:
+        return self.n == 0
+
+    def quantiles(self, qs: Sequence[float]) -> list[float]:
+        order = np.argsort(self.values, kind="stable")
+        v, cum = self.values[order], np.cumsum(self.weights[order]) / self.n
+        return [float(v[min(np.searchsorted(cum, q - 1e-12), len(v) - 1)]) for q in qs]
+
+
+def _decode_kll(buf: bytes, k: int) -> Sample:
+    n, lo, hi, levels, *counts = _KLL_HEAD.unpack_from(buf, 0)
+    total = sum(counts)
+    if n > MAX_ROWS or levels > MAX_LEVELS or total > _KLL_ITEMS[k] or any(counts[levels:]):
+        raise EdgeforgeError(f"telemetry sketch claims {n} values in {total} items; refused")
+    weights = np.repeat(2 ** np.arange(MAX_LEVELS, dtype=np.int64), counts)
+    if int(weights.sum()) != n:
+        raise EdgeforgeError("telemetry sketch weights do not add up to its count; refused")
+    values = np.frombuffer(buf, dtype="<f4", count=total, offset=_KLL_HEAD.size).astype(np.float32)
+    if n and not (np.isfinite(values).all() and math.isfinite(lo) and math.isfinite(hi)):
+        raise EdgeforgeError("telemetry sketch holds a value that is not finite; refused")
+    return Sample(values, weights, lo, hi)
+
+
+def _decode_classes(buf: bytes) -> tuple[dict[int, int], int]:
+    total, entries = _CLASS_HEAD.unpack_from(buf, 0)
+    if entries > MAX_CLASS_ITEMS or total > MAX_ROWS:
+        raise EdgeforgeError(f"telemetry class table claims {total} rows; refused")
+    pairs = np.frombuffer(buf, dtype="<u4", count=2 * entries, offset=_CLASS_HEAD.size)
+    ids, counts = pairs[0::2].astype(np.int64), pairs[1::2].astype(np.int64)
+    if (ids > MAX_CLASS_ID).any() or len(set(ids.tolist())) != entries or counts.sum() > total:
+        raise EdgeforgeError("telemetry class table is inconsistent; refused")
+    return {int(i): int(c) for i, c in zip(ids, counts, strict=True)}, int(total)
 
 
 # --- local differential privacy ---------------------------------------------------------------
@@ -492,10 +585,12 @@ def _privatize(
 ) -> tuple[dict[str, np.ndarray], dict[int, int], dict[str, int]]:
     """Laplace noise (OpenDP, integer counts) on one vector holding every row-dependent number:
     a DP_BINS histogram per slot over its clip range, the class counts over 0..num_classes-1
-    and the row, clipped, call and error counters. One row changes each histogram, the class
-    counts and the counters by at most 1 each, so the L1 sensitivity is the number of those
-    parts; the scale is the smallest giving `epsilon`. The noisy histograms are turned back into
-    sketches (bin centres repeated), so the server merges them like any window."""
+    and the row, clipped, call and error counters. Adding or removing one row changes each of
+    those parts by at most 2 (1 for the row itself, and 1 more when the MAX_ROWS cap moves
+    another row between summarised and clipped), so the L1 sensitivity is twice the number of
+    parts; the scale is what OpenDP certifies for `epsilon`. The noisy histograms are turned
+    back into sketches (bin centres repeated), so the server merges them like any window.
+    Classes beyond the first 1,024 are not released in a private window."""
     dp = _opendp()
     hists, edges = [], {}
     for slot in SLOTS:
@@ -509,7 +604,7 @@ def _privatize(
     cls_vec = np.array([classes.get(i, 0) for i in range(ncls)], dtype=np.int64)
     count_names = ("rows", "clipped", "calls", "errors")
     vec = np.concatenate([*hists, cls_vec, [counters[c] for c in count_names]]).astype(int)
-    parts = len(SLOTS) + (1 if ncls else 0) + len(count_names)
+    parts = 2 * (len(SLOTS) + (1 if ncls else 0) + len(count_names))
     space = (dp.vector_domain(dp.atom_domain(T=int)), dp.l1_distance(T=int))
     scale = _laplace_scale(parts, float(epsilon))
     noisy = np.maximum(np.asarray(dp.m.make_laplace(*space, scale=scale)(vec.tolist())), 0)
@@ -525,11 +620,15 @@ def _privatize(
         if total > MAX_ROWS:  # keep the sketch within its slot: scale down, keep the shape
             counts = np.floor(counts * (MAX_ROWS / total)).astype(int)
         out_values[slot] = np.repeat(centres, counts)
-    out_classes = {i: int(n) for i, n in enumerate(noisy[at : at + ncls]) if n > 0}
+    cls_counts = noisy[at : at + ncls]
+    if cls_counts.sum() > MAX_ROWS:
+        cls_counts = np.floor(cls_counts * (MAX_ROWS / cls_counts.sum())).astype(int)
+    out_classes = {i: int(n) for i, n in enumerate(cls_counts) if n > 0}
     at += ncls
     out_counters = dict(counters)
     for name, n in zip(count_names, noisy[at : at + len(count_names)], strict=True):
         out_counters[name] = int(n)
+    out_counters["rows"] = min(out_counters["rows"], MAX_ROWS)
     return out_values, out_classes, out_counters
 
 
@@ -621,7 +720,7 @@ class Spool:
         return sorted(self.path.glob("*.win"))
 
     def put(self, payload: bytes, end: float, *, now: float) -> str:
-        wid = hashlib.sha256(payload).hexdigest()[:32]
+        wid = window_id(payload)
         _write_atomic(self.path / f"{int(end * 1e6):020d}-{wid}.win", payload)
         self.prune(now=now)
         return wid
@@ -840,8 +939,9 @@ class WindowSummary:
     num_classes: int
     counters: dict[str, int]
     facts: dict[str, float | int | None]
-    sketches: dict[str, Any]  # slot -> kll_floats_sketch
-    classes: Any  # frequent_strings_sketch
+    sketches: dict[str, Sample]  # slot -> the KLL sketch's retained items
+    classes: dict[int, int]  # class id -> count (the frequent-items sketch's estimates)
+    class_total: int  # rows with a predicted class (classes not tracked = the rest)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -888,15 +988,19 @@ def decode_window(payload: bytes | str) -> WindowSummary:
         at = _HEADER.size
         sketches = {}
         for slot in SLOTS:
-            size = _KLL_SLOT[_SLOT_K[slot]]
-            (used,) = _SLOT_LEN.unpack_from(payload, at)
-            sketches[slot] = ds.kll_floats_sketch.deserialize(payload[at + 2 : at + 2 + used])
-            at += 2 + size
-        (used,) = _SLOT_LEN.unpack_from(payload, at)
-        classes = ds.frequent_strings_sketch.deserialize(payload[at + 2 : at + 2 + used])
+            k = _SLOT_K[slot]
+            sketches[slot] = _decode_kll(payload[at : at + _KLL_SLOT[k]], k)
+            at += _KLL_SLOT[k]
+        classes, class_total = _decode_classes(payload[at:])
         okind, ikind, ckind = OUTPUT_KINDS[ok], INPUT_KINDS[ik], CONFIDENCE_KINDS[ck]
-    except (UnicodeDecodeError, IndexError, RuntimeError, ValueError) as exc:
+    except (UnicodeDecodeError, IndexError, ValueError, struct.error) as exc:
         raise EdgeforgeError(f"telemetry payload is corrupt: {exc}") from exc
+    # A device may lie; what it may not do is weigh more than one honest window (clipping,
+    # server side, above and in the decoders) or crash the server.
+    if counters["rows"] > MAX_ROWS:
+        raise EdgeforgeError(f"telemetry window claims more than {MAX_ROWS} rows; refused")
+    if not (math.isfinite(start) and math.isfinite(length) and length > 0):
+        raise EdgeforgeError("telemetry window has no valid time span; refused")
 
     def nan_none(v: float) -> float | None:
         return None if math.isnan(v) else v
@@ -922,4 +1026,5 @@ def decode_window(payload: bytes | str) -> WindowSummary:
         },
         sketches=sketches,
         classes=classes,
+        class_total=class_total,
     )

@@ -33,7 +33,9 @@ from edgeforge.errors import EdgeforgeError
 from edgeforge.fleet.telemetry import (
     _COUNTERS,
     SLOTS,
+    Sample,
     WindowSummary,
+    clip_values,
     decode_window,
     row_features,
 )
@@ -83,11 +85,10 @@ class LogHistogram:
             for k, s in zip(keys.tolist(), sums.tolist(), strict=True):
                 table[k] = table.get(k, 0) + s
 
-    def add_kll(self, sketch: Any) -> None:
-        if sketch.is_empty():
-            return
-        items = list(sketch)
-        self.add(np.array([i for i, _ in items]), np.array([w for _, w in items]))
+    def add_sample(self, sample: Sample) -> None:
+        """A device's KLL sketch: its retained items with their weights."""
+        if not sample.is_empty():
+            self.add(sample.values, sample.weights)
 
     def merge(self, other: LogHistogram) -> LogHistogram:
         out = LogHistogram(dict(self.pos), dict(self.neg), self.zero + other.zero)
@@ -142,11 +143,6 @@ class LogHistogram:
 
 def day_of(t: float) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(t))
-
-
-def _class_counts(fi: Any) -> dict[str, int]:
-    items = fi.get_frequent_items(ds.frequent_items_error_type.NO_FALSE_NEGATIVES)
-    return {str(item): int(est) for item, est, _lb, _ub in items}
 
 
 def _hash_device(device_id: str) -> str:
@@ -204,9 +200,9 @@ class Aggregate:
         one.private_windows = int(window.private)
         one.counters = {c: int(window.counters.get(c, 0)) for c in _COUNTERS}
         for slot, sk in window.sketches.items():
-            one.slots[slot].add_kll(sk)
-        one.classes = _class_counts(window.classes)
-        one.class_other = max(0, int(window.classes.total_weight) - sum(one.classes.values()))
+            one.slots[slot].add_sample(sk)
+        one.classes = {str(k): v for k, v in window.classes.items()}
+        one.class_other = max(0, window.class_total - sum(one.classes.values()))
         for k in one.facts:
             v = window.facts.get(k)
             if v is not None:
@@ -288,12 +284,19 @@ class Aggregate:
 
 def aggregate_windows(
     windows: Iterable[tuple[str, bytes | str | WindowSummary]],
+    *,
+    device_classes: Mapping[str, str] | None = None,
 ) -> dict[tuple[str, int, str, str], Aggregate]:
     """Fold `(device_id, payload)` pairs into aggregates keyed by (name, version, device class,
-    day of the window's start, UTC). The result does not depend on the pairs' order."""
+    day of the window's start, UTC). The result does not depend on the pairs' order.
+    `device_classes` (device id -> class, from enrolment) overrides the class a window claims:
+    a device cannot report into another class's aggregate. Deduplicate resent windows by
+    `telemetry.window_id(payload)` before calling this."""
     out: dict[tuple[str, int, str, str], Aggregate] = {}
     for device_id, payload in windows:
         w = payload if isinstance(payload, WindowSummary) else decode_window(payload)
+        if device_classes is not None and device_id in device_classes:
+            w.device_class = device_classes[device_id]
         key = (w.name, w.version, w.device_class, day_of(w.start))
         if key not in out:
             out[key] = Aggregate(*key)
@@ -358,9 +361,9 @@ def reference_from_data(
         )
     slots = {s: LogHistogram() for s in SLOTS}
     for slot, arr in rf["features"].items():
-        slots[slot].add(arr)
+        slots[slot].add(clip_values(slot, arr, rf["confidence_kind"]))
     if latency_ms is not None:
-        slots["latency_ms"].add(np.asarray(latency_ms, dtype=np.float64).ravel())
+        slots["latency_ms"].add(clip_values("latency_ms", latency_ms, "none"))
     cls = rf["classes"]
     ids, counts = np.unique(cls[cls >= 0], return_counts=True)
     return Reference(

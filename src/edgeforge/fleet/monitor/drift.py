@@ -206,6 +206,16 @@ def _reference_for(references: Mapping[Any, Reference] | None, agg: Aggregate) -
     return None
 
 
+def _rate(agg: Aggregate, kind: str) -> float | None:
+    ok, bad = agg.counters[f"{kind}_pass"], agg.counters[f"{kind}_fail"]
+    return ok / (ok + bad) if ok + bad else None
+
+
+def _mean(agg: Aggregate, fact: str) -> float | None:
+    total, count = agg.facts[fact]
+    return total / count if count else None
+
+
 def gate_metrics(
     aggregates: Iterable[Aggregate],
     references: Mapping[Any, Reference] | None = None,
@@ -215,7 +225,8 @@ def gate_metrics(
 ) -> dict[str, dict[str, Any]]:
     """What the rollout gates read, per "NAME@VERSION/CLASS" (aggregates of several days are
     merged first): latency_p50/p95 (ms), confidence_p50, drift_psi, drift verdict, error_rate,
-    reporters, rows. Every figure is None below `min_reporters` devices. `references` maps
+    canary and health pass rates, mean temperature, throttled share, battery, reporters, rows.
+    Every figure is None below `min_reporters` devices. `references` maps
     (name, version, device_class) or (name, version) to a `Reference`."""
     merged: dict[tuple[str, int, str], Aggregate] = {}
     for agg in sorted(aggregates, key=lambda a: a.key):
@@ -243,6 +254,11 @@ def gate_metrics(
             "confidence_p50": conf.quantile(0.5) if enough and conf.n else None,
             "confidence_kind": agg.confidence_kind,
             "error_rate": (agg.counters["errors"] / calls) if enough and calls else None,
+            "canary_pass_rate": _rate(agg, "canary") if enough else None,
+            "health_pass_rate": _rate(agg, "health") if enough else None,
+            "temperature_c_mean": _mean(agg, "temperature_c") if enough else None,
+            "throttled_share": _mean(agg, "throttled") if enough else None,
+            "battery_pct_mean": _mean(agg, "battery_pct") if enough else None,
             "drift_psi": report.drift_psi,
             "drift": report.verdict,
         }

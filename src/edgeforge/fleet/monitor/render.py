@@ -5,7 +5,9 @@ JSON shape (format 1), what `monitor --json` prints and `/v1/admin/monitor` may 
     {"format": 1, "min_reporters": 10, "thresholds": {"psi", "ks", "js"},
      "versions": [{"name", "version", "device_class", "reporters", "enough_reporters",
                    "windows", "rows", "latency_p50", "latency_p95", "confidence_p50",
-                   "confidence_kind", "error_rate", "drift_psi", "drift",
+                   "confidence_kind", "error_rate", "canary_pass_rate", "health_pass_rate",
+                   "temperature_c_mean", "throttled_share", "battery_pct_mean", "drift_psi",
+                   "drift",
                    "days": [{"day", "reporters", "drift", "drift_psi", "classes_js",
                              "reasons": [...]}]}]}
 

@@ -188,6 +188,11 @@ def test_confidence_follows_the_output_kind():
     a = T.row_features(None, emb, output_kind="embedding")["features"]
     b = T.row_features(None, emb, output_kind="embedding")["features"]
     assert np.array_equal(a["out0"], b["out0"]) and np.isfinite(a["out1"]).all()
+    tokens = np.zeros((2, 3, 4))  # a sequence of logits: uniform (row 0), certain (row 1)
+    tokens[1, :, 2] = 100.0
+    rf = T.row_features(None, tokens)
+    assert rf["confidence_kind"] == "entropy" and rf["classes"].tolist() == [-1, -1]
+    np.testing.assert_allclose(rf["features"]["confidence"], [np.log(4), 0.0], atol=1e-9)
     text = np.array([[5, 6, 7, 0, 0], [9, 0, 0, 0, 0]])
     assert T.row_features({"ids": text}, None)["features"]["in0"].tolist() == [3, 1]
     with pytest.raises(EdgeforgeError, match="kinds"):

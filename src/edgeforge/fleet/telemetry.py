@@ -14,11 +14,14 @@ The agent calls, per model it activates and per inference:
     tel.ack([e["id"] for e in entries])                              # after the server's 202
 
 Invariants a caller can rely on:
-- A payload is exactly `PAYLOAD_SIZE` bytes whatever the inputs, the outputs or the number of
-  inferences: a fixed header and one fixed-size slot per sketch (the sketches' serialised size
-  depends only on how many values went in, which is capped at `MAX_ROWS` per window).
-- No input value leaves the device: a payload holds summaries of per-row statistics (KLL
-  quantile sketches, a frequent-items sketch of predicted classes) and counts, never a tensor.
+- A payload is exactly `PAYLOAD_SIZE` bytes (9,408) whatever the inputs, the outputs or the
+  number of inferences: a fixed header and one zero-padded slot per sketch (how many items a
+  KLL sketch keeps depends only on how many values went in, capped at `MAX_ROWS` per window).
+- No input value leaves the device: a payload holds summaries of per-row statistics (DataSketches
+  KLL quantile sketches, a frequent-items sketch of predicted classes) and counts, never a
+  tensor. On the wire a KLL sketch is its retained items by level and the classes a table of
+  (id, count), in our own layout that the server parses with bounds checks (`decode_window`):
+  DataSketches' own deserialisers crash on crafted bytes, and a device may lie.
   Every contribution is clipped to a fixed range; rows beyond `MAX_ROWS` in a window are counted
   and not summarised.
 - With `epsilon` set, each released window is epsilon-differentially private for one input row
@@ -170,10 +173,14 @@ def _rows(x: np.ndarray) -> np.ndarray:
     return x.reshape(1, -1) if x.ndim <= 1 else x
 
 
+_PIXELS = 4096
+
+
 def input_features(x: np.ndarray, kind: str, *, pad_id: int = 0) -> np.ndarray:
     """Per-row statistics of one input batch: shape (rows, INPUT_SLOTS), NaN where unused.
 
-    image (N,C,H,W or N,H,W,C): mean and standard deviation of the first 3 channels;
+    image (N,C,H,W or N,H,W,C): mean and standard deviation of the first 3 channels (over a
+    fixed stride of at most ~4096 pixels a channel);
     text (N,T integer ids): number of tokens that are not `pad_id`; tabular (N,F): the first 6
     columns; sequence (N,T,F): mean and standard deviation over the row.
     """
@@ -181,10 +188,12 @@ def input_features(x: np.ndarray, kind: str, *, pad_id: int = 0) -> np.ndarray:
     out = np.full((x.shape[0], INPUT_SLOTS), np.nan, dtype=np.float64)
     if kind == "image" and x.ndim == 4:
         chw = x if x.shape[1] <= 4 or x.shape[-1] > 4 else np.moveaxis(x, -1, 1)
-        flat = chw.reshape(chw.shape[0], chw.shape[1], -1).astype(np.float64)
-        c = min(3, flat.shape[1])
-        out[:, :c] = flat[:, :c].mean(-1)
-        out[:, 3 : 3 + c] = flat[:, :c].std(-1)
+        c = min(3, chw.shape[1])
+        flat = chw[:, :c].reshape(chw.shape[0], c, -1)
+        # a fixed stride keeps the cost bounded on large images (<= ~4096 pixels a channel)
+        flat = flat[:, :, :: max(1, -(-flat.shape[-1] // _PIXELS))]
+        out[:, :c] = flat.mean(-1, dtype=np.float64)
+        out[:, 3 : 3 + c] = flat.std(-1, dtype=np.float64)
     elif kind == "text":
         out[:, 0] = (x.reshape(x.shape[0], -1) != pad_id).sum(-1)
     elif kind == "sequence":
@@ -212,7 +221,8 @@ def _projection(dim: int) -> np.ndarray:
 def output_features(y: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """Per-row (confidence, predicted class (-1 none), output statistics, confidence kind).
 
-    probabilities: top-1 probability; logits: margin between the two largest logits; regression:
+    probabilities: top-1 probability; logits: margin between the two largest logits; a sequence
+    of distributions (N, T, C) of either: mean entropy per position (nats), no class; regression:
     no confidence, the first value per row as out0; embedding: a seeded random projection.
     """
     y = _rows(y)
@@ -222,7 +232,14 @@ def output_features(y: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray, n
     cls = np.full(rows, -1, dtype=np.int64)
     feats = np.full((rows, OUTPUT_SLOTS), np.nan)
     ckind = "none"
-    if kind in ("probabilities", "logits") and flat.shape[1] >= 2:
+    if kind in ("probabilities", "logits") and y.ndim >= 3 and y.shape[-1] >= 2:
+        seq = y.reshape(rows, -1, y.shape[-1]).astype(np.float64)
+        if kind == "logits":
+            seq = np.exp(seq - seq.max(-1, keepdims=True))
+            seq /= seq.sum(-1, keepdims=True)
+        ent = -(seq * np.log(np.where(seq > 0, seq, 1.0))).sum(-1)
+        conf, ckind = ent.mean(-1), "entropy"
+    elif kind in ("probabilities", "logits") and flat.shape[1] >= 2:
         cls = flat.argmax(-1)
         top2 = np.sort(flat, axis=-1)[:, -2:]
         if kind == "probabilities":

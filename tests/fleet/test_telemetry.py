@@ -389,3 +389,21 @@ def test_a_corrupt_or_foreign_payload_is_refused():
         T.decode_window(bytes(bad))
     with pytest.raises(EdgeforgeError, match="longer than 64"):
         T.Telemetry.set_model(T.Telemetry.__new__(T.Telemetry), "n" * 65, 1)
+
+
+def test_a_disk_that_refuses_writes_never_reaches_predict(tmp_path):
+    clock = FakeClock(0.0)
+    tel = T.Telemetry(tmp_path, window_s=60, clock=clock)
+    tel.set_model("m", 1)
+    rng = np.random.default_rng(0)
+    tel.observe(*_feeds(rng, "image", 2), 1.0)
+    # the spool folder is gone and a file stands in its place: every write fails (ENOTDIR)
+    for f in tmp_path.joinpath("spool").iterdir():
+        f.unlink()
+    tmp_path.joinpath("spool").rmdir()
+    tmp_path.joinpath("spool").write_bytes(b"")
+    for _ in range(3):
+        clock.t += 60
+        tel.observe(*_feeds(rng, "image", 2), 1.0)  # closes a window: the write fails quietly
+    assert tel.write_failures == 3
+    assert tel.spool.dropped == 3

@@ -35,6 +35,7 @@ Invariants a caller can rely on:
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import hashlib
 import json
@@ -656,11 +657,16 @@ def _write_atomic(path: Path, data: bytes) -> None:
     """Write a temp file beside `path`, fsync it, rename it over `path`, fsync the folder: a
     crash leaves the old file or the new one, never a part."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     dirfd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dirfd)
@@ -821,6 +827,7 @@ class Telemetry:
             _opendp()  # fail now, not at the first window, when OpenDP is missing
             self.ledger = EpsilonLedger(self.state / "epsilon.json", epsilon_budget)
         self._model: tuple[str, int, str | None, str | None, int] | None = None
+        self.write_failures = 0  # windows lost to a disk that refused the write
         self._open: dict[tuple[str, int, float], Window] = {}
 
     def set_model(
@@ -898,15 +905,23 @@ class Telemetry:
         return done
 
     def _release(self, w: Window, now: float) -> int:
-        if self.ledger is not None and not self.ledger.charge(float(self.epsilon)):  # type: ignore[arg-type]
-            return 0  # withheld: the budget would be exceeded (counted in the ledger)
-        payload = w.to_bytes(
-            facts=device_facts(self.sysfs),
-            spool_dropped=self.spool.dropped,
-            epsilon=self.epsilon,
-            feature_range=self.dp_feature_range,
-        )
-        self.spool.put(payload, w.start + w.length_s, now=now)
+        """Spool one closed window. A full or broken disk drops the window (counted), it never
+        reaches predict(); with a privacy budget the charge is persisted first, and a charge
+        that cannot be persisted releases nothing."""
+        try:
+            if self.ledger is not None and not self.ledger.charge(float(self.epsilon)):  # type: ignore[arg-type]
+                return 0  # withheld: the budget would be exceeded (counted in the ledger)
+            payload = w.to_bytes(
+                facts=device_facts(self.sysfs),
+                spool_dropped=self.spool.dropped,
+                epsilon=self.epsilon,
+                feature_range=self.dp_feature_range,
+            )
+            self.spool.put(payload, w.start + w.length_s, now=now)
+        except OSError:
+            self.spool.dropped += 1  # in memory; persisted with the next successful write
+            self.write_failures += 1
+            return 0
         return 1
 
     def drain(
@@ -932,6 +947,7 @@ class Telemetry:
             "spooled": len(self.spool.files()),
             "spool_bytes": self.spool.size_bytes(),
             "spool_dropped": self.spool.dropped,
+            "write_failures": self.write_failures,
             "epsilon": None if self.ledger is None else self.ledger.to_dict(),
         }
 

@@ -5,6 +5,7 @@ most one false alarm in 20 unshifted runs."""
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 
@@ -312,3 +313,20 @@ def test_the_enrolled_class_wins_over_the_class_a_window_claims():
     payload = device_window("m", 1, 0.0, {"image": img}, _model(img), [2.0])
     aggs = M.aggregate_windows([("d1", payload)], device_classes={"d1": "jetson"})
     assert list(aggs) == [("m", 1, "jetson", "1970-01-01")]
+
+
+def test_report_entries_resent_or_broken_are_counted_once_or_set_aside():
+    rng = np.random.default_rng(0)
+    rows = []
+    for d in range(3):
+        img = _images(rng, 16)
+        payload = device_window("m", 1, 0.0, {"image": img}, _model(img), [2.0])
+        entry = {"id": T.window_id(payload), "payload": base64.b64encode(payload).decode()}
+        rows += [(f"d{d}", json.dumps(entry)), (f"d{d}", entry)]  # resent after a lost ack
+    rows.append(("liar", {"id": "x", "payload": base64.b64encode(b"EFTW" + bytes(50)).decode()}))
+    invalid: list[tuple[str, str]] = []
+    (agg,) = M.aggregate_windows(rows, invalid=invalid).values()
+    assert agg.windows == 3 and agg.counters["rows"] == 48
+    assert [d for d, _ in invalid] == ["liar"]
+    with pytest.raises(EdgeforgeError, match="not a format"):
+        M.aggregate_windows(rows)

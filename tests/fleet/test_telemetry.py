@@ -150,6 +150,8 @@ def test_no_input_bytes_leave_the_device(tmp_path, epsilon):
             assert needle not in raw, needle
     for needle in _needles():
         assert needle not in body
+    full = json.dumps({"events": [], "telemetry": entries[:1] * T.DRAIN_LIMIT}).encode()
+    assert len(full) <= T.DRAIN_LIMIT * T.ENTRY_BYTES + 64 < 224 * 1024  # room for events
     # the same number of calls on unmarked inputs gives payloads of the same size
     plain = _payloads(tmp_path, "image", 300, 4, seed=3)
     assert {len(p) for p in plain} == {T.PAYLOAD_SIZE}
@@ -237,9 +239,12 @@ def test_spool_keeps_its_bound_after_60_offline_days(tmp_path):
     assert kept == 29  # windows ending in the last 7 days (both ends): age bites before size
     assert tel.spool.dropped == windows - kept - len(tel._open)
     # the newest survive, and the count of drops travels in the next window's header
-    entries = tel.drain(flush=True)
+    entries = tel.drain(flush=True, limit=100)
+    starts = [T.decode_window(e["payload"]).start for e in entries]
+    assert starts == sorted(starts) and starts[-1] == 60 * DAY - 6 * 3600  # oldest first
     last = T.decode_window(entries[-1]["payload"])
     assert last.counters["spool_dropped"] == tel.spool.dropped
+    assert len(tel.drain()) == T.DRAIN_LIMIT  # a report carries at most this many
 
 
 def test_spool_drops_oldest_first_by_size_and_counts_it(tmp_path):

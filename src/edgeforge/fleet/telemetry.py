@@ -54,6 +54,8 @@ import numpy as np
 from edgeforge.errors import EdgeforgeError
 
 __all__ = [
+    "DRAIN_LIMIT",
+    "ENTRY_BYTES",
     "MAX_ROWS",
     "PAYLOAD_SIZE",
     "SLOTS",
@@ -120,6 +122,10 @@ _COUNTERS = (
     "spool_dropped",
 )
 PAYLOAD_SIZE = _HEADER.size + sum(_KLL_SLOT[_SLOT_K[s]] for s in SLOTS) + _CLASS_SLOT
+
+# One drained entry as JSON ({"id": 32 hex, "payload": base64}), and how many go in a report.
+ENTRY_BYTES = len('{"id": "", "payload": ""}, ') + 32 + 4 * -(-PAYLOAD_SIZE // 3)
+DRAIN_LIMIT = 16
 
 # Clip ranges: every value a row contributes lies in these (and, with epsilon, they are the
 # histogram ranges the noise is added on). Latency is binned on a log scale.
@@ -925,11 +931,13 @@ class Telemetry:
         return 1
 
     def drain(
-        self, *, now: float | None = None, limit: int = 32, flush: bool = False
+        self, *, now: float | None = None, limit: int = DRAIN_LIMIT, flush: bool = False
     ) -> list[dict[str, str]]:
         """The spooled windows to send with the next report, oldest first:
-        `[{"id": hex, "payload": base64}]`. They stay spooled until `ack(ids)`; the id is the
-        payload's hash, so the server can drop a resent one."""
+        `[{"id": hex, "payload": base64}]`, at most `limit` (each entry is `ENTRY_BYTES` of
+        JSON; the default 16 make ~200 kB, inside the report's 256 KiB limit with room for
+        events). They stay spooled until `ack(ids)`; the id is the payload's hash, so the
+        server can count a resent one once."""
         t = self.clock() if now is None else now
         self.close_due(now=t, everything=flush)
         return [

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import math
 import time
 from collections.abc import Iterable, Mapping
@@ -38,6 +39,7 @@ from edgeforge.fleet.telemetry import (
     clip_values,
     decode_window,
     row_features,
+    window_id,
 )
 
 __all__ = [
@@ -283,18 +285,38 @@ class Aggregate:
 
 
 def aggregate_windows(
-    windows: Iterable[tuple[str, bytes | str | WindowSummary]],
+    windows: Iterable[tuple[str, bytes | str | Mapping[str, Any] | WindowSummary]],
     *,
     device_classes: Mapping[str, str] | None = None,
+    invalid: list[tuple[str, str]] | None = None,
 ) -> dict[tuple[str, int, str, str], Aggregate]:
-    """Fold `(device_id, payload)` pairs into aggregates keyed by (name, version, device class,
-    day of the window's start, UTC). The result does not depend on the pairs' order.
-    `device_classes` (device id -> class, from enrolment) overrides the class a window claims:
-    a device cannot report into another class's aggregate. Deduplicate resent windows by
-    `telemetry.window_id(payload)` before calling this."""
+    """Fold `(device_id, window)` pairs into aggregates keyed by (name, version, device class,
+    day of the window's start, UTC). A window is a payload (bytes or base64), a report's
+    telemetry entry `{"id", "payload"}` (or its JSON text) or a decoded `WindowSummary`.
+
+    The result does not depend on the pairs' order. A window resent by the same device (its
+    acknowledgement lost) counts once (keyed by `window_id` of the payload, not the id the
+    device claims). `device_classes` (device id -> class, from enrolment) overrides the class a
+    window claims: a device cannot report into another class's aggregate. With `invalid` given,
+    a window that does not decode is skipped and `(device_id, why)` appended to it; without,
+    EdgeforgeError propagates."""
     out: dict[tuple[str, int, str, str], Aggregate] = {}
-    for device_id, payload in windows:
-        w = payload if isinstance(payload, WindowSummary) else decode_window(payload)
+    seen: set[tuple[str, str]] = set()
+    for device_id, item in windows:
+        try:
+            if isinstance(item, WindowSummary):
+                w = item
+            else:
+                raw = _payload_bytes(item)
+                if (device_id, window_id(raw)) in seen:
+                    continue
+                seen.add((device_id, window_id(raw)))
+                w = decode_window(raw)
+        except EdgeforgeError as exc:
+            if invalid is None:
+                raise
+            invalid.append((device_id, str(exc)))
+            continue
         if device_classes is not None and device_id in device_classes:
             w.device_class = device_classes[device_id]
         key = (w.name, w.version, w.device_class, day_of(w.start))
@@ -302,6 +324,24 @@ def aggregate_windows(
             out[key] = Aggregate(*key)
         out[key].add(device_id, w)
     return out
+
+
+def _payload_bytes(item: bytes | str | Mapping[str, Any]) -> bytes:
+    if isinstance(item, str) and item.lstrip().startswith("{"):
+        try:
+            item = json.loads(item)
+        except ValueError as exc:
+            raise EdgeforgeError("telemetry entry is not JSON") from exc
+    if isinstance(item, Mapping):
+        item = item.get("payload", "")
+    if isinstance(item, str):
+        try:
+            return base64.b64decode(item, validate=True)
+        except ValueError as exc:
+            raise EdgeforgeError("telemetry payload is not base64") from exc
+    if isinstance(item, (bytes, bytearray)):
+        return bytes(item)
+    raise EdgeforgeError("telemetry entry is neither a payload nor {'id', 'payload'}")
 
 
 @dataclass

@@ -173,6 +173,7 @@ def test_contributions_are_clipped(tmp_path):
     assert w.sketches["in2"].n == T.MAX_ROWS - 1  # NaN is not summarised
     assert w.sketches["out0"].max == pytest.approx(hi)
     assert w.sketches["latency_ms"].max == pytest.approx(T.CLIP["latency_ms"][1])
+    assert w.classes == {} and w.class_total == 0  # a regression output has no class
 
 
 def test_confidence_follows_the_output_kind():

@@ -413,7 +413,8 @@ class Window:
     def class_counts(self) -> dict[int, int]:
         if not self.classes:
             return {}
-        c = np.clip(np.concatenate(self.classes), 0, MAX_CLASS_ID)
+        c = np.concatenate(self.classes)
+        c = np.minimum(c[c >= 0], MAX_CLASS_ID)  # -1: an output without a class
         ids, counts = np.unique(c, return_counts=True)
         return {int(i): int(n) for i, n in zip(ids, counts, strict=True)}
 

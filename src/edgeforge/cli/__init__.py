@@ -39,7 +39,10 @@ SCHEMA_VERSION = 1
 _HIDDEN_ALIASES = {"--to", "--runtimes", "--precisions", "--cloud-instance"}
 
 # Modules of this package that add verbs (the fleet half), in the order `--help` lists them.
-_VERB_FAMILIES: tuple[str, ...] = ()
+_VERB_FAMILIES: tuple[str, ...] = (
+    "keys",
+    "fetch",
+)
 
 # --json puts a verb's list result under this name, so the output is always an object.
 _LIST_NAMES = {"devices": "devices", "estimate": "estimates"}
@@ -1072,7 +1075,3 @@ def _quiet_by_default(verbose: bool) -> None:
         set_verbose(True)
     quiet_libraries()
     warnings.showwarning = show_warning
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

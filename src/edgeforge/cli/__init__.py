@@ -1076,7 +1076,3 @@ def _quiet_by_default(verbose: bool) -> None:
         set_verbose(True)
     quiet_libraries()
     warnings.showwarning = show_warning
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -87,7 +87,11 @@ def test_kll_slot_holds_every_window_up_to_max_rows(k):
         back = T._decode_kll(blob, k)  # the wire form is the sketch's content, exactly
         assert back.n == sk.n and back.max == sk.get_max_value()
         assert sorted(back.values.tolist()) == sorted(float(v) for v, _ in sk)
-        assert back.quantiles([0.5]) == pytest.approx(sk.get_quantiles([0.5]), abs=1e-6)
+        # DataSketches' own median can sit one retained item away (its sorted view and its
+        # iterator disagree on ties of cumulative weight): the same answer within the sketch's
+        # rank error is what the server relies on.
+        median = back.quantiles([0.5])[0]
+        assert abs(sk.get_rank(median) - 0.5) <= sk.normalized_rank_error(False)
 
 
 def test_class_slot_holds_the_worst_class_mix():

@@ -186,7 +186,8 @@ def test_directive_malformed_refused():
 def test_protocol_imports_nothing_heavy():
     code = (
         "import sys, edgeforge.fleet.protocol;"
-        "bad=[m for m in ('torch','onnx','edgeforge.runtimes','edgeforge.convert') if m in sys.modules];"
+        "heavy=('torch','onnx','edgeforge.runtimes','edgeforge.convert');"
+        "bad=[m for m in heavy if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -57,6 +57,8 @@ def server_token(env: str, path: Path) -> tuple[str, str]:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
     import uvicorn
 
     from edgeforge.fleet import db
@@ -87,6 +89,8 @@ def _serve(args: argparse.Namespace) -> int:
         admin_token=admin,
         enroll_token=enroll,
         gate_interval_s=args.gate_interval,
+        resign_interval_s=args.resign_interval,
+        resign_within=timedelta(seconds=args.resign_within),
     )
     os.environ["EDGEFORGE_SERVE_CONFIG"] = config.to_json()
     print(
@@ -140,8 +144,9 @@ def _admin_request(args: argparse.Namespace, method: str, path: str, body: Any =
 def _show_rollout(rollout: dict[str, Any]) -> None:
     waves = ",".join(f"{w * 100:g}%" for w in rollout["waves"])
     print(
-        f"rollout {rollout['id']}: {rollout['name']}@{rollout['version']} on {rollout['device_class']} "
-        f"{rollout['state']}, wave {rollout['wave']} of {waves} (reach {rollout['reach']:.1%})"
+        f"rollout {rollout['id']}: {rollout['name']}@{rollout['version']} on "
+        f"{rollout['device_class']} {rollout['state']}, wave {rollout['wave']} of {waves} "
+        f"(reach {rollout['reach']:.1%})"
     )
     if rollout.get("reason"):
         print(f"  {rollout['reason']}")
@@ -242,6 +247,15 @@ def add_verbs(verbs: Any) -> None:
     )
     serve.add_argument(
         "--gate-interval", type=float, default=5.0, help="seconds between gate checks"
+    )
+    serve.add_argument(
+        "--resign-within",
+        type=duration,
+        default=43200.0,
+        help="re-sign the timestamp when it expires within this (12h, 30m)",
+    )
+    serve.add_argument(
+        "--resign-interval", type=duration, default=300.0, help="how often to look (5m, 10s)"
     )
     serve.set_defaults(run=_serve)
 

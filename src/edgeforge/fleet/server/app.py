@@ -507,6 +507,7 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     app = FastAPI(title="edgeforge fleet server", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.server = server
+    app.add_middleware(_BodyLimit)
 
     @app.exception_handler(_Refused)
     async def _refused(_request: Request, exc: _Refused) -> JSONResponse:
@@ -559,7 +560,9 @@ def create_app(config: ServerConfig) -> FastAPI:
             return _error(404, "no such file")
         if not resolved.is_relative_to(root.resolve()) or not resolved.is_file():
             return _error(404, "no such file")
-        response = FileResponse(resolved, headers={"Cache-Control": cache})
+        response = FileResponse(
+            resolved, headers={"Cache-Control": cache}, stat_result=resolved.stat()
+        )
         etag = response.headers.get("etag")
         if etag and request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers={"ETag": etag, "Cache-Control": cache})

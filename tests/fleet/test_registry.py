@@ -50,12 +50,22 @@ def released(database):
     data = labelled_samples(source, base / "data")
     Repository.init(base / "repo")
     first = release(
-        source, base / "repo", "tiny",
+        source,
+        base / "repo",
+        "tiny",
         "linux-x86=onnxruntime,raspberry-pi-4=onnxruntime:int8-dynamic",
-        db=database.db, data=data, bench_runs=2, canary_count=8,
+        db=database.db,
+        data=data,
+        bench_runs=2,
+        canary_count=8,
     )
     second = release(
-        source, base / "repo", "tiny", "linux-x86=onnxruntime", db=database.db, bench_runs=0,
+        source,
+        base / "repo",
+        "tiny",
+        "linux-x86=onnxruntime",
+        db=database.db,
+        bench_runs=0,
         canary_count=8,
     )
     assert first.released and second.released, (first.verdict, second.verdict)
@@ -81,8 +91,12 @@ def test_migrations_ship_in_the_package_and_run_twice(database):
 
     names = set(inspect(engine(url)).get_table_names())
     assert {
-        "registry_models", "registry_versions", "registry_variants", "registry_aliases",
-        "registry_alias_events", "alembic_version",
+        "registry_models",
+        "registry_versions",
+        "registry_variants",
+        "registry_aliases",
+        "registry_alias_events",
+        "alembic_version",
     } <= names
     with engine(url).connect() as connection:
         heads = [r[0] for r in connection.execute(text("SELECT version_num FROM alembic_version"))]
@@ -98,7 +112,9 @@ def test_versions_variants_evidence_and_lineage_are_recorded(released):
     pi = classes["raspberry-pi-4"]
     assert pi["precision"] == "int8-dynamic"
     lineage = pi["lineage"]
-    assert lineage["source_sha256"] == view["source_sha256"] and len(lineage["artifact_sha256"]) == 64
+    assert (
+        lineage["source_sha256"] == view["source_sha256"] and len(lineage["artifact_sha256"]) == 64
+    )
     assert lineage["recipe"]["precision"] == "int8-dynamic"
     assert lineage["release"] == "tiny@1"
     evidence = pi["evidence"]
@@ -229,8 +245,14 @@ def test_release_into_an_s3_store_on_moto(tmp_path, s3_server):
     source = tiny_classifier(tmp_path / "tiny.onnx")
     Repository.init(tmp_path / "repo")
     result = release(
-        source, tmp_path / "repo", "tiny", "linux-x86=onnxruntime",
-        store="s3://models/releases", store_endpoint=s3_server, bench_runs=0, canary_count=4,
+        source,
+        tmp_path / "repo",
+        "tiny",
+        "linux-x86=onnxruntime",
+        store="s3://models/releases",
+        store_endpoint=s3_server,
+        bench_runs=0,
+        canary_count=4,
     )
     assert result.released and result.store == "s3://models/releases"
     store = S3Store("models", "releases", endpoint_url=s3_server)
@@ -251,8 +273,9 @@ def test_release_into_an_s3_store_on_moto(tmp_path, s3_server):
 def test_canary_set_is_plain_arrays(released):
     repository = Repository.open(released.repo)
     index = json.loads(repository.target_file("tiny/1/raspberry-pi-4/variant.json").read_bytes())
-    with np.load(repository.target_file("tiny/1/raspberry-pi-4/canary.npz"),
-                 allow_pickle=False) as canary:
+    with np.load(
+        repository.target_file("tiny/1/raspberry-pi-4/canary.npz"), allow_pickle=False
+    ) as canary:
         assert set(canary.files) == {"in/x", "out/logits"}
         assert canary["in/x"].shape[0] == index["canary"]["samples"] == 8
     assert index["canary"]["tolerance"]["rtol"] is None  # int8: judged on agreement

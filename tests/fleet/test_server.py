@@ -10,9 +10,8 @@ import shutil
 import time
 from datetime import timedelta
 
-import httpx
 import pytest
-from server_support import ADMIN, ENROLL, Device, Server, make_repository, postgres_schema
+from server_support import ADMIN, ENROLL, HTTP, Device, Server, make_repository, postgres_schema
 
 from edgeforge.fleet import protocol
 from edgeforge.fleet.db import sqlite_url
@@ -51,9 +50,9 @@ def test_enrol_is_idempotent_for_the_same_key_and_refuses_another(server):
 def test_enrol_refuses_a_wrong_token_and_a_malformed_key(server):
     assert _device("token").enrol(server, token="wrong").status_code == 401
     body = {"device_id": "x1", "device_class": "cls-a", "public_key": "abc=", "token": ENROLL}
-    assert httpx.post(f"{server.url}/v1/enrol", json=body).status_code == 422
+    assert HTTP.post(f"{server.url}/v1/enrol", json=body).status_code == 422
     body = {**body, "device_id": "../etc", "public_key": protocol.b64encode(b"k" * 32)}
-    assert httpx.post(f"{server.url}/v1/enrol", json=body).status_code == 422
+    assert HTTP.post(f"{server.url}/v1/enrol", json=body).status_code == 422
 
 
 def test_checkin_answers_a_directive_signed_by_the_director_key_and_304_when_unchanged(server):
@@ -74,8 +73,8 @@ def test_replayed_request_is_refused(server):
     device.enrol(server)
     body = json.dumps({"active": None, "staged": None, "state": "idle"}).encode()
     headers = protocol.sign_request(device.key, device.device_id, "POST", "/v1/checkin", body)
-    first = httpx.post(f"{server.url}/v1/checkin", content=body, headers=headers)
-    again = httpx.post(f"{server.url}/v1/checkin", content=body, headers=headers)
+    first = HTTP.post(f"{server.url}/v1/checkin", content=body, headers=headers)
+    again = HTTP.post(f"{server.url}/v1/checkin", content=body, headers=headers)
     assert first.status_code == 200
     assert again.status_code == 401 and "replay" in again.json()["error"]
 
@@ -88,7 +87,7 @@ def test_stale_timestamp_is_refused(server):
     old = protocol.sign_request(
         device.key, device.device_id, "POST", "/v1/checkin", body, now=time.time() - 3600
     )
-    assert httpx.post(f"{server.url}/v1/checkin", content=body, headers=old).status_code == 401
+    assert HTTP.post(f"{server.url}/v1/checkin", content=body, headers=old).status_code == 401
 
 
 def test_tampered_body_and_unknown_device_are_refused(server):
@@ -98,12 +97,10 @@ def test_tampered_body_and_unknown_device_are_refused(server):
     body = b'{"active": null, "staged": null, "state": "idle"}'
     headers = protocol.sign_request(device.key, device.device_id, "POST", "/v1/checkin", body)
     forged = body.replace(b"idle", b"staged")
-    assert (
-        httpx.post(f"{server.url}/v1/checkin", content=forged, headers=headers).status_code == 401
-    )
+    assert HTTP.post(f"{server.url}/v1/checkin", content=forged, headers=headers).status_code == 401
     stranger = _device("stranger")
     headers = protocol.sign_request(stranger.key, stranger.device_id, "POST", "/v1/checkin", body)
-    assert httpx.post(f"{server.url}/v1/checkin", content=body, headers=headers).status_code == 401
+    assert HTTP.post(f"{server.url}/v1/checkin", content=body, headers=headers).status_code == 401
 
 
 def test_a_device_cannot_read_or_write_another_devices_rows(server):
@@ -119,16 +116,16 @@ def test_a_device_cannot_read_or_write_another_devices_rows(server):
     ).encode()
     # A's key, B's id: the signature does not verify with B's key
     as_b = protocol.sign_request(a.key, b.device_id, "POST", "/v1/checkin", body)
-    assert httpx.post(f"{server.url}/v1/checkin", content=body, headers=as_b).status_code == 401
+    assert HTTP.post(f"{server.url}/v1/checkin", content=body, headers=as_b).status_code == 401
     report = json.dumps(
         {"events": [{"kind": "commit", "name": "demo", "version": 99, "ok": True}]}
     ).encode()
     as_b = protocol.sign_request(a.key, b.device_id, "POST", "/v1/report", report)
-    assert httpx.post(f"{server.url}/v1/report", content=report, headers=as_b).status_code == 401
+    assert HTTP.post(f"{server.url}/v1/report", content=report, headers=as_b).status_code == 401
     # A's own signed request with B's id swapped into the header after signing
     mine = protocol.sign_request(a.key, a.device_id, "POST", "/v1/checkin", body)
     mine[protocol.HEADER_DEVICE] = b.device_id
-    assert httpx.post(f"{server.url}/v1/checkin", content=body, headers=mine).status_code == 401
+    assert HTTP.post(f"{server.url}/v1/checkin", content=body, headers=mine).status_code == 401
     # A's legitimate check-in touches only A's row
     a.active = ("demo", 2)
     a.checkin(server)
@@ -160,20 +157,20 @@ def test_oversized_bodies_are_refused_with_413(server):
     assert device.signed(server, "/v1/report", huge).status_code == 413
     # a body streamed without Content-Length is cut off at the limit too
     chunks = (b"x" * 4096 for _ in range(10))
-    response = httpx.post(f"{server.url}/v1/enrol", content=chunks)
+    response = HTTP.post(f"{server.url}/v1/enrol", content=chunks)
     assert response.status_code == 413
 
 
 def test_repository_is_served_with_etag_and_range(server):
     url = f"{server.url}/repo/metadata/1.root.json"
-    full = httpx.get(url)
+    full = HTTP.get(url)
     assert full.status_code == 200 and full.headers["etag"]
-    assert httpx.get(url, headers={"If-None-Match": full.headers["etag"]}).status_code == 304
-    part = httpx.get(url, headers={"Range": "bytes=10-19"})
+    assert HTTP.get(url, headers={"If-None-Match": full.headers["etag"]}).status_code == 304
+    part = HTTP.get(url, headers={"Range": "bytes=10-19"})
     assert part.status_code == 206 and part.content == full.content[10:20]
     targets = [p for p in (server.repo / "targets").rglob("*.json")]
     relative = targets[0].relative_to(server.repo / "targets").as_posix()
-    served = httpx.get(f"{server.url}/repo/targets/{relative}")
+    served = HTTP.get(f"{server.url}/repo/targets/{relative}")
     assert served.status_code == 200 and served.content == targets[0].read_bytes()
 
 
@@ -186,15 +183,15 @@ def test_nothing_outside_metadata_and_targets_is_served(server):
         "/repo/metadata/..%2frepository.json",
         "/repo/registry.db",
     ):
-        assert httpx.get(server.url + path).status_code == 404, path
+        assert HTTP.get(server.url + path).status_code == 404, path
 
 
 def test_admin_api_needs_the_token(server):
-    assert httpx.get(f"{server.url}/v1/admin/devices").status_code == 401
+    assert HTTP.get(f"{server.url}/v1/admin/devices").status_code == 401
     wrong = {"Authorization": "Bearer nope"}
-    assert httpx.get(f"{server.url}/v1/admin/rollouts", headers=wrong).status_code == 401
+    assert HTTP.get(f"{server.url}/v1/admin/rollouts", headers=wrong).status_code == 401
     right = {"Authorization": f"Bearer {ADMIN}"}
-    assert httpx.get(f"{server.url}/v1/admin/rollouts", headers=right).status_code == 200
+    assert HTTP.get(f"{server.url}/v1/admin/rollouts", headers=right).status_code == 200
 
 
 def test_serve_refuses_a_repository_with_a_private_key_in_what_it_serves(tmp_path, capsys):
@@ -224,7 +221,7 @@ def test_tokens_are_generated_into_the_servers_folder_with_mode_0600(tmp_path):
         token_file = tmp_path / "repo-server" / "admin-token"
         assert os.stat(token_file).st_mode & 0o777 == 0o600
         token = token_file.read_text().strip()
-        answer = httpx.get(
+        answer = HTTP.get(
             f"{server.url}/v1/admin/devices", headers={"Authorization": f"Bearer {token}"}
         )
         assert answer.status_code == 200
@@ -247,7 +244,7 @@ def test_timestamp_is_resigned_before_it_expires(tmp_path):
         version = before
         while version == before and time.monotonic() < deadline:
             time.sleep(0.2)
-            version = httpx.get(f"{server.url}/repo/metadata/timestamp.json").json()["signed"][
+            version = HTTP.get(f"{server.url}/repo/metadata/timestamp.json").json()["signed"][
                 "version"
             ]
         assert version > before

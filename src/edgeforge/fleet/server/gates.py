@@ -192,7 +192,7 @@ def _judge(condition: Condition, sample: GateSample, confidence: float) -> dict[
         n = len(sample.latency_ratios)
         low, high = median_ratio_bounds(sample.latency_ratios, confidence)
         low, high = low - 1, high - 1  # as relative changes
-        out.update(n=n, lower=low, upper=high)
+        out.update(n=n, lower=low, upper=None if math.isinf(high) else high)  # JSON has no inf
         out["result"] = "pass" if below(high) else "fail" if not below(low) else "unsure"
     return out
 
@@ -223,4 +223,5 @@ def evaluate(
 def _figures(item: dict[str, Any]) -> str:
     observed = item.get("observed")
     seen = f"observed {observed:.1%}, " if observed is not None else ""
-    return f"{seen}bounds [{item['lower']:.1%}, {item['upper']:.1%}] over {item['n']}"
+    upper = "unbounded" if item["upper"] is None else f"{item['upper']:.1%}"
+    return f"{seen}bounds [{item['lower']:.1%}, {upper}] over {item['n']}"

@@ -132,10 +132,12 @@ def _places(conn: Connection, device_class: str, offset: float) -> list[float]:
 
 
 def _reach_for(places: list[float], count: int) -> float:
-    """The smallest reach that takes in `count` devices (1.0 when there are not that many)."""
-    if count <= 0:
+    """The smallest reach that takes in `count` devices. While the class has fewer devices
+    than that, 0.0: the waves' own fractions rule and the gate waits for devices to enrol
+    (widening to everything would hand the new version to every device that enrols later)."""
+    if count <= 0 or count > len(places):
         return 0.0
-    if count >= len(places):
+    if count == len(places):
         return 1.0
     return (places[count - 1] + places[count]) / 2
 
@@ -455,6 +457,12 @@ def _advance_one(conn: Connection, rollout_id: int, now: float) -> dict[str, Any
         if _abort(conn, row, reason, now):
             return {"rollout": row.id, "event": "aborted", "reason": reason}
         return None
+    if verdict.status in ("passed", "unsure"):
+        told = conn.execute(
+            select(func.count()).select_from(RD).where(RD.c.rollout_id == row.id)
+        ).scalar()
+        if told < reached and now - row.wave_started_at < row.report_timeout_s:
+            return None  # the wave's devices have not all checked in yet: judge it when they have
     if verdict.status == "passed":
         if row.wave + 1 >= len(waves):
             conn.execute(
@@ -482,12 +490,18 @@ def _advance_one(conn: Connection, rollout_id: int, now: float) -> dict[str, Any
         )
         return {"rollout": row.id, "event": "next wave", "wave": row.wave + 1}
     if verdict.status == "unsure":
-        if row.reach < 1.0:  # widen the wave: more devices, a tighter bound
-            reach = max(row.reach, _reach_for(places, reached + row.min_devices))
+        # widen the wave: more devices, a tighter bound; pause once every device is reached
+        target = min(reached + row.min_devices, len(places))
+        reach = max(row.reach, _reach_for(places, target)) if target > reached else row.reach
+        if reach > row.reach:
             conn.execute(
                 update(R)
                 .where(guard)
-                .values(reach=reach, history=_history(row, {**entry, "event": "widened"}))
+                .values(
+                    reach=reach,
+                    wave_started_at=now,
+                    history=_history(row, {**entry, "event": "widened"}),
+                )
             )
             return {"rollout": row.id, "event": "widened", "reach": reach}
         reason = (
@@ -597,6 +611,7 @@ def _as_dict(row: Any) -> dict[str, Any]:
         "wave": row.wave + 1,
         "waves": json.loads(row.waves),
         "reach": row.reach,
+        "offset": row.offset,
         "gate": row.gate,
         "min_devices": row.min_devices,
         "report_timeout_s": row.report_timeout_s,

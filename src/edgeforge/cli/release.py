@@ -14,7 +14,7 @@ __all__ = ["add_verbs"]
 
 
 def add_verbs(verbs: Any) -> None:
-    from edgeforge.cli import _data_options, _output_options, _timeout_option
+    from edgeforge.cli import _data_options, _timeout_option
 
     release = verbs.add_parser(
         "release",
@@ -68,19 +68,22 @@ def add_verbs(verbs: Any) -> None:
     release.add_argument(
         "--bench-runs",
         type=int,
+        metavar="N",
         default=20,
         help="timed runs to measure each variant's latency here (0: do not measure)",
     )
     release.add_argument(
-        "--canary-samples", type=int, default=32, help="inputs in each variant's canary set"
+        "--canary-samples",
+        type=int,
+        default=32,
+        metavar="N",
+        help="inputs in each variant's canary set",
     )
     _timeout_option(release, "build or retest")
-    _output_options(release, report=False)
+    _json_option(release)
     release.set_defaults(run=_release)
 
-    registry = verbs.add_parser(
-        "registry", help="the registry: list, show, history, alias, diff"
-    )
+    registry = verbs.add_parser("registry", help="the registry: list, show, history, alias, diff")
     actions = registry.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="every model with its versions and aliases")
     show = actions.add_parser("show", help="a model, or one version with its evidence")
@@ -100,8 +103,17 @@ def add_verbs(verbs: Any) -> None:
     diff.add_argument("b", metavar="NAME@B")
     for action in (listing, show, history, alias, diff):
         _repository_options(action)
-        _output_options(action, report=False)
+        _json_option(action)
         action.set_defaults(run=_registry)
+
+
+def _json_option(parser: argparse.ArgumentParser) -> None:
+    """`--json` as every verb has it (these verbs write no report and overwrite nothing)."""
+    parser.add_argument_group("output").add_argument(
+        "--json",
+        action="store_true",
+        help="print the result as one JSON object (with a 'schema' version)",
+    )
 
 
 def _repository_options(parser: argparse.ArgumentParser) -> None:
@@ -181,7 +193,11 @@ def _registry(args: argparse.Namespace) -> int:
         from edgeforge.fleet.release import move_alias
 
         moved = move_alias(
-            args.repo, args.reference, args.alias, keys=args.keys, db=args.db,
+            args.repo,
+            args.reference,
+            args.alias,
+            keys=args.keys,
+            db=args.db,
             downgrade=args.downgrade,
         )
 
@@ -252,7 +268,9 @@ def _print_view(kind: str, data: dict[str, Any]) -> None:
                     f"{row['to_version']}{' (downgrade)' if row['downgrade'] else ''}"
                 )
     else:
-        print(f"{data['a']} -> {data['b']}" + ("  (source changed)" if data["source_changed"] else ""))
+        print(
+            f"{data['a']} -> {data['b']}" + ("  (source changed)" if data["source_changed"] else "")
+        )
         for row in data["classes"]:
             figures = [
                 f"{key} {_figure(row[key]['a'])} -> {_figure(row[key]['b'])}"

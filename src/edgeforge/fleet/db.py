@@ -19,6 +19,7 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.pool import NullPool
 
 from edgeforge.errors import EdgeforgeError
 
@@ -51,7 +52,9 @@ def engine(url: str) -> Engine:
             return made
         try:
             if url.startswith("sqlite"):
-                made = create_engine(url, connect_args={"timeout": 30})
+                # No pool: a connection opens the file each time, so a registry file that was
+                # replaced (a repository made again at the same path) is never a stale handle.
+                made = create_engine(url, connect_args={"timeout": 30}, poolclass=NullPool)
                 event.listen(made, "connect", _sqlite_pragmas)
             else:
                 made = create_engine(url, pool_pre_ping=True)

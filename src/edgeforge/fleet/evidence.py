@@ -267,8 +267,17 @@ def _verification_summary(verification: dict[str, Any] | None) -> dict[str, Any]
     if verification is None:
         return None
     keep = (
-        "verdict", "passed", "precision", "tolerance", "samples", "samples_available", "data",
-        "outputs", "task_metric", "notes", "created",
+        "verdict",
+        "passed",
+        "precision",
+        "tolerance",
+        "samples",
+        "samples_available",
+        "data",
+        "outputs",
+        "task_metric",
+        "notes",
+        "created",
     )
     return {k: verification.get(k) for k in keep}
 
@@ -309,8 +318,10 @@ def gather(
                 f"{', '.join(runtime.precisions)}, not {spec.precision}"
             )
         wanted = limits.for_class(spec.device_class)
-        if wanted["max_latency"] is not None and bench_runs < 1 and not _device_for(
-            spec.device_class, devices
+        if (
+            wanted["max_latency"] is not None
+            and bench_runs < 1
+            and not _device_for(spec.device_class, devices)
         ):
             raise EdgeforgeError(
                 f"--max-latency for {spec.device_class}: no latency to check; name its catalogue "
@@ -326,16 +337,14 @@ def gather(
         _check_data(model, Path(data))
     source_sha256 = model_sha256(model)
     found = _from_sources(sources or [], specs, source_sha256)
-    built = _build(model, [s for s in specs if s not in found], workdir, data, max_samples,
-                   timeout)
+    built = _build(model, [s for s in specs if s not in found], workdir, data, max_samples, timeout)
     results = []
     for spec in specs:
         evidence = found.get(spec) or built[spec]
         evidence.source_sha256 = source_sha256
         if evidence.folder is not None and spec in found:
             _retest(model, evidence, data, max_samples, timeout)
-        _judge(model, evidence, workdir, data, limits, devices, bench_runs, canary_count,
-               timeout)
+        _judge(model, evidence, workdir, data, limits, devices, bench_runs, canary_count, timeout)
         results.append(evidence)
     return results
 
@@ -373,8 +382,11 @@ def _from_sources(
         if not folder.is_dir():
             raise EdgeforgeError(f"--from {folder}: not a folder written by optimize or convert")
         for manifest in sorted(
-            [folder / "manifest.json", *folder.glob("*/manifest.json"),
-             *folder.glob("*/*/manifest.json")]
+            [
+                folder / "manifest.json",
+                *folder.glob("*/manifest.json"),
+                *folder.glob("*/*/manifest.json"),
+            ]
         ):
             if manifest.is_file():
                 artifacts.append(Artifact.load(manifest.parent))
@@ -386,7 +398,8 @@ def _from_sources(
     found: dict[VariantSpec, VariantEvidence] = {}
     for spec in specs:
         matches = [
-            a for a in artifacts
+            a
+            for a in artifacts
             if a.runtime == spec.runtime and a.manifest.recipe.get("precision") == spec.precision
         ]
         if not matches:
@@ -458,7 +471,10 @@ def _build(
 
 
 def _retest(
-    model: Any, evidence: VariantEvidence, data: Path | None, max_samples: int | None,
+    model: Any,
+    evidence: VariantEvidence,
+    data: Path | None,
+    max_samples: int | None,
     timeout: float,
 ) -> None:
     """An artifact taken with --from is retested here, as a built one is."""
@@ -472,7 +488,10 @@ def _retest(
         return
     try:
         result = verify(
-            model, evidence.folder, data=data, max_samples=max_samples if data else None,
+            model,
+            evidence.folder,
+            data=data,
+            max_samples=max_samples if data else None,
             timeout=timeout,
         )
     except EdgeforgeError as exc:
@@ -517,8 +536,15 @@ def _judge(
     if wanted["max_size"] is not None:
         size, limit = evidence.size_bytes, wanted["max_size"]
         evidence.checks.append(
-            Check("size", size <= limit, size, limit, f"size {_bytes(size)} > {_bytes(limit)}"
-                  if size > limit else f"size {_bytes(size)} <= {_bytes(limit)}")
+            Check(
+                "size",
+                size <= limit,
+                size,
+                limit,
+                f"size {_bytes(size)} > {_bytes(limit)}"
+                if size > limit
+                else f"size {_bytes(size)} <= {_bytes(limit)}",
+            )
         )
     _latency(evidence, artifact, devices, bench_runs, wanted["max_latency"], timeout)
     _canary(model, evidence, artifact, workdir, data, canary_count, timeout)
@@ -572,7 +598,10 @@ def _accuracy(evidence: VariantEvidence, data: Path | None, limit: float | None)
     drop = float(evidence.accuracy["drop"])
     evidence.checks.append(
         Check(
-            "accuracy_drop", drop <= limit, drop, limit,
+            "accuracy_drop",
+            drop <= limit,
+            drop,
+            limit,
             f"accuracy drop {drop:.2%} {'<=' if drop <= limit else '>'} {limit:.2%} "
             f"({evidence.accuracy['metric']})",
         )
@@ -606,7 +635,11 @@ def _latency(
             latency["estimate_note"] = str(exc)
     if bench_runs > 0:
         measured = bench(
-            artifact.folder, runtime=artifact.runtime, warmup=2, runs=bench_runs, repeats=1,
+            artifact.folder,
+            runtime=artifact.runtime,
+            warmup=2,
+            runs=bench_runs,
+            repeats=1,
             timeout=timeout,
         )
         latency |= {
@@ -625,12 +658,15 @@ def _latency(
     )
     if value is None:
         raise EdgeforgeError(
-            f"--max-latency for {evidence.spec.device_class}: no latency ({latency.get('estimate_note', 'no estimate')}); "
-            "measure here with --bench-runs > 0"
+            f"--max-latency for {evidence.spec.device_class}: no latency "
+            f"({latency.get('estimate_note', 'no estimate')}); measure here with --bench-runs > 0"
         )
     evidence.checks.append(
         Check(
-            "latency", value <= limit, value, limit,
+            "latency",
+            value <= limit,
+            value,
+            limit,
             f"latency {value:.3g} ms {'<=' if value <= limit else '>'} {limit:g} ms ({where})",
         )
     )
@@ -674,8 +710,9 @@ def _canary(
         "inputs": outcome["inputs"],
         "outputs": outcome["outputs"],
         "layout": "in/<input> and out/<output>; axis 0 is the sample",
-        "tolerance": {k: (None if not math.isfinite(v) else v)
-                      for k, v in tolerance.to_dict().items()},
+        "tolerance": {
+            k: (None if not math.isfinite(v) else v) for k, v in tolerance.to_dict().items()
+        },
         "tolerance_rule": "per output over all samples: max|got-ref| <= atol + rtol*max|ref|, "
         "cosine >= min_cosine, top-1 agreement >= min_top1 (None: not judged)",
         "source": outcome["source"],
@@ -683,8 +720,13 @@ def _canary(
     }
     passed = outcome["passed"]
     evidence.checks.append(
-        Check("canary", passed, detail="canary set passes here" if passed else
-              f"canary set fails here: {outcome['reason']}")
+        Check(
+            "canary",
+            passed,
+            detail="canary set passes here"
+            if passed
+            else f"canary set fails here: {outcome['reason']}",
+        )
     )
 
 

@@ -114,9 +114,7 @@ class Variant(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    version_id: Mapped[int] = mapped_column(
-        ForeignKey("registry_versions.id", ondelete="CASCADE")
-    )
+    version_id: Mapped[int] = mapped_column(ForeignKey("registry_versions.id", ondelete="CASCADE"))
     device_class: Mapped[str] = mapped_column(String(100))
     runtime: Mapped[str] = mapped_column(String(50))
     precision: Mapped[str] = mapped_column(String(50))
@@ -376,9 +374,7 @@ class Registry:
             found = next((v for v in model.versions if v.version == int(which)), None)
             if found is None:
                 have = ", ".join(str(v.version) for v in model.versions) or "none"
-                raise EdgeforgeError(
-                    f"{model.name} has no version {which} (versions: {have})"
-                )
+                raise EdgeforgeError(f"{model.name} has no version {which} (versions: {have})")
             return found
         alias = next((a for a in model.aliases if a.alias == which), None)
         if alias is None:

@@ -21,13 +21,17 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
 import re
 import shutil
+import signal
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,18 +184,46 @@ def release(
     return result
 
 
-def _publish(result: Release, repository: Any, evidence: list[Any], model: Any,
-             db: str | None, store: Any, work: Path) -> None:
-    from edgeforge.fleet.evidence import tool_versions
-    from edgeforge.fleet.registry import Registry, Variant, Version
+def _publish(
+    result: Release,
+    repository: Any,
+    evidence: list[Any],
+    model: Any,
+    db: str | None,
+    store: Any,
+    work: Path,
+) -> None:
+    from edgeforge.fleet.registry import Registry
 
     registry = Registry.for_repository(repository.path, db)
     result.registry = _redacted(registry.url)
+    added: list[str] = []  # objects this release put in the store, taken back if it fails
+    try:
+        _write(result, repository, evidence, model, registry, store, work, added)
+    except BaseException:
+        for digest in added:
+            with contextlib.suppress(Exception):
+                store.delete(digest)
+        raise
+
+
+def _write(
+    result: Release,
+    repository: Any,
+    evidence: list[Any],
+    model: Any,
+    registry: Any,
+    store: Any,
+    work: Path,
+    added: list[str],
+) -> None:
+    """Stage, store, record and publish, under the lock; the registry commits last."""
+    from edgeforge.fleet.evidence import tool_versions
+    from edgeforge.fleet.registry import Registry, Variant, Version
+
     name = result.name
     with repository.lock(), registry.session() as session, session.begin():
-        version = max(
-            Registry.next_version(session, name), _next_in_repository(repository, name)
-        )
+        version = max(Registry.next_version(session, name), _next_in_repository(repository, name))
         released = _dt.datetime.now(_dt.UTC)
         files: dict[str, Path] = {}
         custom: dict[str, dict] = {}
@@ -218,7 +250,10 @@ def _publish(result: Release, repository: Any, evidence: list[Any], model: Any,
                         "device_class": item.spec.device_class,
                     }
                 }
-                store.put(local)
+                digest = _sha256_file(local)
+                if not store.has(digest):
+                    store.put(local, digest)
+                    added.append(digest)
             index_sha256 = _sha256_file(staged[VARIANT_INDEX])
             session.add(
                 Variant(
@@ -236,12 +271,30 @@ def _publish(result: Release, repository: Any, evidence: list[Any], model: Any,
                 )
             )
         session.flush()  # a constraint the rows break fails here, before anything is published
-        row.targets_version = repository.publish(files, custom)
-        session.flush()
+        with _uninterrupted():
+            row.targets_version = repository.publish(files, custom)
+            session.flush()
+            session.commit()
     result.released = True
     result.version = version
     result.targets_version = row.targets_version
     result.targets = sorted(files)
+
+
+@contextlib.contextmanager
+def _uninterrupted() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait (they are delivered after the block) while the repository
+    publishes and the registry commits, so an interrupt cannot fall between the two. In a
+    thread other than the main one the block is a no-op (signals go to the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _next_in_repository(repository: Any, name: str) -> int:
@@ -403,11 +456,13 @@ def move_alias(
             path = Path(scratch) / ALIASES
             path.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
             target = f"{name}/{ALIASES}"
-            published = repository.publish(
-                {target: path}, {target: {"edgeforge": {"name": name, "kind": "aliases"}}}
-            )
-        event.targets_version = published
+            with _uninterrupted():
+                published = repository.publish(
+                    {target: path}, {target: {"edgeforge": {"name": name, "kind": "aliases"}}}
+                )
+                event.targets_version = published
+                session.flush()
+                session.commit()
         answer["targets_version"] = published
         answer["aliases"] = body["aliases"]
-        session.flush()
     return answer

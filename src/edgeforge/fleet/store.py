@@ -57,6 +57,10 @@ class ArtifactStore(ABC):
     @abstractmethod
     def _get(self, sha256: str, out: Path) -> None: ...
 
+    @abstractmethod
+    def delete(self, sha256: str) -> None:
+        """Remove an object (a release that failed takes back what it added)."""
+
     def put(self, path: Path, sha256: str | None = None) -> str:
         """Store `path` (unless an object with its hash is there); returns its hash."""
         sha256 = sha256 or _file_sha256(path)
@@ -113,12 +117,16 @@ class LocalStore(ArtifactStore):
             raise EdgeforgeError(f"{self.uri}: no object {sha256[:12]}...")
         shutil.copyfile(source, out)
 
+    def delete(self, sha256: str) -> None:
+        (self.folder / _key(sha256)).unlink(missing_ok=True)
+
 
 class S3Store(ArtifactStore):
     """A bucket (and key prefix) on an S3-compatible server, through boto3."""
 
-    def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None,
-                 client: Any = None) -> None:
+    def __init__(
+        self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None, client: Any = None
+    ) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
@@ -147,7 +155,9 @@ class S3Store(ArtifactStore):
 
         try:
             self.client.upload_file(
-                str(path), self.bucket, self._object(sha256),
+                str(path),
+                self.bucket,
+                self._object(sha256),
                 ExtraArgs={"Metadata": {"sha256": sha256}},
             )
         except (ClientError, BotoCoreError) as exc:
@@ -158,6 +168,14 @@ class S3Store(ArtifactStore):
 
         try:
             self.client.download_file(self.bucket, self._object(sha256), str(out))
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc) from None
+
+    def delete(self, sha256: str) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._object(sha256))
         except (ClientError, BotoCoreError) as exc:
             raise self._error(exc) from None
 

@@ -1,7 +1,15 @@
-"""The fleet half: signed releases, the fleet server, and the device agent.
+"""The fleet wing: from a verified artifact to models running on devices.
 
-Invariant: importing `edgeforge.fleet` imports nothing heavy; each name is imported on first
-use (the device agent and client import neither torch nor any converter).
+Rooms, by name (each imports what it needs when it is imported, nothing here does):
+
+- `keys`: the Ed25519 keys of a TUF repository (offline root/targets, online
+  snapshot/timestamp/director), stored 0600 beside the repository, never in it.
+- `repository`: the signed repository a release is published into (`Repository`).
+- `client`: the device side of a release: `fetch` one variant through the TUF client.
+  It imports only the standard library, tuf, securesystemslib and cryptography.
+- `protocol`: how a device and the fleet server sign requests and directives.
+- `agent`: the device program (`Agent(state).predict(feed)`), a journaled two-slot state
+  machine; no torch, no converter.
 """
 
 from __future__ import annotations

@@ -270,7 +270,11 @@ class Agent:
             inactive = self._inactive_slot()
             index = read_json(self._slot_dir(inactive) / "variant.json")
             if isinstance(index, dict):
-                staged = {"slot": inactive, "name": index.get("name"), "version": index.get("version")}
+                staged = {
+                    "slot": inactive,
+                    "name": index.get("name"),
+                    "version": index.get("version"),
+                }
         except EdgeforgeError:
             pass
         from edgeforge.fleet.agent._fetcher import ResumableFetcher
@@ -519,13 +523,19 @@ class Agent:
         )  # fmt: skip
         metrics = {k: result.get(k) for k in ("load_ms", "latency_ms", "peak_rss", "wall_ms")}
         metrics["max_abs_error"] = result.get("max_abs_error")
-        self._event("canary", name, version, bool(result.get("ok")), result.get("detail", ""), metrics)
+        self._event(
+            "canary", name, version, bool(result.get("ok")), result.get("detail", ""), metrics
+        )
         if not result.get("ok"):
             self._record_failure(name, version, f"canary: {result.get('detail')}")
-            self._enter("idle", name=name, version=version, detail=f"canary failed: {result['detail']}")
+            self._enter(
+                "idle", name=name, version=version, detail=f"canary failed: {result['detail']}"
+            )
             return False
         latencies = [float(x) for x in result.get("latency_ms") or []] or [0.0]
-        budget = float(read_json(self._slot_dir(slot) / "variant.json", {}).get("latency_budget_ms") or 0)
+        budget = float(
+            read_json(self._slot_dir(slot) / "variant.json", {}).get("latency_budget_ms") or 0
+        )
         budget = budget or max(latencies) * 5 + 50.0
         return self._activate_and_probe(name, version, slot, budget)
 
@@ -541,7 +551,9 @@ class Agent:
             timeout=self.canary_timeout, count=self.probe_count, budget_ms=budget_ms,
         )  # fmt: skip
         metrics = {k: result.get(k) for k in ("latency_ms", "peak_rss", "count")}
-        self._event("health", name, version, bool(result.get("ok")), result.get("detail", ""), metrics)
+        self._event(
+            "health", name, version, bool(result.get("ok")), result.get("detail", ""), metrics
+        )
         if not result.get("ok"):
             self._record_failure(name, version, f"health probe: {result.get('detail')}")
             self.rollback(f"health probe failed: {result.get('detail')}", name, version)
@@ -577,7 +589,10 @@ class Agent:
             index = read_json(self._slot_dir(slot) / "variant.json")
             if not (isinstance(index, dict) and index.get("name") == name):
                 continue
-            if int(index.get("version", -1)) != version or verify_slot(self._slot_dir(slot)) is None:
+            if (
+                int(index.get("version", -1)) != version
+                or verify_slot(self._slot_dir(slot)) is None
+            ):
                 continue
             self._enter("rolling_back", name=name, version=version, slot=slot, detail="directive")
             pointer = {"slot": slot, "name": name, "version": version}

@@ -59,7 +59,7 @@ class ResumableFetcher(FetcherInterface):
         if offset:
             request.add_header("Range", f"bytes={offset}-")
         try:
-            return urllib.request.urlopen(request, timeout=self.timeout)  # noqa: S310 (http only)
+            return urllib.request.urlopen(request, timeout=self.timeout)
         except urllib.error.HTTPError as exc:
             if exc.code == 416 and offset:
                 return None  # every byte is already here

@@ -48,7 +48,7 @@ class ServerClient:
         for name, value in all_headers.items():
             request.add_header(name, value)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 status, raw = response.status, response.read()
                 reply_headers = dict(response.headers.items())
         except urllib.error.HTTPError as exc:
@@ -56,7 +56,11 @@ class ServerClient:
             reply_headers = dict(exc.headers.items()) if exc.headers else {}
             if status >= 500:
                 raise Offline(f"{path}: HTTP {status}") from exc
-        except (OSError, ValueError, http.client.HTTPException) as exc:  # refused, reset, timed out, bad reply
+        except (
+            OSError,
+            ValueError,
+            http.client.HTTPException,
+        ) as exc:  # refused, reset, timed out, bad reply
             raise Offline(f"{path}: {exc}") from exc
         try:
             payload = json.loads(raw) if raw else None

@@ -58,7 +58,8 @@ def _openvino(path: Path) -> Session:
 
     def run(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         result = compiled({name: feed[name] for name in names})
-        return {name: np.asarray(result[port]) for name, port in zip(outputs, compiled.outputs)}
+        ports = zip(outputs, compiled.outputs, strict=True)
+        return {name: np.asarray(result[port]) for name, port in ports}
 
     return Session(names, run)
 

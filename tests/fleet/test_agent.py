@@ -23,7 +23,7 @@ def repo(tmp_path):
 
     repository = Repository.init(tmp_path / "repo")
     publish(repository, tmp_path / "work", 1, CLASS)
-    publish(repository, tmp_path / "work", 2, CLASS)
+    publish(repository, tmp_path / "work", 2, CLASS, pad=20_000)
     return repository
 
 

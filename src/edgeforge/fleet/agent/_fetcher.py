@@ -105,6 +105,8 @@ class ResumableFetcher(FetcherInterface):
             handle.seek(offset)
             if response is not None:
                 unsaved = 0
+                declared = response.headers.get("Content-Length")
+                end = offset + int(declared) if declared and declared.isdigit() else None
                 try:
                     with response:
                         while chunk := response.read(self.chunk_size):
@@ -115,6 +117,11 @@ class ResumableFetcher(FetcherInterface):
                                 self._persist(handle, offset_file, url, offset)
                                 unsaved = 0
                             yield chunk
+                    if end is not None and offset < end:
+                        # The connection closed early (urllib returns b"" rather than raising).
+                        raise exceptions.DownloadError(
+                            f"{url}: connection closed after {offset} of {end} bytes"
+                        )
                 except Exception as exc:  # a lost connection, a full disk, an interrupt
                     if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                         handle.close()

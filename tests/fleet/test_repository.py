@@ -190,3 +190,89 @@ def test_director_key_signs(tmp_path):
     signature = repo.director_sign(b"directive")
     Ed25519PublicKey.from_public_bytes(repo.director_public_key()).verify(signature, b"directive")
     json.dumps(repo.targets())
+
+
+def test_keys_verbs(tmp_path, capsys):
+    from edgeforge.cli import main
+
+    repo = tmp_path / "repo"
+    argv = ["keys", "init", "--repo", str(repo), "--expiry", "timestamp=0.5,snapshot=3"]
+    assert main([*argv, "--threshold", "targets=2", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["schema"] == "edgeforge.keys/1"
+    assert shown["roles"]["targets"]["threshold"] == 2
+    assert shown["trusted_root"].endswith("metadata/1.root.json")
+    assert main(["keys", "rotate", "timestamp", "--repo", str(repo), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["rotated"] == "timestamp"
+    assert shown["trusted_root"].endswith("metadata/2.root.json")
+    # bad input: one line, exit 2, the repository unchanged
+    assert main(["keys", "init", "--repo", str(repo)]) == 2
+    assert "already a repository" in capsys.readouterr().err
+    assert main(["keys", "rotate", "--repo", str(tmp_path)]) == 2
+    assert main(["keys", "rotate", "targets", "--repo", str(tmp_path)]) == 2
+    assert "not an edgeforge repository" in capsys.readouterr().err
+    assert main(["keys", "init", "--repo", str(tmp_path / "r2"), "--expiry", "nope=3"]) == 2
+    assert "unknown role 'nope'" in capsys.readouterr().err
+    assert not (tmp_path / "r2").exists()
+
+
+def test_external_signer_uri(tmp_path):
+    """A targets key held outside the keys folder, named by a securesystemslib signer URI."""
+    from securesystemslib.signer import CryptoSigner
+
+    from edgeforge.fleet.keys import public_key_from_uri
+
+    offline = tmp_path / "offline"
+    offline.mkdir(mode=0o700)
+    signer = CryptoSigner.generate_ed25519()
+    pem = offline / "targets.pem"
+    pem.write_bytes(signer.private_bytes)
+    pem.chmod(0o600)
+    uri = f"file2:{pem}"
+    repo = Repository.init(
+        tmp_path / "repo", signers={"targets": [(uri, public_key_from_uri(uri))]}
+    )
+    assert not list((repo.keys / "targets").glob("*.pem"))  # no key made for targets
+    local = tmp_path / "a.bin"
+    local.write_bytes(b"a")
+    repo = Repository.open(tmp_path / "repo")
+    with repo.lock():
+        repo.publish({"m/1/c/a.bin": local})
+    root = repo.metadata()["root"]
+    assert root.signed.roles["targets"].keyids == [signer.public_key.keyid]
+    root.verify_delegate("targets", repo.metadata()["targets"])
+    pem.chmod(0o640)
+    with pytest.raises(EdgeforgeError, match=f"chmod 600 {pem}"):
+        repo.publish({"m/1/c/b.bin": local})
+
+
+def test_publish_move_links_the_file_in_and_removes_it_only_on_success(tmp_path):
+    repo = Repository.init(tmp_path / "repo")
+    local = tmp_path / "release-tmp.bin"
+    local.write_bytes(b"artifact")
+    before = _tree(tmp_path / "repo")
+    with pytest.raises(EdgeforgeError):
+        repo.publish({"m/1/a/x.bin": local, "m/1/a/y.bin": tmp_path / "gone"}, move=True)
+    assert local.read_bytes() == b"artifact" and _tree(tmp_path / "repo") == before
+    repo.publish({"m/1/a/x.bin": local}, move=True)
+    assert not local.exists()
+    assert repo.target_file("m/1/a/x.bin").read_bytes() == b"artifact"
+
+
+def test_failed_init_leaves_no_keys_behind(tmp_path):
+    from securesystemslib.signer import CryptoSigner
+
+    key = CryptoSigner.generate_ed25519().public_key
+    with pytest.raises(EdgeforgeError, match="cannot use the signer"):
+        Repository.init(tmp_path / "repo", signers={"targets": [(f"file2:{tmp_path}/no.pem", key)]})
+    assert not (tmp_path / "repo").exists() and not (tmp_path / "repo-keys").exists()
+    Repository.init(tmp_path / "repo")  # and a second try works
+
+
+def test_private_keys_are_found_through_links(tmp_path):
+    Repository.init(tmp_path / "repo")
+    (tmp_path / "repo" / "targets" / "linked").symlink_to(tmp_path / "repo-keys")
+    (tmp_path / "repo" / "targets" / "loop").symlink_to(tmp_path / "repo" / "targets")
+    found = private_keys_in(tmp_path / "repo")
+    assert len(found) == 5 and all("linked" in str(p) for p in found)

@@ -39,7 +39,10 @@ SCHEMA_VERSION = 1
 _HIDDEN_ALIASES = {"--to", "--runtimes", "--precisions", "--cloud-instance"}
 
 # Modules of this package that add verbs (the fleet half), in the order `--help` lists them.
-_VERB_FAMILIES: tuple[str, ...] = ()
+_VERB_FAMILIES: tuple[str, ...] = (
+    "keys",
+    "fetch",
+)
 
 # --json puts a verb's list result under this name, so the output is always an object.
 _LIST_NAMES = {"devices": "devices", "estimate": "estimates"}

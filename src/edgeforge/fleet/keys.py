@@ -143,6 +143,8 @@ def load_signers(keys: Path, role: str, public_keys: dict[str, Key]) -> list[Sig
         path = folder / f"{keyid}.pem"
         if keyid in external:
             uri = external[keyid]
+            if uri.startswith("file2:"):
+                check_permissions(Path(uri.removeprefix("file2:")))
         elif path.exists():
             check_permissions(path)
             uri = f"file2:{path}"
@@ -173,7 +175,14 @@ def private_keys_in(folder: Path) -> list[Path]:
     private key. Files are read in 1 MiB chunks with an overlap, so a key is found anywhere
     in a file, not only at its start."""
     found: list[Path] = []
-    for root, _dirs, files in os.walk(folder):
+    seen: set[tuple[int, int]] = set()
+    # Links are followed (a static server follows them too); each real folder is read once.
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        here = os.stat(root)
+        if (here.st_dev, here.st_ino) in seen:
+            dirs.clear()
+            continue
+        seen.add((here.st_dev, here.st_ino))
         for name in files:
             path = Path(root) / name
             if _holds_private_key(path):

@@ -131,10 +131,14 @@ class Repository:
         external = signers or {}
         unknown = set(external) - set(keystore.TUF_ROLES)
         if unknown:
-            raise EdgeforgeError(f"unknown role {sorted(unknown)[0]}; roles: root, targets, ...")
+            raise EdgeforgeError(
+                f"unknown role {sorted(unknown)[0]!r} in signers; roles: root, targets, "
+                "snapshot, timestamp"
+            )
 
         repo = cls(path, keys, expiry, clock=clock)
         created = not path.exists()
+        keys_created = not keys.exists()
         try:
             path.mkdir(parents=True, exist_ok=True)
             (path / "metadata").mkdir()
@@ -146,8 +150,8 @@ class Repository:
                 if role in external:
                     role_signers[role] = []
                     for uri, key in external[role]:
+                        role_signers[role].append(_external_signer(uri, key))
                         keystore.register_external(keys, key.keyid, uri)
-                        role_signers[role].append(Signer.from_priv_key_uri(uri, key))
                 else:
                     role_signers[role] = [
                         keystore.generate(keys, role) for _ in range(thresholds[role])
@@ -185,6 +189,15 @@ class Repository:
             if created:
                 with contextlib.suppress(OSError):
                     path.rmdir()
+            # the keys folder was absent or empty: what init made in it goes too
+            for entry in keys.iterdir() if keys.is_dir() else []:
+                if entry.is_dir():
+                    _remove_tree(entry)
+                else:
+                    entry.unlink()
+            if keys_created:
+                with contextlib.suppress(OSError):
+                    keys.rmdir()
             raise
         return repo
 
@@ -328,9 +341,20 @@ class Repository:
 
     # ----------------------------------------------------------------- changes
 
-    def publish(self, files: dict[str, Path], custom: dict[str, dict] | None = None) -> int:
+    def publish(
+        self,
+        files: dict[str, Path],
+        custom: dict[str, dict] | None = None,
+        *,
+        move: bool = False,
+    ) -> int:
         """Add or replace targets: target path -> local file, copied in hash-prefixed; re-signs
-        targets, snapshot and timestamp. All or nothing. Returns the new targets version."""
+        targets, snapshot and timestamp. All or nothing. Returns the new targets version.
+
+        `move=True` says the local files are the caller's to give away (a release's temporary
+        folder): on the same file system they are linked in and removed once the release is
+        committed, instead of copied, so publishing costs one read (the hash), not a copy.
+        If the publish fails they stay where they were."""
         custom = custom or {}
         for target in (*files, *custom):
             _check_target_path(target)
@@ -341,7 +365,8 @@ class Repository:
             chain = self._chain()
             root, targets = chain["root"], chain["targets"]
             for target, local in files.items():
-                staged, sha256, length = tx.stage_copy(Path(local), self.path / "targets")
+                stage = tx.stage_link if move else tx.stage_copy
+                staged, sha256, length = stage(Path(local), self.path / "targets")
                 fields = {"custom": custom[target]} if target in custom else {}
                 targets.signed.targets[target] = TargetFile(
                     length, {"sha256": sha256}, target, fields
@@ -349,7 +374,12 @@ class Repository:
                 tx.place(staged, self._target_location(target, sha256))
             self._bump(targets, "targets", root)
             self._commit_chain(tx, chain, new_targets=True)
-            return targets.signed.version
+            version = targets.signed.version
+        if move:
+            for local in files.values():
+                with contextlib.suppress(OSError):
+                    Path(local).unlink()
+        return version
 
     def _bump(self, md: Metadata, role: str, root: Metadata) -> None:
         md.signed.version += 1
@@ -477,6 +507,13 @@ def _merged(what: str, defaults: dict[str, Any], given: dict[str, Any]) -> dict[
     return {**defaults, **given}
 
 
+def _external_signer(uri: str, key: Key) -> Signer:
+    try:
+        return Signer.from_priv_key_uri(uri, key)
+    except Exception as exc:  # each signer kind fails in its own way; all are bad input here
+        raise EdgeforgeError(f"cannot use the signer {uri}: {type(exc).__name__}: {exc}") from exc
+
+
 def _check_target_path(path: str) -> None:
     pure = PurePosixPath(path)
     if (
@@ -549,6 +586,24 @@ class _Transaction:
                 length += len(chunk)
             writer.flush()
             os.fsync(writer.fileno())
+        return staged, digest.hexdigest(), length
+
+    def stage_link(self, source: Path, folder: Path) -> tuple[Path, str, int]:
+        """Link `source` into `folder` under a temporary name and hash it (one read, no copy);
+        a copy where a link cannot be made (another file system)."""
+        staged = folder / f".staged-{uuid.uuid4().hex}"
+        try:
+            os.link(source, staged)
+        except OSError:
+            return self.stage_copy(source, folder)
+        self._staged.append(staged)
+        digest = hashlib.sha256()
+        length = 0
+        with open(staged, "rb") as reader:
+            while chunk := reader.read(_CHUNK):
+                digest.update(chunk)
+                length += len(chunk)
+            os.fsync(reader.fileno())  # what the caller wrote may not be on disk yet
         return staged, digest.hexdigest(), length
 
     def place(self, staged: Path, final: Path) -> None:

@@ -43,7 +43,6 @@ _VERB_FAMILIES: tuple[str, ...] = (
     "keys",
     "release",
     "fetch",
-    "release",
     "serve",
 )
 

@@ -10,6 +10,10 @@ Rooms, by name (each imports what it needs when it is imported, nothing here doe
 - `repository`: the signed repository a release is published into (`Repository`).
 - `client`: the device side of a release: `fetch` one variant through the TUF client.
   It imports only the standard library, tuf, securesystemslib and cryptography.
+- `protocol`: how a device and the fleet server sign requests and directives.
+- `agent`: the device program (`Agent(state).predict(feed)`), a journaled two-slot state
+  machine; no torch, no converter.
+- `server`: the fleet server (device API, repository over HTTP, rollouts, admin API).
 """
 
 from __future__ import annotations

@@ -58,6 +58,7 @@ BODY_LIMITS: dict[str, int] = {
 }
 DEFAULT_BODY_LIMIT = 16 * 1024
 MAX_EVENTS = 1000
+LAST_SEEN_RESOLUTION_S = 60.0
 _CLASS = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _METADATA = re.compile(r"^[A-Za-z0-9._-]{1,128}\.json$")
@@ -239,6 +240,17 @@ class FleetServer:
                 f"({len(leaked)} such files); move keys out of metadata/ and targets/"
             )
         self.engine: Engine = db.engine(config.db)
+        # Device requests run on their own engine: no pre-ping round trip per request and,
+        # on PostgreSQL, asynchronous commit (a database crash may forget the last fraction
+        # of a second of check-ins: nonces, last-seen times; a device re-sends its state at
+        # its next check-in). Rollout state changes use `engine`, with synchronous commit.
+        self.device_engine: Engine = _device_engine(config.db)
+        dialect = self.device_engine.dialect.name
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as upsert
+        else:
+            from sqlalchemy.dialects.sqlite import insert as upsert
+        self._insert_nonce = upsert(N).on_conflict_do_nothing().returning(N.c.nonce)
         self.director_key = protocol.b64encode(self.repo.director_public_key())
 
     # ------------------------------------------------------------------ devices
@@ -316,11 +328,12 @@ class FleetServer:
             )
         except protocol.ProtocolError as exc:
             raise _Refused(401, str(exc)) from None
-        try:
-            with conn.begin_nested():
-                conn.execute(insert(N).values(device_id=device_id, nonce=nonce, seen_at=now))
-        except IntegrityError:
-            raise _Refused(401, "the request's nonce was seen before (a replay)") from None
+        # one statement, no savepoint: the primary key refuses a nonce seen before
+        fresh = conn.execute(
+            self._insert_nonce.values(device_id=device_id, nonce=nonce, seen_at=now)
+        ).first()
+        if fresh is None:
+            raise _Refused(401, "the request's nonce was seen before (a replay)")
         return device
 
     def checkin(self, headers: Any, path: str, body: bytes, now: float) -> tuple[str, str]:
@@ -332,7 +345,7 @@ class FleetServer:
         state = data.get("state")
         if state is not None and (not isinstance(state, str) or len(state) > 32):
             raise _Refused(422, "state must be a short string")
-        with self.engine.begin() as conn:
+        with self.device_engine.begin() as conn:
             device = self._authenticate(conn, headers, "POST", path, body, now)
             directive, updates = rollouts.decide(conn, device, active, staged, now)
             key = hashlib.sha256(protocol.canonical(directive)).hexdigest()
@@ -345,15 +358,18 @@ class FleetServer:
                     {"directive": content, "signature": protocol.b64encode(signature)}
                 )
                 updates.update(directive_key=key, directive=signed)
-            updates.update(
-                last_seen=now,
-                state=state,
-                active_name=active[0] if active else None,
-                active_version=active[1] if active else None,
-                staged_name=staged[0] if staged else None,
-                staged_version=staged[1] if staged else None,
-            )
-            conn.execute(update(D).where(D.c.id == device.id).values(**updates))
+            reported = {
+                "state": state,
+                "active_name": active[0] if active else None,
+                "active_version": active[1] if active else None,
+                "staged_name": staged[0] if staged else None,
+                "staged_version": staged[1] if staged else None,
+            }
+            changed = any(getattr(device, k) != v for k, v in reported.items())
+            # unchanged state writes nothing but the nonce; last_seen is kept to the minute
+            if updates or changed or (device.last_seen or 0) < now - LAST_SEEN_RESOLUTION_S:
+                updates.update(reported, last_seen=now)
+                conn.execute(update(D).where(D.c.id == device.id).values(**updates))
         return signed, f'"{key[:32]}"'
 
     def report(self, headers: Any, path: str, body: bytes, now: float) -> int:
@@ -366,7 +382,7 @@ class FleetServer:
         if len(events) > MAX_EVENTS or len(telemetry) > MAX_EVENTS:
             raise _Refused(413, f"at most {MAX_EVENTS} events and telemetry items per report")
         clean = [self._event(e) for e in events]
-        with self.engine.begin() as conn:
+        with self.device_engine.begin() as conn:
             device = self._authenticate(conn, headers, "POST", path, body, now)
             if clean:
                 conn.execute(
@@ -467,6 +483,25 @@ class FleetServer:
 
     def resign(self) -> bool:
         return self.repo.resign_timestamp(if_expiring_within=self.config.resign_within)
+
+
+def _device_engine(url: str) -> Engine:
+    from sqlalchemy import create_engine, event
+
+    from edgeforge.fleet import db
+
+    if url.startswith("sqlite"):
+        return db.engine(url)
+    made = create_engine(url, pool_size=20, max_overflow=20)
+
+    @event.listens_for(made, "connect")
+    def _asynchronous_commit(connection: Any, _record: Any) -> None:
+        cursor = connection.cursor()
+        cursor.execute("SET synchronous_commit = off")
+        cursor.close()
+        connection.commit()
+
+    return made
 
 
 async def _every(seconds: float, what: str, work: Any) -> None:

@@ -156,6 +156,7 @@ def main() -> int:
     parser.add_argument("--db", default=POSTGRES)
     parser.add_argument("--out", type=Path, default=Path("bench/results/fleet.json"))
     args = parser.parse_args()
+    load_before = os.getloadavg()
 
     import psycopg
 
@@ -246,7 +247,10 @@ def main() -> int:
             "cpus": os.cpu_count(),
             "processor": platform.processor() or platform.machine(),
             "python": platform.python_version(),
-            "note": "load generator on the same machine, sharing its cores with the server",
+            "note": "load generator on the same machine, sharing its cores with the server "
+            "(and with whatever else runs: see loadavg)",
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         },
         "command": " ".join(["bench/fleet_bench.py", *sys.argv[1:]]),
     }

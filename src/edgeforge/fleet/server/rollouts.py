@@ -280,7 +280,7 @@ _FAIL_KINDS = {"download", "canary", "activate", "health", "commit", "rollback",
 
 def _latency(metrics: Any) -> float | None:
     if isinstance(metrics, dict):
-        for key in ("latency_p95_ms", "p95_ms"):
+        for key in ("latency_p95_ms", "p95_ms", "latency_ms"):
             value = metrics.get(key)
             if isinstance(value, (int, float)) and value > 0:
                 return float(value)
@@ -299,13 +299,14 @@ def record_events(conn: Connection, device: Any, events: list[dict[str, Any]], n
     device_latency = None
     for event in events:
         kind, ok = event["kind"], event["ok"]
-        latency = _latency(event.get("metrics"))
+        # the health probe's (and commit's) latency: what the model does on the device
+        latency = _latency(event.get("metrics")) if kind in ("health", "commit") else None
         ours = rollout is not None and (event.get("name"), event.get("version")) == (
             rollout.name,
             rollout.version,
         )
         if not ours:
-            if latency is not None and kind in ("health", "commit"):
+            if latency is not None:
                 device_latency = latency
             continue
         if kind == "canary":

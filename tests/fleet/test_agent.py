@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from fleet_agent_support import NAME, FleetServer, canary_feed, fetch_function, publish
+from fleet_agent_support import NAME, FleetServer, canary_feed, publish
 
 from edgeforge.errors import EdgeforgeError
 from edgeforge.fleet import Agent
@@ -37,7 +37,7 @@ def server(repo):
 def make_agent(state, server, repo, **kwargs):
     return Agent(
         state, server=server.url, device_class=CLASS, root=repo.path / "metadata" / "1.root.json",
-        fetch=fetch_function(), **kwargs,
+        **kwargs,
     )  # fmt: skip
 
 

@@ -84,3 +84,41 @@ def test_agent_bad_input_is_one_line_exit_2(installed, tmp_path, argv, message):
     result = edgeforge(*argv)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_agent_daemon_loop_installs_what_the_server_says(tmp_path):
+    """`edgeforge agent` without --once: re-executes as the agent alone and keeps checking in."""
+    import time
+
+    from edgeforge.fleet import Agent
+    from edgeforge.fleet.repository import Repository
+
+    repo = Repository.init(tmp_path / "repo")
+    publish(repo, tmp_path / "work", 1, CLASS)
+    publish(repo, tmp_path / "work", 2, CLASS)
+    server = FleetServer(repo)
+    server.set_directive(CLASS, 1)
+    state = tmp_path / "state"
+    code = "import sys; from edgeforge.cli import main; sys.exit(main())"
+    daemon = subprocess.Popen(
+        [sys.executable, "-c", code, "agent", "--server", server.url, "--device-class", CLASS,
+         "--state", str(state), "--root", str(repo.path / "metadata/1.root.json"),
+         "--interval", "0.3", "--probe-count", "2"],
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        for version in (1, 2):
+            server.set_directive(CLASS, version)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and daemon.poll() is None:
+                committed = Agent(state).status().committed
+                if committed and committed["version"] == version:
+                    break
+                time.sleep(0.1)
+            assert Agent(state).status().committed["version"] == version
+        with open(f"/proc/{daemon.pid}/cmdline", "rb") as handle:
+            assert b"edgeforge.fleet.agent" in handle.read()  # the slim process
+    finally:
+        daemon.kill()
+        daemon.wait()
+        server.close()

@@ -93,9 +93,7 @@ def test_server_gone_mid_download_then_resume(tmp_path, repo, server):
     assert list(pending.values()) == [100_000]
     agent.step()
     assert "bytes=100000-" in server.ranges
-    assert agent.last_fetcher.resumed_from and list(agent.last_fetcher.resumed_from.values()) == [
-        100_000
-    ]
+    assert list(agent.last_download["resumed_from"].values()) == [100_000]
     assert assert_working_model(tmp_path / "state") == 2
     assert agent.status().downloads == {}
 

@@ -9,6 +9,8 @@ only (no torch, no converter).
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -112,8 +114,16 @@ def _agent(args: argparse.Namespace) -> int:
     if args.interval <= 0 or args.probe_count < 1:
         raise EdgeforgeError("--interval must be positive and --probe-count at least 1")
     if not args.once:
-        agent.run()
-        return 0
+        # The loop runs for days: re-execute as the agent alone, so the daemon's memory holds
+        # no CLI machinery (issue 15's idle-RSS goal). Options were checked above.
+        agent.enrol()  # bad input (no server, refused token) still exits 2 here, in one line
+        forward = ["--state", str(args.state), "--interval", str(args.interval)]
+        forward += ["--probe-count", str(args.probe_count)]
+        forward += ["--canary-timeout", str(args.canary_timeout)]
+        if args.model_memory_limit:
+            forward += ["--memory-limit", str(args.model_memory_limit)]
+        sys.stdout.flush()
+        os.execv(sys.executable, [sys.executable, "-m", "edgeforge.fleet.agent", *forward])
     from edgeforge.fleet.agent._lock import exclusive
 
     with exclusive(args.state / ".agent.lock"):

@@ -63,6 +63,7 @@ def publish(
     wrong_reference: bool = False,
     bomb: bool = False,
     pad: int = 0,
+    samples: int = 4,
 ) -> dict[str, Any]:
     """Publish NAME/VERSION/CLASS/{model.onnx, canary.npz, variant.json}; returns variant.json.
     `wrong_reference` makes the canary fail; `pad` grows the model file (for download tests)."""
@@ -78,7 +79,8 @@ def publish(
         proto.doc_string = "p" * pad
         onnx.save(proto, model)
     # The release's layout: axis 0 is the sample.
-    inputs = np.stack([canary_feed(shift)["x"] for shift in (0.0, 0.5, -0.25, 1.0)])
+    shifts = np.linspace(-1.0, 1.0, samples)
+    inputs = np.stack([canary_feed(float(shift))["x"] for shift in shifts])
     if bomb:
         reference = np.zeros((len(inputs), 1, 8), np.float32)
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -132,7 +133,7 @@ def test_canary_runtime_crash_child_dies_agent_does_not(tmp_path, repo, server):
                 if not pid.isdigit():
                     continue
                 try:
-                    cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
+                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
                 except OSError:
                     continue
                 if b"_child\x00canary" in cmdline and str(tmp_path).encode() in cmdline:

@@ -27,7 +27,7 @@ from edgeforge.render import print_bench, print_conversion
 from edgeforge.report import write_report
 from edgeforge.zoo import train_digits_cnn
 
-__all__ = ["run_demo"]
+__all__ = ["run_demo", "ship"]
 
 
 def run_demo(out: Path) -> Path:
@@ -83,6 +83,8 @@ def run_demo(out: Path) -> Path:
     ]
     for decision in decisions:
         print_decision(decision)
+    console.print("[bold]shipping[/] it: a signed release for two device classes, one fetched back")
+    shipped = ship(model.onnx_path, data_folder, out / "fleet")
     sections = {
         "demo": {
             "description": "A small CNN (conv-BN-ReLU x2, max-pool, two linear layers) trained "
@@ -96,6 +98,7 @@ def run_demo(out: Path) -> Path:
                     model.provenance.export_check
                 ),
                 **{f"optimize report ({r.device})": str(r.report_path) for r in optimized},
+                **shipped,
             },
         },
         "inspect": profile.to_dict(),
@@ -121,3 +124,48 @@ def _labelled_samples(data, folder: Path, count: int = 192) -> Path:
     for i in range(count):
         np.savez(folder / f"{i:03}.npz", image=data.test_x[i : i + 1], label=data.test_y[i])
     return folder
+
+
+def ship(source: Path, data: Path, folder: Path) -> dict[str, str]:
+    """Release `source` for two device classes into a new signed repository in `folder` (the
+    demo's own: replaced on every run), point `production` at it, and fetch the Raspberry Pi
+    variant back through the device client, verified. Returns facts for the report."""
+    import shutil
+
+    from edgeforge.fleet.client import fetch
+    from edgeforge.fleet.release import move_alias, release
+    from edgeforge.fleet.repository import Repository
+
+    shutil.rmtree(folder, ignore_errors=True)
+    repo = Repository.init(folder / "repo").path
+    result = release(
+        source,
+        repo,
+        "digits",
+        "linux-x86=onnxruntime,raspberry-pi-4=onnxruntime:int8-dynamic",
+        data=data,
+        max_accuracy_drop="2%",
+        bench_runs=20,
+    )
+    console.print(f"  {result.verdict}")
+    if not result.released:
+        return {"release": result.verdict}
+    move_alias(repo, f"digits@{result.version}", "production")
+    got = fetch(
+        repo,
+        folder / "device-state",
+        "digits",
+        "raspberry-pi-4",
+        folder / "device" / "digits",
+        alias="production",
+        root=repo / "metadata" / "1.root.json",
+    )
+    accuracy = got.index["evidence"]["accuracy"]
+    fetched = (
+        f"digits@production (version {got.version}) for {got.device_class}: "
+        f"{len(got.files)} files verified against the signed metadata into {got.out}; "
+        f"its evidence: {got.index['precision']}, accuracy {accuracy['candidate']:.1%} "
+        f"(source {accuracy['reference']:.1%})"
+    )
+    console.print(f"  fetched {fetched}")
+    return {"release": result.verdict, "repository": str(repo), "fetched": fetched}

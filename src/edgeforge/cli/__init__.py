@@ -41,7 +41,9 @@ _HIDDEN_ALIASES = {"--to", "--runtimes", "--precisions", "--cloud-instance"}
 # Modules of this package that add verbs (the fleet half), in the order `--help` lists them.
 _VERB_FAMILIES: tuple[str, ...] = (
     "keys",
+    "release",
     "fetch",
+    "serve",
     "agent",
 )
 

@@ -1,4 +1,7 @@
-"""The fleet wing: from a verified artifact to models running on devices.
+"""The fleet half: signed releases, the fleet server, and the device agent.
+
+Invariant: importing `edgeforge.fleet` imports nothing heavy; each name is imported on first
+use (the device agent and client import neither torch nor any converter).
 
 Rooms, by name (each imports what it needs when it is imported, nothing here does):
 
@@ -10,6 +13,7 @@ Rooms, by name (each imports what it needs when it is imported, nothing here doe
 - `protocol`: how a device and the fleet server sign requests and directives.
 - `agent`: the device program (`Agent(state).predict(feed)`), a journaled two-slot state
   machine; no torch, no converter.
+- `server`: the fleet server (device API, repository over HTTP, rollouts, admin API).
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""The fleet database's Alembic migrations, shipped in the package (see `edgeforge.fleet.db`)."""

@@ -19,14 +19,7 @@ from edgeforge.fleet.agent import verify_slot
 CLASS = "linux-x86"
 HERE = Path(__file__).parent
 
-RUNNER = """
-import sys
-from fleet_agent_support import fetch_function
-from edgeforge.fleet import Agent
-state, url, root = sys.argv[1:4]
-Agent(state, server=url, device_class="linux-x86", root=root, fetch=fetch_function(),
-      probe_count=3).run(once=True)
-"""
+RUNNER = "import sys; from edgeforge.cli import main; sys.exit(main())"
 
 
 def expected(version: int) -> np.ndarray:
@@ -43,7 +36,8 @@ def spawn(state: Path, server, repo, pause_at: str | None = None) -> subprocess.
         env["EDGEFORGE_AGENT_PAUSE_AT"] = pause_at
     root = repo.path / "metadata" / "1.root.json"
     return subprocess.Popen(
-        [sys.executable, "-c", RUNNER, str(state), server.url, str(root)],
+        [sys.executable, "-c", RUNNER, "agent", "--state", str(state), "--server", server.url,
+         "--device-class", CLASS, "--root", str(root), "--once", "--probe-count", "3"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
 

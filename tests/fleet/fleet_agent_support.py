@@ -49,8 +49,8 @@ def make_model(path: Path, scale: float, *, bomb: bool = False) -> Path:
     return path
 
 
-def canary_feed() -> dict[str, np.ndarray]:
-    return {"x": np.linspace(-1, 1, 8, dtype=np.float32).reshape(1, 8)}
+def canary_feed(shift: float = 0.0) -> dict[str, np.ndarray]:
+    return {"x": (np.linspace(-1, 1, 8, dtype=np.float32) + shift).reshape(1, 8)}
 
 
 def publish(
@@ -63,6 +63,7 @@ def publish(
     wrong_reference: bool = False,
     bomb: bool = False,
     pad: int = 0,
+    samples: int = 4,
 ) -> dict[str, Any]:
     """Publish NAME/VERSION/CLASS/{model.onnx, canary.npz, variant.json}; returns variant.json.
     `wrong_reference` makes the canary fail; `pad` grows the model file (for download tests)."""
@@ -77,19 +78,17 @@ def publish(
         proto = onnx.load(model)
         proto.doc_string = "p" * pad
         onnx.save(proto, model)
-    feed = canary_feed()
+    # The release's layout: axis 0 is the sample.
+    shifts = np.linspace(-1.0, 1.0, samples)
+    inputs = np.stack([canary_feed(float(shift))["x"] for shift in shifts])
     if bomb:
-        reference = {"y": np.zeros((1, 8), np.float32)}
+        reference = np.zeros((len(inputs), 1, 8), np.float32)
     else:
         session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-        reference = {"y": session.run(["y"], feed)[0]}
+        reference = np.stack([session.run(["y"], {"x": x})[0] for x in inputs])
     if wrong_reference:
-        reference = {"y": reference["y"] + 1.0}
-    np.savez(
-        folder / "canary.npz",
-        **{f"in/{k}": v for k, v in feed.items()},
-        **{f"out/{k}": v for k, v in reference.items()},
-    )
+        reference = reference + 1.0
+    np.savez(folder / "canary.npz", **{"in/x": inputs, "out/y": reference})
     files = []
     for file in ("model.onnx", "canary.npz"):
         data = (folder / file).read_bytes()
@@ -102,10 +101,15 @@ def publish(
         "device_class": device_class,
         "runtime": "onnxruntime",
         "precision": "fp32",
-        "artifact": "model.onnx",
+        "format": "onnx",
+        "main": "model.onnx",
         "files": files,
         "evidence": {},
-        "canary": {"file": "canary.npz", "atol": 1e-4, "rtol": 1e-4},
+        "canary": {
+            "file": "canary.npz",
+            "samples": len(inputs),
+            "tolerance": {"rtol": 1e-3, "atol": 1e-4, "min_cosine": 0.9999, "min_top1": 0.0},
+        },
     }
     (folder / "variant.json").write_text(json.dumps(index))
     base = f"{NAME}/{version}/{device_class}"
@@ -116,58 +120,6 @@ def publish(
             {f"{base}/variant.json": custom},
         )
     return index
-
-
-def tuf_fetch(repo, state, name, device_class, out, *, version=None, alias=None, root=None,
-              fetcher=None):  # fmt: skip
-    """`edgeforge.fleet.client.fetch`'s contract, through tuf.ngclient (used until the client
-    lands on this branch): variant.json first, then every file it lists, written atomically."""
-    import shutil
-    import tempfile
-
-    from tuf.ngclient import Updater
-
-    state = Path(state)
-    state.mkdir(parents=True, exist_ok=True)
-    bootstrap = None if (state / "root.json").exists() else Path(root).read_bytes()
-    updater = Updater(
-        metadata_dir=str(state),
-        metadata_base_url=f"{repo}/metadata/",
-        target_base_url=f"{repo}/targets/",
-        target_dir=str(state),
-        fetcher=fetcher,
-        bootstrap=bootstrap,
-    )
-    updater.refresh()
-    base = f"{name}/{version}/{device_class}"
-    out = Path(out)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
-        info = updater.get_targetinfo(f"{base}/variant.json")
-        if info is None:
-            raise FileNotFoundError(f"{base}/variant.json is not a target")
-        updater.download_target(info, str(tmp / "variant.json"))
-        index = json.loads((tmp / "variant.json").read_text())
-        if index.get("device_class") != device_class:
-            raise ValueError("variant for another device class")
-        for entry in index["files"]:
-            info = updater.get_targetinfo(f"{base}/{entry['path']}")
-            updater.download_target(info, str(tmp / entry["path"]))
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return index
-
-
-def fetch_function():
-    """The real client when it is on this branch, else the stand-in above."""
-    try:
-        from edgeforge.fleet.client import fetch
-
-        return fetch
-    except ImportError:
-        return tuf_fetch
 
 
 class FleetServer:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
-from fleet_agent_support import NAME, FleetServer, canary_feed, fetch_function, publish
+from fleet_agent_support import NAME, FleetServer, canary_feed, publish
 
 from edgeforge.errors import EdgeforgeError
 from edgeforge.fleet import Agent
@@ -37,7 +38,7 @@ def server(repo):
 def make_agent(state, server, repo, **kwargs):
     return Agent(
         state, server=server.url, device_class=CLASS, root=repo.path / "metadata" / "1.root.json",
-        fetch=fetch_function(), **kwargs,
+        **kwargs,
     )  # fmt: skip
 
 
@@ -107,6 +108,50 @@ def test_canary_over_memory_limit_child_dies_agent_does_not(tmp_path, repo, serv
     assert agent.status().active["version"] == 1
     canary = next(e for e in server.reports if e["kind"] == "canary" and e["version"] == 4)
     assert not canary["ok"] and "over the 200 MB memory limit" in canary["detail"]
+
+
+def test_canary_runtime_crash_child_dies_agent_does_not(tmp_path, repo, server):
+    """The runtime dies of a signal in the middle of the canary (what a segfault looks like from
+    outside; the test sends the SIGSEGV, as no shipped runtime crashes on demand): the agent
+    reports the signal and keeps its active model."""
+    import os
+    import signal
+    import threading
+    import time
+
+    publish(repo, tmp_path / "work", 5, CLASS, samples=20_000)  # a canary of a few seconds
+    agent = make_agent(tmp_path / "state", server, repo, canary_timeout=60)
+    server.set_directive(CLASS, 1)
+    agent.step()
+    server.set_directive(CLASS, 5)
+    crashed: list[int] = []
+
+    def crash_the_canary() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not crashed:
+            for pid in os.listdir("/proc"):
+                if not pid.isdigit():
+                    continue
+                try:
+                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                except OSError:
+                    continue
+                if b"_child\x00canary" in cmdline and str(tmp_path).encode() in cmdline:
+                    time.sleep(0.5)  # loaded and running
+                    os.kill(int(pid), signal.SIGSEGV)
+                    crashed.append(int(pid))
+                    return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=crash_the_canary)
+    killer.start()
+    agent.step()
+    killer.join()
+    assert crashed
+    assert agent.status().active["version"] == 1
+    np.testing.assert_allclose(agent.predict(canary_feed())["y"], expected(1), rtol=1e-5)
+    canary = next(e for e in server.reports if e["kind"] == "canary" and e["version"] == 5)
+    assert not canary["ok"] and "killed by signal 11" in canary["detail"]
 
 
 def test_forged_directive_refused(tmp_path, repo, server):

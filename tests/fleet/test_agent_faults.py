@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 from agent_harness import CLASS, assert_working_model
-from fleet_agent_support import FleetServer, fetch_function, publish
+from fleet_agent_support import FleetServer, publish
 
 from edgeforge.fleet import Agent
 
@@ -33,7 +33,7 @@ def server(repo):
 def make_agent(state, server, repo):
     return Agent(
         state, server=server.url, device_class=CLASS, root=repo.path / "metadata/1.root.json",
-        fetch=fetch_function(), probe_count=3,
+        probe_count=3,
     )  # fmt: skip
 
 
@@ -93,9 +93,7 @@ def test_server_gone_mid_download_then_resume(tmp_path, repo, server):
     assert list(pending.values()) == [100_000]
     agent.step()
     assert "bytes=100000-" in server.ranges
-    assert agent.last_fetcher.resumed_from and list(agent.last_fetcher.resumed_from.values()) == [
-        100_000
-    ]
+    assert list(agent.last_download["resumed_from"].values()) == [100_000]
     assert assert_working_model(tmp_path / "state") == 2
     assert agent.status().downloads == {}
 

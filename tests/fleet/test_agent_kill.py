@@ -8,7 +8,7 @@ import time
 
 import pytest
 from agent_harness import CLASS, assert_working_model, kill9, spawn, wait_paused
-from fleet_agent_support import FleetServer, fetch_function, publish
+from fleet_agent_support import FleetServer, publish
 
 from edgeforge.fleet import Agent
 
@@ -37,7 +37,7 @@ def installed_v1(tmp_path, server, repo, *, then_v2: bool = False):
     state = tmp_path / "state"
     agent = Agent(
         state, server=server.url, device_class=CLASS, root=repo.path / "metadata/1.root.json",
-        fetch=fetch_function(), probe_count=3,
+        probe_count=3,
     )  # fmt: skip
     server.set_directive(CLASS, 1)
     agent.step()

@@ -44,6 +44,7 @@ _VERB_FAMILIES: tuple[str, ...] = (
     "release",
     "fetch",
     "serve",
+    "agent",
 )
 
 # --json puts a verb's list result under this name, so the output is always an object.

@@ -277,8 +277,6 @@ class Agent:
                 }
         except EdgeforgeError:
             pass
-        from edgeforge.fleet.agent._fetcher import ResumableFetcher
-
         return AgentStatus(
             state_dir=str(self.state),
             device_id=device.get("device_id"),
@@ -288,9 +286,7 @@ class Agent:
             active=self._pointer("active"),
             committed=self._pointer("committed"),
             staged=staged,
-            downloads=ResumableFetcher(self.state / "partial").pending()
-            if (self.state / "partial").exists()
-            else {},
+            downloads=pending_downloads(self.state / "partial"),
             outbox=len(read_json(self._path("outbox.json"), []) or []),
             failed=read_json(self._path("failed.json"), {}) or {},
             journal=self.journal.entries(last=20),
@@ -451,37 +447,16 @@ class Agent:
         failed[f"{name}@{version}"] = detail
         atomic_write_json(self._path("failed.json"), failed)
 
-    def _fetch_variant(self, name: str, version: int, out: Path) -> Any:
-        from edgeforge.fleet.agent._fetcher import ResumableFetcher
+    def _fetch_variant(self, name: str, version: int, out: Path) -> dict[str, Any]:
+        """Fetch into `out`: in a child (default), or in this process with a given `fetch`."""
+        from edgeforge.fleet.agent._download import fetch_in_process, run_download
 
-        device = self._device()
-        testing = os.environ.get(PAUSE_ENV) == "downloading"
-
-        def progress(url: str, offset: int) -> None:
-            if testing:
-                self._maybe_pause("downloading")
-
-        fetcher = ResumableFetcher(
-            self.state / "partial",
-            chunk_size=1024 if testing else 64 * 1024,
-            persist_every=1024 if testing else 1024 * 1024,
-            on_progress=progress,
-        )
-        self.last_fetcher = fetcher
-        fetch = self._fetch
-        if fetch is None:
-            from edgeforge.fleet.client import fetch
-        root = self._path("root.json")
-        return fetch(
-            device["repo"],
-            self.state / "tuf",
-            name,
-            device["device_class"],
-            out,
-            version=version,
-            root=root if root.exists() else None,
-            fetcher=fetcher,
-        )
+        if self._fetch is not None:
+            result = fetch_in_process(self.state, name, version, out, self._fetch)
+        else:
+            result = run_download(self.state, name, version, out)
+        self.last_download = result
+        return result
 
     def install(self, name: str, version: int) -> bool:
         """Download, stage, canary, activate, probe, commit (or roll back). True if committed."""
@@ -493,11 +468,10 @@ class Agent:
             self._enter("downloading", name=name, version=version, slot=slot)
             _remove(where)
             started = time.monotonic()
-            try:
-                self._fetch_variant(name, version, where)
-            except Exception as exc:
+            fetched = self._fetch_variant(name, version, where)
+            if not fetched.get("ok"):
                 _remove(where)
-                detail = _download_failure(exc)
+                detail = str(fetched.get("detail") or "download failed")
                 self._enter("idle", name=name, version=version, detail=detail)
                 self._event("download", name, version, False, detail)
                 return False
@@ -653,25 +627,22 @@ class Agent:
         return tries
 
 
+def pending_downloads(folder: Path) -> dict[str, int]:
+    """url -> durable offset of every download that can resume (see `_fetcher`)."""
+    result = {}
+    for path in sorted(folder.glob("*.offset")) if folder.is_dir() else []:
+        data = read_json(path, {}) or {}
+        if "url" in data:
+            result[data["url"]] = int(data.get("offset", 0))
+    return result
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-
-
-def _download_failure(exc: BaseException) -> str:
-    """One line for a failed download; a full disk is named as such."""
-    import errno
-
-    seen: BaseException | None = exc
-    while seen is not None:
-        if getattr(seen, "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            return "disk full during download; the active model is kept"
-        seen = seen.__cause__ or seen.__context__
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"download failed: {type(exc).__name__}: {text}"[:300]
 
 
 def _facts() -> dict[str, Any]:

@@ -6,8 +6,8 @@ memory (not an address-space limit, which breaks runtimes' thread stacks before 
 and to a time limit; a child that crashes, is killed or overruns is a failed canary, never a
 failed agent. A child whose parent dies exits too.
 
-Canary set: `canary.npz` holds `in/<input>` arrays (one feed) and `out/<output>` reference
-outputs; tolerances come from variant.json (`canary.atol`/`rtol` or `tolerances`).
+Canary set: `canary.npz` holds `in/<input>` and `out/<output>` arrays, axis 0 the sample (the
+release's layout); the tolerance comes from variant.json (`canary.tolerance`).
 """
 
 from __future__ import annotations
@@ -27,26 +27,68 @@ from typing import Any
 __all__ = ["canary_spec", "load_canary", "run_child"]
 
 
-def canary_spec(index: dict[str, Any]) -> tuple[str, float, float]:
-    """(canary file name, atol, rtol) from a variant.json index."""
+def canary_spec(index: dict[str, Any]) -> tuple[str, dict[str, float | None]]:
+    """(canary file name, tolerance) from a variant.json index: `canary.file` and
+    `canary.tolerance` ({rtol, atol, min_cosine, min_top1}; None: not judged)."""
     canary = index.get("canary")
     spec = canary if isinstance(canary, dict) else {}
-    name = canary if isinstance(canary, str) else str(spec.get("file", "canary.npz"))
-    tolerances = index.get("tolerances") if isinstance(index.get("tolerances"), dict) else spec
-    atol = float(tolerances.get("atol", 1e-3))
-    rtol = float(tolerances.get("rtol", 1e-3))
-    return name, atol, rtol
+    name = canary if isinstance(canary, str) else str(spec.get("file") or "canary.npz")
+    given = spec.get("tolerance") if isinstance(spec.get("tolerance"), dict) else {}
+    tolerance: dict[str, float | None] = {"rtol": 1e-3, "atol": 1e-4, "min_cosine": None}
+    tolerance["min_top1"] = None
+    for key in tolerance:
+        if key in given:
+            value = given[key]
+            tolerance[key] = None if value is None else float(value)
+    return name, tolerance
 
 
-def load_canary(slot: Path, index: dict[str, Any]) -> tuple[list[dict], list[dict], float, float]:
-    """(feeds, references, atol, rtol): one feed per canary entry."""
+def load_canary(slot: Path, index: dict[str, Any]) -> tuple[list[dict], list[dict], dict]:
+    """(feeds, references, tolerance): axis 0 of every `in/<name>` and `out/<name>` array is
+    the sample (the release's layout)."""
     import numpy as np
 
-    name, atol, rtol = canary_spec(index)
+    name, tolerance = canary_spec(index)
     with np.load(slot / name, allow_pickle=False) as data:
         inputs = {k[3:]: data[k] for k in data.files if k.startswith("in/")}
         outputs = {k[4:]: data[k] for k in data.files if k.startswith("out/")}
-    return [inputs], [outputs], atol, rtol
+    if not inputs:
+        raise ValueError(f"{name} has no in/<input> arrays")
+    samples = min(len(v) for v in inputs.values())
+    feeds = [{k: v[i] for k, v in inputs.items()} for i in range(samples)]
+    references = [{k: v[i] for k, v in outputs.items()} for i in range(samples)]
+    return feeds, references, tolerance
+
+
+def judge(name: str, got: list, expected: list, tolerance: dict[str, float | None]) -> str:
+    """ "" when `got` matches `expected` for one output over all samples, else why not: the
+    release's rule, max|got-ref| <= atol + rtol*max|ref|, cosine >= min_cosine, top-1
+    agreement >= min_top1 (a None tolerance is not judged)."""
+    import numpy as np
+
+    if any(np.shape(g) != np.shape(e) for g, e in zip(got, expected, strict=True)):
+        return f"output {name} has another shape than its reference"
+    actual = np.stack([np.asarray(g, dtype=np.float64) for g in got])
+    reference = np.stack([np.asarray(e, dtype=np.float64) for e in expected])
+    if not np.all(np.isfinite(actual)):
+        return f"output {name} has non-finite values"
+    error = float(np.max(np.abs(actual - reference))) if actual.size else 0.0
+    atol, rtol = tolerance.get("atol"), tolerance.get("rtol")
+    if atol is not None and rtol is not None:
+        bound = atol + rtol * float(np.max(np.abs(reference)) if reference.size else 0.0)
+        if error > bound:
+            return f"output {name} differs from the reference by {error:.3g} (> {bound:.3g})"
+    if tolerance.get("min_cosine") is not None and actual.size:
+        a, b = actual.ravel(), reference.ravel()
+        norm = float(np.linalg.norm(a) * np.linalg.norm(b))
+        cosine = float(a @ b / norm) if norm else float(np.array_equal(a, b))
+        if cosine < float(tolerance["min_cosine"]):
+            return f"output {name} cosine {cosine:.5f} < {tolerance['min_cosine']}"
+    if tolerance.get("min_top1") is not None and actual.ndim >= 2 and actual.shape[-1] > 1:
+        agree = float(np.mean(actual.argmax(-1) == reference.argmax(-1)))
+        if agree < float(tolerance["min_top1"]):
+            return f"output {name} top-1 agreement {agree:.3f} < {tolerance['min_top1']}"
+    return ""
 
 
 def _watch_parent(parent: int) -> None:
@@ -67,32 +109,37 @@ def _main(argv: list[str]) -> int:
     parent = int(os.environ.get("EDGEFORGE_AGENT_PARENT", os.getppid()))
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     index = json.loads((slot / "variant.json").read_text())
-    feeds, references, atol, rtol = load_canary(slot, index)
+    feeds, references, tolerance = load_canary(slot, index)
     started = time.perf_counter()
     session = open_session(slot, index)
     load_ms = (time.perf_counter() - started) * 1e3
     latencies: list[float] = []
     result: dict[str, Any] = {"ok": True, "detail": "", "load_ms": load_ms}
     if mode == "canary":
-        worst = 0.0
-        for feed, reference in zip(feeds, references, strict=True):
+        got: dict[str, list] = {name: [] for name in references[0]} if references else {}
+        for feed in feeds:
             started = time.perf_counter()
             outputs = session.run(feed)
             latencies.append((time.perf_counter() - started) * 1e3)
-            for name, expected in reference.items():
-                actual = outputs.get(name)
-                if actual is None or np.shape(actual) != np.shape(expected):
-                    result.update(ok=False, detail=f"output {name} missing or of another shape")
+            for name in got:
+                if name not in outputs:
+                    result.update(ok=False, detail=f"the model gives no output {name}")
                     break
-                error = float(np.max(np.abs(actual.astype(float) - expected.astype(float))))
-                worst = max(worst, error)
-                if not np.allclose(actual, expected, atol=atol, rtol=rtol):
-                    result.update(
-                        ok=False,
-                        detail=f"output {name} differs from the reference by {error:.3g} "
-                        f"(atol {atol:g}, rtol {rtol:g})",
-                    )
-        result["max_abs_error"] = worst
+                got[name].append(np.asarray(outputs[name]))
+            if not result["ok"]:
+                break
+        for name, values in got.items() if result["ok"] else ():
+            expected = [r[name] for r in references]
+            worst = max(
+                (float(np.max(np.abs(np.asarray(g, float) - np.asarray(e, float)))) for g, e in
+                 zip(values, expected, strict=True) if np.shape(g) == np.shape(e)),
+                default=0.0,
+            )  # fmt: skip
+            result["max_abs_error"] = max(result.get("max_abs_error", 0.0), worst)
+            why = judge(name, values, expected, tolerance)
+            if why:
+                result.update(ok=False, detail=why)
+                break
     else:
         for i in range(count):
             feed = feeds[i % len(feeds)]

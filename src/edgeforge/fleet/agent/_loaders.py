@@ -102,12 +102,14 @@ def _executorch(path: Path) -> Session:
 # runtime name (variant.json "runtime") -> loader; and artifact suffix -> runtime name.
 LOADERS: dict[str, Callable[[Path], Session]] = {
     "onnxruntime": _onnxruntime,
+    "onnxruntime-mobile": _onnxruntime,
     "openvino": _openvino,
     "litert": _litert,
     "executorch": _executorch,
 }
 SUFFIXES: dict[str, str] = {
     ".onnx": "onnxruntime",
+    ".ort": "onnxruntime",
     ".xml": "openvino",
     ".tflite": "litert",
     ".pte": "executorch",
@@ -117,7 +119,7 @@ SUFFIXES: dict[str, str] = {
 def artifact_path(slot: Path, index: dict[str, Any]) -> tuple[str, Path]:
     """(runtime, artifact file) of the variant in `slot`, from its variant.json `index`."""
     files = [str(f["path"]) for f in index.get("files", []) if isinstance(f, dict) and "path" in f]
-    artifact = index.get("artifact")
+    artifact = index.get("main") or index.get("artifact")  # the release names it "main"
     if not isinstance(artifact, str):
         artifact = next((f for f in files if Path(f).suffix in SUFFIXES), None)
     if artifact is None:

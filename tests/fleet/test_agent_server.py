@@ -35,7 +35,7 @@ def fleet(tmp_path_factory):
             token=ENROLL,
             root=repo.path / "metadata" / "1.root.json",
             probe_count=2,
-        )  # fmt: skip
+        )
         for device_class in (GOOD, BAD)
         for i in range(4)
     ]

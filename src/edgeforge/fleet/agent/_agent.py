@@ -147,6 +147,8 @@ class Agent:
         self._session: tuple[str, Any] | None = None
         self.stats: dict[str, Any] = {"predictions": 0, "errors": 0, "latency_ms": []}
         self.failures = 0  # consecutive check-ins that found the server unreachable
+        # The largest file the download child may write (RLIMIT_FSIZE): a disk quota for it.
+        self.file_limit: int | None = None
 
     # ---- files -------------------------------------------------------------------------------
     def _path(self, name: str) -> Path:
@@ -367,16 +369,23 @@ class Agent:
             atomic_write_json(self._path("outbox.json"), current[len(outbox) :])
 
     # ---- the loop ----------------------------------------------------------------------------
-    def _check_in(self, client: ServerClient, device: dict) -> dict | None:
-        from edgeforge.fleet.protocol import ProtocolError, b64decode, verify_directive
+    def _client(self, device: dict) -> ServerClient:
+        """The one place the agent reaches the server (the fleet simulator cuts it here)."""
+        return ServerClient(device["server"])
 
+    def _checkin_body(self) -> dict[str, Any]:
         active = self._pointer("active")
         staged = self.status().staged
-        body = {
+        return {
             "active": {"name": active["name"], "version": active["version"]} if active else None,
             "staged": {"name": staged["name"], "version": staged["version"]} if staged else None,
             "state": self.current_state(),
         }
+
+    def _check_in(self, client: ServerClient, device: dict) -> dict | None:
+        from edgeforge.fleet.protocol import ProtocolError, b64decode, verify_directive
+
+        body = self._checkin_body()
         cached = read_json(self._path("directive.json"))
         headers = {"If-None-Match": cached["etag"]} if cached and cached.get("etag") else {}
         status, reply_headers, reply = client.request(
@@ -405,7 +414,7 @@ class Agent:
         """One check-in and whatever it asks: returns {"online", "directive", "state"}."""
         device = self.enrol()
         self.recover()
-        client = ServerClient(device["server"])
+        client = self._client(device)
         try:
             directive = self._check_in(client, device)
             self.failures = 0
@@ -464,7 +473,7 @@ class Agent:
         if self._fetch is not None:
             result = fetch_in_process(self.state, name, version, out, self._fetch)
         else:
-            result = run_download(self.state, name, version, out)
+            result = run_download(self.state, name, version, out, file_limit=self.file_limit)
         self.last_download = result
         return result
 

@@ -165,6 +165,7 @@ def _show_status(data: dict, journal: int) -> None:
     print(f"  active     {release(data['active'])}")
     print(f"  committed  {release(data['committed'])}")
     print(f"  staged     {release(data['staged'])}")
+    print(f"  other slot {release(data['inactive'])}")
     for url, offset in data["downloads"].items():
         print(f"  download   {offset} bytes of {url} (resumes)")
     for release_id, why in data["failed"].items():

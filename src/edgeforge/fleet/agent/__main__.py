@@ -25,9 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=60.0)
     parser.add_argument("--probe-count", type=int, default=10)
     parser.add_argument("--canary-timeout", type=float, default=120.0)
+    parser.add_argument("--once", action="store_true")
     args = parser.parse_args(argv)
     try:
-        Agent(
+        agent = Agent(
             args.state,
             server=args.server,
             device_class=args.device_class,
@@ -38,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
             interval=args.interval,
             probe_count=args.probe_count,
             canary_timeout=args.canary_timeout,
-        ).run()
+        )
+        agent.run(once=args.once)
     except EdgeforgeError as exc:
         print(f"edgeforge: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -100,7 +100,8 @@ class AgentStatus:
     state: str
     active: dict | None
     committed: dict | None
-    staged: dict | None
+    staged: dict | None  # a release being installed (between download and activation)
+    inactive: dict | None  # what the other slot holds: the fallback, or a refused download
     downloads: dict[str, int]
     outbox: int
     failed: dict[str, str]
@@ -146,6 +147,8 @@ class Agent:
         self._session: tuple[str, Any] | None = None
         self.stats: dict[str, Any] = {"predictions": 0, "errors": 0, "latency_ms": []}
         self.failures = 0  # consecutive check-ins that found the server unreachable
+        # The largest file the download child may write (RLIMIT_FSIZE): a disk quota for it.
+        self.file_limit: int | None = None
 
     # ---- files -------------------------------------------------------------------------------
     def _path(self, name: str) -> Path:
@@ -265,27 +268,36 @@ class Agent:
     # ---- status and inference ----------------------------------------------------------------
     def status(self) -> AgentStatus:
         device = self._device()
-        staged = None
-        try:
-            inactive = self._inactive_slot()
-            index = read_json(self._slot_dir(inactive) / "variant.json")
+        state = self.current_state()
+        inactive = None
+        for slot in SLOTS:
+            if self._pointer("active") and slot == self._pointer("active")["slot"]:
+                continue
+            index = read_json(self._slot_dir(slot) / "variant.json")
             if isinstance(index, dict):
-                staged = {
-                    "slot": inactive,
+                inactive = {
+                    "slot": slot,
                     "name": index.get("name"),
                     "version": index.get("version"),
                 }
-        except EdgeforgeError:
-            pass
+        last = self.journal.last() or {}
+        staged = None
+        if state in ("staged", "canary") and last.get("slot") in SLOTS:
+            staged = {
+                "slot": last["slot"],
+                "name": last.get("name"),
+                "version": last.get("version"),
+            }
         return AgentStatus(
             state_dir=str(self.state),
             device_id=device.get("device_id"),
             device_class=device.get("device_class"),
             server=device.get("server"),
-            state=self.current_state(),
+            state=state,
             active=self._pointer("active"),
             committed=self._pointer("committed"),
             staged=staged,
+            inactive=inactive,
             downloads=pending_downloads(self.state / "partial"),
             outbox=len(read_json(self._path("outbox.json"), []) or []),
             failed=read_json(self._path("failed.json"), {}) or {},
@@ -357,16 +369,23 @@ class Agent:
             atomic_write_json(self._path("outbox.json"), current[len(outbox) :])
 
     # ---- the loop ----------------------------------------------------------------------------
-    def _check_in(self, client: ServerClient, device: dict) -> dict | None:
-        from edgeforge.fleet.protocol import ProtocolError, b64decode, verify_directive
+    def _client(self, device: dict) -> ServerClient:
+        """The one place the agent reaches the server (the fleet simulator cuts it here)."""
+        return ServerClient(device["server"])
 
+    def _checkin_body(self) -> dict[str, Any]:
         active = self._pointer("active")
         staged = self.status().staged
-        body = {
+        return {
             "active": {"name": active["name"], "version": active["version"]} if active else None,
             "staged": {"name": staged["name"], "version": staged["version"]} if staged else None,
             "state": self.current_state(),
         }
+
+    def _check_in(self, client: ServerClient, device: dict) -> dict | None:
+        from edgeforge.fleet.protocol import ProtocolError, b64decode, verify_directive
+
+        body = self._checkin_body()
         cached = read_json(self._path("directive.json"))
         headers = {"If-None-Match": cached["etag"]} if cached and cached.get("etag") else {}
         status, reply_headers, reply = client.request(
@@ -395,7 +414,7 @@ class Agent:
         """One check-in and whatever it asks: returns {"online", "directive", "state"}."""
         device = self.enrol()
         self.recover()
-        client = ServerClient(device["server"])
+        client = self._client(device)
         try:
             directive = self._check_in(client, device)
             self.failures = 0
@@ -454,7 +473,7 @@ class Agent:
         if self._fetch is not None:
             result = fetch_in_process(self.state, name, version, out, self._fetch)
         else:
-            result = run_download(self.state, name, version, out)
+            result = run_download(self.state, name, version, out, file_limit=self.file_limit)
         self.last_download = result
         return result
 
@@ -497,11 +516,13 @@ class Agent:
         )  # fmt: skip
         metrics = {k: result.get(k) for k in ("load_ms", "latency_ms", "peak_rss", "wall_ms")}
         metrics["max_abs_error"] = result.get("max_abs_error")
+        metrics["latency_p95_ms"] = _p95(result.get("latency_ms"))
         self._event(
             "canary", name, version, bool(result.get("ok")), result.get("detail", ""), metrics
         )
         if not result.get("ok"):
             self._record_failure(name, version, f"canary: {result.get('detail')}")
+            _remove(self._slot_dir(slot))  # refused: not kept, not reported as staged
             self._enter(
                 "idle", name=name, version=version, detail=f"canary failed: {result['detail']}"
             )
@@ -539,7 +560,8 @@ class Agent:
         self._enter("committing", name=name, version=version, slot=slot)
         self._set_pointer("committed", {"slot": slot, "name": name, "version": version})
         self._enter("idle", name=name, version=version, detail="committed")
-        self._event("commit", name, version, True)
+        p95 = getattr(self, "last_probe_p95", None)
+        self._event("commit", name, version, True, "", {"latency_p95_ms": p95} if p95 else None)
 
     def rollback(self, reason: str, name: str | None = None, version: int | None = None) -> None:
         """Back to the committed slot (or no model, if none was ever committed)."""
@@ -625,6 +647,14 @@ class Agent:
             if entry["state"] == "staged":
                 break
         return tries
+
+
+def _p95(values: Any) -> float | None:
+    """The 95th percentile (nearest rank) of a list of latencies, None if empty."""
+    if not isinstance(values, list) or not values:
+        return None
+    ordered = sorted(float(v) for v in values)
+    return ordered[min(len(ordered) - 1, max(0, round(0.95 * len(ordered)) - 1))]
 
 
 def pending_downloads(folder: Path) -> dict[str, int]:

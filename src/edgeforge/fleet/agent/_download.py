@@ -14,6 +14,7 @@ import contextlib
 import errno
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,7 @@ from typing import Any
 __all__ = ["download_failure", "fetch_in_process", "run_download"]
 
 PAUSE_ENV = "EDGEFORGE_AGENT_PAUSE_AT"
+FILE_LIMIT_ENV = "EDGEFORGE_AGENT_FILE_LIMIT"
 
 
 def download_failure(exc: BaseException) -> str:
@@ -83,13 +85,24 @@ def _watch_parent(parent: int) -> None:
         time.sleep(0.1)
 
 
-def run_download(state: Path, name: str, version: int, out: Path) -> dict:
-    """Fetch in a child process; never raises for what the child does."""
+def run_download(
+    state: Path, name: str, version: int, out: Path, *, file_limit: int | None = None
+) -> dict:
+    """Fetch in a child process; never raises for what the child does. `file_limit` caps the
+    size of any file the child writes (a disk quota: past it, the download fails as disk full)."""
     command = [sys.executable, "-m", "edgeforge.fleet.agent._download"]
     command += [str(state), name, str(version), str(out)]
     env = {**os.environ, "EDGEFORGE_AGENT_PARENT": str(os.getpid())}
+    if file_limit is not None:
+        env[FILE_LIMIT_ENV] = str(file_limit)
     with tempfile.TemporaryFile() as err:
-        child = subprocess.run(command, stdout=subprocess.PIPE, stderr=err, env=env, check=False)
+        child = subprocess.run(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env=env,
+            check=False,
+        )
         err.seek(0)
         stderr = err.read().decode(errors="replace")
     try:
@@ -99,7 +112,17 @@ def run_download(state: Path, name: str, version: int, out: Path) -> dict:
         return {"ok": False, "detail": f"download child failed ({child.returncode}) {last}"}
 
 
+def _limit_files(size: int) -> None:
+    """A write past `size` bytes fails with EFBIG (reported as disk full), not SIGXFSZ."""
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+
+
 if __name__ == "__main__":
+    if os.environ.get(FILE_LIMIT_ENV):
+        _limit_files(int(os.environ[FILE_LIMIT_ENV]))
     parent = int(os.environ.get("EDGEFORGE_AGENT_PARENT", os.getppid()))
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     with contextlib.suppress(BrokenPipeError):

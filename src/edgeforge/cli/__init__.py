@@ -43,6 +43,8 @@ _VERB_FAMILIES: tuple[str, ...] = (
     "keys",
     "release",
     "fetch",
+    "serve",
+    "agent",
 )
 
 # --json puts a verb's list result under this name, so the output is always an object.

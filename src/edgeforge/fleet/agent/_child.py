@@ -1,0 +1,242 @@
+"""The child process that runs a variant's canary set, or the health probe, for the agent.
+
+Run as `python -m edgeforge.fleet.agent._child canary|probe SLOT [--count N]`; prints one JSON
+object on stdout. The parent (`run_child`) holds it to the memory budget by watching its resident
+memory (not an address-space limit, which breaks runtimes' thread stacks before a model loads)
+and to a time limit; a child that crashes, is killed or overruns is a failed canary, never a
+failed agent. A child whose parent dies exits too.
+
+Canary set: `canary.npz` holds `in/<input>` and `out/<output>` arrays, axis 0 the sample (the
+release's layout); the tolerance comes from variant.json (`canary.tolerance`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["canary_spec", "load_canary", "run_child"]
+
+
+def canary_spec(index: dict[str, Any]) -> tuple[str, dict[str, float | None]]:
+    """(canary file name, tolerance) from a variant.json index: `canary.file` and
+    `canary.tolerance` ({rtol, atol, min_cosine, min_top1}; None: not judged)."""
+    canary = index.get("canary")
+    spec = canary if isinstance(canary, dict) else {}
+    name = canary if isinstance(canary, str) else str(spec.get("file") or "canary.npz")
+    given = spec.get("tolerance") if isinstance(spec.get("tolerance"), dict) else {}
+    tolerance: dict[str, float | None] = {"rtol": 1e-3, "atol": 1e-4, "min_cosine": None}
+    tolerance["min_top1"] = None
+    for key in tolerance:
+        if key in given:
+            value = given[key]
+            tolerance[key] = None if value is None else float(value)
+    return name, tolerance
+
+
+def load_canary(slot: Path, index: dict[str, Any]) -> tuple[list[dict], list[dict], dict]:
+    """(feeds, references, tolerance): axis 0 of every `in/<name>` and `out/<name>` array is
+    the sample (the release's layout)."""
+    import numpy as np
+
+    name, tolerance = canary_spec(index)
+    with np.load(slot / name, allow_pickle=False) as data:
+        inputs = {k[3:]: data[k] for k in data.files if k.startswith("in/")}
+        outputs = {k[4:]: data[k] for k in data.files if k.startswith("out/")}
+    if not inputs:
+        raise ValueError(f"{name} has no in/<input> arrays")
+    samples = min(len(v) for v in inputs.values())
+    feeds = [{k: v[i] for k, v in inputs.items()} for i in range(samples)]
+    references = [{k: v[i] for k, v in outputs.items()} for i in range(samples)]
+    return feeds, references, tolerance
+
+
+def judge(name: str, got: list, expected: list, tolerance: dict[str, float | None]) -> str:
+    """ "" when `got` matches `expected` for one output over all samples, else why not: the
+    release's rule, max|got-ref| <= atol + rtol*max|ref|, cosine >= min_cosine, top-1
+    agreement >= min_top1 (a None tolerance is not judged)."""
+    import numpy as np
+
+    if any(np.shape(g) != np.shape(e) for g, e in zip(got, expected, strict=True)):
+        return f"output {name} has another shape than its reference"
+    actual = np.stack([np.asarray(g, dtype=np.float64) for g in got])
+    reference = np.stack([np.asarray(e, dtype=np.float64) for e in expected])
+    if not np.all(np.isfinite(actual)):
+        return f"output {name} has non-finite values"
+    error = float(np.max(np.abs(actual - reference))) if actual.size else 0.0
+    atol, rtol = tolerance.get("atol"), tolerance.get("rtol")
+    if atol is not None and rtol is not None:
+        bound = atol + rtol * float(np.max(np.abs(reference)) if reference.size else 0.0)
+        if error > bound:
+            return f"output {name} differs from the reference by {error:.3g} (> {bound:.3g})"
+    if tolerance.get("min_cosine") is not None and actual.size:
+        a, b = actual.ravel(), reference.ravel()
+        norm = float(np.linalg.norm(a) * np.linalg.norm(b))
+        cosine = float(a @ b / norm) if norm else float(np.array_equal(a, b))
+        if cosine < float(tolerance["min_cosine"]):
+            return f"output {name} cosine {cosine:.5f} < {tolerance['min_cosine']}"
+    if tolerance.get("min_top1") is not None and actual.ndim >= 2 and actual.shape[-1] > 1:
+        agree = float(np.mean(actual.argmax(-1) == reference.argmax(-1)))
+        if agree < float(tolerance["min_top1"]):
+            return f"output {name} top-1 agreement {agree:.3f} < {tolerance['min_top1']}"
+    return ""
+
+
+def _watch_parent(parent: int) -> None:
+    while True:
+        if os.getppid() != parent:
+            os._exit(70)
+        time.sleep(0.2)
+
+
+def _main(argv: list[str]) -> int:
+    import numpy as np
+
+    from edgeforge.fleet.agent._loaders import open_session
+
+    mode, slot = argv[0], Path(argv[1])
+    count = int(argv[argv.index("--count") + 1]) if "--count" in argv else 10
+    budget_ms = float(argv[argv.index("--budget-ms") + 1]) if "--budget-ms" in argv else 0.0
+    parent = int(os.environ.get("EDGEFORGE_AGENT_PARENT", os.getppid()))
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    index = json.loads((slot / "variant.json").read_text())
+    feeds, references, tolerance = load_canary(slot, index)
+    started = time.perf_counter()
+    session = open_session(slot, index)
+    load_ms = (time.perf_counter() - started) * 1e3
+    latencies: list[float] = []
+    result: dict[str, Any] = {"ok": True, "detail": "", "load_ms": load_ms}
+    if mode == "canary":
+        got: dict[str, list] = {name: [] for name in references[0]} if references else {}
+        for feed in feeds:
+            started = time.perf_counter()
+            outputs = session.run(feed)
+            latencies.append((time.perf_counter() - started) * 1e3)
+            for name in got:
+                if name not in outputs:
+                    result.update(ok=False, detail=f"the model gives no output {name}")
+                    break
+                got[name].append(np.asarray(outputs[name]))
+            if not result["ok"]:
+                break
+        for name, values in got.items() if result["ok"] else ():
+            expected = [r[name] for r in references]
+            worst = max(
+                (float(np.max(np.abs(np.asarray(g, float) - np.asarray(e, float)))) for g, e in
+                 zip(values, expected, strict=True) if np.shape(g) == np.shape(e)),
+                default=0.0,
+            )  # fmt: skip
+            result["max_abs_error"] = max(result.get("max_abs_error", 0.0), worst)
+            why = judge(name, values, expected, tolerance)
+            if why:
+                result.update(ok=False, detail=why)
+                break
+    else:
+        for i in range(count):
+            feed = feeds[i % len(feeds)]
+            started = time.perf_counter()
+            outputs = session.run(feed)
+            latencies.append((time.perf_counter() - started) * 1e3)
+            if not all(np.all(np.isfinite(v)) for v in outputs.values() if v.dtype.kind == "f"):
+                result.update(ok=False, detail=f"inference {i + 1} gave non-finite outputs")
+                break
+            if budget_ms and latencies[-1] > budget_ms:
+                result.update(
+                    ok=False,
+                    detail=f"inference {i + 1} took {latencies[-1]:.1f} ms, "
+                    f"over the {budget_ms:.1f} ms budget",
+                )
+                break
+    result["latency_ms"] = latencies
+    result["count"] = len(latencies)
+    print(json.dumps(result))
+    return 0
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def run_child(
+    mode: str,
+    slot: Path,
+    *,
+    memory_limit: int | None,
+    timeout: float,
+    count: int = 10,
+    budget_ms: float = 0.0,
+) -> dict[str, Any]:
+    """Run the canary or probe for `slot` in a child; the result dict always has `ok`/`detail`,
+    `peak_rss` and `wall_ms`. Never raises for what the child does."""
+    command = [sys.executable, "-m", "edgeforge.fleet.agent._child", mode, str(slot)]
+    command += ["--count", str(count), "--budget-ms", str(budget_ms)]
+    env = {**os.environ, "EDGEFORGE_AGENT_PARENT": str(os.getpid())}
+    env.pop("EDGEFORGE_AGENT_PAUSE_AT", None)
+    started = time.monotonic()
+    peak = 0
+    verdict: str | None = None
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        child = subprocess.Popen(command, stdout=out, stderr=err, env=env, start_new_session=True)
+        try:
+            while child.poll() is None:
+                peak = max(peak, _rss_bytes(child.pid))
+                if memory_limit and peak > memory_limit:
+                    verdict = (
+                        f"{mode} used {peak / 2**20:.0f} MB resident, over the "
+                        f"{memory_limit / 2**20:.0f} MB memory limit"
+                    )
+                    break
+                if time.monotonic() - started > timeout:
+                    verdict = f"{mode} ran past its {timeout:g} s limit"
+                    break
+                time.sleep(0.01)
+        finally:
+            if child.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
+        wall_ms = (time.monotonic() - started) * 1e3
+        out.seek(0)
+        err.seek(0)
+        stdout = out.read().decode(errors="replace")
+        stderr = err.read().decode(errors="replace")
+    base = {"peak_rss": peak, "wall_ms": wall_ms, "exit_code": child.returncode}
+    if verdict is not None:
+        return {"ok": False, "detail": verdict, **base}
+    if child.returncode != 0:
+        how = (
+            f"was killed by signal {-child.returncode}"
+            if child.returncode < 0
+            else f"exited with status {child.returncode}"
+        )
+        last = stderr.strip().splitlines()[-1:] or [""]
+        return {"ok": False, "detail": f"{mode} runtime {how} {last[0][:200]}".strip(), **base}
+    try:
+        result = json.loads(stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"ok": False, "detail": f"{mode} child printed no result", **base}
+    return {**result, **base}
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(_main(sys.argv[1:]))
+    except Exception as exc:  # a failed load or run is a failed canary, said in one line
+        print(json.dumps({"ok": False, "detail": f"{type(exc).__name__}: {exc}"[:300]}))
+        sys.exit(0)

@@ -1,0 +1,96 @@
+"""Durable small files: the journal (append + fsync) and atomic JSON pointers.
+
+Invariants:
+- `atomic_write_json` leaves either the old file or the new one, never a mix: it writes a
+  temporary file in the same folder, fsyncs it, renames it over the target and fsyncs the folder.
+- `Journal.append` returns only after the line is on disk (fsync). A line cut short by a crash
+  (no trailing newline, or not JSON) is ignored on reading; every line before it stands.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Journal", "atomic_write_json", "fsync_dir", "read_json"]
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in `path` durable."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    """Write `data` as JSON to `path` atomically and durably (write, fsync, rename, fsync dir)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, sort_keys=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    """The JSON in `path`, or `default` when it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return default
+
+
+class Journal:
+    """An append-only file of JSON lines, one per state transition."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def append(self, entry: dict[str, Any]) -> dict[str, Any]:
+        entry = {"at": time.time(), **entry}
+        line = json.dumps(entry, sort_keys=True) + "\n"
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            self._heal(fd)
+            os.write(fd, line.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return entry
+
+    def _heal(self, fd: int) -> None:
+        """A line cut short by a crash gets its newline, so the next entry starts clean."""
+        size = os.fstat(fd).st_size
+        if size:
+            with open(self.path, "rb") as handle:
+                handle.seek(size - 1)
+                if handle.read(1) != b"\n":
+                    os.write(fd, b"\n")
+
+    def entries(self, last: int | None = None) -> list[dict[str, Any]]:
+        try:
+            text = self.path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return []
+        lines = text.splitlines()
+        if last is not None:
+            lines = lines[-last * 2 :]
+        result = []
+        for line in lines:
+            with contextlib.suppress(ValueError):
+                item = json.loads(line)
+                if isinstance(item, dict) and "state" in item:
+                    result.append(item)
+        return result[-last:] if last is not None else result
+
+    def last(self) -> dict[str, Any] | None:
+        entries = self.entries(last=1)
+        return entries[-1] if entries else None

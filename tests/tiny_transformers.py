@@ -10,6 +10,7 @@ __all__ = [
     "VOCABULARY",
     "bert_classifier",
     "padded_mask",
+    "t5_encoder",
     "vit_classifier",
     "wav2vec2",
     "whisper_encoder",
@@ -121,3 +122,17 @@ def wav2vec2(samples: int = 800) -> tuple[torch.nn.Module, dict[str, torch.Tenso
     torch.manual_seed(0)
     module = transformers.Wav2Vec2ForCTC(config).eval()
     return module, {"input_values": torch.randn(1, samples)}
+
+
+def t5_encoder() -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    """A T5 encoder: torch.onnx's dynamo exporter fails on it (a view of a non-contiguous
+    tensor), so the TorchScript exporter writes its ONNX file."""
+    import transformers
+
+    config = transformers.T5Config(
+        vocab_size=VOCABULARY, d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2
+    )
+    torch.manual_seed(0)
+    ids = torch.randint(0, VOCABULARY, (1, SEQUENCE))
+    inputs = {"input_ids": ids, "attention_mask": padded_mask(12)}
+    return transformers.T5EncoderModel(config).eval(), inputs

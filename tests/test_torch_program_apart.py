@@ -13,6 +13,8 @@ from tiny_transformers import t5_encoder
 
 import edgeforge
 from edgeforge.convert import convert
+from edgeforge.recipe import Recipe
+from edgeforge.runtimes import get_runtime
 
 pytest.importorskip("transformers")
 
@@ -49,6 +51,9 @@ def test_a_fresh_export_leaves_no_stale_program(t5, tmp_path):
     assert model.provenance.exporter == "torch.onnx torchscript"
     assert "torch.export cannot trace the module either" in model.provenance.exporter_note
     assert model.torch_program is None and not (tmp_path / "model.pt2").exists()
+    # The torch runtimes then say why, not "load the torch module" (it was loaded).
+    with pytest.raises(edgeforge.EdgeforgeError, match=r"torch\.export cannot trace the module"):
+        get_runtime("executorch").build(model, Recipe(), tmp_path / "executorch")
 
 
 @pytest.mark.slow

@@ -9,9 +9,13 @@ runtime that parts from the source there is named with the input and the reason.
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
+import onnx
 import pytest
 import torch
+from onnx import helper, numpy_helper
 from tiny_transformers import SEQUENCE, VOCABULARY, bert_classifier, bert_encoder, wav2vec2
 
 import edgeforge
@@ -163,6 +167,53 @@ def test_robustness_is_its_own_section_in_the_result_and_the_report(bert, tmp_pa
     assert without.robustness is None and without.to_dict()["robustness"] is None
 
 
+def _masked_with_minus_infinity(artifact, folder):
+    """The artifact as a runtime that masks with -inf computes it: the mask's fill value
+    (float32's minimum) set to -inf, the exporter's `Where(IsNaN(softmax), 0, softmax)` guard
+    bypassed and each Softmax spelled out as exp(x - max) / sum."""
+    shutil.copytree(artifact.folder, folder)
+    proto = onnx.load(str(folder / "model.onnx"))
+    graph = proto.graph
+    lowest = np.finfo(np.float32).min
+    guards = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "IsNaN"}
+    nodes = []
+    for tensor in graph.initializer:
+        value = numpy_helper.to_array(tensor)
+        if value.size == 1 and value.dtype == np.float32 and value.item() == lowest:
+            tensor.CopyFrom(numpy_helper.from_array(np.full_like(value, -np.inf), tensor.name))
+    for node in graph.node:
+        if node.op_type == "Where" and node.input[0] in guards:
+            nodes.append(helper.make_node("Identity", [guards[node.input[0]]], [node.output[0]]))
+        elif node.op_type == "Softmax":
+            x, y, tag = node.input[0], node.output[0], node.output[0] + "_naive"
+            nodes += [
+                helper.make_node("ReduceMax", [x, "naive_axes"], [tag + "_max"], keepdims=1),
+                helper.make_node("Sub", [x, tag + "_max"], [tag + "_shifted"]),
+                helper.make_node("Exp", [tag + "_shifted"], [tag + "_exp"]),
+                helper.make_node("ReduceSum", [tag + "_exp", "naive_axes"], [tag + "_sum"]),
+                helper.make_node("Div", [tag + "_exp", tag + "_sum"], [y]),
+            ]
+        else:
+            nodes.append(node)
+    graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), "naive_axes"))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.save(proto, str(folder / "model.onnx"))
+    return folder
+
+
+def test_a_nan_on_a_fully_masked_input_is_a_robustness_finding_not_a_failure(bert, tmp_path):
+    artifact = get_runtime("onnxruntime").build(bert, Recipe(), tmp_path / "ort")
+    unguarded = _masked_with_minus_infinity(artifact, tmp_path / "minus-inf")
+    result = verify(bert, unguarded, isolate=False)
+    assert result.passed and result.exit_code == 0  # realistic masks never mask a whole row
+    (finding,) = result.robustness.findings
+    assert (finding.input, finding.value) == ("attention_mask", "all 0 (every position masked)")
+    assert finding.status == "non-finite-candidate"
+    assert "a softmax over only -inf is undefined" in finding.why
+    assert result.verdict.startswith("PASS (exit 0)") and "1 robustness finding" in result.verdict
+
+
 # -- real architectures, converted with no --data ----------------------------------------------
 
 
@@ -178,8 +229,8 @@ def test_bert_without_data_verifies_on_onnxruntime_litert_and_executorch(tmp_pat
         verification = target.verification
         assert verification["data"] == "synthesised (realistic, by input role)"
         assert verification["robustness"]["cases"], target.runtime
-    # The reference's graph replaces a fully masked softmax's NaN by 0; LiteRT's does not:
-    # a robustness finding that names the input and why, not a conversion failure.
+    # A fully masked row: ONNX Runtime gives numbers, LiteRT NaN. A robustness finding that
+    # names the input and why, not a conversion failure.
     litert = by_runtime["litert"]
     (finding,) = [c for c in litert.verification["robustness"]["cases"] if c["finding"]]
     assert (finding["input"], finding["value"]) == (
@@ -187,12 +238,12 @@ def test_bert_without_data_verifies_on_onnxruntime_litert_and_executorch(tmp_pat
         "all 0 (every position masked)",
     )
     assert finding["status"] == "non-finite-candidate" and "NaN" in finding["detail"]
-    assert "softmax over only -inf" in finding["why"]
+    assert "a softmax over only -inf is undefined" in finding["why"]
     assert "robustness: 1 of 3 edge inputs differ" in litert.detail
     assert "robustness finding" in litert.verification["verdict"]
     assert litert.verification["verdict"].startswith("PASS (exit 0)")
     html = render_html({"verify": litert.verification})
-    assert "non-finite-candidate" in html and "softmax over only -inf" in html
+    assert "non-finite-candidate" in html and "a softmax over only -inf is undefined" in html
 
 
 @pytest.mark.slow

@@ -364,8 +364,10 @@ def _image_like(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
 # -- the robustness extremes -------------------------------------------------------------------
 
 _FULLY_MASKED = (
-    "fully masked attention rows: a softmax over only -inf (or the dtype's minimum) is "
-    "undefined; exporters and runtimes resolve it differently (0, uniform weights or NaN)"
+    "fully masked attention rows: every score of a row is masked to -inf or the dtype's "
+    "minimum; a softmax over only -inf is undefined (NaN), and the minimum overflows to -inf "
+    "when a runtime adds or scales it once more, so runtimes differ there (NaN, 0 or uniform "
+    "weights)"
 )
 _ZERO_VARIANCE = (
     "a constant signal has zero variance: normalisation layers then divide by their epsilon "

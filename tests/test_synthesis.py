@@ -165,6 +165,12 @@ def test_robustness_is_its_own_section_in_the_result_and_the_report(bert, tmp_pa
     assert "attention_mask" in html and "all 0 (every position masked)" in html
     without = verify(bert, artifact, isolate=False, robustness=False)
     assert without.robustness is None and without.to_dict()["robustness"] is None
+    # Real inputs from --data decide alone; the section says it did not run, and why.
+    folder = tmp_path / "data"
+    folder.mkdir()
+    np.savez(folder / "0.npz", **synthesize(bert, count=1).feeds[0])
+    with_data = verify(bert, artifact, data=folder, isolate=False)
+    assert with_data.robustness.cases == [] and "came from --data" in with_data.robustness.note
 
 
 def _masked_with_minus_infinity(artifact, folder):

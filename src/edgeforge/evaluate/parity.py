@@ -14,7 +14,8 @@ at the vocabulary's bounds, constant 0/1/-1/8 signals) run as their own, labelle
 verdict's PASS/FAIL or the exit code: those depend on the realistic samples (or `--data`)
 alone. Where the candidate parts from the reference on an extreme, the section names the input,
 the value, what was seen (NaN where the reference gives numbers, or the error) and why a
-runtime may differ there. Quantized candidates skip it (they clip extremes by design).
+runtime may differ there. It runs when the samples are synthesised (no `--data`); quantized
+candidates skip it (they clip extremes by design).
 
 Trust boundary (issue 13): the reference is loaded and the candidate's manifest and signature
 checked in the calling process (static checks only); everything that reads `--data` or runs
@@ -40,7 +41,7 @@ from edgeforge._children import in_child, inside_child
 from edgeforge._limits import time_limit
 from edgeforge._load import load
 from edgeforge._progress import track
-from edgeforge.errors import EdgeforgeError
+from edgeforge.errors import EdgeforgeError, first_line
 from edgeforge.evaluate.compare import (
     OutputComparison,
     Tolerance,
@@ -340,7 +341,12 @@ def _compare(job: dict[str, Any]) -> Verification:
             for i, name in enumerate(output_names):
                 got[i].append(result[name])
         robustness = None
-        if job.get("robustness", True):
+        if job.get("robustness", True) and job["data"]:
+            robustness = Robustness(
+                note="not run: the samples came from --data (verify without --data to probe "
+                "the synthesised extremes)"
+            )
+        elif job.get("robustness", True):
             robustness = _robustness(
                 model, specs, precision, tolerance, output_names, reference_session, session
             )
@@ -430,8 +436,8 @@ def _robustness(
         )
     try:
         feeds, cases = edge_samples(model, specs)
-    except EdgeforgeError as exc:
-        return Robustness(note=f"not run: {exc}")
+    except Exception as exc:  # the section is optional: it never costs the verdict
+        return Robustness(note=f"not run: no edge inputs for this signature ({first_line(exc)})")
     results = []
     for feed, case in zip(feeds, cases, strict=True):
         try:

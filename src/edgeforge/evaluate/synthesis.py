@@ -323,6 +323,8 @@ def _speech_like(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray
     """Band-limited noise and a few harmonics under a syllable-rate envelope (at an assumed
     16 kHz), zero mean and unit variance along the time axis."""
     length = shape[-1]
+    if length < 16:  # too short to carry a waveform's shape: plain noise
+        return rng.standard_normal(shape)
     flat = int(np.prod(shape[:-1], dtype=np.int64)) or 1
     t = np.arange(length) / 16000.0
     rows = []
@@ -334,7 +336,7 @@ def _speech_like(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray
         envelope = 0.6 + 0.4 * np.sin(2 * np.pi * rng.uniform(3.0, 6.0) * t + rng.uniform(0, 6.3))
         wave = envelope * (voiced + 0.5 * band)
         wave = wave - wave.mean()
-        rows.append(wave / (wave.std() + 1e-7) if length > 1 else wave)
+        rows.append(wave / (wave.std() + 1e-7))
     return np.stack(rows).reshape(shape)
 
 

@@ -229,8 +229,10 @@ def _role(spec: TensorSpec, graph: _Graph | None) -> InputRole:
         ):
             how = "named like a waveform" if named_audio else "a waveform feeding a convolution"
             return InputRole(name, "audio", how)
-        if rank == 4 and (_channel_axis(dims) is not None or _named(lowered, _IMAGE_NAMES)):
+        if rank == 4 and _channel_axis(dims) is not None:
             return InputRole(name, "image", "rank 4 with a channel axis of 1, 3 or 4")
+        if rank == 4 and _named(lowered, _IMAGE_NAMES):
+            return InputRole(name, "image", "rank 4, named like an image")
         return InputRole(name, "features", "a float input of no recognised role")
     if kind == "b":
         return InputRole(name, "flags", "a boolean input of no recognised role", 2)

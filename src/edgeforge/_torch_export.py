@@ -93,12 +93,16 @@ def export_module(
     reference = flatten(reference)
     output_names = output_names or field_names
     common = dict(input_names=input_names, output_names=output_names, opset_version=opset)
+    # First, before either ONNX exporter touches the module: the TorchScript exporter leaves
+    # it in a state torch.export cannot trace (a transformers Swin then fails a guard).
+    with status("Exporting the torch program (torch.export)"):
+        plain = _plain_export(module, args, kwargs)
 
     def dynamo(path: Path) -> None:
         program = torch.onnx.export(
             module, args, kwargs=kwargs or None, dynamo=True, dynamic_axes=dynamic_axes, **common
         )
-        _save_program(program, path, _plain_export(module, args, kwargs))
+        _save_program(program, path, plain)
 
     def torchscript(path: Path) -> None:
         with warnings.catch_warnings():
@@ -122,7 +126,7 @@ def export_module(
         reference,
         Provenance(source=source, source_kind=source_kind, torch_version=torch.__version__),
         counts,
-        plain=lambda: _plain_export(module, args, kwargs),
+        plain=lambda: plain,
     )
 
 
@@ -465,8 +469,7 @@ def _save_plain_program(plain, path: Path) -> str:
     """Save `plain()` beside `path` as the torch program; what happened, for the note."""
     import torch
 
-    with status("Exporting the torch program (torch.export)"):
-        program = plain()
+    program = plain()
     if program is None:
         return "torch.export cannot trace the module either: no torch program"
     torch.export.save(program, str(path.with_name(TORCH_PROGRAM)))

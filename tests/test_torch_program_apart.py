@@ -9,7 +9,7 @@ import warnings
 
 import pytest
 import torch
-from tiny_transformers import t5_encoder
+from tiny_transformers import swin_classifier, t5_encoder
 
 import edgeforge
 from edgeforge.convert import convert
@@ -54,6 +54,18 @@ def test_a_fresh_export_leaves_no_stale_program(t5, tmp_path):
     # The torch runtimes then say why, not "load the torch module" (it was loaded).
     with pytest.raises(edgeforge.EdgeforgeError, match=r"torch\.export cannot trace the module"):
         get_runtime("executorch").build(model, Recipe(), tmp_path / "executorch")
+
+
+@pytest.mark.slow
+def test_program_is_traced_before_the_torchscript_exporter_touches_the_module(tmp_path):
+    # After torch.onnx's TorchScript exporter has traced a two-stage Swin, torch.export fails
+    # on it (a data-dependent guard): the program must be traced first.
+    module, inputs = swin_classifier()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = edgeforge.load(module, inputs, workdir=tmp_path)
+    assert model.provenance.exporter == "torch.onnx torchscript"
+    assert model.torch_program is not None, model.provenance.exporter_note
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ __all__ = [
     "VOCABULARY",
     "bert_classifier",
     "padded_mask",
+    "swin_classifier",
     "t5_encoder",
     "vit_classifier",
     "wav2vec2",
@@ -136,3 +137,22 @@ def t5_encoder() -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
     ids = torch.randint(0, VOCABULARY, (1, SEQUENCE))
     inputs = {"input_ids": ids, "attention_mask": padded_mask(12)}
     return transformers.T5EncoderModel(config).eval(), inputs
+
+
+def swin_classifier() -> tuple[torch.nn.Module, torch.Tensor]:
+    """A two-stage Swin: torch.onnx's dynamo exporter fails on it too, and after the
+    TorchScript exporter has traced it, torch.export cannot (a data-dependent guard in the
+    patch merging)."""
+    import transformers
+
+    config = transformers.SwinConfig(
+        image_size=16,
+        patch_size=4,
+        embed_dim=16,
+        depths=[1, 1],
+        num_heads=[2, 2],
+        window_size=2,
+        num_labels=3,
+    )
+    torch.manual_seed(0)
+    return transformers.SwinForImageClassification(config).eval(), torch.randn(1, 3, 16, 16)

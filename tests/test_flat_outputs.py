@@ -19,6 +19,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from tiny_transformers import SEQUENCE as _SEQUENCE
+from tiny_transformers import bert_classifier as _bert_classifier
+from tiny_transformers import padded_mask as _padded_mask
+from tiny_transformers import vit_classifier as _vit_classifier
+from tiny_transformers import whisper_encoder as _whisper_encoder
 
 import edgeforge
 from edgeforge._torch_export import load_program
@@ -29,64 +34,6 @@ from edgeforge.runtimes import get_runtime
 transformers = pytest.importorskip("transformers")
 
 TARGETS = "onnxruntime,openvino,litert,executorch,web"
-_SEQUENCE = 16
-
-
-def _bert_classifier() -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
-    config = transformers.BertConfig(
-        vocab_size=100,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        num_labels=3,
-    )
-    torch.manual_seed(0)
-    module = transformers.BertForSequenceClassification(config).eval()
-    ids = torch.randint(1, config.vocab_size, (1, _SEQUENCE))
-    return module, {"input_ids": ids, "attention_mask": _padded_mask(12)}
-
-
-def _padded_mask(length: int) -> torch.Tensor:
-    """A real attention mask: `length` tokens, then padding."""
-    mask = torch.ones(1, _SEQUENCE, dtype=torch.int64)
-    mask[:, length:] = 0
-    return mask
-
-
-def _vit_classifier() -> tuple[torch.nn.Module, torch.Tensor]:
-    config = transformers.ViTConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=5,
-    )
-    torch.manual_seed(0)
-    return transformers.ViTForImageClassification(config).eval(), torch.randn(1, 3, 32, 32)
-
-
-def _whisper_encoder() -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
-    from transformers.models.whisper.modeling_whisper import WhisperEncoder
-
-    config = transformers.WhisperConfig(
-        num_mel_bins=16,
-        d_model=32,
-        encoder_layers=2,
-        encoder_attention_heads=2,
-        encoder_ffn_dim=64,
-        max_source_positions=16,  # 32 input frames: the convolutions halve them
-        vocab_size=100,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        decoder_start_token_id=1,
-    )
-    torch.manual_seed(0)
-    return WhisperEncoder(config).eval(), {"input_features": torch.randn(1, 16, 32)}
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +46,7 @@ def bert_classifier(tmp_path_factory) -> edgeforge.Model:
 def bert_samples(tmp_path_factory) -> Path:
     """Token ids with real attention masks (1s, then a padded tail of 0s), as `--data`.
 
-    The synthesised edge sample with an all-zero mask masks every position; the softmax over
-    nothing is undefined, and runtimes differ there (LiteRT gives NaN)."""
+    (Without `--data`, verify synthesises such masks itself: tests/test_synthesis.py.)"""
     folder = tmp_path_factory.mktemp("bert-data")
     rng = np.random.default_rng(0)
     for i, length in enumerate((16, 12, 9, 4)):

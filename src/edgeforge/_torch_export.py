@@ -3,6 +3,11 @@
 Invariants:
 - export goes through `torch.onnx.export(dynamo=True)`; the TorchScript exporter is used only
   when that fails, and a warning says why;
+- the torch program beside the ONNX file (for LiteRT, ExecuTorch and Core ML) comes from
+  `torch.export` on its own path, whichever exporter wrote the ONNX file (issue 18, class 2):
+  a module the dynamo ONNX exporter cannot translate (Swin, BEiT, T5) still reaches the torch
+  runtimes when `torch.export` traces it; when it cannot, the model has no program and the
+  provenance note says why;
 - the exported file passes `onnx.checker` and, run once in ONNX Runtime on the example inputs,
   matches torch's own outputs within a tolerance scaled to the outputs' magnitude, else the
   model is refused;
@@ -12,6 +17,7 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import importlib.util
 import io
@@ -87,12 +93,16 @@ def export_module(
     reference = flatten(reference)
     output_names = output_names or field_names
     common = dict(input_names=input_names, output_names=output_names, opset_version=opset)
+    # First, before either ONNX exporter touches the module: the TorchScript exporter leaves
+    # it in a state torch.export cannot trace (a transformers Swin then fails a guard).
+    with status("Exporting the torch program (torch.export)"):
+        plain = _plain_export(module, args, kwargs)
 
     def dynamo(path: Path) -> None:
         program = torch.onnx.export(
             module, args, kwargs=kwargs or None, dynamo=True, dynamic_axes=dynamic_axes, **common
         )
-        _save_program(program, path, _plain_export(module, args, kwargs))
+        _save_program(program, path, plain)
 
     def torchscript(path: Path) -> None:
         with warnings.catch_warnings():
@@ -116,6 +126,7 @@ def export_module(
         reference,
         Provenance(source=source, source_kind=source_kind, torch_version=torch.__version__),
         counts,
+        plain=lambda: plain,
     )
 
 
@@ -374,8 +385,12 @@ def _plain_export(module: Any, args: tuple, kwargs: dict) -> Any:
         return None
 
 
-def _export_checked(dynamo, torchscript, out_dir, args, kwargs, reference, provenance, counts):
-    """Run the exporter(s) into a temporary folder, check, then move into `out_dir`."""
+def _export_checked(
+    dynamo, torchscript, out_dir, args, kwargs, reference, provenance, counts, plain=None
+):
+    """Run the exporter(s) into a temporary folder, check, then move into `out_dir`. When the
+    TorchScript exporter wrote the ONNX file, `plain()` (a `torch.export` of the module, or
+    None) supplies the torch program instead of the dynamo exporter."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
@@ -406,6 +421,8 @@ def _export_checked(dynamo, torchscript, out_dir, args, kwargs, reference, prove
                     f"{provenance.source}: both ONNX exporters failed; dynamo: "
                     f"{first_line(exc)}; torchscript: {first_line(exc2)}"
                 ) from None
+            if plain is not None:
+                note += "; " + _save_plain_program(plain, path)
         try:
             onnx.checker.check_model(str(path), full_check=False)
         except onnx.checker.ValidationError as exc:
@@ -414,6 +431,7 @@ def _export_checked(dynamo, torchscript, out_dir, args, kwargs, reference, prove
             ) from None
         with status("Checking the export in ONNX Runtime"):
             errors = _compare_with_onnxruntime(path, args, kwargs, reference, provenance.source)
+        wrote_program = (staging / TORCH_PROGRAM).is_file()
         for item in staging.iterdir():
             shutil.move(str(item), out_dir / item.name)
     finally:
@@ -428,8 +446,15 @@ def _export_checked(dynamo, torchscript, out_dir, args, kwargs, reference, prove
     )
     model = open_onnx(out_dir / "model.onnx", accepted)
     program = out_dir / TORCH_PROGRAM
-    if exporter != "torch.onnx dynamo":
+    if not wrote_program:
         program.unlink(missing_ok=True)  # a stale one from an earlier export
+    elif exporter != "torch.onnx dynamo" and not _program_fits(program, model.inputs):
+        program.unlink()
+        note = (note or "") + (
+            "; the torch program takes other inputs than the ONNX file (the TorchScript "
+            "exporter dropped some): the torch runtimes cannot use it"
+        )
+        accepted = dataclasses.replace(accepted, exporter_note=note)
     return Model(
         model.onnx_path,
         model.inputs,
@@ -438,6 +463,27 @@ def _export_checked(dynamo, torchscript, out_dir, args, kwargs, reference, prove
         counts,
         torch_program=program.resolve() if program.is_file() else None,
     )
+
+
+def _save_plain_program(plain, path: Path) -> str:
+    """Save `plain()` beside `path` as the torch program; what happened, for the note."""
+    import torch
+
+    program = plain()
+    if program is None:
+        return "torch.export cannot trace the module either: no torch program"
+    torch.export.save(program, str(path.with_name(TORCH_PROGRAM)))
+    return "the torch program comes from torch.export, apart from the ONNX export"
+
+
+def _program_fits(path: Path, inputs: tuple) -> bool:
+    """Whether the saved program takes one tensor per ONNX input (positional binding)."""
+    import torch
+    import torch.utils._pytree as pytree
+
+    program = torch.export.load(str(path))
+    leaves, _ = pytree.tree_flatten(program.example_inputs)
+    return sum(isinstance(leaf, torch.Tensor) for leaf in leaves) == len(inputs)
 
 
 def _compare_with_onnxruntime(path, args, kwargs, reference, source) -> dict[str, float]:

@@ -93,7 +93,7 @@ def bench(
         artifact, model = _artifact(source, runtime, Path(scratch), load_options)
         if data:
             samples = load_data(Path(data), artifact.inputs, limit=1)
-        else:  # the last synthesised sample is random (the first ones are edge values)
+        else:  # the last synthesised sample: realistic, with the shortest real part
             samples = synthesize(model, _pinned(artifact.inputs, shapes or {}), count=5)
         feeds = samples.feeds[-1]
         job = {

@@ -380,6 +380,9 @@ def _convert_one(job: dict[str, Any]) -> dict[str, Any]:
             d = verification.divergence
             detail += f"; first diverges at {d.node} ({d.op_type})"
     status = "verified" if verification.passed else "parity-failed"
+    robustness = verification.robustness
+    if robustness is not None and robustness.findings:  # said, but never the status (issue 18)
+        detail += "; " + robustness.summary
     detail += pin_note
     record_verification(artifact, status, detail)
     return outcome | {

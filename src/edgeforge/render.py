@@ -123,7 +123,22 @@ def print_verification(result) -> None:
         console.print(
             f"{m['metric']}: reference {m['reference']:.4g}, candidate {m['candidate']:.4g}"
         )
+    _print_robustness(result.robustness)
     _print_verdict(result.verdict, result.exit_code)
+
+
+def _print_robustness(robustness) -> None:
+    """The edge-input section: apart from the verdict, each finding with its why."""
+    if robustness is None:
+        return
+    console = output_console()
+    colour = "yellow" if robustness.findings else "green"
+    console.print(f"[{colour}]{escape(robustness.summary)}[/]")
+    for case in robustness.findings:
+        console.print(
+            f"  {escape(case.input)} {escape(case.value)}: {escape(case.detail)}"
+            + (f" [dim]({escape(case.why)})[/]" if case.why else "")
+        )
 
 
 def print_check(report) -> None:

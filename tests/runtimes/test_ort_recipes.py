@@ -84,7 +84,8 @@ def test_verify_without_data_judges_quantized_models_on_random_samples(digits, t
     model, _, _ = digits
     artifact = get_runtime("onnxruntime").build(model, Recipe("int8-dynamic"), tmp_path / "dyn")
     result = verify(model, artifact, localize=False)
-    assert result.samples == 32 and result.data == "synthesised (random)"
+    assert result.samples == 32 and result.data == "synthesised (realistic, by input role)"
+    assert result.robustness is not None and "not run" in result.robustness.note
     assert any("pass --data" in note for note in result.notes)
 
 

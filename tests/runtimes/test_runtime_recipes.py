@@ -197,7 +197,7 @@ def test_calibration_without_data_is_synthesised_and_says_so(cnn, builds, held_o
     (note,) = [n for n in artifact.manifest.notes if n.startswith("calibrated")]
     assert "synthesised" in note and "no `data` option" in note
     assert artifact.manifest.recipe["options"] == {"calibration_samples": 8}  # JSON as given
-    # Synthetic edge values (8.0 on inputs in [0, 1]) widen the ranges; it still works.
+    # Synthesised image-like inputs (normalised, not the [0, 1] the model saw): it still works.
     assert _agreement(artifact, held_out[:100], reference[:100]) >= 0.9
 
 

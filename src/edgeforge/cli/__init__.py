@@ -295,7 +295,8 @@ def _data_options(
         metavar="DIR",
         help=help
         or "samples: .npz files, <input>.npy files or images (class sub-folders = labels); "
-        "without it, inputs are synthesised from the signature, edge values included",
+        "without it, inputs are synthesised by role (token ids, masks with padding, audio, "
+        "images); edge values run apart, as a robustness check",
     )
     if sampling:
         _sampling_options(group)

@@ -28,9 +28,10 @@ allocates past the budget:
 - a truncated or corrupt `.npy`/`.npz`/image, or an image larger than the budget, is one line
   naming the file; so is a float input holding NaN or Inf (a data problem, not the model's).
 
-Synthesised samples always include edge values: zeros, ones, large magnitudes and negative
-values for float inputs; 0 and the largest valid index for integer inputs (the vocabulary size
-is read from the Gather that consumes the input, when there is one).
+Without a folder, `synthesize` makes realistic samples by each input's role (token ids inside
+the vocabulary, attention masks with real tokens and a padded tail, speech-like audio,
+image-like pixels: `edgeforge.evaluate.synthesis`); the old edge values (all-zero masks,
+constants, extremes) are a separate robustness check, never part of a verdict.
 """
 
 from __future__ import annotations
@@ -54,7 +55,6 @@ __all__ = ["SEED", "Preprocess", "Samples", "load_data", "resolve_callable", "sy
 SEED = 0  # every draw from --data uses it: the same folder gives the same samples
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
-_EDGE_SAMPLES = 4  # the most edge values any dtype has (floats: 0, 1, -1, 8)
 _LAYOUT = (
     "expected .npz files with arrays named after the inputs, .npy files named <input>.npy, or "
     "images (optionally in one sub-folder per class)"
@@ -399,64 +399,13 @@ def synthesize(
     inputs: tuple[TensorSpec, ...] | None = None,
     count: int = 6,
     seed: int = 0,
-    edges: bool = True,
 ) -> Samples:
-    """`count` samples for `inputs` (default: the model's): edge values first (unless `edges`
-    is false: quantized models clip them to their calibrated ranges by design), then random
-    ones; dynamic dims take 1 on the batch axis and 16 elsewhere. Without a model, integer
-    inputs stay in [0, 2) since no vocabulary size is known."""
-    vocab = _vocabulary_sizes(model) if model is not None else {}
-    rng = np.random.default_rng(seed)
-    first = 0 if edges else _EDGE_SAMPLES
-    feeds = []
-    for index in range(first, first + count):
-        feed = {}
-        for spec in inputs or model.inputs:  # type: ignore[union-attr]
-            shape = _concrete(spec)
-            feed[spec.name] = _sample(spec.dtype, shape, index, rng, vocab.get(spec.name))
-        feeds.append(feed)
-    return Samples(feeds, None, f"synthesised ({'edge values + ' if edges else ''}random)")
+    """`count` realistic samples for `inputs` (default: the model's), each input synthesised
+    by its role (`edgeforge.evaluate.synthesis`); the edge values are a separate robustness
+    check (`edgeforge.evaluate.synthesis.edge_samples`), never mixed in here."""
+    from edgeforge.evaluate.synthesis import synthesize as by_role
 
-
-def _sample(dtype: str, shape: tuple[int, ...], index: int, rng, vocab: int | None) -> np.ndarray:
-    numpy_dtype = np.dtype(dtype) if dtype not in ("undefined", "bfloat16") else np.float32
-    if numpy_dtype.kind == "b":
-        return rng.integers(0, 2, shape).astype(bool)
-    if numpy_dtype.kind in "iu":
-        high = vocab if vocab else 2  # masks and flags when nothing says otherwise
-        edge = [np.zeros(shape), np.full(shape, high - 1)]
-        values = edge[index] if index < len(edge) else rng.integers(0, high, shape)
-        return np.asarray(values).astype(numpy_dtype)
-    edge = [np.zeros(shape), np.ones(shape), np.full(shape, -1.0), np.full(shape, 8.0)]
-    values = edge[index] if index < len(edge) else rng.standard_normal(shape)
-    return np.asarray(values).astype(numpy_dtype)
-
-
-def _concrete(spec: TensorSpec) -> tuple[int, ...]:
-    if spec.shape is None:
-        raise EdgeforgeError(f"input {spec.name!r} has no known rank; pass samples with --data")
-    dims = []
-    for axis, dim in enumerate(spec.shape):
-        if isinstance(dim, int):
-            dims.append(dim)
-        elif axis == 0 or spec.dtype.startswith("int"):
-            dims.append(1 if axis == 0 else 16)
-        else:
-            dims.append(16)
-    return tuple(dims)
-
-
-def _vocabulary_sizes(model: Model) -> dict[str, int]:
-    """Integer inputs used as Gather indices: the gathered table's first dimension."""
-    proto = model.proto(load_weights=False)
-    tables = {t.name: t.dims[0] for t in proto.graph.initializer if t.dims}
-    sizes: dict[str, int] = {}
-    for node in proto.graph.node:
-        if node.op_type == "Gather" and len(node.input) == 2 and node.input[0] in tables:
-            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-            if axis == 0:
-                sizes.setdefault(node.input[1], int(tables[node.input[0]]))
-    return sizes
+    return by_role(model, inputs, count=count, seed=seed)
 
 
 def _npz_items(files: list[Path], inputs: tuple[TensorSpec, ...], folder: Path) -> list[_Item]:

@@ -2,11 +2,20 @@
 
 Both are fed the same inputs (from `--data`: every sample unless `max_samples` draws fewer, with
 a fixed seed and stratified by class; images preprocessed as `preprocess` says, recorded in the
-result; else synthesised with edge values); every output is
-compared with precision-dependent tolerances; when they part, the first diverging layer is
+result; else synthesised by each input's role: `edgeforge.evaluate.synthesis`); every output
+is compared with precision-dependent tolerances; when they part, the first diverging layer is
 named; with labels, the task metric is reported for both, and a reference near chance is
 said to be (a gate on it proves nothing). The candidate is an artifact folder
 written by `convert` (any runtime) or an `.onnx` file (run in ONNX Runtime).
+
+Robustness (issue 18): the extremes no real user sends (an all-zero attention mask, token ids
+at the vocabulary's bounds, constant 0/1/-1/8 signals) run as their own, labelled section,
+`Verification.robustness`, one input at a time. Their outcome never changes `passed`, the
+verdict's PASS/FAIL or the exit code: those depend on the realistic samples (or `--data`)
+alone. Where the candidate parts from the reference on an extreme, the section names the input,
+the value, what was seen (NaN where the reference gives numbers, or the error) and why a
+runtime may differ there. It runs when the samples are synthesised (no `--data`); quantized
+candidates skip it (they clip extremes by design).
 
 Trust boundary (issue 13): the reference is loaded and the candidate's manifest and signature
 checked in the calling process (static checks only); everything that reads `--data` or runs
@@ -32,7 +41,7 @@ from edgeforge._children import in_child, inside_child
 from edgeforge._limits import time_limit
 from edgeforge._load import load
 from edgeforge._progress import track
-from edgeforge.errors import EdgeforgeError
+from edgeforge.errors import EdgeforgeError, first_line
 from edgeforge.evaluate.compare import (
     OutputComparison,
     Tolerance,
@@ -42,12 +51,78 @@ from edgeforge.evaluate.compare import (
 )
 from edgeforge.evaluate.data import Preprocess, Samples, load_data, synthesize
 from edgeforge.evaluate.localize import Divergence, first_divergence, reference_intermediates
+from edgeforge.evaluate.synthesis import EdgeCase, edge_samples
 from edgeforge.model import Model, TensorSpec
 from edgeforge.runtimes import Artifact, Manifest, get_runtime
 
-__all__ = ["Verification", "open_candidate", "verify"]
+__all__ = ["EdgeResult", "Robustness", "Verification", "open_candidate", "verify"]
 
-QUANTIZED_SAMPLES = 32  # synthesised samples for int8/int4 candidates (edge values skipped)
+QUANTIZED_SAMPLES = 32  # synthesised samples for int8/int4 candidates
+_FINDINGS = ("differs", "non-finite-candidate", "non-finite-reference", "error")
+
+
+@dataclass
+class EdgeResult:
+    """One extreme input, run on both models: `status` is agrees, both-non-finite (the model
+    itself is undefined there, on both), differs, non-finite-candidate, non-finite-reference
+    or error (the candidate's runtime refused it)."""
+
+    input: str
+    value: str
+    status: str
+    detail: str
+    why: str
+    max_abs: float | None = None
+    cosine: float | None = None
+
+    @property
+    def finding(self) -> bool:
+        return self.status in _FINDINGS
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "input": self.input,
+            "value": self.value,
+            "status": self.status,
+            "finding": self.finding,
+            "detail": self.detail,
+            "why": self.why,
+            "max_abs": _finite(self.max_abs) if self.max_abs is not None else None,
+            "cosine": _finite(self.cosine) if self.cosine is not None else None,
+        }
+
+
+@dataclass
+class Robustness:
+    """The robustness section: edge inputs, reported apart from the verdict."""
+
+    cases: list[EdgeResult] = field(default_factory=list)
+    note: str = ""  # why it did not run, when it did not
+
+    @property
+    def findings(self) -> list[EdgeResult]:
+        return [c for c in self.cases if c.finding]
+
+    @property
+    def summary(self) -> str:
+        if not self.cases:
+            return f"robustness: {self.note or 'no edge inputs'}"
+        findings = self.findings
+        if not findings:
+            return f"robustness: all {len(self.cases)} edge inputs agree"
+        named = ", ".join(f"{c.input} {c.value}" for c in findings)
+        return (
+            f"robustness: {len(findings)} of {len(self.cases)} edge inputs differ ({named}); "
+            "a finding about extremes, not a conversion failure"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "summary": self.summary,
+            "passed": not self.findings,
+            "note": self.note,
+            "cases": [c.to_dict() for c in self.cases],
+        }
 
 
 @dataclass
@@ -68,6 +143,7 @@ class Verification:
     samples_available: int | None = None  # how many --data held (None: synthesised)
     preprocess: dict[str, Any] | None = None
     shapes: dict[str, list[int]] = field(default_factory=dict)  # --shape pins, {} when none
+    robustness: Robustness | None = None  # never part of `passed` (module docstring)
 
     @property
     def exit_code(self) -> int:
@@ -75,16 +151,19 @@ class Verification:
 
     @property
     def verdict(self) -> str:
-        """One line that explains the exit code."""
+        """One line that explains the exit code (robustness findings are named, apart)."""
+        aside = ""
+        if self.robustness is not None and self.robustness.findings:
+            aside = f" ({len(self.robustness.findings)} robustness finding(s) on edge inputs)"
         if self.passed:
             return (
                 f"PASS (exit 0): every output within {self.precision} tolerance on "
-                f"{self.samples} samples"
+                f"{self.samples} samples{aside}"
             )
         why = "; ".join(f"{o.name}: {o.reason}" for o in self.outputs if o.reason)
         if self.divergence is not None and self.divergence.found:
             why += f"; first diverges at {self.divergence.node} ({self.divergence.op_type})"
-        return f"FAIL (exit 1): {why}"
+        return f"FAIL (exit 1): {why}{aside}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -105,6 +184,7 @@ class Verification:
             "divergence": self.divergence.to_dict() if self.divergence else None,
             "task_metric": self.task_metric,
             "notes": self.notes,
+            "robustness": self.robustness.to_dict() if self.robustness else None,
             "created": self.created,
         }
 
@@ -154,6 +234,7 @@ def verify(
     shapes: dict[str, tuple[int, ...]] | None = None,
     timeout: float | None = None,
     isolate: bool | None = None,
+    robustness: bool = True,
 ) -> Verification:
     """Compare `candidate` against `reference` (anything `edgeforge.load` takes), with the
     reference's inputs pinned to `shapes` where given (`edgeforge._pin.pin_shapes`): samples
@@ -161,7 +242,8 @@ def verify(
 
     The comparison runs in a child process limited to `timeout` s (default: `--timeout`, else
     600) and the memory budget; `isolate=False` runs it here (None: in a child unless this is
-    an edgeforge child already)."""
+    an edgeforge child already). `robustness=False` skips the edge-input section.
+    """
     from edgeforge._pin import pin_shapes
 
     if timeout is not None and not 0 < timeout < 10**7:  # NaN fails too
@@ -187,6 +269,7 @@ def verify(
         "localize": localize,
         "max_samples": max_samples,
         "preprocess": Preprocess.parse(preprocess),
+        "robustness": robustness,
     }
     if isolate is False or (isolate is None and inside_child()):
         return _compare(job)
@@ -257,6 +340,16 @@ def _compare(job: dict[str, Any]) -> Verification:
             result = session.run(feed)
             for i, name in enumerate(output_names):
                 got[i].append(result[name])
+        robustness = None
+        if job.get("robustness", True) and job["data"]:
+            robustness = Robustness(
+                note="not run: the samples came from --data (verify without --data to probe "
+                "the synthesised extremes)"
+            )
+        elif job.get("robustness", True):
+            robustness = _robustness(
+                model, specs, precision, tolerance, output_names, reference_session, session
+            )
     outputs = [compare(name, expected[i], got[i], tolerance) for i, name in enumerate(output_names)]
     passed = all(o.passed for o in outputs)
     result = Verification(
@@ -275,6 +368,7 @@ def _compare(job: dict[str, Any]) -> Verification:
         samples_available=samples.available,
         preprocess=samples.preprocess,
         shapes={name: list(shape) for name, shape in model.pinned.items()},
+        robustness=robustness,
     )
     if result.task_metric and result.task_metric["metric"] == "top-1 accuracy":
         note = chance_level(result.task_metric["reference"], samples.labels)
@@ -310,16 +404,103 @@ def _input_specs(model: Model, artifact: Artifact) -> tuple[TensorSpec, ...]:
 
 
 def _synthesize(model: Model, specs: tuple[TensorSpec, ...], precision: str) -> Samples:
-    """Edge values probe float conversions; a quantized model clips them to its calibrated
-    ranges by design, so it is judged on random samples, enough for a steady agreement."""
+    """Realistic samples by input role; a quantized model is judged on agreement, so on
+    more of them, enough for a steady agreement."""
     if not precision.startswith(("int8", "int4")):
         return synthesize(model, specs)
-    samples = synthesize(model, specs, count=QUANTIZED_SAMPLES, edges=False)
+    samples = synthesize(model, specs, count=QUANTIZED_SAMPLES)
     samples.notes.append(
-        f"{precision}: judged on {QUANTIZED_SAMPLES} random synthesised samples (no edge values); "
-        "pass --data with representative inputs for a verdict that means something"
+        f"{precision}: judged on {QUANTIZED_SAMPLES} synthesised samples; pass --data with "
+        "representative inputs for a verdict that means something"
     )
     return samples
+
+
+def _robustness(
+    model: Model,
+    specs: tuple[TensorSpec, ...],
+    precision: str,
+    tolerance: Tolerance,
+    output_names: list[str],
+    reference_session: Any,
+    session: Any,
+) -> Robustness:
+    """Both models on each edge input (`edge_samples`); never raises for what the candidate
+    does there: a refusal is an `error` case."""
+    from edgeforge.runtimes.onnxruntime import ort_run
+
+    if precision.startswith(("int8", "int4")):
+        return Robustness(
+            note=f"not run: a {precision} model clips extreme inputs to its calibrated ranges "
+            "by design"
+        )
+    try:
+        feeds, cases = edge_samples(model, specs)
+    except Exception as exc:  # the section is optional: it never costs the verdict
+        return Robustness(note=f"not run: no edge inputs for this signature ({first_line(exc)})")
+    results = []
+    for feed, case in zip(feeds, cases, strict=True):
+        try:
+            want = ort_run(reference_session, output_names, feed, "the reference")
+        except EdgeforgeError as exc:  # the source itself refuses this extreme
+            results.append(_edge(case, "reference-error", f"the reference refuses it: {exc}"))
+            continue
+        try:
+            got = session.run(feed)
+            have = [np.asarray(got[name]) for name in output_names]
+        except MemoryError:
+            raise
+        except Exception as exc:  # a runtime refusing an extreme input is the finding
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            results.append(
+                _edge(case, "error", f"the candidate fails: {type(exc).__name__}: {first}")
+            )
+            continue
+        results.append(_edge_result(case, output_names, want, have, tolerance))
+    return Robustness(results)
+
+
+def _edge(case: EdgeCase, status: str, detail: str, **metrics: float) -> EdgeResult:
+    return EdgeResult(case.input, case.value, status, detail, case.why, **metrics)
+
+
+def _edge_result(
+    case: EdgeCase,
+    names: list[str],
+    want: list[np.ndarray],
+    have: list[np.ndarray],
+    tolerance: Tolerance,
+) -> EdgeResult:
+    """Classify one edge case: NaN/inf on either side first, then the usual tolerances."""
+    want_finite = all(np.isfinite(np.asarray(w, dtype=np.float64)).all() for w in want)
+    have_finite = all(np.isfinite(np.asarray(h, dtype=np.float64)).all() for h in have)
+    if not want_finite and not have_finite:
+        return _edge(case, "both-non-finite", "both give NaN or inf: the model is undefined here")
+    if not have_finite:
+        bad = [n for n, h in zip(names, have, strict=True) if not np.isfinite(h).all()]
+        return _edge(
+            case,
+            "non-finite-candidate",
+            f"the candidate gives NaN or inf in {', '.join(bad)} where the reference gives numbers",
+        )
+    if not want_finite:
+        return _edge(
+            case,
+            "non-finite-reference",
+            "the reference gives NaN or inf where the candidate does not",
+        )
+    try:
+        outputs = [
+            compare(n, [w], [h], tolerance) for n, w, h in zip(names, want, have, strict=True)
+        ]
+    except EdgeforgeError as exc:
+        return _edge(case, "error", str(exc))
+    worst = min(outputs, key=lambda o: o.cosine)
+    metrics = {"max_abs": max(o.max_abs for o in outputs), "cosine": worst.cosine}
+    if all(o.passed for o in outputs):
+        return _edge(case, "agrees", "within tolerance", **metrics)
+    reasons = "; ".join(f"{o.name}: {o.reason}" for o in outputs if o.reason)
+    return _edge(case, "differs", reasons, **metrics)
 
 
 def _localize(model, artifact, runtime, samples, expected, got, tolerance) -> Divergence:

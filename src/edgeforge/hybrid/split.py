@@ -21,7 +21,7 @@ Invariants a caller can rely on:
   `onnx.utils.Extractor`; the head's outputs and the tail's inputs are the crossing tensors,
   under their names in the original graph (a graph input the tail reads is sent as it is and is
   listed among the tail's inputs).
-- tail(head(x)) is run in ONNX Runtime on the samples (`data`, else synthesised with edge values)
+- tail(head(x)) is run in ONNX Runtime on the samples (`data`, else synthesised by input role)
   and compared with the whole model at fp32 tolerances; with `compress`, the crossing float
   tensors are also sent through fp16 or int8 (per-tensor affine, scale and zero point computed
   per message on the device: 8 more bytes) and the error that adds is measured and reported.

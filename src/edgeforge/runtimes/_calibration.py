@@ -53,7 +53,7 @@ def calibration_note(samples: Samples, recipe: Recipe) -> str:
     if recipe.options.get("data") is None:
         return (
             f"calibrated on {len(samples.feeds)} samples synthesised from the signature "
-            "(edge values, then random ones): no `data` option was given; pass a folder of "
+            "(realistic by input role): no `data` option was given; pass a folder of "
             "real inputs so that the activation ranges match deployment"
         )
     steps = Preprocess.parse(recipe.options.get("preprocess"))

@@ -80,7 +80,7 @@ def quantize(model: Model, recipe: Recipe, source: Path, out: Path) -> list[str]
 
 
 def calibration_samples(model: Model, recipe: Recipe) -> Samples:
-    """The recipe's `data` folder, else random synthesised samples (never the edge values)."""
+    """The recipe's `data` folder, else realistic synthesised samples (by input role)."""
     count = recipe.option("calibration_samples", DEFAULT_CALIBRATION_SAMPLES)
     if recipe.option("data"):
         steps = Preprocess.parse(recipe.option("preprocess"))
@@ -91,8 +91,7 @@ def calibration_samples(model: Model, recipe: Recipe) -> Samples:
         how = f", preprocessed: {steps.describe()}" if steps is not None else ""
         samples.notes.append(f"calibrated on {len(samples.feeds)} samples from {where}{how}")
         return samples
-    # Constant images of 8.0 would stretch every activation range: calibrate on random ones.
-    samples = synthesize(model, count=count, edges=False)
+    samples = synthesize(model, count=count)
     samples.notes.append(
         f"calibrated on {count} random synthesised samples (no data given): activation ranges "
         "may not match real inputs; pass options.data for representative ones"

@@ -281,6 +281,12 @@ class Runtime(ABC):
             pin_note = [torch_hub_note(model)]
             model = for_hub(model, self.hub)
         if self.hub == "torch" and model.torch_program is None:
+            if model.provenance.source_kind != "onnx" and model.provenance.exporter_note:
+                raise EdgeforgeError(  # a torch source torch.export could not trace
+                    f"runtime {self.name} converts from a torch.export program, and this "
+                    f"model has none: {model.provenance.exporter_note}; make the module "
+                    "traceable by torch.export (no Python control flow on tensor values)"
+                )
             raise EdgeforgeError(
                 f"runtime {self.name} converts from a torch.export program, and this model "
                 f"came from {model.provenance.source_kind}; load the torch module or a .pt2 "

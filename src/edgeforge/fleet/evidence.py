@@ -749,7 +749,7 @@ def _canary_child(job: dict[str, Any]) -> dict[str, Any]:
     if job["data"]:
         samples = load_data(Path(job["data"]), artifact.inputs, limit=job["count"])
     else:
-        samples = synthesize(model, artifact.inputs, count=job["count"], edges=False)
+        samples = synthesize(model, artifact.inputs, count=job["count"])
     feeds = samples.feeds
     first = {name: a.shape for name, a in feeds[0].items()}
     feeds = [f for f in feeds if {n: a.shape for n, a in f.items()} == first]  # stackable

@@ -63,6 +63,9 @@ def test_install_commit_and_predict(tmp_path, repo, server):
     kinds = [(e["kind"], e["version"], e["ok"]) for e in server.reports]
     for kind in ("download", "canary", "activate", "health", "commit"):
         assert (kind, 2, True) in kinds
+    health = next(e for e in server.reports if e["kind"] == "health" and e["version"] == 2)
+    assert health["metrics"]["latency_p95_ms"] > 0  # what the server's latency gate reads
+    assert health["metrics"]["latency_count"] == 10
     states = [e["state"] for e in agent.journal.entries()]
     assert states[-7:] == ["downloading", "staged", "canary", "activating", "probing",
                            "committing", "idle"]  # fmt: skip

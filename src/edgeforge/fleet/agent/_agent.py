@@ -453,9 +453,18 @@ class Agent:
 
         with exclusive(self.state / ".agent.lock"):
             while True:
-                self.step()
                 if once:
+                    self.step()
                     return
+                if not self._device().get("director_key"):
+                    self.enrol()  # bad configuration (refused token): say it and stop
+                try:
+                    self.step()
+                except Exception as exc:  # a full disk, a bug: the loop, and the model, go on
+                    import sys
+
+                    self.failures += 1
+                    print(f"edgeforge agent: {type(exc).__name__}: {exc}", file=sys.stderr)
                 sleep(self.next_delay())
 
     # ---- acting on a directive ---------------------------------------------------------------

@@ -210,3 +210,21 @@ def test_verify_slot_refuses_a_changed_file(tmp_path, repo, server):
     assert verify_slot(slot) is not None
     (slot / "model.onnx").write_bytes(b"x")
     assert verify_slot(slot) is None
+
+
+def test_offline_at_first_boot_keeps_trying_to_enrol(tmp_path):
+    """No server yet (connection refused): the loop backs off and retries, it does not die."""
+    delays: list[float] = []
+
+    class Stop(Exception):
+        pass
+
+    def sleep(seconds: float) -> None:
+        delays.append(seconds)
+        if len(delays) == 3:
+            raise Stop
+
+    agent = Agent(tmp_path / "state", server="http://127.0.0.1:9", device_class=CLASS, interval=1)
+    with pytest.raises(Stop):
+        agent.run(sleep=sleep)
+    assert delays[0] < delays[1] < delays[2]  # 2, 4, 8 s (±20 %)

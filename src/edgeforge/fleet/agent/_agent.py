@@ -457,7 +457,12 @@ class Agent:
                     self.step()
                     return
                 if not self._device().get("director_key"):
-                    self.enrol()  # bad configuration (refused token): say it and stop
+                    try:
+                        self.enrol()  # bad configuration (refused token): say it and stop
+                    except Offline:
+                        self.failures += 1  # no server yet: keep trying, backing off
+                        sleep(self.next_delay())
+                        continue
                 try:
                     self.step()
                 except Exception as exc:  # a full disk, a bug: the loop, and the model, go on

@@ -142,6 +142,31 @@ async def _run(
     return latencies, statuses, etags
 
 
+def _cpu_seconds(root: int) -> float:
+    """CPU seconds (user + system) of process `root` and its descendants (the uvicorn workers)."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    family = {root}
+    grew = True
+    while grew:
+        grew = False
+        for pid, parent in parents.items():
+            if parent in family and pid not in family:
+                family.add(pid)
+                grew = True
+    return sum(times.get(pid, 0.0) for pid in family)
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -156,6 +181,7 @@ def main() -> int:
     parser.add_argument("--db", default=POSTGRES)
     parser.add_argument("--out", type=Path, default=Path("bench/results/fleet.json"))
     args = parser.parse_args()
+    load_before = os.getloadavg()
 
     import psycopg
 
@@ -209,9 +235,11 @@ def main() -> int:
             timed = [
                 _request(port, d, k, tag) for _ in range(args.rounds) for (d, k), tag in tagged
             ]
+            cpu_before = _cpu_seconds(server.pid)
             started = time.perf_counter()
             latencies, statuses, _ = asyncio.run(_run(port, timed, args.concurrency))
             seconds = time.perf_counter() - started
+            server_cpu = _cpu_seconds(server.pid) - cpu_before
     finally:
         if server is not None:
             server.terminate()
@@ -232,6 +260,9 @@ def main() -> int:
         "p50_ms": round(_percentile(latencies, 0.50) * 1000, 2),
         "p99_ms": round(_percentile(latencies, 0.99) * 1000, 2),
         "mean_ms": round(statistics.fmean(latencies) * 1000, 2),
+        "server_cpu_ms_per_checkin": round(server_cpu / len(latencies) * 1000, 3),
+        "server_cpu_note": "CPU of the uvicorn workers only (PostgreSQL's backends not counted); "
+        "cores / this = the check-ins per second the workers could do with the cores to themselves",
         "first_checkin": {
             "what": "each device's first check-in (directive signed and stored)",
             "requests": len(lat_first),
@@ -246,7 +277,10 @@ def main() -> int:
             "cpus": os.cpu_count(),
             "processor": platform.processor() or platform.machine(),
             "python": platform.python_version(),
-            "note": "load generator on the same machine, sharing its cores with the server",
+            "note": "load generator on the same machine, sharing its cores with the server "
+            "(and with whatever else runs: see loadavg)",
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         },
         "command": " ".join(["bench/fleet_bench.py", *sys.argv[1:]]),
     }

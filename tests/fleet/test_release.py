@@ -310,9 +310,13 @@ def test_concurrent_releases_are_serialised_by_the_lock(tiny, repo):
         "0",
         "--json",
     ]
-    runs = [subprocess.Popen(argv, stdout=subprocess.PIPE, env=env) for _ in range(2)]
-    answers = [json.loads(run.communicate(timeout=300)[0]) for run in runs]
-    assert [run.returncode for run in runs] == [0, 0]
+    runs = [
+        subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        for _ in range(2)
+    ]
+    outputs = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [err for _, err in outputs]
+    answers = [json.loads(out) for out, _ in outputs]
     assert sorted(a["version"] for a in answers) == [1, 2]
     targets = Repository.open(repo).targets()
     assert {"tiny/1/linux-x86/variant.json", "tiny/2/linux-x86/variant.json"} <= set(targets)
@@ -339,7 +343,7 @@ def test_a_publish_that_fails_rolls_the_registry_back(tiny, repo, monkeypatch):
     assert release(source, repo, "tiny", "a=onnxruntime", bench_runs=0, canary_count=4).released
     before = _state(repo)
 
-    def full_disk(self, files, custom=None):
+    def full_disk(self, files, custom=None, *, move=False):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(Repository, "publish", full_disk)

@@ -250,3 +250,30 @@ def test_timestamp_is_resigned_before_it_expires(tmp_path):
         assert version > before
     finally:
         server.stop()
+
+
+def test_two_workers_share_one_postgresql_and_refuse_a_replay_across_them(tmp_path):
+    """The attacker replays a check-in on a fresh connection, which may reach the other worker:
+    the nonce lives in the database, so every worker refuses it."""
+    import httpx
+
+    repo = make_repository(tmp_path, {"demo": {1: ["cls-a"]}})
+    with postgres_schema() as url:
+        server = Server(repo, url, "--workers", "2").start()
+        try:
+            device = _device("workers")
+            assert device.enrol(server).status_code == 201
+            body = b'{"active": null, "staged": null, "state": "idle"}'
+            codes = []
+            for _ in range(6):
+                headers = protocol.sign_request(
+                    device.key, device.device_id, "POST", "/v1/checkin", body
+                )
+                with httpx.Client() as fresh:  # a new connection each time: either worker
+                    first = fresh.post(f"{server.url}/v1/checkin", content=body, headers=headers)
+                with httpx.Client() as fresh:
+                    again = fresh.post(f"{server.url}/v1/checkin", content=body, headers=headers)
+                codes.append((first.status_code, again.status_code))
+            assert codes == [(200, 401)] * 6
+        finally:
+            server.stop()

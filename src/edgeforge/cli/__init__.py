@@ -1078,7 +1078,3 @@ def _quiet_by_default(verbose: bool) -> None:
         set_verbose(True)
     quiet_libraries()
     warnings.showwarning = show_warning
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -16,16 +16,17 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.pool import NullPool
 
 from edgeforge.errors import EdgeforgeError
 
-__all__ = ["Base", "engine", "sqlite_url", "upgrade"]
+__all__ = ["Base", "dispose", "engine", "sqlite_url", "upgrade"]
 
 HEAD = "head"
+_LOCK_KEY = 0x6564676566  # "edgef": the advisory lock that serialises migrations on PostgreSQL
 
 
 class Base(DeclarativeBase):
@@ -84,6 +85,8 @@ def upgrade(url: str, revision: str = HEAD) -> None:
     made = engine(url)
     try:
         with made.begin() as connection:
+            if connection.dialect.name == "postgresql":  # two upgrades at once: one waits
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
             config.attributes["connection"] = connection
             command.upgrade(config, revision)
     except OperationalError as exc:

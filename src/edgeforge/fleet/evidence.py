@@ -371,7 +371,8 @@ def _from_sources(
     sources: list[Path], specs: list[VariantSpec], source_sha256: str
 ) -> dict[VariantSpec, VariantEvidence]:
     """Artifacts that optimize/convert already built: each folder (and its sub-folders, two
-    levels down) is searched for manifest.json of the variant's runtime and precision."""
+    levels down) is searched for manifest.json of the variant's runtime and precision; where
+    several match, optimize's `chosen/` is the one taken."""
     from edgeforge.runtimes import Artifact
 
     if not sources:
@@ -381,20 +382,18 @@ def _from_sources(
         folder = Path(folder)
         if not folder.is_dir():
             raise EdgeforgeError(f"--from {folder}: not a folder written by optimize or convert")
-        for manifest in sorted(
-            [
-                folder / "manifest.json",
-                *folder.glob("*/manifest.json"),
-                *folder.glob("*/*/manifest.json"),
-            ]
-        ):
-            if manifest.is_file():
-                artifacts.append(Artifact.load(manifest.parent))
-        if not artifacts:
+        manifests = [
+            folder / "manifest.json",
+            *folder.glob("*/manifest.json"),
+            *folder.glob("*/*/manifest.json"),
+        ]
+        here = [Artifact.load(m.parent) for m in sorted(manifests) if m.is_file()]
+        if not here:
             raise EdgeforgeError(
                 f"--from {folder}: no artifact (manifest.json) in it or its sub-folders; pass "
                 "the --out folder of optimize or convert"
             )
+        artifacts += here
     found: dict[VariantSpec, VariantEvidence] = {}
     for spec in specs:
         matches = [
@@ -411,6 +410,8 @@ def _from_sources(
                 "built from another source (its source hash differs from the model given); "
                 "release the model it was built from"
             )
+        chosen = [a for a in same if a.folder.name == "chosen"]  # optimize's choice wins
+        same = chosen or same
         if len(same) > 1:
             raise EdgeforgeError(
                 f"--from: {len(same)} {spec.runtime}:{spec.precision} artifacts of this source "

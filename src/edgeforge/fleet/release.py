@@ -179,7 +179,7 @@ def release(
         if result.refused:  # the gate: nothing is opened, written or published
             result.seconds = time.monotonic() - started
             return result
-        _publish(result, repository, evidence, model, db, artifact_store, work)
+        _publish(result, repository, evidence, model, db, artifact_store)
     result.seconds = time.monotonic() - started
     return result
 
@@ -191,15 +191,20 @@ def _publish(
     model: Any,
     db: str | None,
     store: Any,
-    work: Path,
 ) -> None:
     from edgeforge.fleet.registry import Registry
 
-    registry = Registry.for_repository(repository.path, db)
+    with repository.lock():  # a first release migrates the registry: one process at a time
+        registry = Registry.for_repository(repository.path, db)
     result.registry = _redacted(registry.url)
     added: list[str] = []  # objects this release put in the store, taken back if it fails
     try:
-        _write(result, repository, evidence, model, registry, store, work, added)
+        # Staged beside the repository (its file system), so publish links the files in
+        # instead of copying them: a large artifact is read once more (its hash), not written.
+        with tempfile.TemporaryDirectory(
+            prefix=".edgeforge-release-", dir=repository.path.parent
+        ) as stage:
+            _write(result, repository, evidence, model, registry, store, Path(stage), added)
     except BaseException:
         for digest in added:
             with contextlib.suppress(Exception):
@@ -214,7 +219,7 @@ def _write(
     model: Any,
     registry: Any,
     store: Any,
-    work: Path,
+    stage: Path,
     added: list[str],
 ) -> None:
     """Stage, store, record and publish, under the lock; the registry commits last."""
@@ -240,7 +245,7 @@ def _write(
         session.add(row)
         for item in evidence:
             prefix = f"{name}/{version}/{item.spec.device_class}"
-            staged, index = _stage_variant(item, name, version, released, work / "stage" / prefix)
+            staged, index = _stage_variant(item, name, version, released, stage / prefix)
             for relative, local in staged.items():
                 files[f"{prefix}/{relative}"] = local
                 custom[f"{prefix}/{relative}"] = {
@@ -272,7 +277,7 @@ def _write(
             )
         session.flush()  # a constraint the rows break fails here, before anything is published
         with _uninterrupted():
-            row.targets_version = repository.publish(files, custom)
+            row.targets_version = repository.publish(files, custom, move=True)
             session.flush()
             session.commit()
     result.released = True
@@ -401,7 +406,8 @@ def move_alias(
     check_alias(alias)
     _check_db(db)
     repository = Repository.open(Path(repo), Path(keys) if keys else None)
-    registry = Registry.for_repository(repository.path, db)
+    with repository.lock():
+        registry = Registry.for_repository(repository.path, db)
     with repository.lock(), registry.session() as session, session.begin():
         model = registry._model(session, name)
         registry._version(session, model, str(version))  # it must exist

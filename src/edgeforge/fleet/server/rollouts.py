@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from edgeforge.errors import EdgeforgeError
@@ -218,32 +218,42 @@ def decide(
     device columns to update. Inserts the device's rollout row when it is first told to install."""
     updates: dict[str, Any] = {}
     base = {"device_id": device.id, "device_class": device.device_class}
-    if device.rollback_pending:
-        bad = conn.execute(select(R.c.name, R.c.version).where(R.c.id == device.rollout_id)).one()
-        runs_bad = (bad.name, bad.version) in (active, staged)
-        if runs_bad:
-            return {
-                **base,
-                "name": bad.name,
-                "version": device.rollback_to,
-                "action": "rollback",
-                "rollout": device.rollout_id,
-            }, updates
-        updates["rollback_pending"] = False
     rows = conn.execute(
-        select(R.c.id, R.c.name, R.c.version, R.c.state, R.c.reach, R.c.offset)
+        select(R.c.id, R.c.name, R.c.version, R.c.device_class, R.c.state, R.c.reach, R.c.offset)
         .where(
             R.c.device_class == device.device_class,
-            R.c.state.in_(("running", "paused", "completed")),
+            or_(R.c.state.in_(("running", "paused", "completed")), R.c.id == device.rollout_id),
         )
         .order_by(R.c.id.desc())
         .limit(50)
     ).all()
+    # The rollout that last told this device to install was aborted, and the device runs (or
+    # stages) its version: roll back. Checked here at every check-in, not only by the flag the
+    # abort sets, so a device told to install while the abort was being decided is not missed.
+    mine = next((r for r in rows if r.id == device.rollout_id), None)
+    if mine is not None and mine.state == "aborted":
+        if (mine.name, mine.version) in (active, staged):
+            back = (
+                device.rollback_to
+                if device.rollback_pending
+                else _rollback_to(conn, mine, device.id)
+            )
+            if not device.rollback_pending:
+                updates.update(rollback_pending=True, rollback_to=back)
+            directive = {
+                "name": mine.name,
+                "version": back,
+                "action": "rollback",
+                "rollout": mine.id,
+            }
+            return {**base, **directive}, updates
+        if device.rollback_pending:
+            updates["rollback_pending"] = False
     if active is not None:
         rows = [r for r in rows if r.name == active[0]]
     target: tuple[str | None, int | None, int | None] | None = None
     for r in rows:
-        if r.state == "completed":
+        if r.state not in LIVE:  # completed ones are the baseline; aborted ones tell no one
             continue
         told = device.rollout_id == r.id
         if told or (r.state == "running" and _place(device.bucket, r.offset) < r.reach):
@@ -280,7 +290,7 @@ _FAIL_KINDS = {"download", "canary", "activate", "health", "commit", "rollback",
 
 def _latency(metrics: Any) -> float | None:
     if isinstance(metrics, dict):
-        for key in ("latency_p95_ms", "p95_ms"):
+        for key in ("latency_p95_ms", "p95_ms", "latency_ms"):
             value = metrics.get(key)
             if isinstance(value, (int, float)) and value > 0:
                 return float(value)
@@ -299,13 +309,14 @@ def record_events(conn: Connection, device: Any, events: list[dict[str, Any]], n
     device_latency = None
     for event in events:
         kind, ok = event["kind"], event["ok"]
-        latency = _latency(event.get("metrics"))
+        # the health probe's (and commit's) latency: what the model does on the device
+        latency = _latency(event.get("metrics")) if kind in ("health", "commit") else None
         ours = rollout is not None and (event.get("name"), event.get("version")) == (
             rollout.name,
             rollout.version,
         )
         if not ours:
-            if latency is not None and kind in ("health", "commit"):
+            if latency is not None:
                 device_latency = latency
             continue
         if kind == "canary":
@@ -334,6 +345,28 @@ def record_events(conn: Connection, device: Any, events: list[dict[str, Any]], n
             .where(where, RD.c.outcome == "pending")
             .values(outcome=outcome, detail=detail, decided_at=now)
         )
+
+
+def _rollback_to(conn: Connection, rollout: Any, device_id: str) -> int | None:
+    """The version a device told by `rollout` ran before it (else the last completed one)."""
+    before = conn.execute(
+        select(RD.c.from_version).where(RD.c.rollout_id == rollout.id, RD.c.device_id == device_id)
+    ).scalar()
+    return before if before is not None else _baseline(conn, rollout)
+
+
+def _baseline(conn: Connection, rollout: Any) -> int | None:
+    return conn.execute(
+        select(R.c.version)
+        .where(
+            R.c.name == rollout.name,
+            R.c.device_class == rollout.device_class,
+            R.c.state == "completed",
+            R.c.id < rollout.id,
+        )
+        .order_by(R.c.id.desc())
+        .limit(1)
+    ).scalar()
 
 
 def _sample(conn: Connection, rollout_id: int) -> GateSample:
@@ -381,17 +414,7 @@ def _abort(conn: Connection, row: Any, reason: str, now: float) -> bool:
     ).rowcount
     if not changed:
         return False
-    baseline = conn.execute(
-        select(R.c.version)
-        .where(
-            R.c.name == row.name,
-            R.c.device_class == row.device_class,
-            R.c.state == "completed",
-            R.c.id < row.id,
-        )
-        .order_by(R.c.id.desc())
-        .limit(1)
-    ).scalar()
+    baseline = _baseline(conn, row)
     told = conn.execute(
         select(RD.c.device_id, RD.c.from_version).where(RD.c.rollout_id == row.id)
     ).all()

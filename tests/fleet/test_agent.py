@@ -63,6 +63,9 @@ def test_install_commit_and_predict(tmp_path, repo, server):
     kinds = [(e["kind"], e["version"], e["ok"]) for e in server.reports]
     for kind in ("download", "canary", "activate", "health", "commit"):
         assert (kind, 2, True) in kinds
+    health = next(e for e in server.reports if e["kind"] == "health" and e["version"] == 2)
+    assert health["metrics"]["latency_p95_ms"] > 0  # what the server's latency gate reads
+    assert health["metrics"]["latency_count"] == 10
     states = [e["state"] for e in agent.journal.entries()]
     assert states[-7:] == ["downloading", "staged", "canary", "activating", "probing",
                            "committing", "idle"]  # fmt: skip
@@ -207,3 +210,21 @@ def test_verify_slot_refuses_a_changed_file(tmp_path, repo, server):
     assert verify_slot(slot) is not None
     (slot / "model.onnx").write_bytes(b"x")
     assert verify_slot(slot) is None
+
+
+def test_offline_at_first_boot_keeps_trying_to_enrol(tmp_path):
+    """No server yet (connection refused): the loop backs off and retries, it does not die."""
+    delays: list[float] = []
+
+    class Stop(Exception):
+        pass
+
+    def sleep(seconds: float) -> None:
+        delays.append(seconds)
+        if len(delays) == 3:
+            raise Stop
+
+    agent = Agent(tmp_path / "state", server="http://127.0.0.1:9", device_class=CLASS, interval=1)
+    with pytest.raises(Stop):
+        agent.run(sleep=sleep)
+    assert delays[0] < delays[1] < delays[2]  # 2, 4, 8 s (±20 %)

@@ -122,3 +122,12 @@ def test_agent_daemon_loop_installs_what_the_server_says(tmp_path):
         daemon.kill()
         daemon.wait()
         server.close()
+
+
+def test_one_agent_per_state_folder(installed):
+    from edgeforge.fleet.agent._lock import exclusive
+
+    state, _ = installed
+    with exclusive(state / ".agent.lock"):
+        result = edgeforge("agent", "--state", str(state), "--once")
+    assert result.returncode == 2 and "another agent runs" in result.stderr

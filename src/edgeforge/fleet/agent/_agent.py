@@ -46,6 +46,7 @@ SLOTS = ("a", "b")
 PAUSE_ENV = "EDGEFORGE_AGENT_PAUSE_AT"
 MAX_PROBE_TRIES = 3
 _OUTBOX_LIMIT = 500
+_REPORT_BATCH = 50
 
 
 def parse_size(text: str | int | None) -> int | None:
@@ -357,16 +358,29 @@ class Agent:
         atomic_write_json(self._path("outbox.json"), outbox[-_OUTBOX_LIMIT:])
 
     def _flush_reports(self, client: ServerClient, device: dict) -> None:
-        outbox = read_json(self._path("outbox.json"), []) or []
-        if not outbox:
-            return
-        body = {"events": outbox, "telemetry": []}
+        """Send the outbox in batches; a batch is dropped from the outbox only once the
+        server took it (202). A batch the server finds too large (413) goes again without
+        its metrics, so one oversized event never blocks the reports behind it."""
+        while True:
+            outbox = read_json(self._path("outbox.json"), []) or []
+            batch = outbox[:_REPORT_BATCH]
+            if not batch:
+                return
+            status = self._send_report(client, device, batch)
+            if status == 413:
+                batch = [{**event, "metrics": {}} for event in batch]
+                status = self._send_report(client, device, batch)
+            if status not in (200, 202, 413):
+                return  # kept for the next check-in
+            current = read_json(self._path("outbox.json"), []) or []
+            atomic_write_json(self._path("outbox.json"), current[len(batch) :])
+
+    def _send_report(self, client: ServerClient, device: dict, batch: list[dict]) -> int:
+        body = {"events": batch, "telemetry": []}
         status, _, _ = client.request(
             "POST", "/v1/report", body, key=self._key(), device_id=device["device_id"]
         )
-        if status in (200, 202):
-            current = read_json(self._path("outbox.json"), []) or []
-            atomic_write_json(self._path("outbox.json"), current[len(outbox) :])
+        return status
 
     # ---- the loop ----------------------------------------------------------------------------
     def _client(self, device: dict) -> ServerClient:
@@ -439,9 +453,23 @@ class Agent:
 
         with exclusive(self.state / ".agent.lock"):
             while True:
-                self.step()
                 if once:
+                    self.step()
                     return
+                if not self._device().get("director_key"):
+                    try:
+                        self.enrol()  # bad configuration (refused token): say it and stop
+                    except Offline:
+                        self.failures += 1  # no server yet: keep trying, backing off
+                        sleep(self.next_delay())
+                        continue
+                try:
+                    self.step()
+                except Exception as exc:  # a full disk, a bug: the loop, and the model, go on
+                    import sys
+
+                    self.failures += 1
+                    print(f"edgeforge agent: {type(exc).__name__}: {exc}", file=sys.stderr)
                 sleep(self.next_delay())
 
     # ---- acting on a directive ---------------------------------------------------------------
@@ -514,9 +542,8 @@ class Agent:
             "canary", self._slot_dir(slot), memory_limit=self.memory_limit,
             timeout=self.canary_timeout,
         )  # fmt: skip
-        metrics = {k: result.get(k) for k in ("load_ms", "latency_ms", "peak_rss", "wall_ms")}
-        metrics["max_abs_error"] = result.get("max_abs_error")
-        metrics["latency_p95_ms"] = _p95(result.get("latency_ms"))
+        metrics = {k: result.get(k) for k in ("load_ms", "peak_rss", "wall_ms", "max_abs_error")}
+        metrics.update(_latency_summary(result.get("latency_ms")))
         self._event(
             "canary", name, version, bool(result.get("ok")), result.get("detail", ""), metrics
         )
@@ -545,7 +572,9 @@ class Agent:
             "probe", self._slot_dir(slot), memory_limit=self.memory_limit,
             timeout=self.canary_timeout, count=self.probe_count, budget_ms=budget_ms,
         )  # fmt: skip
-        metrics = {k: result.get(k) for k in ("latency_ms", "peak_rss", "count")}
+        metrics = {k: result.get(k) for k in ("peak_rss", "count")}
+        metrics.update(_latency_summary(result.get("latency_ms")))
+        self.last_probe_p95 = metrics.get("latency_p95_ms")
         self._event(
             "health", name, version, bool(result.get("ok")), result.get("detail", ""), metrics
         )
@@ -647,6 +676,20 @@ class Agent:
             if entry["state"] == "staged":
                 break
         return tries
+
+
+def _latency_summary(values: Any) -> dict[str, Any]:
+    """count, p50, p95 and max of a list of latencies (ms): a report stays small whatever the
+    size of the canary set."""
+    if not isinstance(values, list) or not values:
+        return {}
+    ordered = sorted(float(v) for v in values)
+    return {
+        "latency_count": len(ordered),
+        "latency_p50_ms": ordered[len(ordered) // 2],
+        "latency_p95_ms": _p95(ordered),
+        "latency_max_ms": ordered[-1],
+    }
 
 
 def _p95(values: Any) -> float | None:

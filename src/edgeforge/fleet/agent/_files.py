@@ -5,6 +5,8 @@ Invariants:
   temporary file in the same folder, fsyncs it, renames it over the target and fsyncs the folder.
 - `Journal.append` returns only after the line is on disk (fsync). A line cut short by a crash
   (no trailing newline, or not JSON) is ignored on reading; every line before it stands.
+- Past 1 MB the journal keeps its last 2,000 entries (rewritten atomically): months of updates
+  never fill a device's disk.
 """
 
 from __future__ import annotations
@@ -62,9 +64,26 @@ class Journal:
             self._heal(fd)
             os.write(fd, line.encode())
             os.fsync(fd)
+            size = os.fstat(fd).st_size
         finally:
             os.close(fd)
+        if size > self.max_bytes:
+            self._compact()
         return entry
+
+    max_bytes = 1 << 20
+    keep = 2000
+
+    def _compact(self) -> None:
+        """Keep the last `keep` entries (atomically: a crash leaves the old file or the new)."""
+        entries = self.entries()[-self.keep :]
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(e, sort_keys=True) + "\n" for e in entries)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.path)
+        fsync_dir(self.path.parent)
 
     def _heal(self, fd: int) -> None:
         """A line cut short by a crash gets its newline, so the next entry starts clean."""

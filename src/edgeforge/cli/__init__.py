@@ -42,6 +42,7 @@ _HIDDEN_ALIASES = {"--to", "--runtimes", "--precisions", "--cloud-instance"}
 _VERB_FAMILIES: tuple[str, ...] = (
     "keys",
     "fetch",
+    "personalize",
 )
 
 # --json puts a verb's list result under this name, so the output is always an object.

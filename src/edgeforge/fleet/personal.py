@@ -204,8 +204,7 @@ class _Backbone:
         count = len(next(iter(feeds.values())))
         step = 1 if self.runtime == "executorch" else 256  # ExecuTorch plans for batch 1
         parts = [
-            self._run({k: v[i : i + step] for k, v in feeds.items()})
-            for i in range(0, count, step)
+            self._run({k: v[i : i + step] for k, v in feeds.items()}) for i in range(0, count, step)
         ]
         return tuple(np.concatenate([p[k] for p in parts]) for k in range(2))
 
@@ -414,9 +413,7 @@ class PersonalizationPackage:
             _package=self,
         )
         if len(train_rows) < 2 or len(check_rows) < 1:
-            result.reason = (
-                f"{len(labels)} samples are too few to train and check; give at least 3"
-            )
+            result.reason = f"{len(labels)} samples are too few to train and check; give at least 3"
             return result
         tracemalloc.start()
         started = time.perf_counter()

@@ -84,9 +84,7 @@ def split_module(
     weights). `trainable` names modules; a container names all the leaves in it."""
     module = module.eval()
     leaves = {
-        name: child
-        for name, child in module.named_modules()
-        if name and not list(child.children())
+        name: child for name, child in module.named_modules() if name and not list(child.children())
     }
     order: list[str] = []
     handles = [

@@ -14,6 +14,8 @@ Invariants a caller can rely on:
 
 from __future__ import annotations
 
+import contextlib
+import io
 import warnings
 from pathlib import Path
 from typing import Any
@@ -136,7 +138,8 @@ def build_coreml(split: HeadSplit, out: Path, lr: float, batch: int, epochs: int
         current = name
     builder.add_softmax("softmax", current, "probs")
     builder.make_updatable(updatable)
-    builder.set_categorical_cross_entropy_loss(name="loss", input="probs")
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints a note; --json owns stdout
+        builder.set_categorical_cross_entropy_loss(name="loss", input="probs")
     builder.set_sgd_optimizer(SgdParams(lr=lr, batch=batch))
     builder.set_epochs(epochs)
     spec = builder.spec

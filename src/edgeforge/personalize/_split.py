@@ -55,6 +55,14 @@ class Backbone(nn.Module):
         return logits, embedding.flatten(1)
 
 
+class OneInputBackbone(Backbone):
+    """A backbone of one input, with a named parameter: the exporters map dynamic axes by the
+    forward's signature, which `*args` hides."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        return super().forward(x)
+
+
 @dataclass
 class HeadSplit:
     backbone: Backbone
@@ -135,7 +143,8 @@ def split_module(
         for name in tail
         for key, value in leaves[name].named_parameters()
     }
-    backbone = Backbone(module, leaves[tail[0]]).eval()
+    kind = OneInputBackbone if len(example_inputs) == 1 else Backbone
+    backbone = kind(module, leaves[tail[0]]).eval()
     with torch.no_grad():
         logits, embedding = backbone(*example_inputs)
     recomputed, _ = head_forward(layers, params, embedding.numpy())

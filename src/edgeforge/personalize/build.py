@@ -121,9 +121,10 @@ def personalize(
 
     started = time.perf_counter()
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not force and not (out / PACKAGE_FILE).is_file():
-            raise EdgeforgeError(f"{out} exists and is not a package; choose another --out")
+    # Replace a package (or anything, with force); never a folder of the user's own files.
+    is_package = (out / PACKAGE_FILE).is_file()
+    if out.exists() and any(out.iterdir()) and not force and not is_package:
+        raise EdgeforgeError(f"{out} exists and is not a package; choose another --out")
     wanted_forms = _names(forms) or list(FORMS)
     unknown = set(wanted_forms) - set(FORMS)
     if unknown:

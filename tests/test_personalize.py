@@ -59,7 +59,7 @@ TASK = textwrap.dedent(
     """
 )
 _names: dict = {}
-exec(TASK, _names)  # noqa: S102 - our own source, shared with the factory file
+exec(TASK, _names)  # our own source, shared with the factory file
 task, factory = _names["task"], _names["factory"]
 # The user's sensor reads every feature this much off: the base model stumbles.
 OFFSET = np.array([2.5, -2.5, 2.0, -2.0, 2.5, -2.5, 2.0, -2.0], np.float32)

@@ -18,9 +18,12 @@ Invariants a caller can rely on:
 - nothing leaves the device: training reads the samples given and writes only where `save` is
   told; `PersonalModel.telemetry()` says that personalisation ran and whether it was kept, with
   no sample, label, count per class or weight in it;
-- the guard: the user's samples are split into train and check; the personal head is kept only
-  if it classifies strictly more of the check samples correctly than the base model does;
-  otherwise it is discarded, `reason` says why, and `predict` returns the base model's logits;
+- the guard: the user's samples are split into train and check, `folds` times over (each
+  sample is a check sample once, judged by a head trained without it); the personal head is
+  kept only if those heads classify strictly more check samples correctly than the base model
+  does on the same samples; then the head trained on all the samples is kept. Otherwise it is
+  discarded, `reason` says why, and `predict` returns the base model's logits; a run past
+  `time_limit_s` is discarded too;
 - a personal model records the backbone's release (name, version, artifact sha256) and refuses
   to run on a package whose backbone differs (`PersonalModel.load(DIR, package)`), so a head
   is never applied to a backbone it was not trained on;
@@ -258,7 +261,7 @@ class PersonalizationPackage:
     base_params: dict[str, np.ndarray]
     backbones: dict[str, dict[str, Any]]  # runtime -> {file, sha256}
     forms: dict[str, dict[str, Any]]  # form -> {file, ..., "trains_here"?}
-    training: dict[str, Any]  # lr, epochs, batch, check_share, seed
+    training: dict[str, Any]  # lr, epochs, batch, folds, seed
     index: dict[str, Any] = field(repr=False)
     runtime: str | None = None  # the backbone runtime asked for; None: the first that runs
     _backbone: _Backbone | None = field(default=None, repr=False)
@@ -372,7 +375,7 @@ class PersonalizationPackage:
         *,
         form: str | None = None,
         time_limit_s: float = 60.0,
-        check_share: float | None = None,
+        folds: int | None = None,
         epochs: int | None = None,
         lr: float | None = None,
         seed: int | None = None,
@@ -393,14 +396,14 @@ class PersonalizationPackage:
             **self.training,
             **{
                 k: v
-                for k, v in dict(check_share=check_share, epochs=epochs, lr=lr, seed=seed).items()
+                for k, v in dict(folds=folds, epochs=epochs, lr=lr, seed=seed).items()
                 if v is not None
             },
         }
         base_logits, embedding = self.embed(samples)
         if len(embedding) != len(labels):
             raise EdgeforgeError(f"{len(embedding)} samples but {len(labels)} labels")
-        train_rows, check_rows = _split(len(labels), settings["check_share"], settings["seed"])
+        folds = _folds(len(labels), int(settings["folds"]), int(settings["seed"]))
         result = PersonalModel(
             release=self.release,
             form=form,
@@ -408,55 +411,62 @@ class PersonalizationPackage:
             params=self.base_params,
             kept=False,
             reason="",
-            train_samples=len(train_rows),
-            check_samples=len(check_rows),
+            train_samples=len(labels),
+            check_samples=len(labels) if folds else 0,
             _package=self,
         )
-        if len(train_rows) < 2 or len(check_rows) < 1:
-            result.reason = f"{len(labels)} samples are too few to train and check; give at least 3"
+        if not folds:
+            result.reason = f"{len(labels)} samples are too few to train and check; give 3 or more"
             return result
+        trainer = _train_executorch if form == "executorch" else _train_numpy
         tracemalloc.start()
         started = time.perf_counter()
+        deadline = started + time_limit_s
+        personal_right = 0
         try:
-            trainer = _train_executorch if form == "executorch" else _train_numpy
-            params, losses = trainer(
-                self,
-                embedding[train_rows],
-                labels[train_rows],
-                settings,
-                deadline=started + time_limit_s,
-            )
+            # The check: each fold's samples are judged by a head trained without them.
+            for check_rows in folds:
+                train_rows = np.setdiff1d(np.arange(len(labels)), check_rows)
+                params, _ = trainer(
+                    self, embedding[train_rows], labels[train_rows], settings, deadline=deadline
+                )
+                logits, _ = head_forward(self.layers, params, embedding[check_rows])
+                personal_right += int((logits.argmax(1) == labels[check_rows]).sum())
+            # What is kept is trained on all the samples, as each checked head was on most.
+            params, losses = trainer(self, embedding, labels, settings, deadline=deadline)
         finally:
             result.train_seconds = time.perf_counter() - started
             result.peak_bytes = tracemalloc.get_traced_memory()[1]
             tracemalloc.stop()
+        if time.perf_counter() > deadline:
+            result.reason = f"discarded: training ran past its {time_limit_s:g} s limit"
+            return result
         result.losses = losses
-        check_labels = labels[check_rows]
-        base_right = int((base_logits[check_rows].argmax(1) == check_labels).sum())
-        personal_logits, _ = head_forward(self.layers, params, embedding[check_rows])
-        personal_right = int((personal_logits.argmax(1) == check_labels).sum())
-        result.base_accuracy = base_right / len(check_rows)
-        result.personal_accuracy = personal_right / len(check_rows)
+        base_right = int((base_logits.argmax(1) == labels).sum())
+        result.base_accuracy = base_right / len(labels)
+        result.personal_accuracy = personal_right / len(labels)
         # The guard: keep it only if it does strictly better on the user's own check samples.
         if personal_right > base_right:
             result.kept, result.params = True, params
             result.reason = (
-                f"kept: {personal_right} of {len(check_rows)} check samples right, the base "
+                f"kept: {personal_right} of {len(labels)} check samples right, the base "
                 f"model {base_right}"
             )
         else:
             result.reason = (
-                f"discarded: it got {personal_right} of {len(check_rows)} check samples right, "
+                f"discarded: it got {personal_right} of {len(labels)} check samples right, "
                 f"the base model {base_right}; the base model stays"
             )
         return result
 
 
-def _split(count: int, check_share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A reproducible split of `count` samples into train and check (at least one each)."""
+def _folds(count: int, folds: int, seed: int) -> list[np.ndarray]:
+    """A reproducible split of `count` samples into up to `folds` check sets; [] when there
+    are too few samples to train on two and check one."""
+    if count < 3:
+        return []
     order = np.random.default_rng(seed).permutation(count)
-    checks = min(max(1, round(count * check_share)), count - 1) if count > 1 else 0
-    return np.sort(order[checks:]), np.sort(order[:checks])
+    return [np.sort(part) for part in np.array_split(order, min(folds, count)) if len(part)]
 
 
 def _batches(count: int, settings: Mapping[str, Any]) -> list[list[np.ndarray]]:

@@ -123,8 +123,8 @@ def tabular_users(
     features = pool_x.shape[1]
     for _ in range(count):
         mix = _class_mix(rng, int(pool_y.max()) + 1, 1.0)
-        gain = rng.uniform(0.6, 1.4, features).astype(np.float32)
-        offset = rng.normal(0, 0.8, features).astype(np.float32)
+        gain = rng.uniform(0.5, 1.5, features).astype(np.float32)
+        offset = rng.normal(0, 1.5, features).astype(np.float32)
         taken: set[int] = set()
         own = _draw(rng, pool_y, mix, samples, taken)
         held = _draw(rng, pool_y, mix, held_out, taken)

@@ -274,3 +274,22 @@ def test_an_onnx_source_is_refused_with_the_reason(tmp_path):
 
     with pytest.raises(EdgeforgeError, match="needs the module"):
         personalize(tmp_path / "model.onnx", tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_agent_call_keeps_a_helpful_head_and_drops_it_when_the_release_changes(
+    package_dir, tmp_path
+):
+    from edgeforge.fleet.personal import (
+        BackboneRelease,
+        drop_stale_head,
+        personalize_on_device,
+    )
+
+    head = tmp_path / "personal"
+    model = personalize_on_device(package_dir, *task(20, 7, OFFSET), head, form="head")
+    assert model.kept and (head / "personal.json").is_file()
+    same = PersonalizationPackage.load(package_dir).release
+    assert not drop_stale_head(head, same)  # the release it was trained on: kept
+    rolled_back = BackboneRelease(same.name, 2, "0" * 64)
+    assert drop_stale_head(head, rolled_back) and not head.exists()

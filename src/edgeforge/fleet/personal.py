@@ -55,6 +55,8 @@ __all__ = [
     "BackboneRelease",
     "PersonalModel",
     "PersonalizationPackage",
+    "drop_stale_head",
+    "personalize_on_device",
 ]
 
 PACKAGE_FILE = "personalize.json"
@@ -665,3 +667,49 @@ class PersonalModel:
             losses=data["losses"],
         )
         return model.bind(package)
+
+
+# -- what the agent calls ----------------------------------------------------------------------
+
+
+def personalize_on_device(
+    package: str | Path | PersonalizationPackage,
+    samples: np.ndarray | Mapping[str, np.ndarray],
+    labels: Sequence[int] | np.ndarray,
+    out: str | Path,
+    *,
+    form: str | None = None,
+    time_limit_s: float = 60.0,
+) -> PersonalModel:
+    """The agent's one call: train under the guard and store the head at `out` only if it was
+    kept. When it was discarded, a head already at `out` stays if it was trained on this
+    release and is dropped otherwise. Returns the result; its `telemetry()` is all that may
+    be reported."""
+    if not isinstance(package, PersonalizationPackage):
+        package = PersonalizationPackage.load(package)
+    model = package.train(samples, labels, form=form, time_limit_s=time_limit_s)
+    out = Path(out)
+    if model.kept:
+        model.save(out)
+    else:
+        drop_stale_head(out, package.release)
+    return model
+
+
+def drop_stale_head(path: str | Path, release: BackboneRelease) -> bool:
+    """Delete the personal head at `path` unless it was trained on `release` (call it whenever
+    the active release changes or rolls back); True when something was deleted. A head whose
+    record cannot be read is deleted too: it cannot prove which backbone it belongs to."""
+    import shutil
+
+    path = Path(path)
+    if not path.exists():
+        return False
+    try:
+        recorded = json.loads((path / PERSONAL_FILE).read_text())["release"]
+        if BackboneRelease.from_dict(recorded) == release:
+            return False
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    shutil.rmtree(path)
+    return True

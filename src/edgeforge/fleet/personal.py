@@ -447,8 +447,9 @@ class PersonalizationPackage:
         base_right = int((base_logits.argmax(1) == labels).sum())
         result.base_accuracy = base_right / len(labels)
         result.personal_accuracy = personal_right / len(labels)
-        # The guard: keep it only if it does strictly better on the user's own check samples.
-        if personal_right > base_right:
+        # The guard: keep it only if it does strictly better on the user's own check samples
+        # (by `margin` samples or more: 1 by default; a larger one trades gain for safety).
+        if personal_right >= base_right + max(1, int(settings.get("margin", 1))):
             result.kept, result.params = True, params
             result.reason = (
                 f"kept: {personal_right} of {len(labels)} check samples right, the base "

@@ -91,6 +91,8 @@ def _serve(args: argparse.Namespace) -> int:
         gate_interval_s=args.gate_interval,
         resign_interval_s=args.resign_interval,
         resign_within=timedelta(seconds=args.resign_within),
+        min_reporters=args.min_reporters,
+        monitor_interval_s=args.monitor_interval,
     )
     os.environ["EDGEFORGE_SERVE_CONFIG"] = config.to_json()
     print(
@@ -256,6 +258,15 @@ def add_verbs(verbs: Any) -> None:
     )
     serve.add_argument(
         "--resign-interval", type=duration, default=300.0, help="how often to look (5m, 10s)"
+    )
+    serve.add_argument(
+        "--min-reporters",
+        type=int,
+        default=10,
+        help="devices a telemetry figure needs before it is shown or judged",
+    )
+    serve.add_argument(
+        "--monitor-interval", type=duration, default=60.0, help="how often drift alerts are checked"
     )
     serve.set_defaults(run=_serve)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hmac
 import math
+import re
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -39,6 +40,7 @@ COOKIE = "edgeforge_admin"
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'"
 _TEMPLATES = Path(__file__).parent / "templates"
 D = Device.__table__
+_NEXT = re.compile(r"^/dashboard(/[a-z]+)?(\?model=[A-Za-z0-9._-]{1,128})?$")
 _env: Any = None
 
 
@@ -309,22 +311,27 @@ def add_dashboard(app: FastAPI, server: Any) -> None:
         return response
 
     @app.get("/dashboard/login")
-    async def login_get(request: Request, token: str | None = None) -> Response:
+    async def login_get(
+        request: Request, token: str | None = None, next: str = "/dashboard"
+    ) -> Response:
         if token is None:
             return login_page(status=200)
-        return _login(token)
+        return _login(token, next)
 
     @app.post("/dashboard/login")
     async def login_post(request: Request) -> Response:
         from urllib.parse import parse_qs
 
         form = parse_qs((await request.body()).decode("utf-8", "replace"))
-        return _login((form.get("token") or [""])[0])
+        return _login((form.get("token") or [""])[0], (form.get("next") or ["/dashboard"])[0])
 
-    def _login(given: str) -> Response:
+    def _login(given: str, then: str) -> Response:
         if not given or not hmac.compare_digest(given.strip().encode(), token):
             return login_page("That token is not the server's admin token.")
-        response = RedirectResponse("/dashboard", status_code=303)
+        # only a page of the dashboard, and never a URL that would carry the token on
+        if not _NEXT.match(then):
+            then = "/dashboard"
+        response = RedirectResponse(then, status_code=303)
         response.set_cookie(
             COOKIE, given.strip(), httponly=True, samesite="strict", path="/dashboard"
         )

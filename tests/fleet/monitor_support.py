@@ -94,7 +94,14 @@ def seed_fleet(server: Server, folder: Path, *, min_reporters: int) -> dict[str,
         entries = []
         for back in (3, 2, 1):
             entries += windows(
-                folder, d, "cam", 1, latency_ms=10, seed=1000 * back + i, at=now - back * day
+                folder,
+                d,
+                "cam",
+                1,
+                latency_ms=10,
+                seed=1000 * back + i,
+                at=now - back * day,
+                calls=16,
             )
         assert send(server, d, [], entries).status_code == 202
     for i, d in enumerate(mcu):
@@ -104,8 +111,16 @@ def seed_fleet(server: Server, folder: Path, *, min_reporters: int) -> dict[str,
         for back in (3, 2, 1, 0):
             shift = 1.5 if back == 0 else 0.0
             entries += windows(
-                folder, d, "kws", 1, latency_ms=4, seed=2000 * back + i, shift=shift,
-                sharp=0.6 if back == 0 else 3.0, at=now - back * day,
+                folder,
+                d,
+                "kws",
+                1,
+                latency_ms=4,
+                seed=2000 * back + i,
+                shift=shift,
+                sharp=0.6 if back == 0 else 3.0,
+                at=now - back * day,
+                calls=16,
             )
         assert send(server, d, [], entries).status_code == 202
     started = server.admin(

@@ -31,6 +31,7 @@ def fleet(tmp_path_factory):
     server.stop()
 
 
+@pytest.mark.slow  # the simulated fleet takes ~10 s to play on a loaded machine
 def test_every_view_needs_the_admin_token_and_login_keeps_it_out_of_urls(fleet):
     server, _ = fleet
     for path in ("/dashboard", "/dashboard/rollouts", "/dashboard/monitor", "/dashboard/alerts"):
@@ -63,9 +64,9 @@ def test_every_view_needs_the_admin_token_and_login_keeps_it_out_of_urls(fleet):
 
 
 def test_the_charts_are_plain_svg():
-    from edgeforge.fleet.monitor import LogHistogram
-
     import numpy as np
+
+    from edgeforge.fleet.monitor import LogHistogram
 
     h = LogHistogram()
     h.add(np.random.default_rng(0).normal(10, 1, 500))

@@ -40,7 +40,10 @@ def add_verbs(verbs: Any) -> None:
         "drift, alerts",
     )
     monitor.add_argument(
-        "--server", required=True, metavar="URL", help="the fleet server, e.g. http://127.0.0.1:8080"
+        "--server",
+        required=True,
+        metavar="URL",
+        help="the fleet server, e.g. http://127.0.0.1:8080",
     )
     monitor.add_argument("--model", metavar="NAME", help="one model only")
     monitor.add_argument("--token", help=f"admin token (default: ${ADMIN_ENV})")

@@ -65,6 +65,8 @@ def _serve(args: argparse.Namespace) -> int:
     from edgeforge.fleet.repository import Repository
     from edgeforge.fleet.server.app import ServerConfig, served_private_keys
 
+    if args.min_reporters < 1:
+        raise EdgeforgeError(f"--min-reporters {args.min_reporters}: give at least 1 (default 10)")
     repo = Repository.open(args.repo, args.keys)
     leaked = served_private_keys(repo.path, repo.keys)
     if leaked:

@@ -550,11 +550,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         tasks = []
         if config.background:
             tasks = [
-                asyncio.create_task(
-                    _every(
-                        config.gate_interval_s, "gate loop", server.advance
-                    )
-                ),
+                asyncio.create_task(_every(config.gate_interval_s, "gate loop", server.advance)),
                 asyncio.create_task(
                     _every(
                         config.monitor_interval_s,

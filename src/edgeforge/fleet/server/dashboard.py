@@ -273,8 +273,12 @@ def monitor_view(server: Any, model: str | None) -> dict[str, Any]:
             reports: list[DriftReport] = [drift(a, ref, min_reporters=minimum) for a in days[k]]
             series = [(r.day, r.drift_psi) for r in reports if r.drift_psi is not None]
             if series:
-                charts.append(line_svg(series, title="drift over time (largest PSI per day)", threshold=0.2))  # type: ignore[arg-type]
-        versions.append({**row, "charts": [c for c in charts if c], "has_reference": ref is not None})
+                charts.append(
+                    line_svg(series, title="drift over time (largest PSI per day)", threshold=0.2)
+                )  # type: ignore[arg-type]
+        versions.append(
+            {**row, "charts": [c for c in charts if c], "has_reference": ref is not None}
+        )
     models = sorted({a.name for a in aggs}) if model is None else [model]
     return {"summary": summary, "versions": versions, "models": models}
 
@@ -349,16 +353,16 @@ def add_dashboard(app: FastAPI, server: Any) -> None:
             return login_page()
         data = await run_in_threadpool(overview, server)
         running = await run_in_threadpool(rollouts.list_rollouts, server.engine)
-        alerts = await run_in_threadpool(monitoring.alerts, server.engine, limit=5)
-        return page(
-            "overview.html.j2", "overview", fleet=data, rollouts=running[:5], alerts=alerts
-        )
+        alerts = (await run_in_threadpool(server.alerts))[:5]
+        return page("overview.html.j2", "overview", fleet=data, rollouts=running[:5], alerts=alerts)
 
     @app.get("/dashboard/rollouts")
     async def dashboard_rollouts(request: Request) -> Response:
         if not allowed(request):
             return login_page()
-        return page("rollouts.html.j2", "rollouts", rollouts=await run_in_threadpool(rollout_views, server))
+        return page(
+            "rollouts.html.j2", "rollouts", rollouts=await run_in_threadpool(rollout_views, server)
+        )
 
     @app.get("/dashboard/monitor")
     async def dashboard_monitor(request: Request, model: str | None = None) -> Response:

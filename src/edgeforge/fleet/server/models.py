@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from sqlalchemy import (
     Boolean,
-    UniqueConstraint,
     Float,
     ForeignKey,
     Index,
@@ -33,6 +32,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 

@@ -286,9 +286,7 @@ def rollout_telemetry(
     old: dict[str, Any] = {}
     if before:
         base = before.most_common(1)[0][0]
-        old_aggs = load_aggregates(
-            conn, name=row.name, version=base, device_class=row.device_class
-        )
+        old_aggs = load_aggregates(conn, name=row.name, version=base, device_class=row.device_class)
         old = gate_metrics(old_aggs, references, min_reporters=min_reporters).get(
             f"{row.name}@{base}/{row.device_class}", {}
         )

@@ -150,7 +150,7 @@ def seed_fleet(server: Server, folder: Path, *, min_reporters: int) -> dict[str,
                     {"kind": k, "name": "cam", "version": 2, "ok": True, "at": t}
                     for k in ("download", "canary", "activate", "health", "commit")
                 ]
-                entries = windows(folder, d, "cam", 2, latency_ms=25, seed=3000 + i)
+                entries = windows(folder, d, "cam", 2, latency_ms=25, seed=3000 + i, calls=16)
                 assert send(server, d, events, entries).status_code == 202
             elif directive["action"] == "rollback":
                 d.active = ("cam", 1)

@@ -45,6 +45,7 @@ _VERB_FAMILIES: tuple[str, ...] = (
     "fetch",
     "serve",
     "agent",
+    "monitor",
     "personalize",
 )
 

@@ -9,10 +9,11 @@ network within it (depth, size letter or width), the input size and the precisio
 - A name maps (`reason is None`) only when it identifies one network: a family with a known
   variant. "DenseNet" (which depth?) or "DeepLab V3" (which backbone?) do not map; `reason`
   says what is missing. Nothing is guessed from a device or runtime.
-- `architecture` is the zoo architecture that builds this network (`zoo.catalog` name), or None
-  when the zoo has no such network yet; `zoo_options` then says what a parametrised zoo entry
-  would need (e.g. a MobileNet width other than 1.0). A mapped name without an architecture is a
-  known network the zoo lacks, not a failure to read the name.
+- `architecture` is the zoo architecture that builds this network (`zoo.catalog` name) with
+  `zoo_options` passed to its factory (a MobileNet width other than 1.0 is `{"width_mult":
+  0.25}`; empty for the catalogue entry as is), or None when the zoo has no such network yet. A
+  mapped name without an architecture is a known network the zoo lacks, not a failure to read
+  the name.
 - Precision comes from the name first (`_int8`, `_quant`, `_fp16`, the file name inside
   `[...]`), then the row's precision column, else "fp32".
 - Input size comes from the row's input column when it states one, else from the name
@@ -47,7 +48,7 @@ _ZOO: Mapping[tuple[str, str], str] = {
     ("resnet", "50"): "resnet50",
 }
 # Zoo factories that take the family's width as a parameter (`width_mult`).
-_WIDTH_PARAMETER = frozenset({"mobilenet_v2"})
+_WIDTH_PARAMETER = frozenset({"mobilenet_v1", "mobilenet_v2"})
 
 # The usual input size of a family (height = width), used when neither the row nor the name
 # says. Families absent here default to 224.
@@ -157,23 +158,56 @@ _SEG = "segmentation"
 _RULES: list[tuple[re.Pattern[str], Any]] = [
     # Detectors and composites first: "squeezenet_ssd" is an SSD, not a SqueezeNet.
     (re.compile(r"^squeezenet[\s_\-]*ssd$"), ("ssd_squeezenet", "-", None, _DET)),
-    (re.compile(r"^mobilenet[\s_\-]*v?2?[\s_\-]*ssd(lite)?$"), ("ssd_mobilenet_v2", "-", None, _DET)),
-    (re.compile(r"^ssd[\s_\-]*mobilenet[\s_\-]*v?(\d)"), lambda m: (f"ssd_mobilenet_v{m.group(1)}", "-", None, _DET)),
+    (
+        re.compile(r"^mobilenet[\s_\-]*v?2?[\s_\-]*ssd(lite)?$"),
+        ("ssd_mobilenet_v2", "-", None, _DET),
+    ),
+    (
+        re.compile(r"^ssd[\s_\-]*mobilenet[\s_\-]*v?(\d)"),
+        lambda m: (f"ssd_mobilenet_v{m.group(1)}", "-", None, _DET),
+    ),
     (re.compile(r"^mobilenet[\s_\-]*yolo(v2)?$"), ("yolov2_mobilenet", "-", None, _DET)),
-    (re.compile(r"^yolo[\s_\-]*fastest[\s_\-]*(v?2|1\.1)?$"), lambda m: ("yolo_fastest", "v2" if m.group(1) and "2" in m.group(1) else "1.1", None, _DET)),
+    (
+        re.compile(r"^yolo[\s_\-]*fastest[\s_\-]*(v?2|1\.1)?$"),
+        lambda m: ("yolo_fastest", "v2" if m.group(1) and "2" in m.group(1) else "1.1", None, _DET),
+    ),
     (re.compile(r"^fastestdet$"), ("fastestdet", "-", None, _DET)),
-    (re.compile(r"^nanodet(?:[\s_\-]*(m|plus|t))?$"), lambda m: ("nanodet", m.group(1) or "m", None, _DET)),
-    (re.compile(r"^pp[\s_\-]*picodet(?:[\s_\-]*(s|m|l|xs))?$"), lambda m: ("pp_picodet", m.group(1), None, _DET)),
-    (re.compile(r"^yolox[\s_\-]*(nano|tiny|s|m|l|x)([\s_\-]*leaky)?$"), lambda m: ("yolox", m.group(1) + ("_leaky" if m.group(2) else ""), None, _DET)),
+    (
+        re.compile(r"^nanodet(?:[\s_\-]*(m|plus|t))?$"),
+        lambda m: ("nanodet", m.group(1) or "m", None, _DET),
+    ),
+    (
+        re.compile(r"^pp[\s_\-]*picodet(?:[\s_\-]*(s|m|l|xs))?$"),
+        lambda m: ("pp_picodet", m.group(1), None, _DET),
+    ),
+    (
+        re.compile(r"^yolox[\s_\-]*(nano|tiny|s|m|l|x)([\s_\-]*leaky)?$"),
+        lambda m: ("yolox", m.group(1) + ("_leaky" if m.group(2) else ""), None, _DET),
+    ),
     (re.compile(r"^yolox$"), ("yolox", None, None, _DET)),
-    (re.compile(r"^yolo[\s_\-]*v?(11|10|9|8|5)[\s_\-]*(n|s|m|l|x)$"), lambda m: (f"yolo{'' if m.group(1) == '11' else 'v'}{m.group(1)}", m.group(2), None, _DET)),
-    (re.compile(r"^yolo[\s_\-]*v?(7|4|3)(?:[\s_\-]*(tiny))?$"), lambda m: (f"yolov{m.group(1)}", m.group(2) or "full", None, _DET)),
-    (re.compile(r"^(lpd[\s_\-]*)?yunet$"), lambda m: ("lpd_yunet" if m.group(1) else "yunet", "-", None, _DET)),
+    (
+        re.compile(r"^yolo[\s_\-]*v?(11|10|9|8|5)[\s_\-]*(n|s|m|l|x)$"),
+        lambda m: (f"yolo{'' if m.group(1) == '11' else 'v'}{m.group(1)}", m.group(2), None, _DET),
+    ),
+    (
+        re.compile(r"^yolo[\s_\-]*v?(7|4|3)(?:[\s_\-]*(tiny))?$"),
+        lambda m: (f"yolov{m.group(1)}", m.group(2) or "full", None, _DET),
+    ),
+    (
+        re.compile(r"^(lpd[\s_\-]*)?yunet$"),
+        lambda m: ("lpd_yunet" if m.group(1) else "yunet", "-", None, _DET),
+    ),
     (re.compile(r"^blazeface$"), ("blazeface", "-", None, _DET)),
-    (re.compile(r"^mppalmdet$|^palm[\s_]*detection"), ("mediapipe_palm_detection", "-", None, _DET)),
+    (
+        re.compile(r"^mppalmdet$|^palm[\s_]*detection"),
+        ("mediapipe_palm_detection", "-", None, _DET),
+    ),
     (re.compile(r"^mphandpose$"), ("mediapipe_handpose", "-", None, "pose estimation")),
     (re.compile(r"^mppose$"), ("mediapipe_pose", "-", None, "pose estimation")),
-    (re.compile(r"^ppocrdet$|^pp[\s_\-]*ocr[\s_\-]*v?3?[\s_\-]*det$"), ("ppocr_det", "v3", None, "text detection")),
+    (
+        re.compile(r"^ppocrdet$|^pp[\s_\-]*ocr[\s_\-]*v?3?[\s_\-]*det$"),
+        ("ppocr_det", "v3", None, "text detection"),
+    ),
     (re.compile(r"^crnn$"), ("crnn", "-", None, "text recognition")),
     (re.compile(r"^sface$"), ("sface", "-", None, "face recognition")),
     (re.compile(r"^facialexpressionrecog$"), ("mobilefacenet_fer", "-", None, _CLS)),
@@ -182,23 +216,80 @@ _RULES: list[tuple[re.Pattern[str], Any]] = [
     # Classifiers.
     (re.compile(r"^resnet[\s_\-]*8\b.*mlperf|^resnet[\s_\-]*8$"), ("resnet_cifar", "8", 32, _CLS)),
     (re.compile(r"^mobilenet[\s_\-]*v?(?P<v>[123])(?P<rest>.*)$"), _mobilenet),
-    (re.compile(r"^mnasnet(?:[\s_\-]*" + _NUM + r")?(?:[\s_\-]+(\d+))?$"), lambda m: ("mnasnet", _width(m.group(1)), int(m.group(2)) if m.group(2) else None, _CLS)),
-    (re.compile(r"^proxyless[\s_\-]*nas(?:net)?(?:[\s_\-]*mobile)?$"), ("proxylessnas_mobile", "-", None, _CLS)),
-    (re.compile(r"^shufflenet[\s_\-]*v?2(?:[\s_\-]*x?" + _NUM + r")?$"), lambda m: ("shufflenet_v2", _width(m.group(1)), None, _CLS)),
+    # A bare "mobilenet" (ncnn's benchmark, TFLite's "mobilenet_int8") is V1 at width 1.0.
+    (re.compile(r"^mobilenet$"), ("mobilenet_v1", "1.0", None, _CLS)),
+    (
+        re.compile(r"^mnasnet(?:[\s_\-]*" + _NUM + r")?(?:[\s_\-]+(\d+))?$"),
+        lambda m: ("mnasnet", _width(m.group(1)), int(m.group(2)) if m.group(2) else None, _CLS),
+    ),
+    (
+        re.compile(r"^proxyless[\s_\-]*nas(?:net)?(?:[\s_\-]*mobile)?$"),
+        ("proxylessnas_mobile", "-", None, _CLS),
+    ),
+    (
+        re.compile(r"^shufflenet[\s_\-]*v?2(?:[\s_\-]*x?" + _NUM + r")?$"),
+        lambda m: ("shufflenet_v2", _width(m.group(1)), None, _CLS),
+    ),
     (re.compile(r"^shufflenet[\s_\-]*v?1?$"), ("shufflenet_v1", "g3_1.0", None, _CLS)),
-    (re.compile(r"^squeezenet[\s_\-]*v?(1[\s_.\-]?[01])?$"), lambda m: ("squeezenet", "1.0" if m.group(1) and m.group(1)[-1] == "0" else "1.1", None, _CLS)),
+    (
+        re.compile(r"^squeezenet[\s_\-]*v?(1[\s_.\-]?[01])?$"),
+        lambda m: (
+            "squeezenet",
+            "1.0" if m.group(1) and m.group(1)[-1] == "0" else "1.1",
+            None,
+            _CLS,
+        ),
+    ),
     (re.compile(r"^(googlenet|inception[\s_\-]*v?1)$"), ("inception_v1", "-", None, _CLS)),
-    (re.compile(r"^inception[\s_\-]*v?([234])$"), lambda m: (f"inception_v{m.group(1)}", "-", None, _CLS)),
+    (
+        re.compile(r"^inception[\s_\-]*v?([234])$"),
+        lambda m: (f"inception_v{m.group(1)}", "-", None, _CLS),
+    ),
     (re.compile(r"^inception[\s_\-]*resnet[\s_\-]*v?2$"), ("inception_resnet_v2", "-", None, _CLS)),
     (re.compile(r"^alexnet$"), ("alexnet", "-", None, _CLS)),
-    (re.compile(r"^resnet[\s_\-]*v?([12])?[\s_\-]*(18|34|50|101|152)(?:[\s_\-]*v?([12])(?:\.5)?)?$"), lambda m: ("resnet" if (m.group(1) or m.group(3) or "1") == "1" else "resnet_v2", m.group(2), None, _CLS)),
-    (re.compile(r"^resnet[\s_\-]*(18|34|50|101|152)$"), lambda m: ("resnet", m.group(1), None, _CLS)),
-    (re.compile(r"^vgg[\s_\-]*(11|13|16|19)(?:[\s_\-]*(bn))?(?:[\s_\-]*\(?vgg\d+[\s_\-]*n\d\)?)?$"), lambda m: ("vgg", m.group(1) + ("_bn" if m.group(2) else ""), None, _CLS)),
-    (re.compile(r"^efficientnet[\s_\-]*(lite|edgetpu)?[\s_\-]*(b\d|[0-4]|s|m|l)$"), lambda m: ("efficientnet" + (f"_{m.group(1)}" if m.group(1) else ""), m.group(2), None, _CLS)),
-    (re.compile(r"^densenet[\s_\-]*(121|161|169|201)$"), lambda m: ("densenet", m.group(1), None, _CLS)),
+    (
+        re.compile(
+            r"^resnet[\s_\-]*v?([12])?[\s_\-]*(18|34|50|101|152)(?:[\s_\-]*v?([12])(?:\.5)?)?$"
+        ),
+        lambda m: (
+            "resnet" if (m.group(1) or m.group(3) or "1") == "1" else "resnet_v2",
+            m.group(2),
+            None,
+            _CLS,
+        ),
+    ),
+    (
+        re.compile(r"^resnet[\s_\-]*(18|34|50|101|152)$"),
+        lambda m: ("resnet", m.group(1), None, _CLS),
+    ),
+    (
+        re.compile(
+            r"^vgg[\s_\-]*(11|13|16|19)(?:[\s_\-]*(bn))?(?:[\s_\-]*\(?vgg\d+[\s_\-]*n\d\)?)?$"
+        ),
+        lambda m: ("vgg", m.group(1) + ("_bn" if m.group(2) else ""), None, _CLS),
+    ),
+    (
+        re.compile(r"^efficientnet[\s_\-]*(lite|edgetpu)?[\s_\-]*(b\d|[0-4]|s|m|l)$"),
+        lambda m: (
+            "efficientnet" + (f"_{m.group(1)}" if m.group(1) else ""),
+            m.group(2),
+            None,
+            _CLS,
+        ),
+    ),
+    (
+        re.compile(r"^densenet[\s_\-]*(121|161|169|201)$"),
+        lambda m: ("densenet", m.group(1), None, _CLS),
+    ),
     (re.compile(r"^mobileone[\s_\-]*(s[0-4])$"), lambda m: ("mobileone", m.group(1), None, _CLS)),
-    (re.compile(r"^fastvit[\s_\-]*(t8|t12|s12|sa12|sa24|sa36|ma36)$"), lambda m: ("fastvit", m.group(1), None, _CLS)),
-    (re.compile(r"^regnet[\s_\-]*([xy][\s_\-]*\d+(?:\.\d+)?[gm]f)$"), lambda m: ("regnet", m.group(1), None, _CLS)),
+    (
+        re.compile(r"^fastvit[\s_\-]*(t8|t12|s12|sa12|sa24|sa36|ma36)$"),
+        lambda m: ("fastvit", m.group(1), None, _CLS),
+    ),
+    (
+        re.compile(r"^regnet[\s_\-]*([xy][\s_\-]*\d+(?:\.\d+)?[gm]f)$"),
+        lambda m: ("regnet", m.group(1), None, _CLS),
+    ),
     (re.compile(r"^ds[\s_\-]*cnn"), ("ds_cnn", "-", None, "keyword spotting")),
 ]
 
@@ -270,9 +361,7 @@ def normalise(model: str, input_text: str = "", precision: str = "") -> ModelNam
             family, variant, name_size, task = action(match) if callable(action) else action
             if variant is None:
                 break  # known family, variant not stated: fall through to the ambiguity check
-            return _result(
-                raw, family, variant, name_size, task, resolved_precision, row_size
-            )
+            return _result(raw, family, variant, name_size, task, resolved_precision, row_size)
     for pattern, why in _AMBIGUOUS:
         if pattern.search(cleaned):
             return _unmapped(raw, resolved_precision, row_size, f"ambiguous: {why}")
@@ -300,9 +389,9 @@ def _result(
     architecture = _ZOO.get((family, variant))
     options: dict[str, Any] = {}
     if architecture is None and family in _WIDTH_PARAMETER:
+        # Another width of a zoo MobileNet: the same factory with `width_mult`.
+        architecture = _ZOO[(family, "1.0")]
         options = {"width_mult": float(variant)}
-    elif architecture is None and family.startswith("mobilenet_v"):
-        options = {"width_mult": variant.split("_")[-1], "needs": "a width parameter in the zoo"}
     return ModelName(
         raw=raw,
         family=family,
@@ -316,9 +405,7 @@ def _result(
     )
 
 
-def _unmapped(
-    raw: str, precision: str, row_size: tuple[int, int] | None, reason: str
-) -> ModelName:
+def _unmapped(raw: str, precision: str, row_size: tuple[int, int] | None, reason: str) -> ModelName:
     return ModelName(
         raw=raw,
         family=None,
@@ -345,7 +432,12 @@ def mapping_report(rows: Iterable[Mapping[str, str]]) -> dict[str, Any]:
         name = normalise(row.get("model", ""), row.get("input", ""), row.get("precision", ""))
         if not name.mapped:
             unmapped.append(
-                {"line": line, "model": name.raw, "device": row.get("device"), "reason": name.reason}
+                {
+                    "line": line,
+                    "model": name.raw,
+                    "device": row.get("device"),
+                    "reason": name.reason,
+                }
             )
             continue
         mapped += 1

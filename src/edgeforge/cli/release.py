@@ -14,7 +14,7 @@ __all__ = ["add_verbs"]
 
 
 def add_verbs(verbs: Any) -> None:
-    from edgeforge.cli import _data_options, _timeout_option
+    from edgeforge.cli import _data_options, _output_options, _timeout_option
 
     release = verbs.add_parser(
         "release",
@@ -80,7 +80,7 @@ def add_verbs(verbs: Any) -> None:
         help="inputs in each variant's canary set",
     )
     _timeout_option(release, "build or retest")
-    _json_option(release)
+    _output_options(release)  # --json, and --report: the evidence of every variant in HTML
     release.set_defaults(run=_release)
 
     registry = verbs.add_parser("registry", help="the registry: list, show, history, alias, diff")

@@ -188,6 +188,10 @@ def ort_session(path: Path):
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = THREADS
+    # Spinning as by default during a run, but the pool stops spinning when the run ends:
+    # otherwise its idle workers keep spinning on the 2 cores while the next session runs
+    # (OpenVINO timed right after a spinning ONNX Runtime session ran ~2x slower here).
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return lambda feed: session.run(None, feed)[0]
 
@@ -260,10 +264,12 @@ def timed(sessions: dict[str, Any], feed: dict[str, np.ndarray], rounds: int, ru
     parts, so one busy core from another process makes a 2-thread ONNX Runtime session ~3x
     slower (MiniLM-L6: 8.7 -> 26 ms measured here with a `while True` loop on one core), while
     OpenVINO's pool rebalances (2.8 -> 3.5 ms). Whichever session's block met the other
-    processes' burst lost; that, not anything in this process, made the ONNX Runtime rows
-    3-4x slower here than alone (checked: OpenVINO's compiled models and their pinned
-    threads, torch's pool and optimize run in this process before leave ONNX Runtime's
-    time unchanged on a quiet machine)."""
+    processes' burst lost; that made the ONNX Runtime rows 3-4x slower here than alone
+    (checked: OpenVINO's compiled models and their pinned threads, torch's pool and optimize
+    run in this process before leave ONNX Runtime's time unchanged on a quiet machine). One
+    thing in this process does interfere: an ONNX Runtime pool keeps spinning after its run
+    ends, which slows whatever runs next, so the ONNX Runtime sessions here stop spinning at
+    the end of each run (`ort_session`)."""
     names = list(sessions)
     for name in names:
         for _ in range(3):

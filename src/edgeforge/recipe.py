@@ -26,8 +26,12 @@ Options that only some runtimes read (each runtime checks their values where it 
 - `preset` (int8-static on OpenVINO): NNCF's `performance` or `mixed` (`performance`).
 - `model_type` (int8-static on OpenVINO and ONNX Runtime): `transformer` quantizes the way
   the quantizers recommend for transformers (NNCF: SmoothQuant, softmax and layer norms
-  float; ONNX Runtime: MatMul/Gemm only), with the GELU-fed feed-forward down-projections kept
-  float; unset: the defaults, for CNNs.
+  float; ONNX Runtime: the MatMul/Gemm weight products only, the feed-forward block into and
+  out of GELU kept float); unset: the defaults, for CNNs.
+- `smooth_quant_alpha` (int8-static on OpenVINO, transformer): SmoothQuant's MatMul alpha, in
+  (0, 1] (0.8).
+- `keep_feed_forward_float` (int8-static on OpenVINO, transformer): the GELU-fed MatMuls kept
+  float (false).
 
 `bf16` (OpenVINO) computes in bfloat16 on CPUs that have it (AVX-512 BF16, AMX): the weights
 stay fp32 on disk (the CPU plugin converts them) and the session's inference precision is
@@ -67,6 +71,8 @@ OPTIONS = (
     "ratio",
     "preset",
     "model_type",
+    "smooth_quant_alpha",
+    "keep_feed_forward_float",
     "coreml_target",
     "tensorrt_profiles",
     "tensorrt_max_dim",

@@ -15,6 +15,7 @@ from edgeforge.optimize._build import Builder, compute_precision
 from edgeforge.optimize._deploy import deployment, has_bf16, is_transformer
 from edgeforge.optimize._pareto import Limits, choose
 from edgeforge.optimize._plan import Candidate
+from edgeforge.optimize._runoff import contenders
 from edgeforge.optimize.search import optimize
 
 pytest.importorskip("openvino")
@@ -115,6 +116,36 @@ def test_this_machine_chooses_the_fastest_measured_candidate(on_this_machine):
     assert chosen.latency_here_ms == min(c.latency_here_ms for c in built)
     assert all(c.device_latency_ms == c.latency_here_ms for c in built)
     assert result.limits["latency_means"].startswith("measured here")
+
+
+def test_the_fastest_candidates_are_timed_again_side_by_side(on_this_machine):
+    result = on_this_machine
+    chosen = result.candidate(result.chosen)
+    assert "runoff" in chosen.timed_with, (chosen.id, result.notes)
+    finalists = chosen.timed_with["runoff"]
+    assert chosen.id in finalists and len(finalists) >= 2
+    assert any(note.startswith("runoff: ") for note in result.notes)
+    for cid in finalists:
+        assert any("interleaved with" in note for note in result.candidate(cid).notes)
+
+
+def test_runoff_contenders_are_the_fastest_within_the_accuracy_limit():
+    def measured(cid, ms, drop):
+        made = _candidate(cid, measured=ms)
+        made.accuracy_drop = drop
+        return made
+
+    pool = [
+        measured("broken-but-fastest", 0.5, 0.2),
+        measured("a", 1.0, 0.0),
+        measured("b", 1.1, 0.001),
+        measured("c", 1.2, 0.0),
+        measured("d-near", 1.24, 0.0),
+        measured("e-far", 3.0, 0.0),
+    ]
+    assert [c.id for c in contenders(pool, 0.01)] == ["a", "b", "c", "d-near"]
+    assert [c.id for c in contenders(pool, None)][:1] == ["broken-but-fastest"]
+    assert contenders(pool[:2], 0.01) == []  # one candidate: nothing to decide
 
 
 def test_openvino_candidates_are_timed_with_their_deployment_precision(on_this_machine):
@@ -240,4 +271,4 @@ def test_a_transformer_gets_fused_candidates_and_nncf_s_transformer_scheme(tiny_
     assert any("SmoothQuant" in note for note in openvino.notes)
     ort_int8 = by_id["onnxruntime/int8-static-minmax"]
     assert ort_int8.recipe["options"]["model_type"] == "transformer"
-    assert any("only MatMul/Gemm quantized" in note for note in ort_int8.notes)
+    assert any("feed-forward MatMul(s) (into and out of GELU)" in n for n in ort_int8.notes)

@@ -22,8 +22,8 @@ What a caller can rely on:
   after ONNX Runtime's transformer optimizer (fused attention, skip layer norms, GELU: ONNX
   Runtime's contrib ops), built for ONNX Runtime only in fp32, int8-dynamic and int8-static
   (minmax and percentile), and its int8-static recipes on OpenVINO and ONNX Runtime take
-  `model_type: transformer` (NNCF's transformer scheme; ONNX Runtime: MatMul/Gemm only, the
-  GELU-fed down-projections float);
+  `model_type: transformer` (NNCF's transformer scheme with SmoothQuant; ONNX Runtime: the
+  weight products only, the feed-forward block float);
 - a bf16 recipe is planned only where the device computes in bf16 (`_deploy.has_bf16`);
 - planning builds nothing but the variants: candidates come back with status "planned".
 """

@@ -24,7 +24,9 @@ What a caller can rely on:
   for other devices the estimate at the precision the recipe computes in there;
 - builds run in child processes with a time limit (two at a time where there are cores); a
   converter that fails costs its candidate only. Latency here is measured one candidate at a
-  time, never in parallel (parallel timing lies);
+  time, never in parallel (parallel timing lies); on `this-machine` the fastest candidates
+  within the accuracy limit are then timed again side by side, interleaved run by run, and
+  their runoff medians decide (`_runoff`);
 - a runtime that builds here but cannot run here (Core ML off macOS) is judged on size and the
   device estimate only: its accuracy is unmeasured, so it is never chosen under an accuracy
   limit;
@@ -182,6 +184,13 @@ def optimize(
         candidate, job = kept_float
         plans.append(candidate)
         builder.evaluate([candidate], sensitivity=job)
+    if target.id == "this-machine":
+        from edgeforge.optimize._runoff import contenders, runoff
+
+        finalists = contenders(plans, limits.max_accuracy_drop)
+        runoff(finalists, target, split.held_out[0], 3 * bench_runs, timeout, notes)
+        for candidate in finalists:
+            builder._estimate(candidate)
     rows = [c.to_dict() for c in plans if c.status in BUILT]
     chosen, unmet = choose(rows, limits) if rows else (None, [_nothing_built()])
     _verdicts(plans, chosen, limits)

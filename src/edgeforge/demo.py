@@ -180,9 +180,10 @@ def ship(source: Path, data: Path, folder: Path) -> dict[str, str]:
     devices = status["devices"]
     running = sum(d.active is not None and d.active["version"] == result.version
                   for d in rolled["devices"])  # fmt: skip
+    waves = ", ".join(f"{share:.0%}" for share in status["waves"])
     rollout = (
         f"digits@{result.version} to {status['device_class']}: {status['state']} after "
-        f"wave {status['wave']} of {len(status['waves'])} ({', '.join(f'{w:.0%}' for w in status['waves'])}); "
+        f"wave {status['wave']} of {len(status['waves'])} ({waves}); "
         f"{devices['success']} of {devices['in_class']} devices reported success, "
         f"{running} run it (server {rolled['server']}, stopped; its log in "
         f"{folder / 'fleet-demo'})"

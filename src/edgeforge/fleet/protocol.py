@@ -128,7 +128,9 @@ def public_key_bytes(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
     return public.public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
-def _load_public(public_key: bytes) -> Ed25519PublicKey:
+def _load_public(public_key: bytes | Ed25519PublicKey) -> Ed25519PublicKey:
+    if isinstance(public_key, Ed25519PublicKey):  # already loaded (the server caches them)
+        return public_key
     if not isinstance(public_key, bytes | bytearray) or len(public_key) != 32:
         raise ProtocolError("public key must be 32 raw Ed25519 bytes")
     return Ed25519PublicKey.from_public_bytes(bytes(public_key))
@@ -189,7 +191,7 @@ def request_device(headers: Mapping[str, str]) -> str:
 
 
 def verify_request(
-    public_key: bytes,
+    public_key: bytes | Ed25519PublicKey,
     headers: Mapping[str, str],
     method: str,
     path: str,

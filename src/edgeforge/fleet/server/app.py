@@ -24,13 +24,15 @@ import hmac
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -40,7 +42,7 @@ from sqlalchemy.exc import IntegrityError
 from edgeforge.errors import EdgeforgeError
 from edgeforge.fleet import protocol
 from edgeforge.fleet.server import monitoring, rollouts
-from edgeforge.fleet.server.models import Device, DeviceEvent, Nonce, TelemetryWindow
+from edgeforge.fleet.server.models import Device, DeviceEvent, Nonce, Rollout, TelemetryWindow
 
 __all__ = ["ServerConfig", "create_app", "served_private_keys"]
 
@@ -50,6 +52,7 @@ D = Device.__table__
 N = Nonce.__table__
 E = DeviceEvent.__table__
 W = TelemetryWindow.__table__
+R = Rollout.__table__
 
 # Body limits (bytes) by path prefix; the protocol's limits for the device endpoints.
 BODY_LIMITS: dict[str, int] = {
@@ -59,6 +62,7 @@ BODY_LIMITS: dict[str, int] = {
 DEFAULT_BODY_LIMIT = 16 * 1024
 MAX_EVENTS = 1000
 LAST_SEEN_RESOLUTION_S = 60.0
+KEY_CACHE_SIZE = 100_000  # loaded device keys kept per process (a bound, not a working set)
 _CLASS = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _METADATA = re.compile(r"^[A-Za-z0-9._-]{1,128}\.json$")
@@ -141,6 +145,83 @@ def served_private_keys(repo: Path, keys: Path | None) -> list[Path]:
                     if digest in secrets[path.stat().st_size]:
                         found.add(path)
     return sorted(found)
+
+
+def _reported(
+    state: str | None, active: tuple[str, int] | None, staged: tuple[str, int] | None
+) -> dict[str, Any]:
+    return {
+        "state": state,
+        "active_name": active[0] if active else None,
+        "active_version": active[1] if active else None,
+        "staged_name": staged[0] if staged else None,
+        "staged_version": staged[1] if staged else None,
+    }
+
+
+class _FastDevice(NamedTuple):
+    """The device columns a check-in reads (the fast path's row)."""
+
+    id: str
+    device_class: str
+    bucket: float
+    last_seen: float | None
+    state: str | None
+    active_name: str | None
+    active_version: int | None
+    staged_name: str | None
+    staged_version: int | None
+    latency_p95: float | None
+    rollout_id: int | None
+    rollback_to: int | None
+    rollback_pending: bool
+    directive_key: str | None
+    directive: str | None
+
+
+class _WouldWrite(Exception):
+    """`decide` wants the database (a rollout row to insert, a rollback version to look up)."""
+
+
+class _NoWrites:
+    """The connection `decide` gets on the fast path: any use means "do it in a transaction"."""
+
+    def execute(self, *_args: Any, **_kwargs: Any) -> Any:
+        raise _WouldWrite
+
+
+_NO_WRITES = _NoWrites()
+
+# The fast check-in's one statement (PostgreSQL; see FleetServer._fast_checkin). The nonce is
+# inserted only when the device row holds the key the signature was verified with; last_seen
+# moves only when over a minute old; the rollouts are those `rollouts.decide_rows` reads.
+_FAST_CHECKIN = f"""
+WITH d AS (
+    SELECT {", ".join(_FastDevice._fields)}
+    FROM {D.name} WHERE id = %(id)s AND public_key = %(key)s
+), n AS (
+    INSERT INTO {N.name} (device_id, nonce, seen_at)
+    SELECT id, %(nonce)s, %(now)s FROM d
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+), s AS (
+    UPDATE {D.name} SET last_seen = %(now)s
+    WHERE id = %(id)s AND EXISTS (SELECT 1 FROM n)
+      AND (last_seen IS NULL OR last_seen < %(stale)s)
+    RETURNING 1
+)
+SELECT d.*, EXISTS (SELECT 1 FROM n) AS fresh, (
+    SELECT json_agg(json_build_array(
+        r.id, r.name, r.version, r.device_class, r.state, r.reach, r."offset") ORDER BY r.id DESC)
+    FROM (
+        SELECT * FROM {R.name} r
+        WHERE r.device_class = d.device_class
+          AND (r.state IN ('running', 'paused', 'completed') OR r.id = d.rollout_id)
+        ORDER BY r.id DESC LIMIT {rollouts.DECIDE_LIMIT}
+    ) r
+) AS rollouts
+FROM d
+"""
 
 
 class _BodyLimit:
@@ -258,6 +339,9 @@ class FleetServer:
             from sqlalchemy.dialects.sqlite import insert as upsert
         self._insert_nonce = upsert(N).on_conflict_do_nothing().returning(N.c.nonce)
         self._insert_window = upsert(W).on_conflict_do_nothing()
+        self._fast_sql = _FAST_CHECKIN if dialect == "postgresql" else None
+        self._keys: dict[str, tuple[bytes, Any]] = {}
+        self._keys_lock = threading.Lock()
         self.references = monitoring.ReferenceCache(self.repo)
         self.director_key = protocol.b64encode(self.repo.director_public_key())
 
@@ -353,32 +437,150 @@ class FleetServer:
         state = data.get("state")
         if state is not None and (not isinstance(state, str) or len(state) > 32):
             raise _Refused(422, "state must be a short string")
+        if self._fast_sql is not None:
+            answered = self._fast_checkin(headers, path, body, now, active, staged, state)
+            if answered is not None:
+                return answered
         with self.device_engine.begin() as conn:
             device = self._authenticate(conn, headers, "POST", path, body, now)
-            directive, updates = rollouts.decide(conn, device, active, staged, now)
-            key = hashlib.sha256(protocol.canonical(directive)).hexdigest()
-            if key == device.directive_key and device.directive:
-                signed = device.directive
-            else:
-                content = {**directive, "issued_at": now}
-                signature = self.repo.director_sign(protocol.canonical(content))
-                signed = json.dumps(
-                    {"directive": content, "signature": protocol.b64encode(signature)}
-                )
-                updates.update(directive_key=key, directive=signed)
-            reported = {
-                "state": state,
-                "active_name": active[0] if active else None,
-                "active_version": active[1] if active else None,
-                "staged_name": staged[0] if staged else None,
-                "staged_version": staged[1] if staged else None,
-            }
-            changed = any(getattr(device, k) != v for k, v in reported.items())
-            # unchanged state writes nothing but the nonce; last_seen is kept to the minute
-            if updates or changed or (device.last_seen or 0) < now - LAST_SEEN_RESOLUTION_S:
-                updates.update(reported, last_seen=now)
-                conn.execute(update(D).where(D.c.id == device.id).values(**updates))
+            return self._settle(conn, device, active, staged, state, now)
+
+    def _settle(
+        self,
+        conn: Any,
+        device: Any,
+        active: tuple[str, int] | None,
+        staged: tuple[str, int] | None,
+        state: str | None,
+        now: float,
+        rows: list[Any] | None = None,
+    ) -> tuple[str, str]:
+        """The signed directive and ETag of an authenticated check-in; writes what changed."""
+        directive, updates = rollouts.decide(conn, device, active, staged, now, rows)
+        key = hashlib.sha256(protocol.canonical(directive)).hexdigest()
+        if key == device.directive_key and device.directive:
+            signed = device.directive
+        else:
+            content = {**directive, "issued_at": now}
+            signature = self.repo.director_sign(protocol.canonical(content))
+            signed = json.dumps({"directive": content, "signature": protocol.b64encode(signature)})
+            updates.update(directive_key=key, directive=signed)
+        reported = _reported(state, active, staged)
+        changed = any(getattr(device, k) != v for k, v in reported.items())
+        # unchanged state writes nothing but the nonce; last_seen is kept to the minute
+        if updates or changed or (device.last_seen or 0) < now - LAST_SEEN_RESOLUTION_S:
+            updates.update(reported, last_seen=now)
+            conn.execute(update(D).where(D.c.id == device.id).values(**updates))
         return signed, f'"{key[:32]}"'
+
+    def _public_key(self, device_id: str) -> tuple[bytes, Any] | None:
+        """The device's enrolled key (raw, loaded), from this process's bounded cache or the
+        database; None when the device is not enrolled. A cached key is only a hint: the
+        check-in statement records the nonce only where the row still holds that key."""
+        cached = self._keys.get(device_id)
+        if cached is not None:
+            return cached
+        raw = self.device_engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            cursor.execute(f"SELECT public_key FROM {D.name} WHERE id = %s", (device_id,))
+            row = cursor.fetchone()
+            cursor.close()
+            raw.commit()
+        finally:
+            raw.close()
+        if row is None or len(row[0]) != 32:
+            return None
+        found = (bytes(row[0]), Ed25519PublicKey.from_public_bytes(bytes(row[0])))
+        with self._keys_lock:
+            if len(self._keys) >= KEY_CACHE_SIZE:
+                self._keys.pop(next(iter(self._keys)))
+            self._keys[device_id] = found
+        return found
+
+    def _fast_checkin(
+        self,
+        headers: Any,
+        path: str,
+        body: bytes,
+        now: float,
+        active: tuple[str, int] | None,
+        staged: tuple[str, int] | None,
+        state: str | None,
+    ) -> tuple[str, str] | None:
+        """A check-in in one round trip (PostgreSQL): the signature is verified with the cached
+        key first, then one statement records the nonce (only where the device still has that
+        key), moves last_seen when it is over a minute old, and returns the device row with the
+        rollouts `decide` reads. Unchanged state ends there; anything to write (a directive to
+        sign, a rollout row, reported state) is written in a transaction of its own after.
+        None when the generic path must answer (a device not enrolled, or re-keyed)."""
+        try:
+            device_id = protocol.request_device(headers)
+        except protocol.ProtocolError as exc:
+            raise _Refused(401, str(exc)) from None
+        known = self._public_key(device_id)
+        if known is None:
+            return None
+        raw_key, public_key = known
+        try:
+            nonce = protocol.verify_request(
+                public_key,
+                headers,
+                "POST",
+                path,
+                body,
+                now=now,
+                max_skew_s=self.config.max_skew_s,
+            )
+        except protocol.ProtocolError as exc:
+            raise _Refused(401, str(exc)) from None
+        raw = self.device_engine.raw_connection()
+        try:
+            connection = raw.driver_connection
+            connection.autocommit = True  # one statement, its own transaction
+            try:
+                cursor = raw.cursor()
+                cursor.execute(
+                    self._fast_sql,
+                    {
+                        "id": device_id,
+                        "key": raw_key,
+                        "nonce": nonce,
+                        "now": now,
+                        "stale": now - LAST_SEEN_RESOLUTION_S,
+                    },
+                )
+                row = cursor.fetchone()
+                cursor.close()
+            finally:
+                connection.autocommit = False
+        finally:
+            raw.close()
+        if row is None:  # not enrolled any more, or under another key: ask the database afresh
+            with self._keys_lock:
+                self._keys.pop(device_id, None)
+            return None
+        device = _FastDevice(*row[: len(_FastDevice._fields)])
+        fresh, rollout_rows = row[-2], row[-1]
+        if not fresh:
+            raise _Refused(401, "the request's nonce was seen before (a replay)")
+        rows = [rollouts.RolloutRow(*r) for r in rollout_rows or ()]
+        try:
+            directive, updates = rollouts.decide(_NO_WRITES, device, active, staged, now, rows)
+        except _WouldWrite:
+            updates = {"write": True}
+        if not updates:
+            key = hashlib.sha256(protocol.canonical(directive)).hexdigest()
+            reported = _reported(state, active, staged)
+            if (
+                key == device.directive_key
+                and device.directive
+                and all(getattr(device, k) == v for k, v in reported.items())
+            ):
+                return device.directive, f'"{key[:32]}"'
+        with self.device_engine.begin() as conn:
+            # the rollouts are read again here, in the transaction that writes
+            return self._settle(conn, device, active, staged, state, now)
 
     def report(self, headers: Any, path: str, body: bytes, now: float) -> int:
         data = _json_body(body)

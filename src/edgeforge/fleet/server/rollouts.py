@@ -24,7 +24,7 @@ import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -34,13 +34,16 @@ from edgeforge.fleet.server.gates import GateSample, evaluate, parse_gate, parse
 from edgeforge.fleet.server.models import Device, Rollout, RolloutDevice
 
 __all__ = [
+    "DECIDE_LIMIT",
     "ConflictError",
     "NotFoundError",
+    "RolloutRow",
     "RolloutSpec",
     "abort",
     "advance",
     "bucket_of",
     "decide",
+    "decide_rows",
     "list_rollouts",
     "pause",
     "record_events",
@@ -207,26 +210,55 @@ def start(
     return [rollout_status(engine, i, now=now) for i in ids]
 
 
-def decide(
-    conn: Connection,
-    device: Any,
-    active: tuple[str, int] | None,
-    staged: tuple[str, int] | None,
-    now: float,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The directive (without `issued_at`) for `device` (a fleet_devices row) now, and the
-    device columns to update. Inserts the device's rollout row when it is first told to install."""
-    updates: dict[str, Any] = {}
-    base = {"device_id": device.id, "device_class": device.device_class}
-    rows = conn.execute(
+class RolloutRow(NamedTuple):
+    """The columns of a rollout that `decide` reads."""
+
+    id: int
+    name: str
+    version: int
+    device_class: str
+    state: str
+    reach: float
+    offset: float
+
+
+# What `decide` reads of the rollouts (in SQL, for the server's one-statement check-in): the
+# device's class's rollouts that run, are paused or completed, and the one that last told it
+# to install whatever its state, newest first.
+DECIDE_LIMIT = 50
+
+
+def decide_rows(conn: Connection, device: Any) -> list[Any]:
+    """The rollouts `decide` looks at for `device` (see `DECIDE_LIMIT`)."""
+    return conn.execute(
         select(R.c.id, R.c.name, R.c.version, R.c.device_class, R.c.state, R.c.reach, R.c.offset)
         .where(
             R.c.device_class == device.device_class,
             or_(R.c.state.in_(("running", "paused", "completed")), R.c.id == device.rollout_id),
         )
         .order_by(R.c.id.desc())
-        .limit(50)
+        .limit(DECIDE_LIMIT)
     ).all()
+
+
+def decide(
+    conn: Connection,
+    device: Any,
+    active: tuple[str, int] | None,
+    staged: tuple[str, int] | None,
+    now: float,
+    rows: list[Any] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The directive (without `issued_at`) for `device` (a fleet_devices row) now, and the
+    device columns to update. Inserts the device's rollout row when it is first told to install.
+
+    `rows` are the rollouts `decide_rows` would read, when the caller read them already (in the
+    same statement as the device row); `conn` is then used only for what `decide` writes (and
+    the rollback's version), never for what it reads of rollouts."""
+    updates: dict[str, Any] = {}
+    base = {"device_id": device.id, "device_class": device.device_class}
+    if rows is None:
+        rows = decide_rows(conn, device)
     # The rollout that last told this device to install was aborted, and the device runs (or
     # stages) its version: roll back. Checked here at every check-in, not only by the flag the
     # abort sets, so a device told to install while the abort was being decided is not missed.

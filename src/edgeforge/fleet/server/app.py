@@ -5,7 +5,9 @@ Invariants:
 - No state lives in the process: devices, nonces, rollouts and cached directives are rows in
   the database, so any number of workers and servers share one PostgreSQL (the background
   loops are safe to run in each: rollout moves are conditional updates, the timestamp is
-  re-signed under the repository's lock and only when it nears expiry).
+  re-signed under the repository's lock and only when it nears expiry). The one cache, of
+  device public keys, is a hint: the check-in statement records a nonce only where the row
+  still holds the key the signature was verified with.
 - A device request is accepted only with a valid signature by the key the device enrolled
   with, a timestamp within `max_skew_s`, and a nonce the database has not seen from it; the
   device id is the one the signature names, and every query a device request makes is keyed

@@ -736,6 +736,61 @@ def _device_engine(url: str) -> Engine:
     return made
 
 
+class _CheckinRoute:
+    """ASGI middleware answering `POST /v1/checkin` itself, the device API's hot path, without
+    the framework's routing and request objects (about a third of a check-in's CPU): a signed
+    directive with its ETag, 304 when `If-None-Match` names it, the refusals as JSON. It sits
+    inside `_BodyLimit`; every other request goes on to the application."""
+
+    def __init__(self, app: Any, server: FleetServer) -> None:
+        self.app = app
+        self.server = server
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != "/v1/checkin" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        headers: dict[str, str] = {}
+        for name, value in scope["headers"]:  # the first of repeated headers, as Starlette's
+            headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+        try:
+            signed, etag = await run_in_threadpool(
+                self.server.checkin, headers, scope["path"], b"".join(chunks), time.time()
+            )
+        except _Refused as exc:
+            await _send(send, exc.status, json.dumps({"error": exc.message}).encode())
+            return
+        except EdgeforgeError as exc:
+            await _send(send, 422, json.dumps({"error": str(exc)}).encode())
+            return
+        if headers.get("if-none-match") == etag:
+            await _send(send, 304, None, [(b"etag", etag.encode())])
+            return
+        await _send(send, 200, signed.encode(), [(b"etag", etag.encode())])
+
+
+async def _send(
+    send: Any, status: int, body: bytes | None, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """One whole response: JSON `body` (none for a 304), its length and `headers`."""
+    headers = list(headers or [])
+    if body is not None:
+        headers += [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body or b""})
+
+
 async def _every(seconds: float, what: str, work: Any) -> None:
     while True:
         try:
@@ -779,7 +834,8 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     app = FastAPI(title="edgeforge fleet server", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.server = server
-    app.add_middleware(_BodyLimit)
+    app.add_middleware(_CheckinRoute, server=server)
+    app.add_middleware(_BodyLimit)  # added last: the outer one, so it limits check-ins too
 
     @app.exception_handler(_Refused)
     async def _refused(_request: Request, exc: _Refused) -> JSONResponse:
@@ -805,15 +861,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         status, answer = await run_in_threadpool(server.enrol, body, time.time())
         return JSONResponse(answer, status_code=status)
 
-    @app.post("/v1/checkin")
-    async def checkin(request: Request) -> Response:
-        body = await request.body()
-        signed, etag = await run_in_threadpool(
-            server.checkin, request.headers, request.url.path, body, time.time()
-        )
-        if request.headers.get("if-none-match") == etag:
-            return Response(status_code=304, headers={"ETag": etag})
-        return Response(signed, media_type="application/json", headers={"ETag": etag})
+    # POST /v1/checkin is answered by `_CheckinRoute` (plain ASGI, inside the body limit)
 
     @app.post("/v1/report", status_code=202)
     async def report(request: Request) -> Response:

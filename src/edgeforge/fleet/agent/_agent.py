@@ -8,6 +8,8 @@ State folder (`--state DIR`):
   active.json     the slot applications run (`predict`); committed.json the last good one
   journal.log     one JSON line per transition (append + fsync)
   partial/        resumable downloads; outbox.json reports not yet delivered; failed.json
+  telemetry/      the application's telemetry windows (spool/*.win, uploaded by the daemon with
+                  its reports) and outcomes.log (canary/health outcomes for those windows)
 
 Invariants (what `kill -9` at any moment cannot break):
 - Only the inactive slot (the one neither active.json nor committed.json names) is ever
@@ -131,6 +133,7 @@ class Agent:
         canary_timeout: float = 120.0,
         fetch: Callable[..., Any] | None = None,
         rng: random.Random | None = None,
+        telemetry_window_s: float = 3600.0,
     ) -> None:
         self.state = Path(state)
         self.server = server
@@ -150,6 +153,8 @@ class Agent:
         self.failures = 0  # consecutive check-ins that found the server unreachable
         # The largest file the download child may write (RLIMIT_FSIZE): a disk quota for it.
         self.file_limit: int | None = None
+        self.telemetry_window_s = telemetry_window_s
+        self._telemetry: Any = None  # edgeforge.fleet.telemetry.Telemetry, made by predict()
 
     # ---- files -------------------------------------------------------------------------------
     def _path(self, name: str) -> Path:
@@ -322,16 +327,71 @@ class Agent:
             if not isinstance(index, dict):
                 raise EdgeforgeError(f"{slot}: the active slot has no variant.json")
             self._session = (key, open_session(slot, index))
+            telemetry = self.telemetry
+            telemetry.set_model(
+                str(active["name"]), int(active["version"]),
+                output_kind=index.get("output_kind"), input_kind=index.get("input_kind"),
+            )  # fmt: skip
+            self._replay_outcomes()
         started = time.perf_counter()
         try:
             outputs = self._session[1].run(feed)
         except Exception:
             self.stats["errors"] += 1
+            self.telemetry.record_error()
             raise
         latency = (time.perf_counter() - started) * 1e3
         self.stats["predictions"] += 1
         self.stats["latency_ms"] = (self.stats["latency_ms"] + [latency])[-1000:]
+        self.telemetry.observe(feed, outputs, latency)
         return outputs
+
+    # ---- telemetry ---------------------------------------------------------------------------
+    @property
+    def telemetry(self) -> Any:
+        """This process's `Telemetry` (made on first use: it imports numpy and datasketches,
+        which the daemon never does). Windows it closes go to `STATE/telemetry/spool`, which
+        the daemon uploads with its next report; open ones are closed at exit."""
+        if self._telemetry is None:
+            import atexit
+
+            from edgeforge.fleet.telemetry import Telemetry
+
+            self._telemetry = Telemetry(
+                self.state / "telemetry",
+                device_class=str(self._device().get("device_class") or self.device_class or ""),
+                window_s=self.telemetry_window_s,
+            )
+            atexit.register(self.flush_telemetry)
+        return self._telemetry
+
+    def flush_telemetry(self) -> int:
+        """Close this process's open telemetry windows into the spool (an application calls it
+        before it exits; it is also registered with atexit). Returns how many were spooled."""
+        if self._telemetry is None:
+            return 0
+        self._replay_outcomes()
+        with contextlib.suppress(OSError):
+            return int(self._telemetry.close_due(everything=True))
+        return 0
+
+    def _replay_outcomes(self) -> None:
+        from edgeforge.fleet.agent._uploads import read_outcomes
+
+        if self._telemetry is None or self._telemetry._model is None:
+            return  # kept in the log until a model is set
+        for entry in read_outcomes(self.state):
+            self._telemetry.record_outcome(entry["kind"], bool(entry["ok"]))
+
+    def _outcome(self, kind: str, ok: bool, name: str, version: int) -> None:
+        """A canary or health outcome for telemetry: straight into this process's windows if it
+        has telemetry loaded, else logged for the application's (the daemon stays numpy-free)."""
+        if self._telemetry is not None and self._telemetry._model is not None:
+            self._telemetry.record_outcome(kind, ok)
+            return
+        from edgeforge.fleet.agent._uploads import append_outcome
+
+        append_outcome(self.state, kind, ok, name, version)
 
     # ---- reports -----------------------------------------------------------------------------
     def _event(
@@ -358,25 +418,41 @@ class Agent:
         atomic_write_json(self._path("outbox.json"), outbox[-_OUTBOX_LIMIT:])
 
     def _flush_reports(self, client: ServerClient, device: dict) -> None:
-        """Send the outbox in batches; a batch is dropped from the outbox only once the
-        server took it (202). A batch the server finds too large (413) goes again without
-        its metrics, so one oversized event never blocks the reports behind it."""
+        """Send the outbox and the spooled telemetry windows in batches; an event leaves the
+        outbox, and a window the spool, only once the server took the report (202). A batch
+        the server finds too large (413) goes again without metrics and windows, so one
+        oversized event never blocks the reports behind it."""
+        from edgeforge.fleet.agent._uploads import pending_windows, remove_windows
+
+        sent_windows: set[str] = set()
         while True:
             outbox = read_json(self._path("outbox.json"), []) or []
             batch = outbox[:_REPORT_BATCH]
-            if not batch:
+            windows = [w for w in pending_windows(self.state) if w["id"] not in sent_windows]
+            if not batch and not windows:
                 return
-            status = self._send_report(client, device, batch)
+            status = self._send_report(client, device, batch, windows)
             if status == 413:
-                batch = [{**event, "metrics": {}} for event in batch]
-                status = self._send_report(client, device, batch)
-            if status not in (200, 202, 413):
+                batch, windows = [{**event, "metrics": {}} for event in batch], []
+                status = self._send_report(client, device, batch, windows)
+            if status not in (200, 202, 413) or (status == 413 and not batch):
                 return  # kept for the next check-in
-            current = read_json(self._path("outbox.json"), []) or []
-            atomic_write_json(self._path("outbox.json"), current[len(batch) :])
+            if status in (200, 202) and windows:
+                ids = [w["id"] for w in windows]
+                remove_windows(self.state, ids)
+                sent_windows.update(ids)  # a file the remove missed is not sent again now
+            if batch:
+                current = read_json(self._path("outbox.json"), []) or []
+                atomic_write_json(self._path("outbox.json"), current[len(batch) :])
 
-    def _send_report(self, client: ServerClient, device: dict, batch: list[dict]) -> int:
-        body = {"events": batch, "telemetry": []}
+    def _send_report(
+        self,
+        client: ServerClient,
+        device: dict,
+        batch: list[dict],
+        windows: list[dict[str, str]] | None = None,
+    ) -> int:
+        body = {"events": batch, "telemetry": windows or []}
         status, _, _ = client.request(
             "POST", "/v1/report", body, key=self._key(), device_id=device["device_id"]
         )
@@ -547,6 +623,7 @@ class Agent:
         self._event(
             "canary", name, version, bool(result.get("ok")), result.get("detail", ""), metrics
         )
+        self._outcome("canary", bool(result.get("ok")), name, version)
         if not result.get("ok"):
             self._record_failure(name, version, f"canary: {result.get('detail')}")
             _remove(self._slot_dir(slot))  # refused: not kept, not reported as staged
@@ -578,6 +655,7 @@ class Agent:
         self._event(
             "health", name, version, bool(result.get("ok")), result.get("detail", ""), metrics
         )
+        self._outcome("health", bool(result.get("ok")), name, version)
         if not result.get("ok"):
             self._record_failure(name, version, f"health probe: {result.get('detail')}")
             self.rollback(f"health probe failed: {result.get('detail')}", name, version)

@@ -4,7 +4,8 @@ Idle RSS: `edgeforge agent` runs as a daemon against a loopback fleet server (th
 server, a real TUF repository), installs a tiny ONNX model (download, canary and probe in
 children, activate, commit), uploads 16 spooled telemetry windows (as bytes: the daemon
 imports neither numpy nor datasketches), then sleeps to its next check-in; its VmRSS is
-sampled then. A second figure is the idle RSS after an offline check-in only (nothing installed in this process).
+sampled then. A second figure is the idle RSS after an offline check-in only (nothing installed
+in this process).
 
 Install size: the files (from each distribution's RECORD) of what the agent imports besides the
 runtime: tuf, securesystemslib, cryptography (+cffi, pycparser), urllib3, and the edgeforge

@@ -134,6 +134,7 @@ class Agent:
         fetch: Callable[..., Any] | None = None,
         rng: random.Random | None = None,
         telemetry_window_s: float = 3600.0,
+        accept_jobs: bool = False,
     ) -> None:
         self.state = Path(state)
         self.server = server
@@ -154,6 +155,7 @@ class Agent:
         # The largest file the download child may write (RLIMIT_FSIZE): a disk quota for it.
         self.file_limit: int | None = None
         self.telemetry_window_s = telemetry_window_s
+        self.accept_jobs = accept_jobs  # run benchmark jobs the server queues for this device
         self._telemetry: Any = None  # edgeforge.fleet.telemetry.Telemetry, made by predict()
 
     # ---- files -------------------------------------------------------------------------------
@@ -515,7 +517,57 @@ class Agent:
             self.act(directive)
         with contextlib.suppress(Offline):
             self._flush_reports(client, device)
-        return {"online": True, "directive": directive, "state": self.current_state()}
+        job = None
+        if self.accept_jobs and self.current_state() == "idle":
+            with contextlib.suppress(Offline):
+                job = self._take_job(client, device)
+        return {"online": True, "directive": directive, "state": self.current_state(), "job": job}
+
+    # ---- benchmark jobs ----------------------------------------------------------------------
+    def _take_job(self, client: ServerClient, device: dict) -> dict | None:
+        """Ask for one benchmark job; run it and post the result. Returns {"id", "ok"} or None."""
+        status, _, reply = client.request(
+            "POST", "/v1/jobs/next", {}, key=self._key(), device_id=device["device_id"]
+        )
+        if status != 200 or not isinstance(reply, dict) or not isinstance(reply.get("job"), dict):
+            return None
+        job = reply["job"]
+        result = self.run_job(job)
+        client.request(
+            "POST", f"/v1/jobs/{int(job['id'])}/result", result, key=self._key(),
+            device_id=device["device_id"],
+        )  # fmt: skip
+        return {"id": job["id"], "ok": result["ok"]}
+
+    def run_job(self, job: dict[str, Any]) -> dict[str, Any]:
+        """Fetch the job's signed variant (TUF, this device's class) into a scratch folder and
+        time it in a child with the runtime loaders `predict` uses: `warmup` untimed runs (the
+        first timed apart), then `runs` timed ones on the release's canary inputs, as
+        `edgeforge bench` does. Returns {"ok", "detail", "result": {...}}; never raises for
+        what the model does. The slots are not touched."""
+        from edgeforge.fleet.agent._child import run_child
+
+        name, version = str(job["name"]), int(job["version"])
+        options = job.get("options") or {}
+        warmup, runs = int(options.get("warmup", 10)), int(options.get("runs", 50))
+        where = self.state / "jobs" / str(int(job["id"]))
+        _remove(where)
+        where.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            fetched = self._fetch_variant(name, version, where)
+            index = verify_slot(where) if fetched.get("ok") else None
+            if index is None:
+                detail = str(fetched.get("detail") or "the variant does not match its index")
+                return {"ok": False, "detail": f"download: {detail}", "result": {}}
+            measured = run_child(
+                "bench", where, memory_limit=self.memory_limit, timeout=self.canary_timeout,
+                count=runs, warmup=warmup,
+            )  # fmt: skip
+            if not measured.get("ok"):
+                return {"ok": False, "detail": str(measured.get("detail")), "result": {}}
+            return {"ok": True, "detail": "", "result": _bench_figures(index, where, measured)}
+        finally:
+            _remove(where)
 
     def next_delay(self) -> float:
         """Seconds to the next check-in: the interval ±20 % jitter; doubled for each
@@ -768,6 +820,64 @@ def _latency_summary(values: Any) -> dict[str, Any]:
         "latency_p95_ms": _p95(ordered),
         "latency_max_ms": ordered[-1],
     }
+
+
+def _bench_figures(index: dict, where: Path, measured: dict) -> dict[str, Any]:
+    """A job's figures in `edgeforge bench`'s terms (latency percentiles by linear
+    interpolation, as numpy's default; statistics from the standard library)."""
+    import statistics
+
+    values = sorted(float(v) for v in measured.get("latency_ms") or [])
+
+    def pct(q: float) -> float:
+        position = (len(values) - 1) * q
+        low = int(position)
+        high = min(low + 1, len(values) - 1)
+        return values[low] + (values[high] - values[low]) * (position - low)
+
+    latency = {
+        "p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99),
+        "mean": statistics.fmean(values),
+        "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
+        "min": values[0], "max": values[-1],
+    }  # fmt: skip
+    model_files = [f for f in index.get("files", []) if f.get("path") != _canary_name(index)]
+    return {
+        "name": index.get("name"),
+        "version": index.get("version"),
+        "runtime": index.get("runtime", ""),
+        "precision": index.get("precision", ""),
+        "artifact": str(index.get("main") or ""),
+        "artifact_bytes": sum(int(f.get("length", 0)) for f in model_files),
+        "inputs": _canary_shapes(where, index),
+        "load_ms": float(measured.get("load_ms") or 0.0),
+        "first_inference_ms": float(measured.get("first_inference_ms") or values[0]),
+        "latency_ms": latency,
+        "runs": len(values),
+        "peak_rss_mb": float(measured.get("peak_rss") or 0) / 2**20,
+        "facts": _facts(),
+    }
+
+
+def _canary_name(index: dict) -> str:
+    from edgeforge.fleet.agent._child import canary_spec
+
+    return canary_spec(index)[0]
+
+
+def _canary_shapes(where: Path, index: dict) -> str:
+    """The timed inputs' shapes, e.g. "x: 1x8 float32" (the canary set's first sample)."""
+    import zipfile
+
+    with contextlib.suppress(OSError, zipfile.BadZipFile, ValueError):
+        import numpy as np  # only in a job: the idle daemon stays numpy-free
+
+        with np.load(where / _canary_name(index), allow_pickle=False) as data:
+            return ", ".join(
+                f"{k[3:]}: {'x'.join(map(str, data[k].shape[1:]))} {data[k].dtype}"
+                for k in data.files if k.startswith("in/")
+            )  # fmt: skip
+    return ""
 
 
 def _p95(values: Any) -> float | None:

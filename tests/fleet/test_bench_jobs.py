@@ -155,3 +155,44 @@ def test_a_device_cannot_take_or_report_another_devices_job(farm):
     assert unsigned.status_code == 401
     assert owner.step()["job"] == {"id": job["id"], "ok": True}
     assert fleet_jobs.wait(server.url, job["id"], token=ADMIN)["result"]["device_id"] == "farm-o1"
+
+
+def test_the_daemon_runs_a_job_without_importing_numpy(farm):
+    """The idle-RSS goal: a job is fetched and timed in children; the daemon stays numpy-free."""
+    server, _, _ = farm
+    agent = agent_for(farm, "farm-lean")
+    job = fleet_jobs.queue(server.url, f"{NAME}@1", "farm-lean", token=ADMIN, warmup=1, runs=3)
+    code = (
+        "import sys; from edgeforge.fleet import Agent;"
+        f"step = Agent({str(agent.state)!r}, accept_jobs=True).step();"
+        f"assert step['job'] == {{'id': {job['id']}, 'ok': True}}, step;"
+        "bad = [m for m in ('numpy', 'datasketches', 'onnxruntime') if m in sys.modules];"
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    assert fleet_jobs.wait(server.url, job["id"], token=ADMIN)["state"] == "done"
+
+
+@pytest.mark.slow
+def test_jobs_on_postgresql(tmp_path):
+    """The 0004_jobs migration and a claim on PostgreSQL (a fresh schema, dropped after)."""
+    from server_support import postgres_schema
+
+    from edgeforge.fleet.repository import Repository
+
+    repo = Repository.init(tmp_path / "repo")
+    publish(repo, tmp_path / "work", 1, CLASS)
+    with postgres_schema() as url:
+        server = Server(repo.path, url).start()
+        try:
+            agent = Agent(
+                tmp_path / "pg-1", server=server.url, device_class=CLASS, device_id="pg-1",
+                token=ENROLL, root=repo.path / "metadata" / "1.root.json", accept_jobs=True,
+            )  # fmt: skip
+            agent.enrol()
+            job = fleet_jobs.queue(server.url, f"{NAME}@1", CLASS, token=ADMIN, warmup=0, runs=2)
+            assert agent.step()["job"] == {"id": job["id"], "ok": True}
+            done = fleet_jobs.wait(server.url, job["id"], token=ADMIN)
+            assert done["result"]["device_id"] == "pg-1" and done["result"]["runs"] == 2
+        finally:
+            server.stop()

@@ -565,7 +565,7 @@ class Agent:
             )  # fmt: skip
             if not measured.get("ok"):
                 return {"ok": False, "detail": str(measured.get("detail")), "result": {}}
-            return {"ok": True, "detail": "", "result": _bench_figures(index, where, measured)}
+            return {"ok": True, "detail": "", "result": _bench_figures(index, measured)}
         finally:
             _remove(where)
 
@@ -822,7 +822,7 @@ def _latency_summary(values: Any) -> dict[str, Any]:
     }
 
 
-def _bench_figures(index: dict, where: Path, measured: dict) -> dict[str, Any]:
+def _bench_figures(index: dict, measured: dict) -> dict[str, Any]:
     """A job's figures in `edgeforge bench`'s terms (latency percentiles by linear
     interpolation, as numpy's default; statistics from the standard library)."""
     import statistics
@@ -849,7 +849,7 @@ def _bench_figures(index: dict, where: Path, measured: dict) -> dict[str, Any]:
         "precision": index.get("precision", ""),
         "artifact": str(index.get("main") or ""),
         "artifact_bytes": sum(int(f.get("length", 0)) for f in model_files),
-        "inputs": _canary_shapes(where, index),
+        "inputs": str(measured.get("inputs") or ""),
         "load_ms": float(measured.get("load_ms") or 0.0),
         "first_inference_ms": float(measured.get("first_inference_ms") or values[0]),
         "latency_ms": latency,
@@ -863,21 +863,6 @@ def _canary_name(index: dict) -> str:
     from edgeforge.fleet.agent._child import canary_spec
 
     return canary_spec(index)[0]
-
-
-def _canary_shapes(where: Path, index: dict) -> str:
-    """The timed inputs' shapes, e.g. "x: 1x8 float32" (the canary set's first sample)."""
-    import zipfile
-
-    with contextlib.suppress(OSError, zipfile.BadZipFile, ValueError):
-        import numpy as np  # only in a job: the idle daemon stays numpy-free
-
-        with np.load(where / _canary_name(index), allow_pickle=False) as data:
-            return ", ".join(
-                f"{k[3:]}: {'x'.join(map(str, data[k].shape[1:]))} {data[k].dtype}"
-                for k in data.files if k.startswith("in/")
-            )  # fmt: skip
-    return ""
 
 
 def _p95(values: Any) -> float | None:

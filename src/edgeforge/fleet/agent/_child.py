@@ -143,6 +143,11 @@ def _main(argv: list[str]) -> int:
                 result.update(ok=False, detail=why)
                 break
     else:
+        if mode == "bench":  # what was timed: the canary set's first sample, e.g. "x: 1x8 float32"
+            result["inputs"] = ", ".join(
+                f"{k}: {'x'.join(map(str, np.shape(v)))} {np.asarray(v).dtype}"
+                for k, v in feeds[0].items()
+            )
         for i in range(warmup if mode == "bench" else 0):  # untimed, as `edgeforge bench` does
             started = time.perf_counter()
             session.run(feeds[i % len(feeds)])

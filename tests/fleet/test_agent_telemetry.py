@@ -161,3 +161,18 @@ def test_daemon_side_imports_neither_numpy_nor_datasketches():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_telemetry_that_cannot_write_never_breaks_predict(installed, tmp_path, capsys):
+    import shutil
+
+    _, daemon, _ = installed
+    state = tmp_path / "device"
+    shutil.copytree(daemon.state, state, ignore=shutil.ignore_patterns(".agent.lock"))
+    shutil.rmtree(state / "telemetry", ignore_errors=True)
+    (state / "telemetry").write_text("not a folder")  # mkdir of the spool fails
+    app = Agent(state)
+    for _ in range(3):
+        assert app.predict({"x": MARKER})["y"].shape == (1, 8)
+    assert app.flush_telemetry() == 0
+    assert "telemetry off in this process" in capsys.readouterr().err

@@ -156,7 +156,8 @@ class Agent:
         self.file_limit: int | None = None
         self.telemetry_window_s = telemetry_window_s
         self.accept_jobs = accept_jobs  # run benchmark jobs the server queues for this device
-        self._telemetry: Any = None  # edgeforge.fleet.telemetry.Telemetry, made by predict()
+        # edgeforge.fleet.telemetry.Telemetry, made by predict(); False once it failed here
+        self._telemetry: Any = None
 
     # ---- files -------------------------------------------------------------------------------
     def _path(self, name: str) -> Path:
@@ -329,9 +330,8 @@ class Agent:
             if not isinstance(index, dict):
                 raise EdgeforgeError(f"{slot}: the active slot has no variant.json")
             self._session = (key, open_session(slot, index))
-            telemetry = self.telemetry
-            telemetry.set_model(
-                str(active["name"]), int(active["version"]),
+            self._telemetry_call(
+                "set_model", str(active["name"]), int(active["version"]),
                 output_kind=index.get("output_kind"), input_kind=index.get("input_kind"),
             )  # fmt: skip
             self._replay_outcomes()
@@ -340,12 +340,12 @@ class Agent:
             outputs = self._session[1].run(feed)
         except Exception:
             self.stats["errors"] += 1
-            self.telemetry.record_error()
+            self._telemetry_call("record_error")
             raise
         latency = (time.perf_counter() - started) * 1e3
         self.stats["predictions"] += 1
         self.stats["latency_ms"] = (self.stats["latency_ms"] + [latency])[-1000:]
-        self.telemetry.observe(feed, outputs, latency)
+        self._telemetry_call("observe", feed, outputs, latency)
         return outputs
 
     # ---- telemetry ---------------------------------------------------------------------------
@@ -367,10 +367,23 @@ class Agent:
             atexit.register(self.flush_telemetry)
         return self._telemetry
 
+    def _telemetry_call(self, method: str, *args: Any, **kwargs: Any) -> None:
+        """Telemetry never breaks inference: a state folder it cannot write, a model name it
+        refuses, turn it off for this process (said once on stderr) and predict() goes on."""
+        if self._telemetry is False:
+            return
+        try:
+            getattr(self.telemetry, method)(*args, **kwargs)
+        except (OSError, EdgeforgeError) as exc:
+            import sys
+
+            print(f"edgeforge agent: telemetry off in this process: {exc}", file=sys.stderr)
+            self._telemetry = False
+
     def flush_telemetry(self) -> int:
         """Close this process's open telemetry windows into the spool (an application calls it
         before it exits; it is also registered with atexit). Returns how many were spooled."""
-        if self._telemetry is None:
+        if not self._telemetry:
             return 0
         self._replay_outcomes()
         with contextlib.suppress(OSError):
@@ -380,7 +393,7 @@ class Agent:
     def _replay_outcomes(self) -> None:
         from edgeforge.fleet.agent._uploads import read_outcomes
 
-        if self._telemetry is None or self._telemetry._model is None:
+        if not self._telemetry or self._telemetry._model is None:
             return  # kept in the log until a model is set
         for entry in read_outcomes(self.state):
             self._telemetry.record_outcome(entry["kind"], bool(entry["ok"]))
@@ -388,7 +401,7 @@ class Agent:
     def _outcome(self, kind: str, ok: bool, name: str, version: int) -> None:
         """A canary or health outcome for telemetry: straight into this process's windows if it
         has telemetry loaded, else logged for the application's (the daemon stays numpy-free)."""
-        if self._telemetry is not None and self._telemetry._model is not None:
+        if self._telemetry and self._telemetry._model is not None:
             self._telemetry.record_outcome(kind, ok)
             return
         from edgeforge.fleet.agent._uploads import append_outcome

@@ -7,7 +7,17 @@ Two parts:
 - this machine: `estimate` on the device `this-machine` against `bench` (ONNX Runtime, measured
   here) over the zoo's architectures, CNNs and a transformer.
 
+Two more parts on the published rows (issue 19), written under "mapping" and "generalisation":
+- mapping: the share of rows whose model name the name layer (`estimator.names`) reads as one
+  network, whose device the catalogue knows, both, and both with a network the zoo builds; every
+  unmapped row with its reason;
+- generalisation: the existing fit (`calibration.fit`, unchanged) scored on rows it never saw,
+  split BY MODEL (each zoo architecture held out in turn: every spelling and precision of it is
+  out of the fit together) and LEAVE ONE DEVICE OUT (each catalogue device held out in turn, so
+  its rows are estimated from the pooled per-unit entries). Nothing is tuned on these splits.
+
     .venv/bin/python bench/estimator_validation.py [--rows FILE] [--json] [--skip-here]
+        [--skip-generalisation]
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ from edgeforge.analysis import inspect
 from edgeforge.bench import bench
 from edgeforge.devices import get_device
 from edgeforge.estimator import calibrate, estimate, validate_file
+from edgeforge.estimator.names import mapping_report
 from edgeforge.zoo import catalog
 
 SHARED_ROWS = published_rows()  # shipped in the package (estimator/data/), so any folder works
@@ -81,6 +92,105 @@ def this_machine(recalibrate: bool = False) -> dict:
     }
 
 
+def mapping(rows_path: Path) -> dict:
+    """How many published rows the name layer and the catalogue map (no torch needed)."""
+    import csv
+
+    from edgeforge.devices import get_device as device_of
+    from edgeforge.errors import EdgeforgeError
+
+    with open(rows_path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    names = mapping_report(rows)
+    unmapped_names = {entry["line"]: entry["reason"] for entry in names["unmapped"]}
+    from edgeforge.estimator.names import normalise
+
+    device_ok = both = both_zoo = 0
+    unmapped: list[dict] = []
+    for line, row in enumerate(rows, start=2):
+        reasons = []
+        if line in unmapped_names:
+            reasons.append(unmapped_names[line])
+        try:
+            device_of(row["device"])
+            device_ok += 1
+        except EdgeforgeError:
+            reasons.append(f"device {row['device']!r} is not in the catalogue")
+        if reasons:
+            unmapped.append(
+                {
+                    "line": line,
+                    "model": row["model"],
+                    "device": row["device"],
+                    "reason": "; ".join(reasons),
+                }
+            )
+            continue
+        both += 1
+        if normalise(row["model"], row["input"], row["precision"]).architecture is not None:
+            both_zoo += 1
+    total = len(rows)
+    return {
+        "rows": total,
+        "model_name_mapped_share": names["names_mapped_share"],
+        "device_mapped_share": round(device_ok / total, 4),
+        "both_mapped_share": round(both / total, 4),
+        "both_mapped_and_zoo_built_share": round(both_zoo / total, 4),
+        "networks_the_zoo_lacks": names["networks_the_zoo_lacks"],
+        "unmapped": unmapped,
+    }
+
+
+def _errors(report: dict) -> list[float]:
+    return [row["abs_pct_error"] for row in report["rows"]]
+
+
+def _summary(errors: list[float]) -> dict:
+    if not errors:
+        return {"rows": 0, "median_abs_pct_error": None, "within_25pct": None}
+    return {
+        "rows": len(errors),
+        "median_abs_pct_error": round(statistics.median(errors), 1),
+        "within_25pct": round(sum(e <= 25 for e in errors) / len(errors), 3),
+    }
+
+
+def generalisation(rows_path: Path) -> dict:
+    """The existing fit, scored on rows held out by model and by device (no tuning on them)."""
+    from edgeforge.estimator.calibration import fit, validate, zoo_profiles
+    from edgeforge.estimator.published import read_rows
+
+    rows = read_rows(rows_path)
+    mapped = [r for r in rows if r.mapped and r.architecture]
+    profiles = zoo_profiles({r.architecture for r in mapped})
+
+    by_model: dict[str, dict] = {}
+    model_errors: list[float] = []
+    for architecture in sorted({r.architecture for r in mapped}):
+        factors = fit([r for r in mapped if r.architecture != architecture], profiles)
+        report = validate([r for r in mapped if r.architecture == architecture], factors, profiles)
+        errors = _errors(report)
+        model_errors += errors
+        by_model[architecture] = _summary(errors)
+
+    by_device: dict[str, dict] = {}
+    device_errors: list[float] = []
+    for device in sorted({r.device_id for r in mapped if r.device_id}):
+        factors = fit([r for r in mapped if r.device_id != device], profiles)
+        report = validate([r for r in mapped if r.device_id == device], factors, profiles)
+        errors = _errors(report)
+        device_errors += errors
+        by_device[device] = _summary(errors)
+    return {
+        "rows_mapped_by_published_reader": len(mapped),
+        "note": "rows map through published.read_rows (zoo catalogue names and aliases, the "
+        "catalogue's device aliases); rows whose device unit has no sourced peak cannot be costed "
+        "and are not scored",
+        "split_by_model": {"overall": _summary(model_errors), "by_architecture": by_model},
+        "leave_one_device_out": {"overall": _summary(device_errors), "by_device": by_device},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=Path, help="validate every row of this CSV")
@@ -92,9 +202,16 @@ def main() -> None:
     parser.add_argument(
         "--skip-published", action="store_true", help="skip the published rows' part"
     )
+    parser.add_argument(
+        "--skip-generalisation",
+        action="store_true",
+        help="skip the split-by-model and leave-one-device-out scores",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/estimator_validation.json"))
     args = parser.parse_args()
-    result: dict = {}
+    result: dict = {"mapping": mapping(args.rows or SHARED_ROWS)}
+    if not args.skip_generalisation:
+        result["generalisation"] = generalisation(args.rows or SHARED_ROWS)
     if args.rows:
         result["published"] = validate_file(args.rows)
     elif not args.skip_published:
@@ -106,6 +223,12 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, indent=2, default=str))
         return
+    shares = {k: v for k, v in result["mapping"].items() if k.endswith("share")}
+    print(f"mapping: {shares}")
+    if "generalisation" in result:
+        general = result["generalisation"]
+        print(f"split by model: {general['split_by_model']['overall']}")
+        print(f"leave one device out: {general['leave_one_device_out']['overall']}")
     if "published" in result:
         published = result["published"]
         print(f"published rows: {published['overall']}")

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     )
     from edgeforge._load import load
     from edgeforge.analysis import Profile, inspect
+    from edgeforge.fleet.personal import PersonalizationPackage
     from edgeforge.model import Model, TensorSpec
     from edgeforge.passes.cleanup import cleanup
     from edgeforge.passes.distill import distill
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EdgeforgeError",
     "Model",
+    "PersonalizationPackage",
     "Profile",
     "TensorSpec",
     "__version__",
@@ -80,6 +82,7 @@ _VERBS = (
 _LAZY = {
     **dict.fromkeys(_VERBS, "edgeforge._api"),
     "Profile": "edgeforge.analysis",
+    "PersonalizationPackage": "edgeforge.fleet.personal",
     "inspect": "edgeforge.analysis",
     "load": "edgeforge._load",
     "Model": "edgeforge.model",

@@ -23,6 +23,7 @@ from edgeforge.devices import get_device, list_devices
 from edgeforge.estimator import estimate
 from edgeforge.estimator.render import print_estimates
 from edgeforge.optimize.search import optimize
+from edgeforge.personalize import demo_personalize
 from edgeforge.render import print_bench, print_conversion
 from edgeforge.report import write_report
 from edgeforge.zoo import train_digits_cnn
@@ -85,6 +86,9 @@ def run_demo(out: Path) -> Path:
         print_decision(decision)
     console.print("[bold]shipping[/] it: a signed release for two device classes, one fetched back")
     shipped = ship(model.onnx_path, data_folder, out / "fleet")
+    console.print("[bold]personalising[/] it on a device for one user, from 20 labelled samples")
+    personal = demo_personalize(out, module, data)
+    console.print(f"  {personal}")
     sections = {
         "demo": {
             "description": "A small CNN (conv-BN-ReLU x2, max-pool, two linear layers) trained "
@@ -99,6 +103,7 @@ def run_demo(out: Path) -> Path:
                 ),
                 **{f"optimize report ({r.device})": str(r.report_path) for r in optimized},
                 **shipped,
+                "personalisation (one simulated user)": personal,
             },
         },
         "inspect": profile.to_dict(),
@@ -133,6 +138,7 @@ def ship(source: Path, data: Path, folder: Path) -> dict[str, str]:
     import shutil
 
     from edgeforge.fleet.client import fetch
+    from edgeforge.fleet.demo import roll_out
     from edgeforge.fleet.release import move_alias, release
     from edgeforge.fleet.repository import Repository
 
@@ -168,4 +174,23 @@ def ship(source: Path, data: Path, folder: Path) -> dict[str, str]:
         f"(source {accuracy['reference']:.1%})"
     )
     console.print(f"  fetched {fetched}")
-    return {"release": result.verdict, "repository": str(repo), "fetched": fetched}
+    console.print("[bold]rolling it out[/]: a fleet server and 4 devices, in two waves")
+    rolled = roll_out(repo, folder / "fleet-demo", "digits", result.version, "raspberry-pi-4")
+    status = rolled["status"]
+    devices = status["devices"]
+    running = sum(d.active is not None and d.active["version"] == result.version
+                  for d in rolled["devices"])  # fmt: skip
+    rollout = (
+        f"digits@{result.version} to {status['device_class']}: {status['state']} after "
+        f"wave {status['wave']} of {len(status['waves'])} ({', '.join(f'{w:.0%}' for w in status['waves'])}); "
+        f"{devices['success']} of {devices['in_class']} devices reported success, "
+        f"{running} run it (server {rolled['server']}, stopped; its log in "
+        f"{folder / 'fleet-demo'})"
+    )
+    console.print(f"  {rollout}")
+    return {
+        "release": result.verdict,
+        "repository": str(repo),
+        "fetched": fetched,
+        "rollout": rollout,
+    }

@@ -154,8 +154,12 @@ def test_benchmark_device_strings_resolve_by_alias(name: str, device_id: str) ->
 
 
 def test_overclocked_benchmark_rows_do_not_pass_for_stock_boards() -> None:
-    with pytest.raises(EdgeforgeError):
-        get_device("Raspberry Pi 5 (overclocked 2900 MHz)")
+    # An overclocked board is its own entry, with peaks at its own clock.
+    overclocked = get_device("Raspberry Pi 5 (overclocked 2900 MHz)")
+    assert overclocked.id == "raspberry-pi-5-oc-2900"
+    stock = get_device("raspberry-pi-5")
+    assert overclocked.peak_gops("fp32").value > stock.peak_gops("fp32").value
+    assert get_device("Raspberry Pi 4 (overclocked 1950 MHz)").id != "raspberry-pi-4"
 
 
 def test_unknown_device_error_names_the_valid_ids() -> None:

@@ -94,7 +94,13 @@ def test_release_then_fetch_one_variant_through_the_client_over_http(
         root=repo / "metadata" / "1.root.json",
     )
     assert got.version == 1 and got.index["precision"] == "int8-dynamic"
-    assert set(got.files) == {"model.onnx", "manifest.json", "canary.npz"}
+    assert set(got.files) == {"model.onnx", "manifest.json", "canary.npz", "reference.json"}
+    # the monitor's baseline: the variant's outputs on the evaluation data, a signed target
+    from edgeforge.fleet.monitor import Reference
+
+    assert got.index["reference"] == "reference.json"
+    reference = Reference.from_dict(json.loads(got.files["reference.json"].read_text()))
+    assert reference.rows >= 12 and reference.slots["confidence"].n == reference.rows
     evidence = got.index["evidence"]
     assert evidence["lineage"]["artifact_sha256"] == file_sha256(got.files["model.onnx"])
     assert evidence["accuracy"]["data_sha256"]

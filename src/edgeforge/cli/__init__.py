@@ -45,6 +45,8 @@ _VERB_FAMILIES: tuple[str, ...] = (
     "fetch",
     "serve",
     "agent",
+    "monitor",
+    "personalize",
 )
 
 # --json puts a verb's list result under this name, so the output is always an object.

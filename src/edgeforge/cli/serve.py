@@ -65,6 +65,8 @@ def _serve(args: argparse.Namespace) -> int:
     from edgeforge.fleet.repository import Repository
     from edgeforge.fleet.server.app import ServerConfig, served_private_keys
 
+    if args.min_reporters < 1:
+        raise EdgeforgeError(f"--min-reporters {args.min_reporters}: give at least 1 (default 10)")
     repo = Repository.open(args.repo, args.keys)
     leaked = served_private_keys(repo.path, repo.keys)
     if leaked:
@@ -91,6 +93,8 @@ def _serve(args: argparse.Namespace) -> int:
         gate_interval_s=args.gate_interval,
         resign_interval_s=args.resign_interval,
         resign_within=timedelta(seconds=args.resign_within),
+        min_reporters=args.min_reporters,
+        monitor_interval_s=args.monitor_interval,
     )
     os.environ["EDGEFORGE_SERVE_CONFIG"] = config.to_json()
     print(
@@ -256,6 +260,15 @@ def add_verbs(verbs: Any) -> None:
     )
     serve.add_argument(
         "--resign-interval", type=duration, default=300.0, help="how often to look (5m, 10s)"
+    )
+    serve.add_argument(
+        "--min-reporters",
+        type=int,
+        default=10,
+        help="devices a telemetry figure needs before it is shown or judged",
+    )
+    serve.add_argument(
+        "--monitor-interval", type=duration, default=60.0, help="how often drift alerts are checked"
     )
     serve.set_defaults(run=_serve)
 

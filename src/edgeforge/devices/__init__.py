@@ -13,7 +13,8 @@ rely on these invariants:
 - Ids are kebab-case and unique; aliases (for example the device strings of
   `shared/data/edge_benchmarks.csv`) are unique across the catalogue, case-insensitively. A
   benchmark string is an alias only when it names the device at stock clocks and ran on a compute
-  unit the catalogue lists (overclocked rows and rows from a GPU we do not list are left out).
+  unit the catalogue lists; an overclocked board is its own entry (`raspberry-pi-5-oc-2900`).
+  A unit may be listed with every peak absent: its rows then map, but cannot be costed.
 - The catalogue ships as one TOML file per device in `catalog/`; each file is validated when it
   is first loaded, and the parsed catalogue is cached for the life of the process.
 - `this-machine` is not a file: it is built at run time from the host (`/proc/cpuinfo`, CPU
@@ -62,7 +63,15 @@ TAGS: Mapping[str, str] = MappingProxyType(
 )
 """How far to trust a figure, by tag."""
 
-DEVICE_KINDS: tuple[str, ...] = ("sbc", "phone", "laptop", "browser", "accelerator", "host")
+DEVICE_KINDS: tuple[str, ...] = (
+    "sbc",
+    "phone",
+    "laptop",
+    "browser",
+    "accelerator",
+    "host",
+    "mcu",
+)
 UNIT_KINDS: tuple[str, ...] = ("cpu", "gpu", "npu", "tpu", "ane", "wasm", "webgpu")
 RUNTIMES: tuple[str, ...] = (
     "onnxruntime",

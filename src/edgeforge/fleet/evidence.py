@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ __all__ = [
 ]
 
 CANARY_FILE = "canary.npz"
+REFERENCE_FILE = "reference.json"  # the monitor's baseline (`reference_from_data`)
 CANARY_COUNT = 32
 _TOOLS = ("edgeforge", "numpy", "onnx", "onnxruntime", "torch", "openvino", "tuf")
 
@@ -221,6 +223,8 @@ class VariantEvidence:
     latency: dict[str, Any] = field(default_factory=dict)
     canary: dict[str, Any] | None = None
     canary_file: Path | None = None
+    # the telemetry reference: the variant's own outputs (and inputs) on the evaluation data
+    reference_file: Path | None = None
     checks: list[Check] = field(default_factory=list)
 
     @property
@@ -705,6 +709,8 @@ def _canary(
         )
         return
     evidence.canary_file = out
+    if outcome.get("reference"):
+        evidence.reference_file = Path(outcome["reference"])
     evidence.canary = {
         "file": CANARY_FILE,
         "samples": outcome["samples"],
@@ -735,6 +741,23 @@ def _sha256(path: Path) -> str:
     from edgeforge.runtimes.base import file_sha256
 
     return file_sha256(path)
+
+
+def _write_reference(path: Path, feeds: list[dict[str, Any]], outputs: list[Any]) -> str | None:
+    """The telemetry reference of the variant's first output (and first input) on the evaluation
+    data, as JSON at `path`; None (no reference, so no drift verdict) when the shapes do not
+    summarise (e.g. an output with no batch axis)."""
+    from edgeforge.fleet.monitor import reference_from_data
+
+    try:
+        first = next(iter(feeds[0]))
+        got = np.concatenate([np.asarray(o) for o in outputs], axis=0)
+        fed = np.concatenate([np.asarray(f[first]) for f in feeds], axis=0)
+        reference = reference_from_data(got, fed if len(fed) == len(got) else None)
+    except (EdgeforgeError, ValueError, TypeError, IndexError, StopIteration):
+        return None
+    path.write_text(json.dumps(reference.to_dict(), sort_keys=True) + "\n")
+    return str(path)
 
 
 def _canary_child(job: dict[str, Any]) -> dict[str, Any]:
@@ -770,7 +793,9 @@ def _canary_child(job: dict[str, Any]) -> dict[str, Any]:
     out = Path(job["out"])
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(out, **arrays)
+    reference = _write_reference(out.parent / REFERENCE_FILE, feeds, got[0] if names else [])
     return {
+        "reference": reference,
         "runtime": job["runtime"],
         "status": "done",
         "samples": len(feeds),

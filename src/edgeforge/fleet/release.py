@@ -314,7 +314,7 @@ def _stage_variant(
 ) -> tuple[dict[str, Path], dict[str, Any]]:
     """The variant's files under `folder`: the artifact's own (manifest included), canary.npz
     and variant.json (the index: every other file with its hash and length, the evidence)."""
-    from edgeforge.fleet.evidence import CANARY_FILE
+    from edgeforge.fleet.evidence import CANARY_FILE, REFERENCE_FILE
     from edgeforge.runtimes import Artifact
 
     artifact = Artifact.load(item.folder)
@@ -326,7 +326,7 @@ def _stage_variant(
     folder.mkdir(parents=True, exist_ok=True)
     staged: dict[str, Path] = {}
     for relative in [*listed, "manifest.json"]:
-        if relative in (VARIANT_INDEX, CANARY_FILE):
+        if relative in (VARIANT_INDEX, CANARY_FILE, REFERENCE_FILE):
             raise EdgeforgeError(
                 f"{artifact.folder}: the artifact has a file named {relative}, which a release "
                 "reserves; rename it"
@@ -337,6 +337,10 @@ def _stage_variant(
         staged[relative] = target
     shutil.copyfile(item.canary_file, folder / CANARY_FILE)
     staged[CANARY_FILE] = folder / CANARY_FILE
+    reference = getattr(item, "reference_file", None)
+    if reference is not None:  # the monitor's baseline, a signed target like the rest
+        shutil.copyfile(reference, folder / REFERENCE_FILE)
+        staged[REFERENCE_FILE] = folder / REFERENCE_FILE
     index = {
         "schema": INDEX_SCHEMA,
         "name": name,
@@ -352,6 +356,7 @@ def _stage_variant(
             for rel, path in sorted(staged.items())
         ],
         "canary": item.canary,
+        "reference": REFERENCE_FILE if reference is not None else None,
         "evidence": item.evidence(),
     }
     (folder / VARIANT_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")

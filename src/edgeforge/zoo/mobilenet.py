@@ -44,11 +44,18 @@ class MobileNetV1(nn.Module):
         (1024, 1),
     )
 
-    def __init__(self, num_classes: int = 1000) -> None:
+    def __init__(self, num_classes: int = 1000, width_mult: float = 1.0) -> None:
         super().__init__()
-        layers: list[nn.Module] = [ConvBNAct(3, 32, 3, 2)]
-        channels = 32
+
+        # The paper's width multiplier (alpha) as TF-Slim applies it: int(channels * alpha),
+        # at least 8. Width 1.0 is the network of Table 1, unchanged.
+        def width(channels: int) -> int:
+            return max(int(channels * width_mult), 8)
+
+        channels = width(32)
+        layers: list[nn.Module] = [ConvBNAct(3, channels, 3, 2)]
         for out_channels, stride in self.BLOCKS:
+            out_channels = width(out_channels)
             layers += [
                 ConvBNAct(channels, channels, 3, stride, groups=channels),
                 ConvBNAct(channels, out_channels, 1),
@@ -62,8 +69,8 @@ class MobileNetV1(nn.Module):
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
 
-def mobilenet_v1(num_classes: int = 1000) -> MobileNetV1:
-    return MobileNetV1(num_classes)
+def mobilenet_v1(num_classes: int = 1000, width_mult: float = 1.0) -> MobileNetV1:
+    return MobileNetV1(num_classes, width_mult)
 
 
 # -- V2 ----------------------------------------------------------------------------------------

@@ -39,8 +39,8 @@ from sqlalchemy.exc import IntegrityError
 
 from edgeforge.errors import EdgeforgeError
 from edgeforge.fleet import protocol
-from edgeforge.fleet.server import rollouts
-from edgeforge.fleet.server.models import Device, DeviceEvent, Nonce, Telemetry
+from edgeforge.fleet.server import monitoring, rollouts
+from edgeforge.fleet.server.models import Device, DeviceEvent, Nonce, TelemetryWindow
 
 __all__ = ["ServerConfig", "create_app", "served_private_keys"]
 
@@ -49,7 +49,7 @@ log = logging.getLogger("edgeforge.fleet.server")
 D = Device.__table__
 N = Nonce.__table__
 E = DeviceEvent.__table__
-T = Telemetry.__table__
+W = TelemetryWindow.__table__
 
 # Body limits (bytes) by path prefix; the protocol's limits for the device endpoints.
 BODY_LIMITS: dict[str, int] = {
@@ -78,6 +78,8 @@ class ServerConfig:
     resign_interval_s: float = 300.0
     resign_within: timedelta = field(default_factory=lambda: timedelta(hours=12))
     background: bool = True
+    min_reporters: int = 10
+    monitor_interval_s: float = 60.0
 
     def to_json(self) -> str:
         return json.dumps(
@@ -92,6 +94,8 @@ class ServerConfig:
                 "resign_interval_s": self.resign_interval_s,
                 "resign_within_s": self.resign_within.total_seconds(),
                 "background": self.background,
+                "min_reporters": self.min_reporters,
+                "monitor_interval_s": self.monitor_interval_s,
             }
         )
 
@@ -109,6 +113,8 @@ class ServerConfig:
             resign_interval_s=data["resign_interval_s"],
             resign_within=timedelta(seconds=data["resign_within_s"]),
             background=data["background"],
+            min_reporters=int(data.get("min_reporters", 10)),
+            monitor_interval_s=float(data.get("monitor_interval_s", 60.0)),
         )
 
 
@@ -251,6 +257,8 @@ class FleetServer:
         else:
             from sqlalchemy.dialects.sqlite import insert as upsert
         self._insert_nonce = upsert(N).on_conflict_do_nothing().returning(N.c.nonce)
+        self._insert_window = upsert(W).on_conflict_do_nothing()
+        self.references = monitoring.ReferenceCache(self.repo)
         self.director_key = protocol.b64encode(self.repo.director_public_key())
 
     # ------------------------------------------------------------------ devices
@@ -382,6 +390,10 @@ class FleetServer:
         if len(events) > MAX_EVENTS or len(telemetry) > MAX_EVENTS:
             raise _Refused(413, f"at most {MAX_EVENTS} events and telemetry items per report")
         clean = [self._event(e) for e in events]
+        try:  # decoded before anything is written: a broken window refuses the whole report
+            windows = monitoring.decode_entries(telemetry)
+        except EdgeforgeError as exc:
+            raise _Refused(422, str(exc)) from None
         with self.device_engine.begin() as conn:
             device = self._authenticate(conn, headers, "POST", path, body, now)
             if clean:
@@ -403,14 +415,7 @@ class FleetServer:
                     ],
                 )
                 rollouts.record_events(conn, device, clean, now)
-            if telemetry:
-                conn.execute(
-                    insert(T),
-                    [
-                        {"device_id": device.id, "received_at": now, "body": json.dumps(t)}
-                        for t in telemetry
-                    ],
-                )
+            monitoring.store_windows(conn, self._insert_window, device, windows, now)
         return len(clean)
 
     @staticmethod
@@ -477,6 +482,29 @@ class FleetServer:
 
     # ------------------------------------------------------------------ loops
 
+    def telemetry_figures(self, conn: Any, row: Any) -> dict[str, dict[str, Any]]:
+        """The rollout gates' telemetry metrics (see `monitoring.rollout_telemetry`)."""
+        return monitoring.rollout_telemetry(
+            conn, row, self.references, min_reporters=self.config.min_reporters
+        )
+
+    def advance(self) -> list[dict[str, Any]]:
+        return rollouts.advance(self.engine, telemetry=self.telemetry_figures)
+
+    def rollout_status(self, rollout_id: int) -> dict[str, Any]:
+        return rollouts.rollout_status(self.engine, rollout_id, telemetry=self.telemetry_figures)
+
+    def monitor(self, model: str | None) -> dict[str, Any]:
+        return monitoring.summary(
+            self.engine, self.references, model=model, min_reporters=self.config.min_reporters
+        )
+
+    def alerts(self) -> list[dict[str, Any]]:
+        monitoring.check_alerts(
+            self.engine, self.references, min_reporters=self.config.min_reporters
+        )
+        return monitoring.alerts(self.engine)
+
     def purge_nonces(self, now: float) -> None:
         with self.engine.begin() as conn:
             conn.execute(delete(N).where(N.c.seen_at < now - 2 * self.config.max_skew_s))
@@ -522,9 +550,14 @@ def create_app(config: ServerConfig) -> FastAPI:
         tasks = []
         if config.background:
             tasks = [
+                asyncio.create_task(_every(config.gate_interval_s, "gate loop", server.advance)),
                 asyncio.create_task(
                     _every(
-                        config.gate_interval_s, "gate loop", lambda: rollouts.advance(server.engine)
+                        config.monitor_interval_s,
+                        "monitor",
+                        lambda: monitoring.check_alerts(
+                            server.engine, server.references, min_reporters=config.min_reporters
+                        ),
                     )
                 ),
                 asyncio.create_task(
@@ -643,9 +676,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     @app.get("/v1/admin/rollouts/{rollout_id}")
     async def rollout_get(request: Request, rollout_id: int) -> Response:
         _admin(request)
-        return JSONResponse(
-            await run_in_threadpool(rollouts.rollout_status, server.engine, rollout_id)
-        )
+        return JSONResponse(await run_in_threadpool(server.rollout_status, rollout_id))
 
     @app.post("/v1/admin/rollouts/{rollout_id}/{verb}")
     async def rollout_verb(request: Request, rollout_id: int, verb: str) -> Response:
@@ -663,6 +694,20 @@ def create_app(config: ServerConfig) -> FastAPI:
         limit = max(1, min(limit, 10000))
         rows = await run_in_threadpool(server.devices, device_class, limit, max(0, offset))
         return JSONResponse({"devices": rows})
+
+    @app.get("/v1/admin/monitor")
+    async def monitor(request: Request, model: str | None = None) -> Response:
+        _admin(request)
+        return JSONResponse(await run_in_threadpool(server.monitor, model or None))
+
+    @app.get("/v1/admin/alerts")
+    async def alert_list(request: Request) -> Response:
+        _admin(request)
+        return JSONResponse({"alerts": await run_in_threadpool(server.alerts)})
+
+    from edgeforge.fleet.server.dashboard import add_dashboard
+
+    add_dashboard(app, server)
 
     return app
 

@@ -11,13 +11,19 @@ Invariants:
   evidence says the limit is crossed, not merely that the sample is small.
 - Nothing is judged below the minimum sample (`min_devices` decided devices); a device that did
   not report within the timeout is counted as failed before it gets here.
+- The telemetry metrics (`latency_p95<+L` from the devices' telemetry windows, `confidence_p50
+  >-L`, `drift_psi<L`) are pooled figures over the sketches of at least `min_reporters` devices
+  (the monitor's rule); below that a telemetry metric is undecided ("unsure"), never passed.
+  `latency_p95` is judged on the events' per-device ratios when the devices reported any, and
+  on telemetry (new version's fleet p95 over the version it replaces) otherwise; a decided
+  telemetry figure over the limit fails the gate either way.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from statistics import NormalDist
 from typing import Any
 
@@ -38,7 +44,11 @@ METRICS = {
     "failure_rate": "fraction of devices that failed (or did not report in time)",
     "canary_pass": "fraction of canary runs that passed",
     "latency_p95": "relative change of the devices' p95 latency, e.g. <+10%",
+    "confidence_p50": "relative change of the median model confidence (telemetry), e.g. >-5%",
+    "drift_psi": "largest population stability index against the release reference, e.g. <0.2",
 }
+RELATIVE = ("latency_p95", "confidence_p50")
+TELEMETRY = ("latency_p95", "confidence_p50", "drift_psi")
 _CONDITION = re.compile(r"^\s*([a-z_0-9]+)\s*(<=|>=|<|>)\s*([+-]?)\s*([0-9]*\.?[0-9]+)\s*(%?)\s*$")
 
 
@@ -51,7 +61,9 @@ class Condition:
     limit: float
 
     def __str__(self) -> str:
-        sign = "+" if self.metric == "latency_p95" and self.limit >= 0 else ""
+        if self.metric == "drift_psi":
+            return f"{self.metric}{self.op}{self.limit:g}"
+        sign = "+" if self.metric in RELATIVE and self.limit >= 0 else ""
         return f"{self.metric}{self.op}{sign}{self.limit * 100:g}%"
 
 
@@ -84,7 +96,11 @@ def parse_gate(text: str) -> list[Condition]:
             )
         if metric == "latency_p95" and op not in ("<", "<="):
             raise EdgeforgeError(f"gate {part.strip()!r}: latency_p95 takes < or <=, e.g. <+10%")
-        if metric != "latency_p95" and not 0 <= value <= 1:
+        if metric == "confidence_p50" and op not in (">", ">="):
+            raise EdgeforgeError(f"gate {part.strip()!r}: confidence_p50 takes > or >=, e.g. >-5%")
+        if metric == "drift_psi" and (op not in ("<", "<=") or percent or value < 0):
+            raise EdgeforgeError(f"gate {part.strip()!r}: write drift_psi<0.2 (a PSI, no %)")
+        if metric in ("failure_rate", "canary_pass") and not 0 <= value <= 1:
             raise EdgeforgeError(f"gate {part.strip()!r}: a rate must lie between 0% and 100%")
         conditions.append(Condition(metric, op, value))
     if not conditions:
@@ -159,6 +175,9 @@ class GateSample:
     canary_runs: int
     canary_passed: int
     latency_ratios: list[float]
+    # telemetry figures: metric -> {"value": relative change or PSI (None when undecided),
+    # "reporters", "enough"} (`rollouts` fills it from the monitor)
+    telemetry: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -189,11 +208,24 @@ def _judge(condition: Condition, sample: GateSample, confidence: float) -> dict[
         out.update(n=n, observed=sample.canary_passed / n if n else None, lower=low, upper=high)
         out["result"] = "pass" if above(low) else "fail" if not above(high) else "unsure"
     else:
-        n = len(sample.latency_ratios)
-        low, high = median_ratio_bounds(sample.latency_ratios, confidence)
-        low, high = low - 1, high - 1  # as relative changes
-        out.update(n=n, lower=low, upper=None if math.isinf(high) else high)  # JSON has no inf
-        out["result"] = "pass" if below(high) else "fail" if not below(low) else "unsure"
+        figure = sample.telemetry.get(condition.metric) or {}
+        value = figure.get("value") if figure.get("enough") else None
+        telemetry = None  # undecided
+        if value is not None:
+            good = above(value) if condition.op in (">", ">=") else below(value)
+            telemetry = "pass" if good else "fail"
+        out.update(telemetry=value, reporters=figure.get("reporters", 0))
+        if condition.metric == "latency_p95" and sample.latency_ratios:
+            n = len(sample.latency_ratios)
+            low, high = median_ratio_bounds(sample.latency_ratios, confidence)
+            low, high = low - 1, high - 1  # as relative changes
+            out.update(n=n, lower=low, upper=None if math.isinf(high) else high)  # no inf in JSON
+            events = "pass" if below(high) else "fail" if not below(low) else "unsure"
+            out["result"] = "fail" if telemetry == "fail" else events
+        else:
+            out.update(n=figure.get("reporters", 0), observed=value, lower=value, upper=value)
+            out["source"] = "telemetry"
+            out["result"] = telemetry or "unsure"
     return out
 
 
@@ -221,6 +253,12 @@ def evaluate(
 
 
 def _figures(item: dict[str, Any]) -> str:
+    if item.get("source") == "telemetry":
+        value = item.get("telemetry")
+        shown = "undecided" if value is None else f"{value:+.1%}"
+        if value is not None and item["condition"].startswith("drift_psi"):
+            shown = f"{value:.3f}"
+        return f"telemetry {shown} from {item.get('reporters', 0)} reporting devices"
     observed = item.get("observed")
     seen = f"observed {observed:.1%}, " if observed is not None else ""
     upper = "unbounded" if item["upper"] is None else f"{item['upper']:.1%}"

@@ -11,7 +11,14 @@ Invariants:
 - `fleet_rollout_devices` has a row for each device that was told to install a rollout's
   version (and only those): abort tells exactly these devices to roll back.
 
-Migration: "0002_fleet" (down_revision "0001_registry") in `edgeforge.fleet.migrations`.
+- `fleet_windows` holds each telemetry window once per (device, window id = hash of the
+  payload): a window resent after a lost acknowledgement is refused by the database. Its
+  `device_class` is the class the device enrolled with, never the one the window claims.
+- `fleet_alerts` has one row per (kind, subject): the monitor may raise the same alert from
+  several workers at once, and only one row results.
+
+Migrations: "0002_fleet" (down_revision "0001_registry"), "0003_monitor" (windows, alerts) in
+`edgeforge.fleet.migrations`.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -32,6 +40,8 @@ from edgeforge.fleet.db import Base
 
 __all__ = [
     "FLEET_TABLES",
+    "MONITOR_TABLES",
+    "Alert",
     "Base",
     "Device",
     "DeviceEvent",
@@ -39,6 +49,7 @@ __all__ = [
     "Rollout",
     "RolloutDevice",
     "Telemetry",
+    "TelemetryWindow",
 ]
 
 
@@ -156,6 +167,49 @@ class Telemetry(Base):
     received_at: Mapped[float] = mapped_column(Float)
     body: Mapped[str] = mapped_column(Text)
 
+
+class TelemetryWindow(Base):
+    """One decoded-and-checked telemetry window (sketches only) from one device."""
+
+    __tablename__ = "fleet_windows"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(String(128))
+    window_id: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[int] = mapped_column(Integer)
+    device_class: Mapped[str] = mapped_column(String(64))
+    day: Mapped[str] = mapped_column(String(10))
+    start: Mapped[float] = mapped_column(Float)
+    received_at: Mapped[float] = mapped_column(Float)
+    payload: Mapped[str] = mapped_column(Text)  # base64, as the device sent it
+
+    __table_args__ = (
+        UniqueConstraint("device_id", "window_id", name="uq_fleet_windows_device_window"),
+        Index("ix_fleet_windows_model", "name", "version", "device_class", "day"),
+    )
+
+
+class Alert(Base):
+    """Something a person should look at: a drift verdict, an aborted rollout."""
+
+    __tablename__ = "fleet_alerts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(32))  # drift | rollout-aborted
+    subject: Mapped[str] = mapped_column(String(300))
+    name: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    device_class: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    day: Mapped[str | None] = mapped_column(String(10), nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    message: Mapped[str] = mapped_column(Text)
+    detail: Mapped[str] = mapped_column(Text, default="{}")
+
+    __table_args__ = (UniqueConstraint("kind", "subject", name="uq_fleet_alerts_kind_subject"),)
+
+
+MONITOR_TABLES = tuple(cls.__table__ for cls in (TelemetryWindow, Alert))
 
 FLEET_TABLES = tuple(
     cls.__table__ for cls in (Device, Nonce, Rollout, RolloutDevice, DeviceEvent, Telemetry)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -369,7 +369,12 @@ def _baseline(conn: Connection, rollout: Any) -> int | None:
     ).scalar()
 
 
-def _sample(conn: Connection, rollout_id: int) -> GateSample:
+TelemetryFigures = Callable[[Connection, Any], dict[str, dict[str, Any]]]
+
+
+def _sample(
+    conn: Connection, rollout_id: int, row: Any = None, telemetry: TelemetryFigures | None = None
+) -> GateSample:
     rows = conn.execute(
         select(RD.c.outcome, RD.c.canary_ok, RD.c.latency_p95, RD.c.baseline_latency_p95).where(
             RD.c.rollout_id == rollout_id
@@ -389,6 +394,7 @@ def _sample(conn: Connection, rollout_id: int) -> GateSample:
         canary_runs=len(canary),
         canary_passed=sum(canary),
         latency_ratios=ratios,
+        telemetry=telemetry(conn, row) if telemetry is not None and row is not None else {},
     )
 
 
@@ -434,7 +440,9 @@ def _abort(conn: Connection, row: Any, reason: str, now: float) -> bool:
     return True
 
 
-def advance(engine: Engine, *, now: float | None = None) -> list[dict[str, Any]]:
+def advance(
+    engine: Engine, *, now: float | None = None, telemetry: TelemetryFigures | None = None
+) -> list[dict[str, Any]]:
     """One pass of the gate loop over running rollouts: time out silent devices, judge the gate,
     then abort, move to the next wave, widen the wave, or complete. Returns what changed."""
     now = time.time() if now is None else now
@@ -443,13 +451,15 @@ def advance(engine: Engine, *, now: float | None = None) -> list[dict[str, Any]]
         running = conn.execute(select(R.c.id).where(R.c.state == "running")).scalars().all()
     for rollout_id in running:
         with engine.begin() as conn:
-            change = _advance_one(conn, rollout_id, now)
+            change = _advance_one(conn, rollout_id, now, telemetry)
         if change:
             changes.append(change)
     return changes
 
 
-def _advance_one(conn: Connection, rollout_id: int, now: float) -> dict[str, Any] | None:
+def _advance_one(
+    conn: Connection, rollout_id: int, now: float, telemetry: TelemetryFigures | None = None
+) -> dict[str, Any] | None:
     row = conn.execute(select(R).where(R.c.id == rollout_id)).one()
     if row.state != "running":
         return None
@@ -467,7 +477,7 @@ def _advance_one(conn: Connection, rollout_id: int, now: float) -> dict[str, Any
     waves = json.loads(row.waves)
     verdict = evaluate(
         parse_gate(row.gate),
-        _sample(conn, row.id),
+        _sample(conn, row.id, row, telemetry),
         min_devices=row.min_devices,
         confidence=row.confidence,
     )
@@ -645,7 +655,13 @@ def _as_dict(row: Any) -> dict[str, Any]:
     }
 
 
-def rollout_status(engine: Engine, rollout_id: int, *, now: float | None = None) -> dict[str, Any]:
+def rollout_status(
+    engine: Engine,
+    rollout_id: int,
+    *,
+    now: float | None = None,
+    telemetry: TelemetryFigures | None = None,
+) -> dict[str, Any]:
     """The rollout, its devices' outcomes and the gate's current verdict."""
     with engine.connect() as conn:
         row = _get(conn, rollout_id)
@@ -657,7 +673,7 @@ def rollout_status(engine: Engine, rollout_id: int, *, now: float | None = None)
             ).all()
         )
         places = _places(conn, row.device_class, row.offset)
-        sample = _sample(conn, rollout_id)
+        sample = _sample(conn, rollout_id, row, telemetry)
         rolled_back = conn.execute(
             select(func.count())
             .select_from(D)

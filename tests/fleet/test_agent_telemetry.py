@@ -58,12 +58,16 @@ def installed(tmp_path_factory):
 
 
 def stored(db) -> tuple[list[dict], list[bytes]]:
-    """What the server stored from devices: telemetry bodies, and every stored row's bytes."""
+    """What the server stored from devices: the windows (id, payload) in arrival order, and
+    every stored row of the tables devices write to, as bytes."""
     with sqlite3.connect(db) as conn:
-        bodies = [json.loads(r[0]) for r in conn.execute("SELECT body FROM fleet_telemetry")]
+        bodies = [
+            {"id": r[0], "payload": r[1]}
+            for r in conn.execute("SELECT window_id, payload FROM fleet_windows ORDER BY rowid")
+        ]
         rows = [
             repr(r).encode()
-            for table in ("fleet_telemetry", "fleet_events")
+            for table in ("fleet_windows", "fleet_telemetry", "fleet_events", "fleet_devices")
             for r in conn.execute(f"SELECT * FROM {table}")
         ]
     return bodies, rows
@@ -176,3 +180,24 @@ def test_telemetry_that_cannot_write_never_breaks_predict(installed, tmp_path, c
         assert app.predict({"x": MARKER})["y"].shape == (1, 8)
     assert app.flush_telemetry() == 0
     assert "telemetry off in this process" in capsys.readouterr().err
+
+
+def test_a_window_the_server_refuses_never_blocks_the_reports(installed):
+    """A spooled file that does not decode (the server answers 422 to its report) is dropped
+    after being tried alone; the events and the good windows behind it still arrive."""
+    _, daemon, db = installed
+    app = Agent(daemon.state)
+    app.predict({"x": MARKER})
+    app.flush_telemetry()
+    spool = daemon.state / "telemetry" / "spool"
+    (spool / f"{0:020d}-{'f' * 32}.win").write_bytes(b"EFTW not a window")  # sorts first
+    daemon._event("error", None, None, False, "marker event")
+    before, _ = stored(db)
+    daemon.step()
+    assert list(spool.glob("*.win")) == []
+    bodies, _ = stored(db)
+    assert len(bodies) == len(before) + 1  # the good window
+    with sqlite3.connect(db) as conn:
+        details = [r[0] for r in conn.execute("SELECT detail FROM fleet_events")]
+    assert "marker event" in details
+    assert any("telemetry window" in d and "refused" in d for d in details)

@@ -447,6 +447,11 @@ class Agent:
             if not batch and not windows:
                 return
             status = self._send_report(client, device, batch, windows)
+            if status == 422 and windows:  # a window the server cannot decode: find it
+                self._drop_refused_windows(client, device, windows)
+                sent_windows.update(w["id"] for w in windows)
+                windows = []
+                status = self._send_report(client, device, batch, windows) if batch else 202
             if status == 413:
                 batch, windows = [{**event, "metrics": {}} for event in batch], []
                 status = self._send_report(client, device, batch, windows)
@@ -459,6 +464,22 @@ class Agent:
             if batch:
                 current = read_json(self._path("outbox.json"), []) or []
                 atomic_write_json(self._path("outbox.json"), current[len(batch) :])
+
+    def _drop_refused_windows(
+        self, client: ServerClient, device: dict, windows: list[dict[str, str]]
+    ) -> None:
+        """Send each window alone: one the server refuses (422) is dropped from the spool and
+        an error event says so (it would block every report behind it); the rest are sent."""
+        from edgeforge.fleet.agent._uploads import remove_windows
+
+        for window in windows:
+            status = self._send_report(client, device, [], [window])
+            if status in (200, 202):
+                remove_windows(self.state, [window["id"]])
+            elif status == 422:
+                remove_windows(self.state, [window["id"]])
+                self._event("error", None, None, False, f"telemetry window {window['id']} "
+                            "refused by the server (422); dropped")  # fmt: skip
 
     def _send_report(
         self,

@@ -1,7 +1,7 @@
 """Benchmark jobs on the fleet's own devices (issue 15, item 4).
 
 Revision ID: 0004_jobs
-Revises: 0002_fleet (to be re-chained onto 0003_monitor once it lands)
+Revises: 0003_monitor
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0004_jobs"
-down_revision = "0002_fleet"
+down_revision = "0003_monitor"
 branch_labels = None
 depends_on = None
 

@@ -196,3 +196,17 @@ def test_jobs_on_postgresql(tmp_path):
             assert done["result"]["device_id"] == "pg-1" and done["result"]["runs"] == 2
         finally:
             server.stop()
+
+
+def test_bench_on_bad_input_exits_2_in_one_line(monkeypatch, capsys):
+    from edgeforge.cli import main
+
+    monkeypatch.setenv("EDGEFORGE_ADMIN_TOKEN", ADMIN)
+    assert main(["bench", f"{NAME}@1", "--on", "farm-1"]) == 2  # no --server
+    assert main(["bench", "model.onnx", "--on", "farm-1", "--server", "http://x"]) == 2
+    assert main(["bench", f"{NAME}@1", "--on", "farm-1", "--server", "http://127.0.0.1:9"]) == 2
+    monkeypatch.delenv("EDGEFORGE_ADMIN_TOKEN")
+    assert main(["bench", f"{NAME}@1", "--on", "farm-1", "--server", "http://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err
+    for needle in ("--server", "NAME@VERSION", "does not answer", "EDGEFORGE_ADMIN_TOKEN"):
+        assert needle in err

@@ -82,10 +82,12 @@ def test_predict_window_is_uploaded_with_next_report_stored_and_acked(installed)
     spool = daemon.state / "telemetry" / "spool"
     assert len(list(spool.glob("*.win"))) == 1
     assert daemon._telemetry is None  # the daemon summarised nothing itself
+    assert daemon.status().telemetry == {"spooled": 1, "bytes": PAYLOAD_SIZE}
 
     before, _ = stored(db)
     daemon.step()  # check-in, then the report carries the window
     assert list(spool.glob("*.win")) == []  # acked: the server answered 202
+    assert daemon.status().telemetry == {"spooled": 0, "bytes": 0}
     bodies, _ = stored(db)
     new = bodies[len(before) :]
     assert len(new) == 1 and set(new[0]) == {"id", "payload"}

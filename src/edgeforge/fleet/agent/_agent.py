@@ -41,6 +41,7 @@ from typing import Any
 from edgeforge.errors import EdgeforgeError
 from edgeforge.fleet.agent._files import Journal, atomic_write_json, read_json
 from edgeforge.fleet.agent._http import Offline, ServerClient
+from edgeforge.fleet.agent._uploads import spool_summary
 
 __all__ = ["Agent", "AgentStatus", "parse_size"]
 
@@ -109,6 +110,8 @@ class AgentStatus:
     outbox: int
     failed: dict[str, str]
     journal: list[dict]
+    # telemetry windows waiting for upload: {"spooled": files, "bytes": their size}
+    telemetry: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -311,6 +314,7 @@ class Agent:
             outbox=len(read_json(self._path("outbox.json"), []) or []),
             failed=read_json(self._path("failed.json"), {}) or {},
             journal=self.journal.entries(last=20),
+            telemetry=spool_summary(self.state),
         )
 
     def predict(self, feed: dict[str, Any]) -> dict[str, Any]:

@@ -32,6 +32,7 @@ __all__ = [
     "read_outcomes",
     "remove_windows",
     "spool_dir",
+    "spool_summary",
 ]
 
 # Windows per report: the same as telemetry.DRAIN_LIMIT (16 entries, ~200 kB of JSON, inside the
@@ -62,6 +63,16 @@ def pending_windows(state: Path, limit: int = UPLOAD_LIMIT) -> list[dict[str, st
             {"id": path.stem.split("-", 1)[1], "payload": base64.b64encode(data).decode("ascii")}
         )
     return entries
+
+
+def spool_summary(state: Path) -> dict[str, int]:
+    """How many windows wait for upload, and their bytes (for `agent status`)."""
+    folder = spool_dir(state)
+    sizes = []
+    for path in folder.glob("*.win") if folder.is_dir() else []:
+        with contextlib.suppress(OSError):
+            sizes.append(path.stat().st_size)
+    return {"spooled": len(sizes), "bytes": sum(sizes)}
 
 
 def remove_windows(state: Path, ids: list[str]) -> None:

@@ -576,6 +576,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     app = FastAPI(title="edgeforge fleet server", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.server = server
     app.add_middleware(_BodyLimit)
+    app.include_router(__import__("edgeforge.fleet.server.jobs", fromlist=["router"]).router)
 
     @app.exception_handler(_Refused)
     async def _refused(_request: Request, exc: _Refused) -> JSONResponse:

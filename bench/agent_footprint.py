@@ -2,8 +2,10 @@
 
 Idle RSS: `edgeforge agent` runs as a daemon against a loopback fleet server (the agent tests'
 server, a real TUF repository), installs a tiny ONNX model (download, canary and probe in
-children, activate, commit), then sleeps to its next check-in; its VmRSS is sampled then. A second
-figure is the idle RSS after an offline check-in only (nothing installed in this process).
+children, activate, commit), uploads 16 spooled telemetry windows (as bytes: the daemon
+imports neither numpy nor datasketches), then sleeps to its next check-in; its VmRSS is
+sampled then. A second figure is the idle RSS after an offline check-in only (nothing installed
+in this process).
 
 Install size: the files (from each distribution's RECORD) of what the agent imports besides the
 runtime: tuf, securesystemslib, cryptography (+cffi, pycparser), urllib3, and the edgeforge
@@ -67,6 +69,13 @@ def idle_rss(installed: bool) -> dict:
     if installed:
         server.set_directive("bench", 1)
     state = work / "state"
+    spool = state / "telemetry" / "spool"
+    if installed:  # windows the application spooled: the daemon uploads them as bytes
+        from edgeforge.fleet.telemetry import PAYLOAD_SIZE
+
+        spool.mkdir(parents=True)
+        for i in range(16):
+            (spool / f"{i:020d}-{i:032x}.win").write_bytes(os.urandom(PAYLOAD_SIZE))
     command = [
         sys.executable, "-c", "import sys; from edgeforge.cli import main; sys.exit(main())",
         "agent", "--server", server.url, "--device-class", "bench", "--state", str(state),
@@ -77,7 +86,8 @@ def idle_rss(installed: bool) -> dict:
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            if server.checkins and (not installed or (state / "committed.json").exists()):
+            done = (state / "committed.json").exists() and not list(spool.glob("*.win"))
+            if server.checkins and (not installed or done):
                 break
             time.sleep(0.1)
         time.sleep(3)  # let it settle into its sleep

@@ -57,6 +57,8 @@ class BenchResult:
     # What the session was configured with, as the runtime reports it: threads, and for
     # OpenVINO the inference precision asked for and the one the compiled model computes in.
     settings: dict[str, Any] = field(default_factory=dict)
+    # The fleet device that measured it (`bench --on`); None when measured here.
+    device: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

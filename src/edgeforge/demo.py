@@ -189,9 +189,15 @@ def ship(source: Path, data: Path, folder: Path) -> dict[str, str]:
         f"{folder / 'fleet-demo'})"
     )
     console.print(f"  {rollout}")
+    dashboard = (
+        f"{rolled['again']} (then http://127.0.0.1:8080/dashboard, "
+        f"with the admin token in {rolled['admin_token_file']})"
+    )
+    console.print(f"  its dashboard again: {dashboard}")
     return {
         "release": result.verdict,
         "repository": str(repo),
         "fetched": fetched,
         "rollout": rollout,
+        "dashboard": dashboard,
     }

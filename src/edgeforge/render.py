@@ -179,6 +179,8 @@ def print_bench(result) -> None:
     summary = Table(title=f"bench {escape(result.model)} on {result.runtime}", show_header=False)
     summary.add_column(style="bold")
     summary.add_column()
+    if getattr(result, "device", None):  # measured on a fleet device (`bench --on`)
+        summary.add_row("device", escape(str(result.device)))
     summary.add_row("artifact", f"{escape(result.artifact)} ({human_bytes(result.artifact_bytes)})")
     summary.add_row("load", f"{result.load_ms:.1f} ms")
     summary.add_row("first inference", f"{result.first_inference_ms:.2f} ms")

@@ -165,16 +165,18 @@ def test_contributions_are_clipped(tmp_path):
     clock = FakeClock()
     tel = T.Telemetry(tmp_path, window_s=3600, clock=clock)
     tel.set_model("m", 1, input_kind="tabular", output_kind="regression")
-    x = np.array([[1e12, -1e12, np.nan, np.inf, 0.5, 1.0]])
-    tel.observe(x, np.array([[1e30]]), latency_ms=1e12)
+    # a tabular row is summarised by its mean (in0) and spread (in1)
+    x = np.array([[1e12] * 6, [-1e12] * 6, [np.nan, np.inf, 0.5, 1.0, 0.0, 0.0]])
+    tel.observe(x, np.array([[1e30]] * 3), latency_ms=1e12)
     tel.observe(np.zeros((T.MAX_ROWS + 10, 6)), np.zeros((T.MAX_ROWS + 10, 1)), 1.0)
     (entry,) = tel.drain(flush=True)
     w = T.decode_window(entry["payload"])
-    assert w.counters["rows"] == T.MAX_ROWS and w.counters["clipped"] == 11
+    assert w.counters["rows"] == T.MAX_ROWS and w.counters["clipped"] == 13
     lo, hi = T.CLIP["feature"]
     assert w.sketches["in0"].max == pytest.approx(hi)
-    assert w.sketches["in1"].min == pytest.approx(lo)
-    assert w.sketches["in2"].n == T.MAX_ROWS - 1  # NaN is not summarised
+    assert w.sketches["in0"].min == pytest.approx(lo)
+    assert w.sketches["in0"].n == T.MAX_ROWS - 1  # NaN is not summarised
+    assert w.sketches["in2"].n == 0  # a tabular input fills two slots only
     assert w.sketches["out0"].max == pytest.approx(hi)
     assert w.sketches["latency_ms"].max == pytest.approx(T.CLIP["latency_ms"][1])
     assert w.classes == {} and w.class_total == 0  # a regression output has no class

@@ -408,6 +408,17 @@ def _bench(args: argparse.Namespace) -> int:
     from edgeforge import bench
     from edgeforge.render import print_bench
 
+    if args.on:  # on the user's own devices, through the fleet server
+        from edgeforge.fleet.jobs import bench_on
+
+        if not args.server:
+            raise EdgeforgeError("bench --on needs --server URL (the fleet server)")
+        result = bench_on(
+            args.model, args.on, args.server, warmup=args.warmup, runs=args.runs,
+            timeout=args.timeout, csv_path=args.csv,
+        )  # fmt: skip
+        _emit(args, "bench", result.to_dict(), lambda: print_bench(result))
+        return 0
     batches = tuple(int(b) for text in args.batch for b in text.split(",") if b.strip())
     result = bench(
         args.model,
@@ -812,6 +823,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="batch sizes, e.g. --batch 1,8 (repeatable; default: 1)",
     )
+    farm = bench.add_argument_group("on your own devices (fleet)")
+    farm.add_argument(
+        "--on", metavar="DEVICE_ID|CLASS", help="measure there; MODEL is NAME@VERSION"
+    )
+    farm.add_argument("--server", help="the fleet server's URL (admin: $EDGEFORGE_ADMIN_TOKEN)")
+    farm.add_argument("--csv", type=Path, help="append the result to a published-measurements CSV")
     _data_options(bench)
     _output_options(bench)
     bench.set_defaults(run=_bench)

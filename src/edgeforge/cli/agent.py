@@ -54,6 +54,11 @@ def add_verbs(verbs: Any) -> None:
         help="what the model may use (resident memory of the canary and probe child), e.g. 512MB",
     )
     run.add_argument("--interval", type=float, default=60.0, help="seconds between check-ins")
+    run.add_argument(
+        "--accept-jobs",
+        action="store_true",
+        help="run benchmark jobs the server queues for this device (`edgeforge bench --on`)",
+    )
     run.add_argument("--probe-count", type=int, default=10, help="inferences the health probe runs")
     run.add_argument(
         "--canary-timeout", type=float, default=120.0, help="seconds the canary may take"
@@ -110,6 +115,7 @@ def _agent(args: argparse.Namespace) -> int:
         interval=args.interval,
         probe_count=args.probe_count,
         canary_timeout=args.canary_timeout,
+        accept_jobs=args.accept_jobs,
     )
     if args.interval <= 0 or args.probe_count < 1:
         raise EdgeforgeError("--interval must be positive and --probe-count at least 1")
@@ -122,6 +128,8 @@ def _agent(args: argparse.Namespace) -> int:
         forward += ["--canary-timeout", str(args.canary_timeout)]
         if args.model_memory_limit:
             forward += ["--memory-limit", str(args.model_memory_limit)]
+        if args.accept_jobs:
+            forward += ["--accept-jobs"]
         sys.stdout.flush()
         os.execv(sys.executable, [sys.executable, "-m", "edgeforge.fleet.agent", *forward])
     from edgeforge.fleet.agent._lock import exclusive

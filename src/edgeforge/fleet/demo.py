@@ -10,7 +10,6 @@ returns, whatever happens.
 from __future__ import annotations
 
 import os
-import secrets
 import socket
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from edgeforge.cli.serve import ADMIN_ENV, ENROLL_ENV
 from edgeforge.errors import EdgeforgeError
 
 __all__ = ["roll_out"]
@@ -46,18 +46,21 @@ def roll_out(
     from edgeforge.fleet.agent import Agent
 
     folder.mkdir(parents=True, exist_ok=True)
-    admin, enrol = secrets.token_hex(16), secrets.token_hex(16)
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    argv = ["serve", "--repo", str(repo), "--db", f"sqlite:///{folder / 'fleet.db'}"]
-    argv += ["--port", str(port), "--gate-interval", "0.5", "--state", str(folder / "server")]
-    env = {**os.environ, "EDGEFORGE_ADMIN_TOKEN": admin, "EDGEFORGE_ENROLL_TOKEN": enrol}
+    again = ["serve", "--repo", str(repo), "--db", f"sqlite:///{folder / 'fleet.db'}"]
+    again += ["--state", str(folder / "server")]
+    argv = [*again, "--port", str(port), "--gate-interval", "0.5"]
+    # The server writes its own tokens (0600) into its folder, where a second start finds them.
+    env = {k: v for k, v in os.environ.items() if k not in (ADMIN_ENV, ENROLL_ENV)}
     code = f"from edgeforge.cli import main; raise SystemExit(main({argv!r}))"
     with open(folder / "serve.log", "wb") as log:  # a file, not a pipe: it never blocks
         server = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=log)
     try:
         with httpx.Client(base_url=url, timeout=30) as http:
             _wait_until_up(http, server, folder / "serve.log")
+            admin = (folder / "server" / "admin-token").read_text().strip()
+            enrol = (folder / "server" / "enroll-token").read_text().strip()
             agents = [
                 Agent(
                     folder / "devices" / f"{device_class}-{i}",
@@ -96,6 +99,8 @@ def roll_out(
                         "server": url,
                         "status": status,
                         "devices": [a.status() for a in agents],
+                        "again": "edgeforge " + " ".join(again),
+                        "admin_token_file": str(folder / "server" / "admin-token"),
                     }
                 time.sleep(0.3)
             raise EdgeforgeError(f"the demo's rollout did not finish in {timeout:.0f} s: {status}")

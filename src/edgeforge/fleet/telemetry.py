@@ -82,7 +82,7 @@ K_MAIN = 128  # KLL k for latency and confidence (normalised rank error ~2%)
 K_FEATURE = 64  # KLL k for the per-input and per-output statistics (~4%)
 LG_CLASSES = 5  # frequent-items map of 32 slots: up to 24 classes tracked exactly
 MAX_CLASS_ID = 999_999  # class ids are sent as at most 6 decimal digits
-INPUT_SLOTS = 6  # image: mean and spread of 3 channels; text: token count; tabular: 6 columns
+INPUT_SLOTS = 6  # image: mean and spread of 3 channels; text: token count; tabular: mean, spread
 OUTPUT_SLOTS = 2  # embedding: a 2-D seeded random projection; regression: the value
 SLOTS: tuple[str, ...] = (
     "latency_ms",
@@ -188,8 +188,8 @@ def input_features(x: np.ndarray, kind: str, *, pad_id: int = 0) -> np.ndarray:
 
     image (N,C,H,W or N,H,W,C): mean and standard deviation of the first 3 channels (over a
     fixed stride of at most ~4096 pixels a channel);
-    text (N,T integer ids): number of tokens that are not `pad_id`; tabular (N,F): the first 6
-    columns; sequence (N,T,F): mean and standard deviation over the row.
+    text (N,T integer ids): number of tokens that are not `pad_id`; tabular (N,F) and sequence
+    (N,T,F): mean and standard deviation over the row (never a feature's own value).
     """
     x = _rows(x)
     out = np.full((x.shape[0], INPUT_SLOTS), np.nan, dtype=np.float64)
@@ -203,13 +203,11 @@ def input_features(x: np.ndarray, kind: str, *, pad_id: int = 0) -> np.ndarray:
         out[:, 3 : 3 + c] = flat.std(-1, dtype=np.float64)
     elif kind == "text":
         out[:, 0] = (x.reshape(x.shape[0], -1) != pad_id).sum(-1)
-    elif kind == "sequence":
+    elif kind in ("sequence", "tabular"):
+        # Never a column as it is: a quantile sketch of a small window keeps every value
+        # exactly, so a raw feature would leave the device (the privacy test caught it).
         flat = x.reshape(x.shape[0], -1).astype(np.float64)
         out[:, 0], out[:, 1] = flat.mean(-1), flat.std(-1)
-    elif kind == "tabular":
-        flat = x.reshape(x.shape[0], -1).astype(np.float64)
-        c = min(INPUT_SLOTS, flat.shape[1])
-        out[:, :c] = flat[:, :c]
     return out
 
 

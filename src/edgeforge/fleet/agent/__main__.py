@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe-count", type=int, default=10)
     parser.add_argument("--canary-timeout", type=float, default=120.0)
     parser.add_argument("--once", action="store_true")
+    parser.add_argument("--accept-jobs", action="store_true")
     args = parser.parse_args(argv)
     try:
         agent = Agent(
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
             interval=args.interval,
             probe_count=args.probe_count,
             canary_timeout=args.canary_timeout,
+            accept_jobs=args.accept_jobs,
         )
         agent.run(once=args.once)
     except EdgeforgeError as exc:

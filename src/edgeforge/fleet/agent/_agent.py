@@ -8,6 +8,8 @@ State folder (`--state DIR`):
   active.json     the slot applications run (`predict`); committed.json the last good one
   journal.log     one JSON line per transition (append + fsync)
   partial/        resumable downloads; outbox.json reports not yet delivered; failed.json
+  telemetry/      the application's telemetry windows (spool/*.win, uploaded by the daemon with
+                  its reports) and outcomes.log (canary/health outcomes for those windows)
 
 Invariants (what `kill -9` at any moment cannot break):
 - Only the inactive slot (the one neither active.json nor committed.json names) is ever
@@ -39,6 +41,7 @@ from typing import Any
 from edgeforge.errors import EdgeforgeError
 from edgeforge.fleet.agent._files import Journal, atomic_write_json, read_json
 from edgeforge.fleet.agent._http import Offline, ServerClient
+from edgeforge.fleet.agent._uploads import spool_summary
 
 __all__ = ["Agent", "AgentStatus", "parse_size"]
 
@@ -107,6 +110,8 @@ class AgentStatus:
     outbox: int
     failed: dict[str, str]
     journal: list[dict]
+    # telemetry windows waiting for upload: {"spooled": files, "bytes": their size}
+    telemetry: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -131,6 +136,8 @@ class Agent:
         canary_timeout: float = 120.0,
         fetch: Callable[..., Any] | None = None,
         rng: random.Random | None = None,
+        telemetry_window_s: float = 3600.0,
+        accept_jobs: bool = False,
     ) -> None:
         self.state = Path(state)
         self.server = server
@@ -150,6 +157,10 @@ class Agent:
         self.failures = 0  # consecutive check-ins that found the server unreachable
         # The largest file the download child may write (RLIMIT_FSIZE): a disk quota for it.
         self.file_limit: int | None = None
+        self.telemetry_window_s = telemetry_window_s
+        self.accept_jobs = accept_jobs  # run benchmark jobs the server queues for this device
+        # edgeforge.fleet.telemetry.Telemetry, made by predict(); False once it failed here
+        self._telemetry: Any = None
 
     # ---- files -------------------------------------------------------------------------------
     def _path(self, name: str) -> Path:
@@ -303,6 +314,7 @@ class Agent:
             outbox=len(read_json(self._path("outbox.json"), []) or []),
             failed=read_json(self._path("failed.json"), {}) or {},
             journal=self.journal.entries(last=20),
+            telemetry=spool_summary(self.state),
         )
 
     def predict(self, feed: dict[str, Any]) -> dict[str, Any]:
@@ -322,16 +334,83 @@ class Agent:
             if not isinstance(index, dict):
                 raise EdgeforgeError(f"{slot}: the active slot has no variant.json")
             self._session = (key, open_session(slot, index))
+            self._telemetry_call(
+                "set_model", str(active["name"]), int(active["version"]),
+                output_kind=index.get("output_kind"), input_kind=index.get("input_kind"),
+            )  # fmt: skip
+            self._replay_outcomes()
         started = time.perf_counter()
         try:
             outputs = self._session[1].run(feed)
         except Exception:
             self.stats["errors"] += 1
+            self._telemetry_call("record_error")
             raise
         latency = (time.perf_counter() - started) * 1e3
         self.stats["predictions"] += 1
         self.stats["latency_ms"] = (self.stats["latency_ms"] + [latency])[-1000:]
+        self._telemetry_call("observe", feed, outputs, latency)
         return outputs
+
+    # ---- telemetry ---------------------------------------------------------------------------
+    @property
+    def telemetry(self) -> Any:
+        """This process's `Telemetry` (made on first use: it imports numpy and datasketches,
+        which the daemon never does). Windows it closes go to `STATE/telemetry/spool`, which
+        the daemon uploads with its next report; open ones are closed at exit."""
+        if self._telemetry is None:
+            import atexit
+
+            from edgeforge.fleet.telemetry import Telemetry
+
+            self._telemetry = Telemetry(
+                self.state / "telemetry",
+                device_class=str(self._device().get("device_class") or self.device_class or ""),
+                window_s=self.telemetry_window_s,
+            )
+            atexit.register(self.flush_telemetry)
+        return self._telemetry
+
+    def _telemetry_call(self, method: str, *args: Any, **kwargs: Any) -> None:
+        """Telemetry never breaks inference: a state folder it cannot write, a model name it
+        refuses, turn it off for this process (said once on stderr) and predict() goes on."""
+        if self._telemetry is False:
+            return
+        try:
+            getattr(self.telemetry, method)(*args, **kwargs)
+        except (OSError, EdgeforgeError) as exc:
+            import sys
+
+            print(f"edgeforge agent: telemetry off in this process: {exc}", file=sys.stderr)
+            self._telemetry = False
+
+    def flush_telemetry(self) -> int:
+        """Close this process's open telemetry windows into the spool (an application calls it
+        before it exits; it is also registered with atexit). Returns how many were spooled."""
+        if not self._telemetry:
+            return 0
+        self._replay_outcomes()
+        with contextlib.suppress(OSError):
+            return int(self._telemetry.close_due(everything=True))
+        return 0
+
+    def _replay_outcomes(self) -> None:
+        from edgeforge.fleet.agent._uploads import read_outcomes
+
+        if not self._telemetry or self._telemetry._model is None:
+            return  # kept in the log until a model is set
+        for entry in read_outcomes(self.state):
+            self._telemetry.record_outcome(entry["kind"], bool(entry["ok"]))
+
+    def _outcome(self, kind: str, ok: bool, name: str, version: int) -> None:
+        """A canary or health outcome for telemetry: straight into this process's windows if it
+        has telemetry loaded, else logged for the application's (the daemon stays numpy-free)."""
+        if self._telemetry and self._telemetry._model is not None:
+            self._telemetry.record_outcome(kind, ok)
+            return
+        from edgeforge.fleet.agent._uploads import append_outcome
+
+        append_outcome(self.state, kind, ok, name, version)
 
     # ---- reports -----------------------------------------------------------------------------
     def _event(
@@ -358,25 +437,62 @@ class Agent:
         atomic_write_json(self._path("outbox.json"), outbox[-_OUTBOX_LIMIT:])
 
     def _flush_reports(self, client: ServerClient, device: dict) -> None:
-        """Send the outbox in batches; a batch is dropped from the outbox only once the
-        server took it (202). A batch the server finds too large (413) goes again without
-        its metrics, so one oversized event never blocks the reports behind it."""
+        """Send the outbox and the spooled telemetry windows in batches; an event leaves the
+        outbox, and a window the spool, only once the server took the report (202). A batch
+        the server finds too large (413) goes again without metrics and windows, so one
+        oversized event never blocks the reports behind it."""
+        from edgeforge.fleet.agent._uploads import pending_windows, remove_windows
+
+        sent_windows: set[str] = set()
         while True:
             outbox = read_json(self._path("outbox.json"), []) or []
             batch = outbox[:_REPORT_BATCH]
-            if not batch:
+            windows = [w for w in pending_windows(self.state) if w["id"] not in sent_windows]
+            if not batch and not windows:
                 return
-            status = self._send_report(client, device, batch)
+            status = self._send_report(client, device, batch, windows)
+            if status == 422 and windows:  # a window the server cannot decode: find it
+                self._drop_refused_windows(client, device, windows)
+                sent_windows.update(w["id"] for w in windows)
+                windows = []
+                status = self._send_report(client, device, batch, windows) if batch else 202
             if status == 413:
-                batch = [{**event, "metrics": {}} for event in batch]
-                status = self._send_report(client, device, batch)
-            if status not in (200, 202, 413):
+                batch, windows = [{**event, "metrics": {}} for event in batch], []
+                status = self._send_report(client, device, batch, windows)
+            if status not in (200, 202, 413) or (status == 413 and not batch):
                 return  # kept for the next check-in
-            current = read_json(self._path("outbox.json"), []) or []
-            atomic_write_json(self._path("outbox.json"), current[len(batch) :])
+            if status in (200, 202) and windows:
+                ids = [w["id"] for w in windows]
+                remove_windows(self.state, ids)
+                sent_windows.update(ids)  # a file the remove missed is not sent again now
+            if batch:
+                current = read_json(self._path("outbox.json"), []) or []
+                atomic_write_json(self._path("outbox.json"), current[len(batch) :])
 
-    def _send_report(self, client: ServerClient, device: dict, batch: list[dict]) -> int:
-        body = {"events": batch, "telemetry": []}
+    def _drop_refused_windows(
+        self, client: ServerClient, device: dict, windows: list[dict[str, str]]
+    ) -> None:
+        """Send each window alone: one the server refuses (422) is dropped from the spool and
+        an error event says so (it would block every report behind it); the rest are sent."""
+        from edgeforge.fleet.agent._uploads import remove_windows
+
+        for window in windows:
+            status = self._send_report(client, device, [], [window])
+            if status in (200, 202):
+                remove_windows(self.state, [window["id"]])
+            elif status == 422:
+                remove_windows(self.state, [window["id"]])
+                self._event("error", None, None, False, f"telemetry window {window['id']} "
+                            "refused by the server (422); dropped")  # fmt: skip
+
+    def _send_report(
+        self,
+        client: ServerClient,
+        device: dict,
+        batch: list[dict],
+        windows: list[dict[str, str]] | None = None,
+    ) -> int:
+        body = {"events": batch, "telemetry": windows or []}
         status, _, _ = client.request(
             "POST", "/v1/report", body, key=self._key(), device_id=device["device_id"]
         )
@@ -439,7 +555,57 @@ class Agent:
             self.act(directive)
         with contextlib.suppress(Offline):
             self._flush_reports(client, device)
-        return {"online": True, "directive": directive, "state": self.current_state()}
+        job = None
+        if self.accept_jobs and self.current_state() == "idle":
+            with contextlib.suppress(Offline):
+                job = self._take_job(client, device)
+        return {"online": True, "directive": directive, "state": self.current_state(), "job": job}
+
+    # ---- benchmark jobs ----------------------------------------------------------------------
+    def _take_job(self, client: ServerClient, device: dict) -> dict | None:
+        """Ask for one benchmark job; run it and post the result. Returns {"id", "ok"} or None."""
+        status, _, reply = client.request(
+            "POST", "/v1/jobs/next", {}, key=self._key(), device_id=device["device_id"]
+        )
+        if status != 200 or not isinstance(reply, dict) or not isinstance(reply.get("job"), dict):
+            return None
+        job = reply["job"]
+        result = self.run_job(job)
+        client.request(
+            "POST", f"/v1/jobs/{int(job['id'])}/result", result, key=self._key(),
+            device_id=device["device_id"],
+        )  # fmt: skip
+        return {"id": job["id"], "ok": result["ok"]}
+
+    def run_job(self, job: dict[str, Any]) -> dict[str, Any]:
+        """Fetch the job's signed variant (TUF, this device's class) into a scratch folder and
+        time it in a child with the runtime loaders `predict` uses: `warmup` untimed runs (the
+        first timed apart), then `runs` timed ones on the release's canary inputs, as
+        `edgeforge bench` does. Returns {"ok", "detail", "result": {...}}; never raises for
+        what the model does. The slots are not touched."""
+        from edgeforge.fleet.agent._child import run_child
+
+        name, version = str(job["name"]), int(job["version"])
+        options = job.get("options") or {}
+        warmup, runs = int(options.get("warmup", 10)), int(options.get("runs", 50))
+        where = self.state / "jobs" / str(int(job["id"]))
+        _remove(where)
+        where.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            fetched = self._fetch_variant(name, version, where)
+            index = verify_slot(where) if fetched.get("ok") else None
+            if index is None:
+                detail = str(fetched.get("detail") or "the variant does not match its index")
+                return {"ok": False, "detail": f"download: {detail}", "result": {}}
+            measured = run_child(
+                "bench", where, memory_limit=self.memory_limit, timeout=self.canary_timeout,
+                count=runs, warmup=warmup,
+            )  # fmt: skip
+            if not measured.get("ok"):
+                return {"ok": False, "detail": str(measured.get("detail")), "result": {}}
+            return {"ok": True, "detail": "", "result": _bench_figures(index, measured)}
+        finally:
+            _remove(where)
 
     def next_delay(self) -> float:
         """Seconds to the next check-in: the interval ±20 % jitter; doubled for each
@@ -547,6 +713,7 @@ class Agent:
         self._event(
             "canary", name, version, bool(result.get("ok")), result.get("detail", ""), metrics
         )
+        self._outcome("canary", bool(result.get("ok")), name, version)
         if not result.get("ok"):
             self._record_failure(name, version, f"canary: {result.get('detail')}")
             _remove(self._slot_dir(slot))  # refused: not kept, not reported as staged
@@ -578,6 +745,7 @@ class Agent:
         self._event(
             "health", name, version, bool(result.get("ok")), result.get("detail", ""), metrics
         )
+        self._outcome("health", bool(result.get("ok")), name, version)
         if not result.get("ok"):
             self._record_failure(name, version, f"health probe: {result.get('detail')}")
             self.rollback(f"health probe failed: {result.get('detail')}", name, version)
@@ -690,6 +858,49 @@ def _latency_summary(values: Any) -> dict[str, Any]:
         "latency_p95_ms": _p95(ordered),
         "latency_max_ms": ordered[-1],
     }
+
+
+def _bench_figures(index: dict, measured: dict) -> dict[str, Any]:
+    """A job's figures in `edgeforge bench`'s terms (latency percentiles by linear
+    interpolation, as numpy's default; statistics from the standard library)."""
+    import statistics
+
+    values = sorted(float(v) for v in measured.get("latency_ms") or [])
+
+    def pct(q: float) -> float:
+        position = (len(values) - 1) * q
+        low = int(position)
+        high = min(low + 1, len(values) - 1)
+        return values[low] + (values[high] - values[low]) * (position - low)
+
+    latency = {
+        "p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99),
+        "mean": statistics.fmean(values),
+        "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
+        "min": values[0], "max": values[-1],
+    }  # fmt: skip
+    model_files = [f for f in index.get("files", []) if f.get("path") != _canary_name(index)]
+    return {
+        "name": index.get("name"),
+        "version": index.get("version"),
+        "runtime": index.get("runtime", ""),
+        "precision": index.get("precision", ""),
+        "artifact": str(index.get("main") or ""),
+        "artifact_bytes": sum(int(f.get("length", 0)) for f in model_files),
+        "inputs": str(measured.get("inputs") or ""),
+        "load_ms": float(measured.get("load_ms") or 0.0),
+        "first_inference_ms": float(measured.get("first_inference_ms") or values[0]),
+        "latency_ms": latency,
+        "runs": len(values),
+        "peak_rss_mb": float(measured.get("peak_rss") or 0) / 2**20,
+        "facts": _facts(),
+    }
+
+
+def _canary_name(index: dict) -> str:
+    from edgeforge.fleet.agent._child import canary_spec
+
+    return canary_spec(index)[0]
 
 
 def _p95(values: Any) -> float | None:

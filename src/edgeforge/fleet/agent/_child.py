@@ -1,6 +1,7 @@
 """The child process that runs a variant's canary set, or the health probe, for the agent.
 
-Run as `python -m edgeforge.fleet.agent._child canary|probe SLOT [--count N]`; prints one JSON
+Run as `python -m edgeforge.fleet.agent._child canary|probe|bench SLOT [--count N] [--warmup W]`
+(bench: W untimed runs, the first one timed apart, then N timed ones); prints one JSON
 object on stdout. The parent (`run_child`) holds it to the memory budget by watching its resident
 memory (not an address-space limit, which breaks runtimes' thread stacks before a model loads)
 and to a time limit; a child that crashes, is killed or overruns is a failed canary, never a
@@ -106,6 +107,7 @@ def _main(argv: list[str]) -> int:
     mode, slot = argv[0], Path(argv[1])
     count = int(argv[argv.index("--count") + 1]) if "--count" in argv else 10
     budget_ms = float(argv[argv.index("--budget-ms") + 1]) if "--budget-ms" in argv else 0.0
+    warmup = int(argv[argv.index("--warmup") + 1]) if "--warmup" in argv else 0
     parent = int(os.environ.get("EDGEFORGE_AGENT_PARENT", os.getppid()))
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     index = json.loads((slot / "variant.json").read_text())
@@ -141,6 +143,16 @@ def _main(argv: list[str]) -> int:
                 result.update(ok=False, detail=why)
                 break
     else:
+        if mode == "bench":  # what was timed: the canary set's first sample, e.g. "x: 1x8 float32"
+            result["inputs"] = ", ".join(
+                f"{k}: {'x'.join(map(str, np.shape(v)))} {np.asarray(v).dtype}"
+                for k, v in feeds[0].items()
+            )
+        for i in range(warmup if mode == "bench" else 0):  # untimed, as `edgeforge bench` does
+            started = time.perf_counter()
+            session.run(feeds[i % len(feeds)])
+            if i == 0:
+                result["first_inference_ms"] = (time.perf_counter() - started) * 1e3
         for i in range(count):
             feed = feeds[i % len(feeds)]
             started = time.perf_counter()
@@ -181,11 +193,12 @@ def run_child(
     timeout: float,
     count: int = 10,
     budget_ms: float = 0.0,
+    warmup: int = 0,
 ) -> dict[str, Any]:
     """Run the canary or probe for `slot` in a child; the result dict always has `ok`/`detail`,
     `peak_rss` and `wall_ms`. Never raises for what the child does."""
     command = [sys.executable, "-m", "edgeforge.fleet.agent._child", mode, str(slot)]
-    command += ["--count", str(count), "--budget-ms", str(budget_ms)]
+    command += ["--count", str(count), "--budget-ms", str(budget_ms), "--warmup", str(warmup)]
     env = {**os.environ, "EDGEFORGE_AGENT_PARENT": str(os.getpid())}
     env.pop("EDGEFORGE_AGENT_PAUSE_AT", None)
     started = time.monotonic()

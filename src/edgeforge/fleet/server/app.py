@@ -836,6 +836,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.state.server = server
     app.add_middleware(_CheckinRoute, server=server)
     app.add_middleware(_BodyLimit)  # added last: the outer one, so it limits check-ins too
+    app.include_router(__import__("edgeforge.fleet.server.jobs", fromlist=["router"]).router)
 
     @app.exception_handler(_Refused)
     async def _refused(_request: Request, exc: _Refused) -> JSONResponse:

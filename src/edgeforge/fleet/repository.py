@@ -50,6 +50,7 @@ from tuf.api.serialization.json import JSONSerializer
 
 from edgeforge.errors import EdgeforgeError
 from edgeforge.fleet import keys as keystore
+from edgeforge.fleet._durable import write_atomic
 
 __all__ = ["DEFAULT_EXPIRY", "DEFAULT_THRESHOLDS", "Repository"]
 
@@ -176,11 +177,11 @@ class Repository:
             meta = path / "metadata"
             for role in ("root", "targets", "snapshot"):
                 data = chain[role].to_bytes(_SERIALIZER)
-                _write_atomic(meta / f"1.{role}.json", data)
-                _write_atomic(meta / f"{role}.json", data)
-            _write_atomic(meta / "timestamp.json", timestamp.to_bytes(_SERIALIZER))
+                write_atomic(meta / f"1.{role}.json", data)
+                write_atomic(meta / f"{role}.json", data)
+            write_atomic(meta / "timestamp.json", timestamp.to_bytes(_SERIALIZER))
             settings = {"expiry_seconds": {r: v.total_seconds() for r, v in expiry.items()}}
-            _write_atomic(path / _SETTINGS, json.dumps(settings, indent=2).encode())
+            write_atomic(path / _SETTINGS, json.dumps(settings, indent=2).encode())
         except BaseException:
             _remove_tree(path / "metadata")
             _remove_tree(path / "targets")
@@ -527,20 +528,6 @@ def _check_target_path(path: str) -> None:
         )
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-
-
 def _remove_tree(path: Path) -> None:
     import shutil
 
@@ -615,8 +602,8 @@ class _Transaction:
 
     def write(self, path: Path, data: bytes) -> None:
         previous = path.read_bytes() if path.exists() else None
-        _write_atomic(path, data)
+        write_atomic(path, data)
         if previous is None:
             self._undo.append(path.unlink)
         else:
-            self._undo.append(lambda: _write_atomic(path, previous))
+            self._undo.append(lambda: write_atomic(path, previous))

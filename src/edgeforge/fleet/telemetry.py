@@ -35,12 +35,10 @@ Invariants a caller can rely on:
 from __future__ import annotations
 
 import base64
-import contextlib
 import functools
 import hashlib
 import json
 import math
-import os
 import struct
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -52,6 +50,7 @@ import datasketches as ds
 import numpy as np
 
 from edgeforge.errors import EdgeforgeError
+from edgeforge.fleet._durable import write_atomic
 
 __all__ = [
     "DRAIN_LIMIT",
@@ -658,27 +657,6 @@ def _privatize(
 # --- crash-safe files -------------------------------------------------------------------------
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write a temp file beside `path`, fsync it, rename it over `path`, fsync the folder: a
-    crash leaves the old file or the new one, never a part."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    dirfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dirfd)
-    finally:
-        os.close(dirfd)
-
-
 class EpsilonLedger:
     """The device's privacy budget on disk: `budget` in total, `spent` so far, `refused` windows.
 
@@ -708,7 +686,7 @@ class EpsilonLedger:
 
     def _save(self) -> None:
         doc = {"budget": self.budget, "spent": self.spent, "refused": self.refused}
-        _write_atomic(self.path, json.dumps(doc).encode())
+        write_atomic(self.path, json.dumps(doc).encode())
 
     def to_dict(self) -> dict[str, float | int]:
         return {"budget": self.budget, "spent": self.spent, "refused": self.refused}
@@ -749,7 +727,7 @@ class Spool:
 
     def put(self, payload: bytes, end: float, *, now: float) -> str:
         wid = window_id(payload)
-        _write_atomic(self.path / f"{int(end * 1e6):020d}-{wid}.win", payload)
+        write_atomic(self.path / f"{int(end * 1e6):020d}-{wid}.win", payload)
         self.prune(now=now)
         return wid
 
@@ -764,7 +742,7 @@ class Spool:
             f.unlink(missing_ok=True)
         if drop:
             self.dropped += len(drop)
-            _write_atomic(self._meta, json.dumps({"dropped": self.dropped}).encode())
+            write_atomic(self._meta, json.dumps({"dropped": self.dropped}).encode())
         return len(drop)
 
     def pending(self, limit: int | None = None) -> list[tuple[str, bytes]]:

@@ -18,28 +18,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edgeforge.fleet._durable import fsync_dir, write_atomic
+
 __all__ = ["Journal", "atomic_write_json", "fsync_dir", "read_json"]
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new entry in `path` durable."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
     """Write `data` as JSON to `path` atomically and durably (write, fsync, rename, fsync dir)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    write_atomic(path, json.dumps(data, sort_keys=True).encode("utf-8"))
 
 
 def read_json(path: Path, default: Any = None) -> Any:

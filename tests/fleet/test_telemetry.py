@@ -125,7 +125,10 @@ def _marked(rng: np.random.Generator, rows: int) -> tuple[np.ndarray, np.ndarray
 def _needles() -> list[bytes]:
     needles = [MARKER.tobytes(), TOKENS.tobytes(), TOKENS.astype(np.int32).tobytes()]
     needles += [v.tobytes() for v in MARKER] + [v.tobytes() for v in MARKER.astype(np.float64)]
-    needles += [int(t).to_bytes(8, "little") for t in TOKENS]
+    # One id alone is two significant bytes, which any float32 near 0.7 followed by zero
+    # padding also holds: look for consecutive ids, which only the input itself holds.
+    needles += [TOKENS[i : i + 2].tobytes() for i in range(len(TOKENS) - 1)]
+    needles += [TOKENS[i : i + 2].astype(np.int32).tobytes() for i in range(len(TOKENS) - 1)]
     needles += [f"{v:.4f}".encode() for v in MARKER] + [str(int(t)).encode() for t in TOKENS]
     return needles
 

@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "capture_output",
     "flush_native_streams",
     "log_tail",
+    "native_output_to",
     "quiet_libraries",
     "real_cause",
     "set_verbose",
@@ -53,6 +55,7 @@ _ENVIRONMENT = {
 # Libraries that log warnings on import or per call (torchao's missing kernels, coremltools'
 # untested-version notes, NNCF's and ONNX Runtime's progress, absl's pre-init notice).
 _LOGGERS = (
+    "torch.utils._pytree",  # deprecation notes of register_constant on each export
     "absl",
     "ai_edge_quantizer",
     "coremltools",
@@ -115,6 +118,29 @@ def capture_output(log: Path) -> None:
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
+
+
+@contextlib.contextmanager
+def native_output_to(log: Path) -> Iterator[None]:
+    """For the block, send file descriptors 1 and 2 (C's prints and Python's) into `log`, for a
+    library that logs from C in our own process (ExecuTorch's cpuinfo lines); they come back
+    after it. Nothing changes when verbose."""
+    if verbose():
+        yield
+        return
+    flush_native_streams()
+    saved = [os.dup(1), os.dup(2)]
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        yield
+    finally:
+        flush_native_streams()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for descriptor in (fd, *saved):
+            os.close(descriptor)
 
 
 def flush_native_streams() -> None:

@@ -18,6 +18,7 @@ def demo_personalize(
     demo's trained CNN and its `DigitsData` (trained here when not given)."""
     import torch
 
+    from edgeforge._quiet import native_output_to
     from edgeforge.fleet.personal import PersonalizationPackage
     from edgeforge.personalize.build import personalize
     from edgeforge.personalize.simulate import digits_users
@@ -37,7 +38,8 @@ def demo_personalize(
     )
     package = PersonalizationPackage.load(build.out)
     user = digits_users(data.test_x, data.test_y, 1, samples=samples, seed=7)[0]
-    model = package.train(user.samples, user.labels)
+    with native_output_to(folder / "train.log"):  # ExecuTorch's runtime logs from C
+        model = package.train(user.samples, user.labels)
     model.save(folder / "user")
     before = float((package.embed(user.held_x)[0].argmax(1) == user.held_y).mean())
     after = float((model.predict(user.held_x).argmax(1) == user.held_y).mean())

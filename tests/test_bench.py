@@ -34,6 +34,7 @@ FIELDS = {
     "model_memory_mb",
     "top_layers",
     "warnings",
+    "device",  # the fleet device that measured it (`bench --on`); null when measured here
 }
 
 

@@ -3,7 +3,6 @@ PostgreSQL schema per test session, and snapshots of a repository and a registry
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from server_support import postgres_schema as fresh_schema
 
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -77,22 +77,9 @@ def registry_rows(url: str) -> dict[str, list[tuple[Any, ...]]]:
 
 def postgres_schema() -> Iterator[str]:
     """A URL whose connections work in a fresh schema, dropped afterwards (parallel runs of the
-    suite each get their own)."""
-    import psycopg
-
-    from edgeforge.fleet.db import dispose
-
-    schema = f"edgeforge_test_{uuid.uuid4().hex[:12]}"
-    plain = POSTGRES.replace("+psycopg", "")
-    with psycopg.connect(plain, autocommit=True) as connection:
-        connection.execute(f'CREATE SCHEMA "{schema}"')
-    url = f"{POSTGRES}?options=-csearch_path%3D{schema}"
-    try:
+    suite each get their own): server_support's, as a generator for fixtures."""
+    with fresh_schema() as url:
         yield url
-    finally:
-        dispose(url)
-        with psycopg.connect(plain, autocommit=True) as connection:
-            connection.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 def cli(*argv: str) -> int:

@@ -7,7 +7,6 @@ beside every development and CI machine, each test session in its own schema."""
 from __future__ import annotations
 
 import json
-import socket
 from importlib import resources
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,6 +21,7 @@ from release_helpers import (
     tiny_classifier,
     tree,
 )
+from server_support import free_port
 
 from edgeforge.errors import EdgeforgeError
 from edgeforge.fleet.db import engine, sqlite_url, upgrade
@@ -213,12 +213,6 @@ def test_local_store_is_content_addressed_and_refuses_tampered_objects(tmp_path)
     assert not (tmp_path / "out" / "b.bin").exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture
 def s3_server(monkeypatch):
     """moto's S3 server on loopback (real HTTP), with a bucket."""
@@ -230,7 +224,7 @@ def s3_server(monkeypatch):
         "AWS_DEFAULT_REGION": "us-east-1",
     }.items():
         monkeypatch.setenv(name, value)
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"

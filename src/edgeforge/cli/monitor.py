@@ -32,7 +32,7 @@ def _monitor(args: argparse.Namespace) -> int:
 
 def add_verbs(verbs: Any) -> None:
     from edgeforge.cli import _output_options
-    from edgeforge.cli.serve import ADMIN_ENV
+    from edgeforge.fleet.server import ADMIN_ENV
 
     monitor = verbs.add_parser(
         "monitor",

@@ -10,11 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from edgeforge.errors import EdgeforgeError
+from edgeforge.fleet.server import ADMIN_ENV, ENROLL_ENV
 
 __all__ = ["add_verbs", "duration", "server_token"]
-
-ADMIN_ENV = "EDGEFORGE_ADMIN_TOKEN"
-ENROLL_ENV = "EDGEFORGE_ENROLL_TOKEN"
 
 
 def duration(text: str) -> float:

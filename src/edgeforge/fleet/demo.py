@@ -19,8 +19,8 @@ from typing import Any
 
 import httpx
 
-from edgeforge.cli.serve import ADMIN_ENV, ENROLL_ENV
 from edgeforge.errors import EdgeforgeError
+from edgeforge.fleet.server import ADMIN_ENV, ENROLL_ENV
 
 __all__ = ["roll_out"]
 

@@ -6,4 +6,8 @@ uvicorn. Nothing here is imported by the device agent.
 
 from __future__ import annotations
 
-__all__: list[str] = []
+__all__ = ["ADMIN_ENV", "ENROLL_ENV"]
+
+# Where `edgeforge serve` reads its tokens (else it writes generated ones, 0600, to its folder).
+ADMIN_ENV = "EDGEFORGE_ADMIN_TOKEN"
+ENROLL_ENV = "EDGEFORGE_ENROLL_TOKEN"

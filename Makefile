@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint wheel-check clean
+.PHONY: demo test lint lock wheel-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,15 @@ test: lint
 # A wheel in fresh venvs, run from /tmp (minutes; writes bench/results/wheel_check.txt).
 wheel-check: $(STAMP)
 	bash scripts/check-wheel.sh
+
+# Re-resolve the full lock (constraints.txt) from pyproject.toml and constraints.in. Every version
+# is pinned so that pip installs without backtracking (an open graph this size exceeds its depth).
+lock: $(BIN)/python
+	$(BIN)/python -m pip install --quiet uv
+	$(BIN)/python -m uv pip compile --quiet --python $(BIN)/python \
+	    --python-platform x86_64-manylinux_2_28 --find-links "$${PIP_FIND_LINKS:?set PIP_FIND_LINKS to where the torch 2.13.0+cpu wheel is}" \
+	    -c constraints.in --extra dev --extra all pyproject.toml -o constraints.txt
+	$(BIN)/python -m pip install --quiet --dry-run -c constraints.txt -e '.[dev,all]'
 
 clean:
 	rm -rf $(VENV) edgeforge-demo

@@ -64,9 +64,12 @@ def publish(
     bomb: bool = False,
     pad: int = 0,
     samples: int = 4,
+    latency_budget_ms: float | None = None,
 ) -> dict[str, Any]:
     """Publish NAME/VERSION/CLASS/{model.onnx, canary.npz, variant.json}; returns variant.json.
-    `wrong_reference` makes the canary fail; `pad` grows the model file (for download tests)."""
+    `wrong_reference` makes the canary fail; `pad` grows the model file (for download tests);
+    `latency_budget_ms` is the health probe's budget per inference (default: the agent's, five
+    times the canary's slowest plus 50 ms)."""
     import onnxruntime as ort
 
     folder = work / f"v{version}-{device_class}"
@@ -111,6 +114,8 @@ def publish(
             "tolerance": {"rtol": 1e-3, "atol": 1e-4, "min_cosine": 0.9999, "min_top1": 0.0},
         },
     }
+    if latency_budget_ms is not None:
+        index["latency_budget_ms"] = latency_budget_ms
     (folder / "variant.json").write_text(json.dumps(index))
     base = f"{NAME}/{version}/{device_class}"
     custom = {"edgeforge": {"name": NAME, "version": version, "device_class": device_class}}

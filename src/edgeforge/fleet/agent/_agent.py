@@ -138,6 +138,7 @@ class Agent:
         rng: random.Random | None = None,
         telemetry_window_s: float = 3600.0,
         accept_jobs: bool = False,
+        launcher: Any = None,
     ) -> None:
         self.state = Path(state)
         self.server = server
@@ -150,6 +151,9 @@ class Agent:
         self.probe_count = probe_count
         self.canary_timeout = canary_timeout
         self._fetch = fetch
+        # how children start (`_spawn`): a fresh interpreter each by default; the fleet
+        # simulator forks them from one warm process
+        self.launcher = launcher
         self.rng = rng or random.Random()
         self.journal = Journal(self.state / "journal.log")
         self._session: tuple[str, Any] | None = None
@@ -599,7 +603,7 @@ class Agent:
                 return {"ok": False, "detail": f"download: {detail}", "result": {}}
             measured = run_child(
                 "bench", where, memory_limit=self.memory_limit, timeout=self.canary_timeout,
-                count=runs, warmup=warmup,
+                count=runs, warmup=warmup, launcher=self.launcher,
             )  # fmt: skip
             if not measured.get("ok"):
                 return {"ok": False, "detail": str(measured.get("detail")), "result": {}}
@@ -667,7 +671,9 @@ class Agent:
         if self._fetch is not None:
             result = fetch_in_process(self.state, name, version, out, self._fetch)
         else:
-            result = run_download(self.state, name, version, out, file_limit=self.file_limit)
+            result = run_download(
+                self.state, name, version, out, file_limit=self.file_limit, launcher=self.launcher
+            )
         self.last_download = result
         return result
 
@@ -706,7 +712,7 @@ class Agent:
         self._enter("canary", name=name, version=version, slot=slot)
         result = run_child(
             "canary", self._slot_dir(slot), memory_limit=self.memory_limit,
-            timeout=self.canary_timeout,
+            timeout=self.canary_timeout, launcher=self.launcher,
         )  # fmt: skip
         metrics = {k: result.get(k) for k in ("load_ms", "peak_rss", "wall_ms", "max_abs_error")}
         metrics.update(_latency_summary(result.get("latency_ms")))
@@ -738,6 +744,7 @@ class Agent:
         result = run_child(
             "probe", self._slot_dir(slot), memory_limit=self.memory_limit,
             timeout=self.canary_timeout, count=self.probe_count, budget_ms=budget_ms,
+            launcher=self.launcher,
         )  # fmt: skip
         metrics = {k: result.get(k) for k in ("peak_rss", "count")}
         metrics.update(_latency_summary(result.get("latency_ms")))

@@ -13,17 +13,16 @@ release's layout); the tolerance comes from variant.json (`canary.tolerance`).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from edgeforge.fleet.agent._spawn import Launcher, Subprocess
 
 __all__ = ["canary_spec", "load_canary", "run_child"]
 
@@ -194,18 +193,22 @@ def run_child(
     count: int = 10,
     budget_ms: float = 0.0,
     warmup: int = 0,
+    launcher: Launcher | None = None,
 ) -> dict[str, Any]:
-    """Run the canary or probe for `slot` in a child; the result dict always has `ok`/`detail`,
-    `peak_rss` and `wall_ms`. Never raises for what the child does."""
-    command = [sys.executable, "-m", "edgeforge.fleet.agent._child", mode, str(slot)]
-    command += ["--count", str(count), "--budget-ms", str(budget_ms), "--warmup", str(warmup)]
-    env = {**os.environ, "EDGEFORGE_AGENT_PARENT": str(os.getpid())}
-    env.pop("EDGEFORGE_AGENT_PAUSE_AT", None)
+    """Run the canary or probe for `slot` in a child (started by `launcher`, by default a fresh
+    interpreter); the result dict always has `ok`/`detail`, `peak_rss` and `wall_ms`. Never
+    raises for what the child does."""
+    argv = [mode, str(slot), "--count", str(count), "--budget-ms", str(budget_ms)]
+    argv += ["--warmup", str(warmup)]
     started = time.monotonic()
     peak = 0
     verdict: str | None = None
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        child = subprocess.Popen(command, stdout=out, stderr=err, env=env, start_new_session=True)
+    with tempfile.TemporaryDirectory(prefix="edgeforge-child-") as scratch:
+        out, err = Path(scratch) / "out", Path(scratch) / "err"
+        child = (launcher or Subprocess()).start(
+            "edgeforge.fleet.agent._child", argv, env={"EDGEFORGE_AGENT_PAUSE_AT": None},
+            out=out, err=err,
+        )  # fmt: skip
         try:
             while child.poll() is None:
                 peak = max(peak, _rss_bytes(child.pid))
@@ -220,23 +223,19 @@ def run_child(
                     break
                 time.sleep(0.01)
         finally:
-            if child.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(child.pid, signal.SIGKILL)
-                child.wait()
+            child.kill()
+            returncode = child.wait()
         wall_ms = (time.monotonic() - started) * 1e3
-        out.seek(0)
-        err.seek(0)
-        stdout = out.read().decode(errors="replace")
-        stderr = err.read().decode(errors="replace")
-    base = {"peak_rss": peak, "wall_ms": wall_ms, "exit_code": child.returncode}
+        stdout = out.read_bytes().decode(errors="replace") if out.exists() else ""
+        stderr = err.read_bytes().decode(errors="replace") if err.exists() else ""
+    base = {"peak_rss": peak, "wall_ms": wall_ms, "exit_code": returncode}
     if verdict is not None:
         return {"ok": False, "detail": verdict, **base}
-    if child.returncode != 0:
+    if returncode != 0:
         how = (
-            f"was killed by signal {-child.returncode}"
-            if child.returncode < 0
-            else f"exited with status {child.returncode}"
+            f"was killed by signal {-returncode}"
+            if returncode < 0
+            else f"exited with status {returncode}"
         )
         last = stderr.strip().splitlines()[-1:] or [""]
         return {"ok": False, "detail": f"{mode} runtime {how} {last[0][:200]}".strip(), **base}
@@ -247,9 +246,14 @@ def run_child(
     return {**result, **base}
 
 
-if __name__ == "__main__":
+def main(argv: list[str]) -> int:
+    """The child's entry (`python -m`, or a forked child): one JSON line on stdout."""
     try:
-        sys.exit(_main(sys.argv[1:]))
+        return _main(argv)
     except Exception as exc:  # a failed load or run is a failed canary, said in one line
         print(json.dumps({"ok": False, "detail": f"{type(exc).__name__}: {exc}"[:300]}))
-        sys.exit(0)
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

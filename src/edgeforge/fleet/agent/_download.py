@@ -15,13 +15,14 @@ import errno
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from edgeforge.fleet.agent._spawn import Launcher, Subprocess
 
 __all__ = ["download_failure", "fetch_in_process", "run_download"]
 
@@ -86,30 +87,40 @@ def _watch_parent(parent: int) -> None:
 
 
 def run_download(
-    state: Path, name: str, version: int, out: Path, *, file_limit: int | None = None
+    state: Path,
+    name: str,
+    version: int,
+    out: Path,
+    *,
+    file_limit: int | None = None,
+    launcher: Launcher | None = None,
 ) -> dict:
-    """Fetch in a child process; never raises for what the child does. `file_limit` caps the
-    size of any file the child writes (a disk quota: past it, the download fails as disk full)."""
-    command = [sys.executable, "-m", "edgeforge.fleet.agent._download"]
-    command += [str(state), name, str(version), str(out)]
-    env = {**os.environ, "EDGEFORGE_AGENT_PARENT": str(os.getpid())}
-    if file_limit is not None:
-        env[FILE_LIMIT_ENV] = str(file_limit)
-    with tempfile.TemporaryFile() as err:
-        child = subprocess.run(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=err,
+    """Fetch in a child process (started by `launcher`, by default a fresh interpreter); never
+    raises for what the child does. `file_limit` caps the size of any file the child writes (a
+    disk quota: past it, the download fails as disk full)."""
+    argv = [str(state), name, str(version), str(out)]
+    env: dict[str, str | None] = {FILE_LIMIT_ENV: None if file_limit is None else str(file_limit)}
+    with tempfile.TemporaryDirectory(prefix="edgeforge-download-") as scratch:
+        stdout, stderr = Path(scratch) / "out", Path(scratch) / "err"
+        child = (launcher or Subprocess()).start(
+            "edgeforge.fleet.agent._download",
+            argv,
             env=env,
-            check=False,
+            out=stdout,
+            err=stderr,
+            own_group=False,
         )
-        err.seek(0)
-        stderr = err.read().decode(errors="replace")
+        try:
+            returncode = child.wait()
+        finally:
+            child.kill()  # only if this thread was interrupted while it ran
+        printed = stdout.read_bytes().decode(errors="replace") if stdout.exists() else ""
+        said = stderr.read_bytes().decode(errors="replace") if stderr.exists() else ""
     try:
-        return json.loads(child.stdout.decode().strip().splitlines()[-1])
+        return json.loads(printed.strip().splitlines()[-1])
     except (ValueError, IndexError):
-        last = (stderr.strip().splitlines() or [""])[-1][:200]
-        return {"ok": False, "detail": f"download child failed ({child.returncode}) {last}"}
+        last = (said.strip().splitlines() or [""])[-1][:200]
+        return {"ok": False, "detail": f"download child failed ({returncode}) {last}"}
 
 
 def _limit_files(size: int) -> None:
@@ -120,11 +131,17 @@ def _limit_files(size: int) -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
 
 
-if __name__ == "__main__":
+def main(argv: list[str]) -> int:
+    """The child's entry (`python -m`, or a forked child): one JSON line on stdout."""
     if os.environ.get(FILE_LIMIT_ENV):
         _limit_files(int(os.environ[FILE_LIMIT_ENV]))
     parent = int(os.environ.get("EDGEFORGE_AGENT_PARENT", os.getppid()))
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     with contextlib.suppress(BrokenPipeError):
-        state, name, version, out = sys.argv[1:5]
+        state, name, version, out = argv[:4]
         print(json.dumps(fetch_in_process(Path(state), name, int(version), Path(out))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,8 +1,10 @@
 """`edgeforge fleet simulate`: many real agents against a real server, with injected faults.
 
 Each simulated device is the real `Agent` (its own state folder, key, slots and journal; real
-HTTP; downloads, canaries and probes in real child processes), run in a thread pool for a number
-of rounds. Each round, each device draws its faults (independently, at the rates given):
+HTTP; downloads, canaries and probes in real child processes, forked from one warm process that
+imported numpy, onnxruntime and the TUF client once, so that a child starts in milliseconds: see
+`agent/_spawn.py`), run in a thread pool for a number of rounds.
+Each round, each device draws its faults (independently, at the rates given):
 
 - `power-loss`: the round runs as `python -m edgeforge.fleet.agent --once` in a child process,
   killed with SIGKILL at a random moment (a power cut); the next round recovers from the journal;
@@ -35,6 +37,7 @@ from typing import Any
 from edgeforge.errors import EdgeforgeError
 from edgeforge.fleet.agent import Agent, verify_slot
 from edgeforge.fleet.agent._http import ServerClient
+from edgeforge.fleet.agent._spawn import ForkServer
 
 __all__ = ["FAULTS", "SimulationResult", "parse_faults", "simulate"]
 
@@ -177,6 +180,7 @@ def simulate(
     state.mkdir(parents=True, exist_ok=True)
     trusted = _root(server, state, root)
     rng = random.Random(seed)
+    launcher = ForkServer()
     fleet: list[_Device] = []
     for i in range(devices):
         device_class = classes[i % len(classes)]
@@ -188,6 +192,7 @@ def simulate(
             token=token,
             root=trusted,
             probe_count=3,
+            launcher=launcher,
         )
         agent.liar = rng.random() < faults.get("liar", 0.0)
         fleet.append(agent)

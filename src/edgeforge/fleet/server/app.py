@@ -342,6 +342,7 @@ class FleetServer:
         self._insert_nonce = upsert(N).on_conflict_do_nothing().returning(N.c.nonce)
         self._insert_window = upsert(W).on_conflict_do_nothing()
         self._fast_sql = _FAST_CHECKIN if dialect == "postgresql" else None
+        self._fast_pool = _AutocommitPool(self.device_engine) if self._fast_sql else None
         self._keys: dict[str, tuple[bytes, Any]] = {}
         self._keys_lock = threading.Lock()
         self.references = monitoring.ReferenceCache(self.repo)
@@ -536,28 +537,20 @@ class FleetServer:
             )
         except protocol.ProtocolError as exc:
             raise _Refused(401, str(exc)) from None
-        raw = self.device_engine.raw_connection()
-        try:
-            connection = raw.driver_connection
-            connection.autocommit = True  # one statement, its own transaction
-            try:
-                cursor = raw.cursor()
-                cursor.execute(
-                    self._fast_sql,
-                    {
-                        "id": device_id,
-                        "key": raw_key,
-                        "nonce": nonce,
-                        "now": now,
-                        "stale": now - LAST_SEEN_RESOLUTION_S,
-                    },
-                )
-                row = cursor.fetchone()
-                cursor.close()
-            finally:
-                connection.autocommit = False
-        finally:
-            raw.close()
+        assert self._fast_pool is not None
+        with self._fast_pool.connection() as connection:
+            cursor = connection.execute(
+                self._fast_sql,
+                {
+                    "id": device_id,
+                    "key": raw_key,
+                    "nonce": nonce,
+                    "now": now,
+                    "stale": now - LAST_SEEN_RESOLUTION_S,
+                },
+            )
+            row = cursor.fetchone()
+            cursor.close()
         if row is None:  # not enrolled any more, or under another key: ask the database afresh
             with self._keys_lock:
                 self._keys.pop(device_id, None)
@@ -734,6 +727,47 @@ def _device_engine(url: str) -> Engine:
         connection.commit()
 
     return made
+
+
+class _AutocommitPool:
+    """psycopg connections in autocommit for the fast check-in's one statement (its own
+    transaction): no BEGIN, no autocommit switch and no rollback-on-return per check-in, as
+    the engine's pool would do. Bounded as the engine's pool is: at most `idle` kept, and no
+    more open than check-ins running at once (the thread pool's size)."""
+
+    def __init__(self, engine: Engine, idle: int = 20) -> None:
+        import queue
+
+        self.conninfo = engine.url.set(drivername="postgresql").render_as_string(
+            hide_password=False
+        )
+        self.idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.keep = idle
+
+    def _open(self) -> Any:
+        import psycopg
+
+        connection = psycopg.connect(self.conninfo, autocommit=True)
+        connection.execute("SET synchronous_commit = off")  # as the device engine's
+        return connection
+
+    @contextlib.contextmanager
+    def connection(self) -> Any:
+        import queue
+
+        try:
+            connection = self.idle.get_nowait()
+        except queue.Empty:
+            connection = self._open()
+        try:
+            yield connection
+        except BaseException:
+            connection.close()  # its state is unknown: never handed out again
+            raise
+        if connection.closed or connection.broken or self.idle.qsize() >= self.keep:
+            connection.close()
+        else:
+            self.idle.put(connection)
 
 
 class _CheckinRoute:

@@ -717,7 +717,7 @@ def _device_engine(url: str) -> Engine:
 
     if url.startswith("sqlite"):
         return db.engine(url)
-    made = create_engine(url, pool_size=20, max_overflow=20)
+    made = create_engine(url, pool_size=10, max_overflow=10)
 
     @event.listens_for(made, "connect")
     def _asynchronous_commit(connection: Any, _record: Any) -> None:
@@ -732,17 +732,18 @@ def _device_engine(url: str) -> Engine:
 class _AutocommitPool:
     """psycopg connections in autocommit for the fast check-in's one statement (its own
     transaction): no BEGIN, no autocommit switch and no rollback-on-return per check-in, as
-    the engine's pool would do. Bounded as the engine's pool is: at most `idle` kept, and no
-    more open than check-ins running at once (the thread pool's size)."""
+    the engine's pool would do. At most `size` open (a check-in waits for one past that): with
+    the device engine's 20, a worker holds at most 28 of PostgreSQL's connections (100 by
+    default, for every worker and server of the fleet)."""
 
-    def __init__(self, engine: Engine, idle: int = 20) -> None:
+    def __init__(self, engine: Engine, size: int = 8) -> None:
         import queue
 
         self.conninfo = engine.url.set(drivername="postgresql").render_as_string(
             hide_password=False
         )
         self.idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self.keep = idle
+        self.slots = threading.BoundedSemaphore(size)
 
     def _open(self) -> Any:
         import psycopg
@@ -755,19 +756,20 @@ class _AutocommitPool:
     def connection(self) -> Any:
         import queue
 
-        try:
-            connection = self.idle.get_nowait()
-        except queue.Empty:
-            connection = self._open()
-        try:
-            yield connection
-        except BaseException:
-            connection.close()  # its state is unknown: never handed out again
-            raise
-        if connection.closed or connection.broken or self.idle.qsize() >= self.keep:
-            connection.close()
-        else:
-            self.idle.put(connection)
+        with self.slots:
+            try:
+                connection = self.idle.get_nowait()
+            except queue.Empty:
+                connection = self._open()
+            try:
+                yield connection
+            except BaseException:
+                connection.close()  # its state is unknown: never handed out again
+                raise
+            if connection.closed or connection.broken:
+                connection.close()
+            else:
+                self.idle.put(connection)
 
 
 class _CheckinRoute:

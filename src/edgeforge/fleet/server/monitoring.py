@@ -117,10 +117,11 @@ def store_windows(
 class AggregateCache:
     """Per-process memo: (database, name, version, class, day) -> (windows counted, their
     aggregate). Sound because `fleet_windows` rows are insert-only (see the module's
-    invariants). Holds at most `limit` days (the oldest memoised go first). The aggregates it
-    hands out are shared: callers merge them into new ones, never `add` to them."""
+    invariants). Holds at most `limit` days (the oldest memoised go first; a day of 300
+    devices' image windows is ~0.25 MB). The aggregates it hands out are shared: callers merge
+    them into new ones, never `add` to them."""
 
-    def __init__(self, limit: int = 4096) -> None:
+    def __init__(self, limit: int = 1024) -> None:
         self.limit = limit
         self._memo: dict[tuple[Any, ...], tuple[int, Aggregate]] = {}
         self._lock = threading.Lock()

@@ -37,12 +37,14 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeforge.errors import EdgeforgeError
 from edgeforge.fleet.agent import Agent, verify_slot
 from edgeforge.fleet.agent._http import ServerClient
-from edgeforge.fleet.workload import Workload
+
+if TYPE_CHECKING:
+    from edgeforge.fleet.workload import Workload
 
 __all__ = ["FAULTS", "SimulationResult", "parse_faults", "simulate"]
 

@@ -1,7 +1,9 @@
 """Server-side monitoring: order-independent merges, drift verdicts that agree with the same tests
-on raw data, no verdict below the minimum of reporters, and a simulated fleet (numpy devices:
-the fleet simulator of issue 15 is not there yet) whose drift is caught within 3 windows with at
-most one false alarm in 20 unshifted runs."""
+on raw data, no verdict below the minimum of reporters, per-day aggregates memoised by the
+server exactly as computed afresh, and a fleet of numpy devices (the same windows, no agents)
+whose drift is caught within 3 windows with at most one false alarm in 20 unshifted runs. The
+same through the fleet simulator's real agents and the real server:
+`tests/fleet/test_simulate_drift.py` and `bench/drift_bench.py`."""
 
 from __future__ import annotations
 
@@ -330,3 +332,46 @@ def test_report_entries_resent_or_broken_are_counted_once_or_set_aside():
     assert [d for d, _ in invalid] == ["liar"]
     with pytest.raises(EdgeforgeError, match="not a format"):
         M.aggregate_windows(rows)
+
+
+def test_memoised_day_aggregates_equal_fresh_ones_and_only_changed_days_are_decoded(tmp_path):
+    from edgeforge.fleet import db
+    from edgeforge.fleet.server import monitoring
+
+    url = db.sqlite_url(tmp_path / "fleet.db")
+    db.upgrade(url)
+    engine = db.engine(url)
+    insert = monitoring._upsert_ignore(engine, monitoring.W)
+    rng = np.random.default_rng(5)
+
+    class Dev:
+        def __init__(self, i: int) -> None:
+            self.id, self.device_class = f"d{i}", "pi4"
+
+    def store(device: int, day: int) -> None:
+        img = rng.random((16, 3, 4, 4), dtype=np.float32)
+        payload = device_window("m", 1, day * DAY, {"x": img}, None, [2.0])
+        entries = monitoring.decode_entries([base64.b64encode(payload).decode()])
+        with engine.begin() as conn:
+            monitoring.store_windows(conn, insert, Dev(device), entries, now=0.0)
+
+    def dicts(aggs):
+        return sorted(json.dumps(a.to_dict(), sort_keys=True) for a in aggs)
+
+    for day in range(3):
+        for device in range(4):
+            store(device, day)
+    cache = monitoring.AggregateCache()
+    with engine.connect() as conn:
+        fresh = monitoring.load_aggregates(conn, name="m", cache=None)
+        first = monitoring.load_aggregates(conn, name="m", cache=cache)
+        again = monitoring.load_aggregates(conn, name="m", cache=cache)
+    assert len(fresh) == 3 and dicts(first) == dicts(fresh) == dicts(again)
+    assert cache.decoded_days == 3  # the second read decoded nothing
+    store(9, 1)  # a late window for day 1
+    with engine.connect() as conn:
+        later = monitoring.load_aggregates(conn, name="m", cache=cache)
+        fresh = monitoring.load_aggregates(conn, name="m", cache=None)
+    assert dicts(later) == dicts(fresh) and cache.decoded_days == 4  # day 1 only
+    assert sorted(a.reporters() for a in later) == [4, 4, 5]
+    db.dispose(url)

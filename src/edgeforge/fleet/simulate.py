@@ -17,6 +17,13 @@ Each round, each device draws its faults (independently, at the rates given):
 
 Invariant checked after every round: a device that ever committed a model has an active model
 whose files match their signed hashes (`devices_without_model` counts the ones that do not).
+
+With a `workload` (`edgeforge.fleet.workload.Workload`), each round is also one telemetry window:
+before its check-in, each device with an active model runs `workload.calls` predictions through
+the agent's own `predict()` on synthetic images (shifted ones on the devices the workload's
+`InputShift` picks, from its `start` window on), at the window's simulated time, and closes the
+window into its spool; the check-in that follows uploads it, signed, as the agent always does.
+The server then merges and judges these windows like any others.
 """
 
 from __future__ import annotations
@@ -32,12 +39,15 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeforge.errors import EdgeforgeError
 from edgeforge.fleet.agent import Agent, verify_slot
 from edgeforge.fleet.agent._http import ServerClient
 from edgeforge.fleet.agent._spawn import ForkServer
+
+if TYPE_CHECKING:
+    from edgeforge.fleet.workload import Workload
 
 __all__ = ["FAULTS", "SimulationResult", "parse_faults", "simulate"]
 
@@ -103,6 +113,8 @@ class SimulationResult:
     devices_without_model: int
     seconds: float
     errors: list[str]
+    telemetry_windows: int = 0  # windows closed by the devices' telemetry (with a workload)
+    shifted_devices: list[str] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -119,6 +131,11 @@ class SimulationResult:
             spread = ", ".join(f"{k}: {v}" for k, v in sorted(versions.items()))
             print(f"  {device_class:<12} {spread}")
         print(f"  devices without a working model: {self.devices_without_model}")
+        if self.telemetry_windows:
+            print(
+                f"  telemetry {self.telemetry_windows} windows, "
+                f"{len(self.shifted_devices)} devices with shifted inputs"
+            )
         for error in self.errors[:10]:
             print(f"  error    {error}")
 
@@ -149,6 +166,26 @@ def _power_cut(agent: _Device, rng: random.Random) -> None:
     child.wait()
 
 
+def _run_window(
+    agent: _Device, workload: Workload, window: int, shifted: bool, rng: random.Random
+) -> int:
+    """One telemetry window on one device: predictions at the window's simulated time, then
+    the window closed into the device's spool. Returns the windows spooled (0 without a model)."""
+    import numpy as np
+
+    if agent._pointer("active") is None:
+        return 0
+    telemetry = agent.telemetry
+    if not telemetry:
+        return 0  # telemetry failed on this device (said on stderr); inference goes on
+    at = workload.window_time(window)
+    telemetry.clock = lambda: at
+    draw = np.random.default_rng(rng.getrandbits(64))
+    for _ in range(workload.calls):
+        agent.predict(workload.feed(draw, window, shifted))
+    return agent.flush_telemetry()
+
+
 def _working(agent: Agent) -> bool:
     active = agent.status().active
     if active is None:
@@ -170,8 +207,11 @@ def simulate(
     workers: int = 8,
     seed: int = 0,
     interval: float = 0.0,
+    workload: Workload | None = None,
 ) -> SimulationResult:
-    """Run `devices` real agents for `rounds` check-ins each against `server`."""
+    """Run `devices` real agents for `rounds` check-ins each against `server` (and, with a
+    `workload`, `rounds` telemetry windows). The same `state` folder again continues the same
+    devices (enrolled, with their models)."""
     classes = classes or ["sim"]
     faults = faults or {}
     if devices < 1 or rounds < 1 or workers < 1:
@@ -193,16 +233,22 @@ def simulate(
             root=trusted,
             probe_count=3,
             launcher=launcher,
+            telemetry_window_s=workload.window_s if workload else 3600.0,
         )
         agent.liar = rng.random() < faults.get("liar", 0.0)
         fleet.append(agent)
     injected = {"liar": sum(a.liar for a in fleet)} if faults.get("liar") else {}
+    shifted: set[int] = set()
+    if workload is not None and workload.shift is not None:
+        # its own generator: the fault draws stay the same with or without a shift
+        count = round(workload.shift.fraction * devices)
+        shifted = set(random.Random(f"shift-{seed}").sample(range(devices), count))
     lock = threading.Lock()
-    counts = {"checkins": 0, "offline": 0}
+    counts = {"checkins": 0, "offline": 0, "windows": 0}
     errors: list[str] = []
     ever_committed: set[int] = set()
 
-    def one_round(index: int, seeded: random.Random) -> None:
+    def one_round(index: int, seeded: random.Random, window: int) -> None:
         agent = fleet[index]
         drawn = {
             fault
@@ -213,6 +259,10 @@ def simulate(
             for fault in drawn:
                 injected[fault] = injected.get(fault, 0) + 1
         try:
+            if workload is not None:
+                spooled = _run_window(agent, workload, window, index in shifted, seeded)
+                with lock:
+                    counts["windows"] += spooled
             if "power-loss" in drawn and agent._device().get("director_key"):
                 _power_cut(agent, seeded)
                 return
@@ -222,7 +272,7 @@ def simulate(
             with lock:
                 counts["checkins"] += 1
                 counts["offline"] += 0 if result.get("online") else 1
-            if not result.get("online") and agent.status().active is not None:
+            if not result.get("online") and workload is None and agent.status().active:
                 from edgeforge.fleet.agent._child import load_canary
 
                 active = agent.status().active
@@ -237,9 +287,9 @@ def simulate(
     started = time.monotonic()
     without = 0
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        for _ in range(rounds):
+        for window in range(rounds):
             seeds = [random.Random(rng.random()) for _ in fleet]
-            list(pool.map(one_round, range(len(fleet)), seeds))
+            list(pool.map(one_round, range(len(fleet)), seeds, [window] * len(fleet)))
             # Checked as the round left them, before any recovery: what a power cut leaves.
             for i, agent in enumerate(fleet):
                 if agent.status().committed is not None:
@@ -267,4 +317,6 @@ def simulate(
         devices_without_model=without,
         seconds=seconds,
         errors=errors,
+        telemetry_windows=counts["windows"],
+        shifted_devices=sorted(fleet[i].device_id for i in shifted),
     )

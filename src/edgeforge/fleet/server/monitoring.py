@@ -8,7 +8,11 @@ Invariants:
 - Aggregates are computed on read from the stored windows of the version asked about (the
   `ix_fleet_windows_model` index), so every worker and server sees the same figures with no
   shared state beyond the database; `aggregate_windows` makes them independent of the order
-  the windows arrived in.
+  the windows arrived in. Each process memoises the aggregate of each version x class x day
+  with the number of windows it was made from (`AggregateCache`): stored windows are only
+  ever inserted, never changed or deleted, so an unchanged count means the same windows, and a
+  read decodes only the days that received windows since (a count query first, then the rows
+  of the changed days).
 - Nothing is shown about a telemetry aggregate with fewer than `min_reporters` distinct
   devices: `monitor_summary` and `gate_metrics` give None for every figure, the charts are not
   drawn, and a gate metric is undecided.
@@ -21,12 +25,13 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, func, select
 
 from edgeforge.errors import EdgeforgeError
 from edgeforge.fleet.monitor import (
@@ -44,6 +49,7 @@ from edgeforge.fleet.telemetry import decode_window, window_id
 
 __all__ = [
     "MAX_WINDOW_BYTES",
+    "AggregateCache",
     "ReferenceCache",
     "alerts",
     "check_alerts",
@@ -108,6 +114,54 @@ def store_windows(
         )
 
 
+class AggregateCache:
+    """Per-process memo: (database, name, version, class, day) -> (windows counted, their
+    aggregate). Sound because `fleet_windows` rows are insert-only (see the module's
+    invariants). Holds at most `limit` days (the oldest memoised go first; a day of 300
+    devices' image windows is ~0.25 MB). The aggregates it hands out are shared: callers merge
+    them into new ones, never `add` to them."""
+
+    def __init__(self, limit: int = 1024) -> None:
+        self.limit = limit
+        self._memo: dict[tuple[Any, ...], tuple[int, Aggregate]] = {}
+        self._lock = threading.Lock()
+        self.decoded_days = 0  # days (re)computed from their rows, for tests and benches
+
+    def get(self, key: tuple[Any, ...], count: int) -> Aggregate | None:
+        with self._lock:
+            hit = self._memo.get(key)
+        return hit[1] if hit is not None and hit[0] == count else None
+
+    def put(self, key: tuple[Any, ...], count: int, aggregate: Aggregate) -> None:
+        with self._lock:
+            self._memo.pop(key, None)
+            self._memo[key] = (count, aggregate)
+            while len(self._memo) > self.limit:
+                self._memo.pop(next(iter(self._memo)))
+            self.decoded_days += 1
+
+
+AGGREGATES = AggregateCache()
+
+
+def _matching(query: Any, name: Any, version: Any, device_class: Any, days: Any) -> Any:
+    if name is not None:
+        query = query.where(W.c.name == name)
+    if version is not None:
+        query = query.where(W.c.version == version)
+    if device_class is not None:
+        query = query.where(W.c.device_class == device_class)
+    if days is not None:
+        query = query.where(W.c.day.in_(list(days)))
+    return query
+
+
+def _aggregate_rows(rows: list[Any]) -> list[Aggregate]:
+    classes = {r.device_id: r.device_class for r in rows}
+    aggs = aggregate_windows(((r.device_id, r.payload) for r in rows), device_classes=classes)
+    return list(aggs.values())
+
+
 def load_aggregates(
     conn: Connection,
     *,
@@ -116,23 +170,37 @@ def load_aggregates(
     device_class: str | None = None,
     since: float | None = None,
     days: Iterable[str] | None = None,
+    cache: AggregateCache | None = AGGREGATES,
 ) -> list[Aggregate]:
-    """Aggregates (per version × class × day) of the stored windows that match."""
-    query = select(W.c.device_id, W.c.device_class, W.c.payload)
-    if name is not None:
-        query = query.where(W.c.name == name)
-    if version is not None:
-        query = query.where(W.c.version == version)
-    if device_class is not None:
-        query = query.where(W.c.device_class == device_class)
-    if since is not None:
-        query = query.where(W.c.received_at >= since)
-    if days is not None:
-        query = query.where(W.c.day.in_(list(days)))
-    rows = conn.execute(query).all()
-    classes = {r.device_id: r.device_class for r in rows}
-    aggs = aggregate_windows(((r.device_id, r.payload) for r in rows), device_classes=classes)
-    return list(aggs.values())
+    """Aggregates (per version × class × day) of the stored windows that match. Whole days
+    come from `cache` where their window count is unchanged; `since` (windows received from
+    then on: part of a day) always reads the rows."""
+    columns = (W.c.device_id, W.c.device_class, W.c.payload)
+    if since is not None or cache is None:
+        query = _matching(select(*columns), name, version, device_class, days)
+        if since is not None:
+            query = query.where(W.c.received_at >= since)
+        return _aggregate_rows(conn.execute(query).all())
+    group = (W.c.name, W.c.version, W.c.device_class, W.c.day)
+    counts = conn.execute(
+        _matching(select(*group, func.count()), name, version, device_class, days).group_by(*group)
+    ).all()
+    database = conn.engine.url.render_as_string(hide_password=True)
+    out = []
+    for g_name, g_version, g_class, g_day, count in counts:
+        key = (database, g_name, g_version, g_class, g_day)
+        agg = cache.get(key, count)
+        if agg is None:
+            rows = conn.execute(_matching(select(*columns), g_name, g_version, g_class, [g_day]))
+            rows = rows.all()
+            fresh = _aggregate_rows(rows)
+            if len(rows) != count or len(fresh) != 1:
+                out.extend(fresh)  # rows arrived between the two queries: use, do not keep
+                continue
+            agg = fresh[0]
+            cache.put(key, count, agg)
+        out.append(agg)
+    return out
 
 
 class ReferenceCache:

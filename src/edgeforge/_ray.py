@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import io
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -250,6 +251,15 @@ def _local_path(path: str, unpacked: dict[str, Path], renames: dict[str, str]) -
     return local
 
 
+def _last_words(exc: BaseException) -> str:
+    """The innermost cause in a Ray error's text (its last line that is not a traceback's
+    underline), e.g. the worker's ModuleNotFoundError when edgeforge is missing there."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    lines = [line.strip() for line in text.splitlines()]
+    lines = [line for line in lines if line and set(line) - set("^~ ")]
+    return lines[-1] if lines else first_line(exc)
+
+
 def _rewritten(value: Any, renames: dict[str, str]) -> Any:
     """`value` with every worker path in it said as the caller's (longest first)."""
     if isinstance(value, str):
@@ -295,7 +305,7 @@ def _receive(ray: Any, ref: Any, job: Job) -> dict[str, Any]:
         return {
             "runtime": job["runtime"],
             "status": "crashed",
-            "detail": f"the Ray task was lost: {first_line(exc)[:300]}",
+            "detail": f"the Ray task failed: {_last_words(exc)[:300]}",
         }
     if packed is not None and job.get("folder"):
         folder = Path(job["folder"])

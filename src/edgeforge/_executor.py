@@ -26,8 +26,11 @@ LOCAL = "local"
 RAY_INSTALL = "pip install 'edgeforge[ray]'"
 
 
-def parse_executor(text: str | None) -> str:
-    """`local`, `ray` or `ray://HOST:PORT`, checked; EdgeforgeError (one line) otherwise."""
+def parse_executor(text: str | None, task_cpus: float = 1) -> str:
+    """`local`, `ray` or `ray://HOST:PORT`, checked (and `task_cpus`, the CPUs of each Ray
+    task); EdgeforgeError (one line) otherwise."""
+    if not (isinstance(task_cpus, (int, float)) and 0 < task_cpus <= 1024):  # NaN fails too
+        raise EdgeforgeError(f"--task-cpus {task_cpus!r}: give a number of CPUs > 0, e.g. 2")
     name = (text or LOCAL).strip()
     if name == LOCAL:
         return LOCAL
@@ -57,7 +60,7 @@ def run_jobs(
 ) -> list[dict[str, Any]]:
     """`work(job)` for every job on `executor`; outcomes in the jobs' order. Locally at most
     `parallel` at a time; on Ray as many as the cluster's resources allow."""
-    if parse_executor(executor) == LOCAL:
+    if parse_executor(executor, task_cpus) == LOCAL:
         from edgeforge._children import run_children
 
         return run_children(work, jobs, timeout, parallel, label)

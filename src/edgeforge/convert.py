@@ -256,7 +256,7 @@ def convert(
 
     names = parse_targets(targets)
     required = _required(require, names)
-    executor = parse_executor(executor)
+    executor = parse_executor(executor, task_cpus)
     steps = Preprocess.parse(preprocess)
     if (steps is not None or max_samples is not None) and not data:
         raise EdgeforgeError(

@@ -13,7 +13,9 @@ import pytest
 
 from edgeforge._executor import run_jobs
 from edgeforge.cli import main
+from edgeforge.convert import convert
 from edgeforge.optimize.search import optimize
+from edgeforge.runtimes import Artifact
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'edgeforge[ray]')")
 
@@ -80,6 +82,18 @@ def test_a_ray_run_leaves_the_cache_a_local_rerun_reuses(both, outlier_digits, d
     again = optimize(outlier_digits, "laptop-cpu", digits_folder, out=root / "ray", **SEARCH)
     assert all(c.cached for c in again.candidates if c.status in ("evaluated", "built-not-run"))
     assert again.chosen == there.chosen
+
+
+@pytest.mark.slow
+def test_convert_builds_and_verifies_each_target_as_a_ray_task(local_ray, outlier_digits, tmp_path):
+    out = tmp_path / "out"
+    result = convert(outlier_digits, "onnxruntime,onnxruntime-mobile", out, executor="ray")
+    assert [t.status for t in result.targets] == ["verified", "verified"]
+    for target in result.targets:
+        assert target.artifact.startswith(str(out / target.runtime) + "/")
+        artifact = Artifact.load(out / target.runtime)  # the folder came back whole
+        assert artifact.manifest.verification is not None
+        assert "edgeforge-ray-" not in (out / target.runtime / "manifest.json").read_text()
 
 
 def _allocates_far_past_the_budget(job):

@@ -143,7 +143,7 @@ def optimize(
 
     # Refused before any work: an out/chosen/ holding the user's files (issue 13).
     guard_output(Path(out) / "chosen", [source, data], force=force, folder=True)
-    executor = parse_executor(executor)
+    executor = parse_executor(executor, task_cpus)
     started = time.perf_counter()
     limits = Limits(
         parse_share(max_accuracy_drop),

@@ -44,7 +44,7 @@ Job = dict[str, Any]
 
 # Ray's own log lines and the workers' output stay off the caller's terminal: `--json` output
 # is the caller's stdout alone, and a child's output comes back in its outcome's `log`.
-_INIT_OPTIONS = {"log_to_driver": False, "include_dashboard": False, "logging_level": "WARNING"}
+_INIT_OPTIONS = {"log_to_driver": False, "logging_level": "WARNING"}
 
 
 def run_on_ray(
@@ -93,8 +93,11 @@ def _connect(ray: Any, executor: str) -> None:
     if ray.is_initialized():
         return
     address = None if executor == "ray" else executor
+    # A Ray instance started here for this run needs no dashboard; a client connection
+    # (ray://) passes its options on to the cluster's own ray.init, so it gets only ours.
+    extra = {"include_dashboard": False} if address is None else {}
     try:
-        ray.init(address=address, **_INIT_OPTIONS)
+        ray.init(address=address, **_INIT_OPTIONS, **extra)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise EdgeforgeError(
             f"--executor {executor}: could not join the Ray cluster ({first_line(exc)[:200]}); "

@@ -31,12 +31,14 @@ SEARCH = {
 
 @pytest.fixture(scope="module")
 def local_ray():
-    """One local Ray instance (two CPUs, no dashboard) for the module; shut down after it. Its
-    workers (and the children they start) can import this file's hostile jobs."""
+    """One local Ray instance (two CPUs, no dashboard) for the module, never a cluster that
+    `ray start` left on the machine; shut down after it. Its workers (and the children they
+    start) can import this file's hostile jobs."""
     started = not ray.is_initialized()
     if started:
         path = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
         ray.init(
+            address="local",
             num_cpus=2,
             include_dashboard=False,
             log_to_driver=False,

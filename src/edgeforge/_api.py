@@ -121,12 +121,13 @@ def convert(
     shapes: Mapping[str, Sequence[int]] | None = None,
     max_samples: int | None = None,
     preprocess: Any = None,
+    executor: str = "local",
     **more: Any,
 ) -> Conversion:
     """`edgeforge convert MODEL --runtime R,... --out DIR`: build, run and verify every target.
     `options` are the recipe's (`--option KEY=VALUE`); `preprocess` a `Preprocess` or its text
-    (`--preprocess`), for verification and int8-static calibration alike. Other keywords go
-    to `edgeforge.convert.convert`."""
+    (`--preprocess`), for verification and int8-static calibration alike; `executor` `local`,
+    `ray` or `ray://ADDRESS` (`--executor`). Other keywords go to `edgeforge.convert.convert`."""
     from edgeforge.convert import convert as convert_model
 
     return convert_model(
@@ -140,6 +141,7 @@ def convert(
         shapes=_shapes(shapes),
         max_samples=max_samples,
         preprocess=preprocess,
+        executor=executor,
         **more,
     )
 
@@ -407,12 +409,13 @@ def optimize(
     runs: int = 30,
     timeout: float = 600,
     shapes: Mapping[str, Sequence[int]] | None = None,
+    executor: str = "local",
     **more: Any,
 ) -> OptimizeResult:
     """`edgeforge optimize MODEL --device D --data DIR`: search recipes and runtimes for the
     device and choose the best within the limits. `runtime`/`precision` narrow the search (comma
-    lists); `cleanup=False` is `--no-cleanup`. Other keywords go to
-    `edgeforge.optimize.search.optimize`."""
+    lists); `cleanup=False` is `--no-cleanup`; `executor` `local`, `ray` or `ray://ADDRESS`
+    (`--executor`). Other keywords go to `edgeforge.optimize.search.optimize`."""
     from edgeforge.optimize.search import optimize as search
 
     return search(
@@ -432,6 +435,7 @@ def optimize(
         timeout=timeout,
         bench_runs=runs,
         shapes=_shapes(shapes),
+        executor=executor,
         **more,
     )
 

@@ -231,6 +231,8 @@ def convert(
     shapes: dict[str, tuple[int, ...]] | None = None,
     max_samples: int | None = None,
     preprocess: Any = None,
+    executor: str = "local",
+    task_cpus: float = 1,
     **load_options: Any,
 ) -> Conversion:
     """Build every target from `source` into `out/<runtime>/`, then load, run and verify it.
@@ -244,12 +246,17 @@ def convert(
     verified at them; torch-hub targets convert the torch program, which keeps its own dims,
     and their detail says so. Verification reads `max_samples` of `data` (default: all) and
     turns images into inputs as `preprocess` says (a `Preprocess` or its text form); an
-    int8-static recipe calibrates with the same preprocessing (the recipe's `preprocess`)."""
+    int8-static recipe calibrates with the same preprocessing (the recipe's `preprocess`).
+
+    `executor`: `local` child processes, or each target a Ray task of `task_cpus` CPUs that
+    runs the same limited child on a cluster's node (`edgeforge._executor`)."""
+    from edgeforge._executor import parse_executor, run_jobs
     from edgeforge._pin import pin_shapes
     from edgeforge.evaluate.data import Preprocess
 
     names = parse_targets(targets)
     required = _required(require, names)
+    executor = parse_executor(executor, task_cpus)
     steps = Preprocess.parse(preprocess)
     if (steps is not None or max_samples is not None) and not data:
         raise EdgeforgeError(
@@ -296,7 +303,9 @@ def convert(
     ]
     started = time.time()
     try:
-        outcomes = run_children(_convert_one, jobs, timeout, parallel, "Converting")
+        outcomes = run_jobs(
+            _convert_one, jobs, timeout, parallel, "Converting", executor, task_cpus
+        )
     except BaseException:  # interrupted: no folder it left may look finished (issue 13)
         for name in names:
             settle_artifact(

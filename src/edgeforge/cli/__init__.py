@@ -200,6 +200,25 @@ def _timeout_option(parser: Any, what: str) -> None:
     parser.add_argument("--timeout", type=float, default=600, help=f"seconds per {what}")
 
 
+def _executor_options(parser: Any, what: str) -> None:
+    """Where each job runs (issue 19): local child processes, or tasks on a Ray cluster."""
+    parser.add_argument(
+        "--executor",
+        default="local",
+        metavar="WHERE",
+        help=f"where each {what} runs: local (child processes, the default), ray (the cluster "
+        "RAY_ADDRESS names, else a Ray instance started here) or ray://HOST:PORT; needs "
+        "pip install 'edgeforge[ray]'",
+    )
+    parser.add_argument(
+        "--task-cpus",
+        type=float,
+        default=1,
+        metavar="N",
+        help=f"CPUs each {what}'s Ray task reserves (--memory-limit is its memory)",
+    )
+
+
 def _milliseconds(text: str) -> float:
     """`10`, `10ms`, `0.5s` or `500us` as milliseconds."""
     value = text.strip().lower()
@@ -356,6 +375,8 @@ def _convert(args: argparse.Namespace) -> int:
         shapes=_shapes(args),
         max_samples=args.max_samples,
         preprocess=args.preprocess,
+        executor=args.executor,
+        task_cpus=args.task_cpus,
     )
     _emit(args, "convert", result.to_dict(), lambda: print_conversion(result))
     return result.exit_code
@@ -649,6 +670,8 @@ def _optimize(args: argparse.Namespace) -> int:
         runs=args.runs,
         force=args.overwrite,
         shapes=_shapes(args),
+        executor=args.executor,
+        task_cpus=args.task_cpus,
     )
 
     def show() -> None:
@@ -727,6 +750,7 @@ def _add_optimize(verbs: Any) -> None:
     )
     search.add_argument("--runs", type=int, default=30, help="timed runs per candidate here")
     _timeout_option(search, "build")
+    _executor_options(search, "candidate")
     _out_option(optimize, Path("edgeforge-optimize"), "output and cache folder")
     _output_options(optimize)
     optimize.set_defaults(run=_optimize)
@@ -783,6 +807,7 @@ def build_parser() -> argparse.ArgumentParser:
         "block_size=32 (repeatable)",
     )
     _timeout_option(convert, "target")
+    _executor_options(convert, "target")
     convert.add_argument(
         "--require",
         metavar="R,...",

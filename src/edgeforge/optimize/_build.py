@@ -4,8 +4,8 @@ What a caller can rely on:
 - the reference is the original model in ONNX Runtime (fp32) on the held-out feeds; every
   candidate's accuracy is scored against it (and the labels, where there are any);
 - builds run in child processes with a time limit, `parallel` at a time (two where there are
-  cores); a converter that fails, crashes or runs out of time costs its candidate only, whose
-  status then says so;
+  cores), or each in a Ray task that runs the same limited child (`executor`); a converter
+  that fails, crashes or runs out of time costs its candidate only, whose status then says so;
 - a runtime that builds here but cannot run here (Core ML off macOS) leaves its candidate
   "built-not-run": size and the device estimate, no accuracy, no latency here;
 - latency here is measured one candidate at a time, never in parallel (parallel timing lies),
@@ -144,6 +144,9 @@ class Builder:
         bench_runs: int,
         metric: Any = None,
         calibration_folder: Path | None = None,
+        *,
+        executor: str = "local",
+        task_cpus: float = 1,
     ):
         self.out = out
         self.metric = metric
@@ -156,6 +159,8 @@ class Builder:
         self.parallel = parallel if parallel else (2 if (os.cpu_count() or 1) >= 2 else 1)
         self.bench_runs = bench_runs
         self.profiles: dict[str, Any] = {}
+        self.executor = executor
+        self.task_cpus = task_cpus
 
     def _folder(self, candidate: Candidate) -> Path:
         return self.out / "candidates" / candidate.key
@@ -163,13 +168,19 @@ class Builder:
     def evaluate(self, plans: list[Candidate], sensitivity: dict[str, Any] | None = None):
         """Build and score what is not cached (children, in parallel), then measure latency
         here one at a time, then estimate on the device."""
-        from edgeforge._children import run_children
+        from edgeforge._executor import run_jobs
 
         fresh = [c for c in plans if not self._from_cache(c)]
         jobs = [self._job(c, sensitivity) for c in fresh]
         if jobs:
-            outcomes = run_children(
-                _build_and_score, jobs, self.timeout, self.parallel, "Building candidates"
+            outcomes = run_jobs(
+                _build_and_score,
+                jobs,
+                self.timeout,
+                self.parallel,
+                "Building candidates",
+                self.executor,
+                self.task_cpus,
             )
             for candidate, outcome in zip(fresh, outcomes, strict=True):
                 _apply(candidate, outcome)

@@ -22,7 +22,9 @@ What a caller can rely on:
   runtime's own default for the quantized recipes, f32 for fp32), recorded in its
   `timed_with`; for `this-machine` the measurement is the device latency the choice uses,
   for other devices the estimate at the precision the recipe computes in there;
-- builds run in child processes with a time limit (two at a time where there are cores); a
+- builds run in child processes with a time limit (two at a time where there are cores), or,
+  with `executor="ray"`/`"ray://ADDRESS"`, each as a Ray task running the same limited child
+  on a cluster's node (`edgeforge._ray`), with the same outcomes and the same cache; a
   converter that fails costs its candidate only. Latency here is measured one candidate at a
   time, never in parallel (parallel timing lies); on `this-machine` the fastest candidates
   within the accuracy limit are then timed again side by side, interleaved run by run, and
@@ -119,6 +121,8 @@ def optimize(
     example_inputs: Any = None,
     shapes: dict[str, tuple[int, ...]] | None = None,
     force: bool = False,
+    executor: str = "local",
+    task_cpus: float = 1,
     **load_options: Any,
 ) -> OptimizeResult:
     """Search the candidates for `device` on `data`; write `out/chosen/`, `out/optimize.json`
@@ -128,7 +132,10 @@ def optimize(
     `_accuracy.METRICS`, a 'module:function' / 'file.py:function', or a callable
     (reference outputs, candidate outputs) -> score, 1 meaning identical. `shapes` pins input
     dims (`edgeforge._pin.pin_shapes`) for every candidate built from the ONNX graph.
-    `out/chosen/` is replaced only when edgeforge wrote it, unless `force`."""
+    `out/chosen/` is replaced only when edgeforge wrote it, unless `force`. `executor`:
+    where the candidates are built and scored, `local` child processes or Ray tasks of
+    `task_cpus` CPUs each (`edgeforge._executor`); latency here is measured here either way."""
+    from edgeforge._executor import parse_executor
     from edgeforge._io import guard_output
     from edgeforge._load import load
     from edgeforge._pin import describe_shapes, pin_shapes
@@ -136,6 +143,7 @@ def optimize(
 
     # Refused before any work: an out/chosen/ holding the user's files (issue 13).
     guard_output(Path(out) / "chosen", [source, data], force=force, folder=True)
+    executor = parse_executor(executor, task_cpus)
     started = time.perf_counter()
     limits = Limits(
         parse_share(max_accuracy_drop),
@@ -177,6 +185,8 @@ def optimize(
         bench_runs,
         metric,
         calibration_folder,
+        executor=executor,
+        task_cpus=task_cpus,
     )
     builder.evaluate(plans)
     kept_float = planner.sensitivity(plans, limits.max_accuracy_drop, notes)

@@ -1,0 +1,475 @@
+"""A latency model that transfers across devices and runtimes (issue 19, item 3).
+
+The roofline of `roofline.py` gives each node a time at the priors' efficiencies (`PRIORS` x 1,
+memory efficiency 1, no overhead); this module learns, in log space, how far each layer class's
+measured time sits from that, and how it moves with the device, the runtime and the precision:
+
+    ms = sum over classes c of  work_c x exp(theta_c + eta)  +  layers x exp(omega)
+    eta   = kind[unit kind] + precision[(kind, precision)] + engine[runtime family]
+            + beta . specs(device) + device[d] + device_class[(d, c)]
+    omega = omega0 + overhead_engine[runtime family] + overhead_device[d]
+
+Invariants a caller can rely on:
+
+- Layer classes are `CLASSES` (attention and recurrent count as matmul; pooling, normalisation,
+  elementwise and data movement as "other"); `work_c` is the sum over the class's nodes of the
+  prior roofline time, scaled by the row's input pixels over the profile's.
+- Shared terms (`theta`, `kind`, `beta`, `omega0`) carry a weak ridge penalty; every device
+  and runtime term is shrunk toward zero (the pooled value) by a ridge penalty, `shrink` for
+  devices (`device_class` 4x `shrink`), `GROUP_PENALTY` for runtimes and precisions: a device
+  with few rows stays near the pooled prediction, one with many moves to its own data. A device
+  the fit never saw predicts with its device terms at zero: from its specs, unit, runtime and
+  precision alone.
+- The fit minimises a soft-L1 loss of the log ratio measured / predicted (one outlier cannot
+  drag a device), with `scipy.optimize.least_squares`; prediction needs only numpy-free Python,
+  so the fitted model ships as JSON (`TransferModel.to_dict`).
+- `adapt(rows)` fits only one device's terms (its scale and overhead, same penalties) with all
+  shared terms fixed: the few-shot calibration of `calibrate --device ID --measurements FILE`.
+- Nothing here chooses a hyperparameter on the rows it is scored on: `fit_with_inner_split`
+  picks `shrink` on a validation part split off the training rows by group.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import re
+import statistics
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from edgeforge.devices import Device, get_device
+from edgeforge.errors import EdgeforgeError
+from edgeforge.estimator.published import PublishedRow
+
+if TYPE_CHECKING:
+    from edgeforge.analysis.profile import Profile
+
+__all__ = [
+    "CLASSES",
+    "RowWork",
+    "TransferModel",
+    "engine_of",
+    "fit_transfer",
+    "fit_with_inner_split",
+    "row_work",
+    "work_of",
+]
+
+CLASSES = ("conv", "conv_depthwise", "matmul", "other")
+_CLASS_OF = {"conv": "conv", "matmul": "matmul", "attention": "matmul", "recurrent": "matmul"}
+SHRINK_GRID = (0.3, 1.0, 3.0, 10.0)  # device-term penalties the inner split chooses from
+GROUP_PENALTY = 1.0  # runtime-family and precision terms
+SHARED_PENALTY = 0.01  # class, unit-kind, spec and base-overhead terms
+SOFT_L1_SCALE = 0.3  # log-ratio beyond which a residual counts linearly, not squared
+_SCHEMA = 1
+# Runtime families, read from a published runtime string or a catalogue runtime name; the first
+# pattern that matches wins ("PyTorch CUDA (torch2trt baseline)" is PyTorch, not TensorRT).
+_ENGINES = (
+    (re.compile(r"pytorch", re.I), "pytorch"),
+    (re.compile(r"tensorrt|torch2trt", re.I), "tensorrt"),
+    (re.compile(r"ncnn", re.I), "ncnn"),
+    (re.compile(r"opencv", re.I), "opencv"),
+    (re.compile(r"tflite|litert|edgetpu", re.I), "litert"),
+    (re.compile(r"ultralytics", re.I), "ultralytics"),
+    (re.compile(r"onnx ?runtime|\bort\b", re.I), "onnxruntime"),
+    (re.compile(r"openvino", re.I), "openvino"),
+    (re.compile(r"rknn", re.I), "rknn"),
+    (re.compile(r"core ?ml", re.I), "coreml"),
+    (re.compile(r"executorch", re.I), "executorch"),
+)
+
+
+def engine_of(runtime: str | None, unit: str) -> str:
+    """The runtime family and unit kind, e.g. 'ncnn/gpu', 'litert/cpu', 'other/cpu'; ncnn's
+    `powersave=N` (which cores it runs on) is part of the key when the string states it."""
+    text = runtime or ""
+    name = next((engine for pattern, engine in _ENGINES if pattern.search(text)), "other")
+    key = f"{name}/{unit}"
+    power = re.search(r"powersave=(\d)", text)
+    return f"{key}/ps{power.group(1)}" if power and power.group(1) != "0" else key
+
+
+@dataclass(frozen=True)
+class RowWork:
+    """What the model reads of one (profile, device, unit, precision): per-class prior roofline
+    ms, the count of nodes paying a launch overhead, and the device's spec features."""
+
+    work: tuple[float, ...]  # one per CLASSES
+    layers: int
+    device: str
+    kind: str
+    precision: str
+    engine: str
+    specs: tuple[float, ...]
+
+    @property
+    def total(self) -> float:
+        return sum(self.work)
+
+
+def _specs(device: Device, peak_gops: float) -> tuple[float, ...]:
+    """log10 peak GOPS, log10 bandwidth GB/s (0 when absent) and a bandwidth-absent flag, the
+    first two centred on typical edge values so the penalty shrinks toward a typical device."""
+    bandwidth = device.memory_bandwidth_gbps.value if device.memory_bandwidth_gbps else None
+    return (
+        math.log10(max(peak_gops, 1e-3)) - 2.5,
+        math.log10(bandwidth) - 1.3 if bandwidth else 0.0,
+        0.0 if bandwidth else 1.0,
+    )
+
+
+def work_of(
+    profile: Profile,
+    device: Device,
+    unit_kind: str,
+    precision: str,
+    *,
+    threads: int | None = None,
+    pixel_ratio: float = 1.0,
+    runtime: str | None = None,
+) -> RowWork | None:
+    """`RowWork` for a profile on one unit of `device`; None when the device has no such unit
+    or the unit has no usable peak."""
+    from edgeforge.estimator.calibration import PRIOR_DEFAULT, PRIORS, FactorEntry
+    from edgeforge.estimator.roofline import _graph_roles, _GraphRoles, _peak_gops, roofline_ms
+
+    unit = next((u for u in device.compute if u.kind == unit_kind), None)
+    if unit is None:
+        return None
+    try:
+        peak = _peak_gops(unit, precision, threads, [])
+    except EdgeforgeError:
+        return None
+    entry = FactorEntry(
+        "*", "*", "*", dict(PRIORS), PRIOR_DEFAULT, 1.0, 1.0, 1.0, 1.0, {"rows": 0}
+    )
+    bandwidth = device.memory_bandwidth_gbps.value if device.memory_bandwidth_gbps else None
+    layers = roofline_ms(
+        profile, entry, peak_gops=peak, bandwidth_gbps=bandwidth, precision=precision
+    )
+    roles = _graph_roles(profile) or _GraphRoles(frozenset(), frozenset())
+    work = dict.fromkeys(CLASSES, 0.0)
+    paying = 0
+    for index, layer in enumerate(layers):
+        paying += layer.overhead_ms > 0
+        cls = "conv_depthwise" if index in roles.depthwise else _CLASS_OF.get(layer.category)
+        work[cls or "other"] += (layer.ms - layer.overhead_ms) * pixel_ratio
+    return RowWork(
+        tuple(work[c] for c in CLASSES),
+        paying,
+        device.id,
+        unit_kind,
+        precision,
+        engine_of(runtime, unit_kind),
+        _specs(device, peak),
+    )
+
+
+def row_work(row: PublishedRow, profiles: Mapping[str, Profile]) -> RowWork | None:
+    """`RowWork` for a mapped published row (None when it has no profile or costable unit)."""
+    from edgeforge.estimator.calibration import _input_pixels, _precision
+
+    profile = profiles.get(row.architecture or "")
+    if profile is None or row.device_id is None:
+        return None
+    pixels = _input_pixels(profile)
+    ratio = row.image_size[0] * row.image_size[1] / pixels if pixels and row.image_size else 1.0
+    return work_of(
+        profile,
+        get_device(row.device_id),
+        row.unit,
+        _precision(row),
+        threads=row.threads,
+        pixel_ratio=ratio,
+        runtime=row.runtime,
+    )
+
+
+# -- the model -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TransferModel:
+    """Fitted parameters (log space); a missing key is a term at its pooled value, zero."""
+
+    theta: Mapping[str, float]
+    kind: Mapping[str, float]
+    precision: Mapping[str, float]  # "kind/precision"
+    engine: Mapping[str, float]
+    beta: tuple[float, ...]
+    device: Mapping[str, float]
+    device_class: Mapping[str, float]  # "device/class"
+    omega0: float
+    overhead_engine: Mapping[str, float]
+    overhead_device: Mapping[str, float]
+    shrink: float
+    band: tuple[float, float] = (0.5, 2.0)
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+
+    def multipliers(self, work: RowWork) -> tuple[tuple[float, ...], float]:
+        """Per-class multipliers on the prior roofline time, and the per-layer overhead (ms)."""
+        eta = (
+            self.kind.get(work.kind, 0.0)
+            + self.precision.get(f"{work.kind}/{work.precision}", 0.0)
+            + self.engine.get(work.engine, 0.0)
+            + sum(b * s for b, s in zip(self.beta, work.specs, strict=True))
+            + self.device.get(work.device, 0.0)
+        )
+        classes = tuple(
+            math.exp(
+                self.theta.get(c, 0.0) + eta + self.device_class.get(f"{work.device}/{c}", 0.0)
+            )
+            for c in CLASSES
+        )
+        omega = (
+            self.omega0
+            + self.overhead_engine.get(work.engine, 0.0)
+            + self.overhead_device.get(work.device, 0.0)
+        )
+        return classes, math.exp(omega)
+
+    def predict(self, work: RowWork) -> float:
+        classes, overhead = self.multipliers(work)
+        return sum(w * m for w, m in zip(work.work, classes, strict=True)) + work.layers * overhead
+
+    def knows(self, device: str) -> bool:
+        return device in self.device or device in self.overhead_device
+
+    def adapt(self, works: Sequence[RowWork], measured: Sequence[float]) -> TransferModel:
+        """This model with the terms of the rows' one device refitted on them, shared terms kept:
+        the few-shot calibration. Raises EdgeforgeError on no rows or rows of several devices."""
+        devices = {w.device for w in works}
+        if len(devices) != 1:
+            raise EdgeforgeError(f"adapt needs rows of one device; got {sorted(devices) or 0}")
+        (device,) = devices
+        base = dataclasses.replace(
+            self,
+            device={k: v for k, v in self.device.items() if k != device},
+            overhead_device={k: v for k, v in self.overhead_device.items() if k != device},
+            device_class={
+                k: v for k, v in self.device_class.items() if not k.startswith(device + "/")
+            },
+        )
+        fitted = _fit(
+            list(works), list(measured), self.shrink, start=base, only_device=device
+        )
+        provenance = {**self.provenance, "adapted": {"device": device, "rows": len(works)}}
+        return dataclasses.replace(fitted, provenance=provenance)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["schema"] = _SCHEMA
+        data["kind_of_model"] = "transfer"
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TransferModel:
+        if data.get("schema") != _SCHEMA or data.get("kind_of_model") != "transfer":
+            raise EdgeforgeError("not a transfer-model file of this edgeforge version")
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        values["beta"] = tuple(values["beta"])
+        values["band"] = tuple(values.get("band", (0.5, 2.0)))
+        return cls(**values)
+
+
+# -- fitting ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Layout:
+    """Which parameter vector index is which term, and each one's penalty."""
+
+    names: list[tuple[str, str]] = field(default_factory=list)  # (group, key)
+    penalty: list[float] = field(default_factory=list)
+    index: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def add(self, group: str, key: str, penalty: float) -> None:
+        if (group, key) not in self.index:
+            self.index[(group, key)] = len(self.names)
+            self.names.append((group, key))
+            self.penalty.append(penalty)
+
+
+def _fit(
+    works: list[RowWork],
+    measured: list[float],
+    shrink: float,
+    *,
+    start: TransferModel | None = None,
+    only_device: str | None = None,
+) -> TransferModel:
+    """Penalised soft-L1 fit in log space; with `only_device`, only that device's scale and
+    overhead are free (the rest fixed at `start`)."""
+    import numpy as np
+    from scipy.optimize import least_squares
+
+    layout = _Layout()
+    if only_device is None:
+        for c in CLASSES:
+            layout.add("theta", c, SHARED_PENALTY)
+        for i in range(len(works[0].specs)):
+            layout.add("beta", str(i), SHARED_PENALTY)
+        layout.add("omega0", "", SHARED_PENALTY)
+        for w in works:
+            layout.add("kind", w.kind, SHARED_PENALTY)
+            layout.add("precision", f"{w.kind}/{w.precision}", GROUP_PENALTY)
+            layout.add("engine", w.engine, GROUP_PENALTY)
+            layout.add("overhead_engine", w.engine, GROUP_PENALTY)
+    for w in works:
+        if only_device is None or w.device == only_device:
+            layout.add("device", w.device, shrink)
+            layout.add("overhead_device", w.device, shrink)
+    n_rows, n_par = len(works), len(layout.names)
+    # Fixed parts from `start` (everything when fitting only a device's terms).
+    fixed_eta = np.zeros(n_rows)
+    fixed_theta = np.zeros((n_rows, len(CLASSES)))
+    fixed_omega = np.zeros(n_rows)
+    if start is not None:
+        for i, w in enumerate(works):
+            classes, overhead = start.multipliers(w)
+            fixed_theta[i] = np.log(classes)
+            fixed_omega[i] = math.log(overhead)
+    work = np.array([w.work for w in works])
+    layers = np.array([w.layers for w in works], dtype=float)
+    target = np.log(np.array(measured))
+    # Design matrices: which parameters enter eta (all classes), theta (one class), omega.
+    eta_x = np.zeros((n_rows, n_par))
+    omega_x = np.zeros((n_rows, n_par))
+    theta_cols = [layout.index.get(("theta", c)) for c in CLASSES]
+    for i, w in enumerate(works):
+        for group, key in (
+            ("kind", w.kind),
+            ("precision", f"{w.kind}/{w.precision}"),
+            ("engine", w.engine),
+            ("device", w.device),
+        ):
+            if (group, key) in layout.index:
+                eta_x[i, layout.index[(group, key)]] = 1.0
+        for j, value in enumerate(w.specs):
+            if ("beta", str(j)) in layout.index:
+                eta_x[i, layout.index[("beta", str(j))]] = value
+        for group, key in (
+            ("omega0", ""),
+            ("overhead_engine", w.engine),
+            ("overhead_device", w.device),
+        ):
+            if (group, key) in layout.index:
+                omega_x[i, layout.index[(group, key)]] = 1.0
+    penalty = np.sqrt(np.array(layout.penalty))
+    start_vector = np.zeros(n_par)
+    if start is None:
+        start_vector[layout.index[("omega0", "")]] = math.log(0.01)
+
+    def parts(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        theta = fixed_theta + (eta_x @ p)[:, None]
+        for c, col in enumerate(theta_cols):
+            if col is not None:
+                theta[:, c] += p[col]
+        compute = work * np.exp(theta)
+        overhead = layers * np.exp(fixed_omega + omega_x @ p)
+        return compute, overhead, compute.sum(axis=1) + overhead
+
+    def residuals(p: np.ndarray) -> np.ndarray:
+        _, _, predicted = parts(p)
+        return np.concatenate([np.log(predicted) - target, penalty * p])
+
+    def jacobian(p: np.ndarray) -> np.ndarray:
+        compute, overhead, predicted = parts(p)
+        rows = eta_x * (compute.sum(axis=1) / predicted)[:, None]
+        rows += omega_x * (overhead / predicted)[:, None]
+        for c, col in enumerate(theta_cols):
+            if col is not None:
+                rows[:, col] += compute[:, c] / predicted
+        return np.vstack([rows, np.diag(penalty)])
+
+    solution = least_squares(
+        residuals, start_vector, jac=jacobian, loss="soft_l1", f_scale=SOFT_L1_SCALE
+    ).x
+    values: dict[str, dict[str, float]] = {}
+    for (group, key), value in zip(layout.names, solution, strict=True):
+        values.setdefault(group, {})[key] = float(value)
+    base = start or TransferModel({}, {}, {}, {}, (0.0,) * len(works[0].specs), {}, {}, 0.0, {}, {}, shrink)
+    if only_device is not None:
+        return dataclasses.replace(
+            base,
+            device={**base.device, **values.get("device", {})},
+            overhead_device={**base.overhead_device, **values.get("overhead_device", {})},
+        )
+    fitted = TransferModel(
+        theta=values["theta"],
+        kind=values.get("kind", {}),
+        precision=values.get("precision", {}),
+        engine=values.get("engine", {}),
+        beta=tuple(values["beta"][str(i)] for i in range(len(works[0].specs))),
+        device=values.get("device", {}),
+        device_class={},
+        omega0=values["omega0"][""],
+        overhead_engine=values.get("overhead_engine", {}),
+        overhead_device=values.get("overhead_device", {}),
+        shrink=shrink,
+    )
+    ratios = sorted(m / fitted.predict(w) for w, m in zip(works, measured, strict=True))
+    if len(ratios) >= 5:
+        deciles = statistics.quantiles(ratios, n=10, method="inclusive")
+        band = (min(deciles[0], 1.0), max(deciles[-1], 1.0))
+        fitted = dataclasses.replace(fitted, band=band)
+    return fitted
+
+
+def fit_transfer(
+    works: Sequence[RowWork], measured: Sequence[float], shrink: float = 1.0
+) -> TransferModel:
+    """The model fitted on all of `works` with one device penalty `shrink`."""
+    if not works:
+        raise EdgeforgeError("no costable rows to fit the transfer model on")
+    return _fit(list(works), list(measured), shrink)
+
+
+def median_abs_pct(
+    model: TransferModel, works: Sequence[RowWork], measured: Sequence[float]
+) -> float:
+    errors = [
+        abs(model.predict(w) - m) / m * 100 for w, m in zip(works, measured, strict=True)
+    ]
+    return statistics.median(errors)
+
+
+def _bucket(key: str) -> float:
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") / 2**32
+
+
+def fit_with_inner_split(
+    works: Sequence[RowWork],
+    measured: Sequence[float],
+    groups: Sequence[str],
+    *,
+    grid: Iterable[float] = SHRINK_GRID,
+    validation_share: float = 0.3,
+    adapt_on: Callable[[str], bool] | None = None,
+) -> TransferModel:
+    """Choose `shrink` on a validation part of the training rows (whole groups, by a stable
+    hash of the group name), then refit on all of them with it. `groups` are what the outer
+    split holds out (models, or devices), so the choice is scored the way the model is."""
+    del adapt_on
+    names = sorted(set(groups))
+    held = {g for g in names if _bucket(g) < validation_share}
+    if not held or len(held) == len(names):  # too few groups: hold out the first by hash
+        held = {min(names, key=_bucket)} if len(names) > 1 else set()
+    best: tuple[float, float] | None = None
+    if held:
+        train = [i for i, g in enumerate(groups) if g not in held]
+        check = [i for i, g in enumerate(groups) if g in held]
+        for shrink in grid:
+            model = _fit([works[i] for i in train], [measured[i] for i in train], shrink)
+            error = median_abs_pct(model, [works[i] for i in check], [measured[i] for i in check])
+            if best is None or error < best[0] - 1e-9:
+                best = (error, shrink)
+    shrink = best[1] if best is not None else 1.0
+    model = _fit(list(works), list(measured), shrink)
+    return dataclasses.replace(
+        model, provenance={"shrink_chosen_on": sorted(held), "shrink": shrink}
+    )

@@ -6,7 +6,7 @@ measured time sits from that, and how it moves with the device, the runtime and 
 
     ms = sum over classes c of  work_c x exp(theta_c + eta)  +  layers x exp(omega)
     eta   = kind[unit kind] + precision[(kind, precision)] + engine[runtime family]
-            + beta . specs(device) + device[d] + device_class[(d, c)]
+            + beta . specs(device) + device[d]
     omega = omega0 + overhead_engine[runtime family] + overhead_device[d]
 
 Invariants a caller can rely on:
@@ -16,15 +16,18 @@ Invariants a caller can rely on:
   prior roofline time, scaled by the row's input pixels over the profile's.
 - Shared terms (`theta`, `kind`, `beta`, `omega0`) carry a weak ridge penalty; every device
   and runtime term is shrunk toward zero (the pooled value) by a ridge penalty, `shrink` for
-  devices (`device_class` 4x `shrink`), `GROUP_PENALTY` for runtimes and precisions: a device
+  devices, `GROUP_PENALTY` for runtimes and precisions: a device
   with few rows stays near the pooled prediction, one with many moves to its own data. A device
   the fit never saw predicts with its device terms at zero: from its specs, unit, runtime and
   precision alone.
 - The fit minimises a soft-L1 loss of the log ratio measured / predicted (one outlier cannot
   drag a device), with `scipy.optimize.least_squares`; prediction needs only numpy-free Python,
   so the fitted model ships as JSON (`TransferModel.to_dict`).
-- `adapt(rows)` fits only one device's terms (its scale and overhead, same penalties) with all
-  shared terms fixed: the few-shot calibration of `calibrate --device ID --measurements FILE`.
+- `adapt(rows)` fits only one device's terms (its scale and overhead) with all shared terms
+  fixed: the few-shot calibration of `calibrate --device ID --measurements FILE`. Its penalty
+  (`adapt_penalty`) is read off the fit, not chosen: the fit rows' scatter (robust variance of
+  log measured / predicted) over the spread of the fitted device scales (their mean square), as
+  a Gaussian prior on a new device's scale would have it.
 - Nothing here chooses a hyperparameter on the rows it is scored on: `fit_with_inner_split`
   picks `shrink` on a validation part split off the training rows by group.
 """
@@ -33,11 +36,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 import re
 import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeforge.devices import Device, get_device
@@ -46,21 +52,27 @@ from edgeforge.estimator.published import PublishedRow
 
 if TYPE_CHECKING:
     from edgeforge.analysis.profile import Profile
+    from edgeforge.estimator.roofline import LayerTime
 
 __all__ = [
     "CLASSES",
     "RowWork",
     "TransferModel",
+    "adapted_path",
+    "calibrate_device",
     "engine_of",
     "fit_transfer",
     "fit_with_inner_split",
+    "load_transfer",
     "row_work",
+    "save_adapted",
+    "transfer_layers",
     "work_of",
 ]
 
 CLASSES = ("conv", "conv_depthwise", "matmul", "other")
 _CLASS_OF = {"conv": "conv", "matmul": "matmul", "attention": "matmul", "recurrent": "matmul"}
-SHRINK_GRID = (0.3, 1.0, 3.0, 10.0)  # device-term penalties the inner split chooses from
+SHRINK_GRID = (0.3, 3.0, 30.0)  # device-term penalties the inner split chooses from
 GROUP_PENALTY = 1.0  # runtime-family and precision terms
 SHARED_PENALTY = 0.01  # class, unit-kind, spec and base-overhead terms
 SOFT_L1_SCALE = 0.3  # log-ratio beyond which a residual counts linearly, not squared
@@ -121,6 +133,34 @@ def _specs(device: Device, peak_gops: float) -> tuple[float, ...]:
     )
 
 
+def _prior_layers(
+    profile: Profile, device: Device, unit_kind: str, precision: str, threads: int | None
+) -> tuple[list[LayerTime], list[str], float] | None:
+    """Per-node times at the priors' efficiencies with 1 ms per paying node (so `overhead_ms`
+    marks who pays), each node's class, and the unit's peak; None without a usable unit."""
+    from edgeforge.estimator.calibration import PRIOR_DEFAULT, PRIORS, FactorEntry
+    from edgeforge.estimator.roofline import _graph_roles, _GraphRoles, _peak_gops, roofline_ms
+
+    unit = next((u for u in device.compute if u.kind == unit_kind), None)
+    if unit is None:
+        return None
+    try:
+        peak = _peak_gops(unit, precision, threads, [])
+    except EdgeforgeError:
+        return None
+    entry = FactorEntry("*", "*", "*", dict(PRIORS), PRIOR_DEFAULT, 1.0, 1.0, 1.0, 1.0, {})
+    bandwidth = device.memory_bandwidth_gbps.value if device.memory_bandwidth_gbps else None
+    layers = roofline_ms(
+        profile, entry, peak_gops=peak, bandwidth_gbps=bandwidth, precision=precision
+    )
+    roles = _graph_roles(profile) or _GraphRoles(frozenset(), frozenset())
+    classes = [
+        "conv_depthwise" if index in roles.depthwise else _CLASS_OF.get(layer.category, "other")
+        for index, layer in enumerate(layers)
+    ]
+    return layers, classes, peak
+
+
 def work_of(
     profile: Profile,
     device: Device,
@@ -133,39 +173,49 @@ def work_of(
 ) -> RowWork | None:
     """`RowWork` for a profile on one unit of `device`; None when the device has no such unit
     or the unit has no usable peak."""
-    from edgeforge.estimator.calibration import PRIOR_DEFAULT, PRIORS, FactorEntry
-    from edgeforge.estimator.roofline import _graph_roles, _GraphRoles, _peak_gops, roofline_ms
-
-    unit = next((u for u in device.compute if u.kind == unit_kind), None)
-    if unit is None:
+    prior = _prior_layers(profile, device, unit_kind, precision, threads)
+    if prior is None:
         return None
-    try:
-        peak = _peak_gops(unit, precision, threads, [])
-    except EdgeforgeError:
-        return None
-    entry = FactorEntry(
-        "*", "*", "*", dict(PRIORS), PRIOR_DEFAULT, 1.0, 1.0, 1.0, 1.0, {"rows": 0}
-    )
-    bandwidth = device.memory_bandwidth_gbps.value if device.memory_bandwidth_gbps else None
-    layers = roofline_ms(
-        profile, entry, peak_gops=peak, bandwidth_gbps=bandwidth, precision=precision
-    )
-    roles = _graph_roles(profile) or _GraphRoles(frozenset(), frozenset())
+    layers, classes, peak = prior
     work = dict.fromkeys(CLASSES, 0.0)
-    paying = 0
-    for index, layer in enumerate(layers):
-        paying += layer.overhead_ms > 0
-        cls = "conv_depthwise" if index in roles.depthwise else _CLASS_OF.get(layer.category)
-        work[cls or "other"] += (layer.ms - layer.overhead_ms) * pixel_ratio
+    for layer, cls in zip(layers, classes, strict=True):
+        work[cls] += (layer.ms - layer.overhead_ms) * pixel_ratio
     return RowWork(
         tuple(work[c] for c in CLASSES),
-        paying,
+        sum(layer.overhead_ms > 0 for layer in layers),
         device.id,
         unit_kind,
         precision,
         engine_of(runtime, unit_kind),
         _specs(device, peak),
     )
+
+
+def transfer_layers(
+    model: TransferModel,
+    profile: Profile,
+    device: Device,
+    unit_kind: str,
+    precision: str,
+    *,
+    threads: int | None = None,
+    runtime: str | None = None,
+) -> tuple[list[LayerTime], RowWork] | None:
+    """`estimate`'s per-node times under the transfer model: each node's prior roofline time
+    times its class's multiplier, plus the model's per-layer overhead where the node pays one;
+    they sum to `model.predict(work)`."""
+    prior = _prior_layers(profile, device, unit_kind, precision, threads)
+    work = work_of(profile, device, unit_kind, precision, threads=threads, runtime=runtime)
+    if prior is None or work is None:
+        return None
+    multipliers, overhead = model.multipliers(work)
+    factor = dict(zip(CLASSES, multipliers, strict=True))
+    layers = []
+    for layer, cls in zip(prior[0], prior[1], strict=True):
+        paid = overhead if layer.overhead_ms > 0 else 0.0
+        ms = (layer.ms - layer.overhead_ms) * factor[cls] + paid
+        layers.append(dataclasses.replace(layer, ms=ms, overhead_ms=paid))
+    return layers, work
 
 
 def row_work(row: PublishedRow, profiles: Mapping[str, Profile]) -> RowWork | None:
@@ -201,11 +251,11 @@ class TransferModel:
     engine: Mapping[str, float]
     beta: tuple[float, ...]
     device: Mapping[str, float]
-    device_class: Mapping[str, float]  # "device/class"
     omega0: float
     overhead_engine: Mapping[str, float]
     overhead_device: Mapping[str, float]
     shrink: float
+    adapt_penalty: float = 1.0
     band: tuple[float, float] = (0.5, 2.0)
     provenance: Mapping[str, Any] = field(default_factory=dict)
 
@@ -218,12 +268,7 @@ class TransferModel:
             + sum(b * s for b, s in zip(self.beta, work.specs, strict=True))
             + self.device.get(work.device, 0.0)
         )
-        classes = tuple(
-            math.exp(
-                self.theta.get(c, 0.0) + eta + self.device_class.get(f"{work.device}/{c}", 0.0)
-            )
-            for c in CLASSES
-        )
+        classes = tuple(math.exp(self.theta.get(c, 0.0) + eta) for c in CLASSES)
         omega = (
             self.omega0
             + self.overhead_engine.get(work.engine, 0.0)
@@ -249,12 +294,9 @@ class TransferModel:
             self,
             device={k: v for k, v in self.device.items() if k != device},
             overhead_device={k: v for k, v in self.overhead_device.items() if k != device},
-            device_class={
-                k: v for k, v in self.device_class.items() if not k.startswith(device + "/")
-            },
         )
         fitted = _fit(
-            list(works), list(measured), self.shrink, start=base, only_device=device
+            list(works), list(measured), self.adapt_penalty, start=base, only_device=device
         )
         provenance = {**self.provenance, "adapted": {"device": device, "rows": len(works)}}
         return dataclasses.replace(fitted, provenance=provenance)
@@ -325,7 +367,6 @@ def _fit(
             layout.add("overhead_device", w.device, shrink)
     n_rows, n_par = len(works), len(layout.names)
     # Fixed parts from `start` (everything when fitting only a device's terms).
-    fixed_eta = np.zeros(n_rows)
     fixed_theta = np.zeros((n_rows, len(CLASSES)))
     fixed_omega = np.zeros(n_rows)
     if start is not None:
@@ -392,8 +433,8 @@ def _fit(
     values: dict[str, dict[str, float]] = {}
     for (group, key), value in zip(layout.names, solution, strict=True):
         values.setdefault(group, {})[key] = float(value)
-    base = start or TransferModel({}, {}, {}, {}, (0.0,) * len(works[0].specs), {}, {}, 0.0, {}, {}, shrink)
-    if only_device is not None:
+    if start is not None and only_device is not None:
+        base = start
         return dataclasses.replace(
             base,
             device={**base.device, **values.get("device", {})},
@@ -406,13 +447,18 @@ def _fit(
         engine=values.get("engine", {}),
         beta=tuple(values["beta"][str(i)] for i in range(len(works[0].specs))),
         device=values.get("device", {}),
-        device_class={},
         omega0=values["omega0"][""],
         overhead_engine=values.get("overhead_engine", {}),
         overhead_device=values.get("overhead_device", {}),
         shrink=shrink,
     )
     ratios = sorted(m / fitted.predict(w) for w, m in zip(works, measured, strict=True))
+    # Empirical Bayes for `adapt`: the penalty that a Gaussian prior with the spread of the
+    # fitted device scales, against the rows' own scatter, puts on a new device's scale.
+    logs = [math.log(r) for r in ratios]
+    scatter = (1.4826 * statistics.median(abs(x - statistics.median(logs)) for x in logs)) ** 2
+    spread = statistics.fmean(v * v for v in fitted.device.values()) if fitted.device else 0.0
+    fitted = dataclasses.replace(fitted, adapt_penalty=scatter / max(spread, 1e-3))
     if len(ratios) >= 5:
         deciles = statistics.quantiles(ratios, n=10, method="inclusive")
         band = (min(deciles[0], 1.0), max(deciles[-1], 1.0))
@@ -432,9 +478,7 @@ def fit_transfer(
 def median_abs_pct(
     model: TransferModel, works: Sequence[RowWork], measured: Sequence[float]
 ) -> float:
-    errors = [
-        abs(model.predict(w) - m) / m * 100 for w, m in zip(works, measured, strict=True)
-    ]
+    errors = [abs(model.predict(w) - m) / m * 100 for w, m in zip(works, measured, strict=True)]
     return statistics.median(errors)
 
 
@@ -473,3 +517,145 @@ def fit_with_inner_split(
     return dataclasses.replace(
         model, provenance={"shrink_chosen_on": sorted(held), "shrink": shrink}
     )
+
+
+# -- the shipped model and per-device adaptations ----------------------------------------------
+
+
+def adapted_path(device_id: str) -> Path:
+    """Where `calibrate --device ID --measurements FILE` stores a device's adapted terms."""
+    from edgeforge._cache import cache_dir
+
+    return cache_dir() / "calibration" / "devices" / f"{device_id}.json"
+
+
+def save_adapted(model: TransferModel, device_id: str, record: Mapping[str, Any]) -> Path:
+    """Store `model`'s terms for `device_id` (and `record`, what they were fitted on)."""
+    path = adapted_path(device_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {
+        "schema": _SCHEMA,
+        "device": device_id,
+        "device_scale": model.device.get(device_id, 0.0),
+        "overhead_device": model.overhead_device.get(device_id, 0.0),
+        **record,
+    }
+    path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+def load_transfer(path: str | Path | None = None, *, adapted: bool = True) -> TransferModel | None:
+    """The transfer model at `path`, or the one shipped in `edgeforge/estimator/data/` (None
+    when the package has none), with the device terms that `calibrate --device` stored for
+    each adapted device in place of the shipped ones (`adapted`)."""
+    if path is not None:
+        model = TransferModel.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+    else:
+        shipped = resources.files("edgeforge.estimator").joinpath("data/transfer.json")
+        if not shipped.is_file():
+            return None
+        model = TransferModel.from_dict(json.loads(shipped.read_text(encoding="utf-8")))
+    if not adapted:
+        return model
+    folder = adapted_path("x").parent
+    if not folder.is_dir():
+        return model
+    device, overhead = dict(model.device), dict(model.overhead_device)
+    for stored in sorted(folder.glob("*.json")):
+        try:
+            data = json.loads(stored.read_text(encoding="utf-8"))
+            if data.get("schema") != _SCHEMA:
+                continue
+            device[data["device"]] = float(data["device_scale"])
+            overhead[data["device"]] = float(data["overhead_device"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a damaged file is one device's adaptation lost, not every estimate
+    return dataclasses.replace(model, device=device, overhead_device=overhead)
+
+
+def calibrate_device(device_id: str, measurements: str | Path) -> dict[str, Any]:
+    """Adapt the shipped model to `device_id` from measured reference models (a CSV in the
+    published-rows format; its device column is ignored, every row is taken as measured on
+    `device_id`), store the adapted terms (`adapted_path`), and report each row's estimate
+    before and after. Rows that cannot be used are listed with the reason; EdgeforgeError when
+    none can, or the device is this-machine (`calibrate --here` measures it instead)."""
+    from edgeforge.devices._this_machine import THIS_MACHINE_ID
+    from edgeforge.estimator.calibration import zoo_profiles
+    from edgeforge.estimator.published import read_rows
+
+    device = get_device(device_id)
+    if device.id == THIS_MACHINE_ID:
+        raise EdgeforgeError(
+            "this-machine is calibrated by measuring it: run `edgeforge calibrate --here`"
+        )
+    model = load_transfer(adapted=False)
+    if model is None:
+        raise EdgeforgeError("this edgeforge has no transfer model (estimator/data/transfer.json)")
+    rows = read_rows(measurements)
+    usable, skipped = [], []
+    for row in rows:
+        reasons = [
+            r
+            for r in (row.reason or "").split("; ")
+            if r and not r.startswith("device ")  # the device is --device, whatever it says
+        ]
+        if reasons or row.architecture is None:
+            skipped.append({"line": row.line, "model": row.model, "reason": "; ".join(reasons)})
+            continue
+        usable.append(dataclasses.replace(row, device_id=device.id, reason=None))
+    profiles = zoo_profiles({r.architecture for r in usable if r.architecture})
+    works, used = [], []
+    for row in usable:
+        work = row_work(row, profiles)
+        if work is None or work.total <= 0:
+            skipped.append(
+                {
+                    "line": row.line,
+                    "model": row.model,
+                    "reason": f"{device.id} has no {row.unit} unit with a peak for {row.precision}",
+                }
+            )
+            continue
+        works.append(work)
+        used.append(row)
+    if not used:
+        why = "; ".join(f"line {s['line']}: {s['reason']}" for s in skipped[:3])
+        raise EdgeforgeError(
+            f"{measurements}: no row can calibrate {device.id} ({why}); rows need a zoo "
+            "architecture, an HxW input, batch 1 and a latency"
+        )
+    try:
+        adapted = model.adapt(works, [r.latency_ms for r in used])
+    except ImportError as error:
+        raise EdgeforgeError(f"calibrate --device needs scipy ({error}); install scipy") from None
+    table = [
+        {
+            "line": row.line,
+            "model": row.model,
+            "architecture": row.architecture,
+            "runtime": row.runtime,
+            "measured_ms": row.latency_ms,
+            "before_ms": round(model.predict(work), 4),
+            "after_ms": round(adapted.predict(work), 4),
+        }
+        for row, work in zip(used, works, strict=True)
+    ]
+    before = statistics.median(abs(t["before_ms"] / t["measured_ms"] - 1) * 100 for t in table)
+    after = statistics.median(abs(t["after_ms"] / t["measured_ms"] - 1) * 100 for t in table)
+    record = {
+        "measurements": str(measurements),
+        "rows": len(used),
+        "lines": [row.line for row in used],
+        "before_median_abs_pct_error": round(before, 2),
+        "after_median_abs_pct_error": round(after, 2),
+    }
+    path = save_adapted(adapted, device.id, record)
+    return {
+        "device": device.id,
+        **record,
+        "note": "errors are on the reference rows themselves (what the adaptation was fitted "
+        "on); bench/estimator_validation.py scores it on models it did not see",
+        "reference_rows": table,
+        "skipped": skipped,
+        "saved_to": str(path),
+    }

@@ -216,7 +216,7 @@ def transfer(rows_path: Path, shots: tuple[int, ...] = (1, 3, 5, 10), draws: int
     OTHER architectures (none of a reference row's architecture), before and after."""
     import random
 
-    from edgeforge.estimator.transfer import fit_with_inner_split
+    from edgeforge.estimator.transfer import fit_with_inner_split, grouped_folds
 
     rows, works, measured = _works(rows_path)
 
@@ -224,9 +224,7 @@ def transfer(rows_path: Path, shots: tuple[int, ...] = (1, 3, 5, 10), draws: int
         errors: list[float] = []
         per: dict[str, dict] = {}
         models = {}
-        for group in sorted({key(r) for r in rows}):
-            train = [i for i, r in enumerate(rows) if key(r) != group]
-            test = [i for i, r in enumerate(rows) if key(r) == group]
+        for group, train, test in grouped_folds([key(r) for r in rows]):
             model = fit_with_inner_split(
                 [works[i] for i in train],
                 [measured[i] for i in train],

@@ -40,7 +40,7 @@ import json
 import math
 import re
 import statistics
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -63,10 +63,12 @@ __all__ = [
     "engine_of",
     "fit_transfer",
     "fit_with_inner_split",
+    "grouped_folds",
     "load_transfer",
     "row_work",
     "save_adapted",
     "transfer_layers",
+    "validation_groups",
     "work_of",
 ]
 
@@ -486,23 +488,39 @@ def _bucket(key: str) -> float:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") / 2**32
 
 
+def grouped_folds(groups: Sequence[str]) -> Iterator[tuple[str, list[int], list[int]]]:
+    """One fold per group: (group, indices of every other group's rows, indices of its rows).
+    A group (a model with all its spellings and precisions, or a device) is never on both sides.
+    """
+    for group in sorted(set(groups)):
+        yield (
+            group,
+            [i for i, g in enumerate(groups) if g != group],
+            [i for i, g in enumerate(groups) if g == group],
+        )
+
+
+def validation_groups(groups: Iterable[str], share: float = 0.3) -> set[str]:
+    """The whole groups `fit_with_inner_split` holds out to choose `shrink` (by a stable hash of
+    the name; at least one and never all, when there are two or more)."""
+    names = sorted(set(groups))
+    held = {g for g in names if _bucket(g) < share}
+    if not held or len(held) == len(names):
+        held = {min(names, key=_bucket)} if len(names) > 1 else set()
+    return held
+
+
 def fit_with_inner_split(
     works: Sequence[RowWork],
     measured: Sequence[float],
     groups: Sequence[str],
     *,
     grid: Iterable[float] = SHRINK_GRID,
-    validation_share: float = 0.3,
-    adapt_on: Callable[[str], bool] | None = None,
 ) -> TransferModel:
-    """Choose `shrink` on a validation part of the training rows (whole groups, by a stable
-    hash of the group name), then refit on all of them with it. `groups` are what the outer
-    split holds out (models, or devices), so the choice is scored the way the model is."""
-    del adapt_on
-    names = sorted(set(groups))
-    held = {g for g in names if _bucket(g) < validation_share}
-    if not held or len(held) == len(names):  # too few groups: hold out the first by hash
-        held = {min(names, key=_bucket)} if len(names) > 1 else set()
+    """Choose `shrink` on a validation part of the training rows (`validation_groups`: whole
+    groups), then refit on all of them with it. `groups` are what the outer split holds out
+    (models, or devices), so the choice is scored the way the model is."""
+    held = validation_groups(groups)
     best: tuple[float, float] | None = None
     if held:
         train = [i for i, g in enumerate(groups) if g not in held]

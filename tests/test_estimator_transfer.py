@@ -119,3 +119,67 @@ def test_adapt_refuses_rows_of_several_devices(rows):
     with pytest.raises(EdgeforgeError, match="one device"):
         model.adapt([rows[0][0], rows[-1][0]], [1.0, 2.0])
     assert statistics.fmean(model.band) > 0
+
+
+# -- calibrate --device ID --measurements FILE -----------------------------------------------
+
+
+def _cli(*args: str, env: dict[str, str] | None = None):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "edgeforge.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_calibrate_device_without_measurements_is_one_line_exit_2():
+    result = _cli("calibrate", "--device", "raspberry-pi-4")
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "--device and --measurements go together" in result.stderr
+
+
+def test_calibrate_device_refuses_this_machine_and_a_missing_file(tmp_path):
+    from edgeforge import calibrate
+    from edgeforge.errors import EdgeforgeError
+
+    with pytest.raises(EdgeforgeError, match="no such file"):
+        calibrate(device="raspberry-pi-4", measurements=tmp_path / "none.csv")
+    table = tmp_path / "m.csv"
+    table.write_text("device,runtime,model,input,precision,batch,latency_ms,fps,source\n")
+    with pytest.raises(EdgeforgeError, match="calibrate --here"):
+        calibrate(device="this-machine", measurements=table)
+
+
+@pytest.mark.slow
+def test_calibrate_device_adapts_estimates_to_measurements(tmp_path, monkeypatch):
+    """A Pi 4 that runs SqueezeNet 3x slower than the shipped model says: after calibrating on
+    it, `estimate` of another model on that device moves the same way; the store survives."""
+    import edgeforge
+    from edgeforge import calibrate
+    from edgeforge.zoo import catalog
+
+    monkeypatch.setenv("EDGEFORGE_CACHE", str(tmp_path / "cache"))
+    model = load_transfer()
+    if model is None:
+        pytest.skip("this checkout ships no transfer model (scripts/fit_transfer.py)")
+    module, inputs, options = catalog.build("squeezenet1_1")
+    profile = edgeforge.inspect(module, inputs, workdir=tmp_path / "sq", **options)
+    predicted = edgeforge.estimate(profile, "raspberry-pi-4", unit="cpu").latency_ms
+    header = "device,runtime,model,input,precision,batch,latency_ms,fps,source\n"
+    line = "My Pi,ncnn benchncnn CPU threads=4 powersave=0,squeezenet,227x227x3,fp32,1,{ms},,me\n"
+    table = tmp_path / "measured.csv"
+    table.write_text(
+        header + line.format(ms=3 * predicted) + "My Pi,x,not-a-net,1x1,fp32,1,1,,me\n"
+    )
+    result = calibrate(device="raspberry-pi-4", measurements=table).to_dict()
+    assert result["mode"] == "device" and result["rows"] == 1
+    assert [s["line"] for s in result["skipped"]] == [3]
+    assert result["after_median_abs_pct_error"] < result["before_median_abs_pct_error"]
+    after = edgeforge.estimate(profile, "raspberry-pi-4", unit="cpu").latency_ms
+    assert after > 1.5 * predicted

@@ -8,9 +8,13 @@ For each node of a `Profile`:
 summed over the nodes, then scaled to the band the factors' fit error gives. Invariants a caller
 can rely on:
 
-- Efficiency factors come from a `Factors` object (data, fitted by `calibration`), never from
-  the model; `Factors.lookup` falls back from (device, unit, precision) to wider entries and the
-  result names the entry it used.
+- Efficiency factors come from data, never from the model: on a catalogue device, unless
+  `factors` are passed, the transfer model (`transfer.py`: per-layer-class multipliers on this
+  roofline at the priors' efficiencies, with device, runtime-family and precision terms, and a
+  device's own terms when it was in the fit or `calibrate --device` adapted it); on
+  `this-machine`, or with `factors` passed, a `Factors` object (fitted by `calibration` or
+  `calibrate --here`), whose `lookup` falls back from (device, unit, precision) to wider
+  entries. The result's `factors` names what was used (`model: transfer`, or the entry).
 - The compute unit and runtime are chosen by one rule (`unit_choices`, then the least time): the
   units of the kind the caller names, else every unit a runtime reaches (`UNIT_RUNTIMES`: the
   runtime the caller names, else the first the device lists that reaches it) and that can run

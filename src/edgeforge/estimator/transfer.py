@@ -25,8 +25,8 @@ Invariants a caller can rely on:
   so the fitted model ships as JSON (`TransferModel.to_dict`).
 - `adapt(rows)` fits only one device's terms (its scale and overhead) with all shared terms
   fixed: the few-shot calibration of `calibrate --device ID --measurements FILE`. Its penalty
-  (`adapt_penalty`) is read off the fit, not chosen: the fit rows' scatter (robust variance of
-  log measured / predicted) over the spread of the fitted device scales (their mean square), as
+  (`adapt_penalty`) is read off the fit, not chosen (`_adapt_penalty`): the rows' scatter about
+  their device's median over the spread of the devices' medians from the pooled prediction, as
   a Gaussian prior on a new device's scale would have it.
 - Nothing here chooses a hyperparameter on the rows it is scored on: `fit_with_inner_split`
   picks `shrink` on a validation part split off the training rows by group.
@@ -455,17 +455,29 @@ def _fit(
         shrink=shrink,
     )
     ratios = sorted(m / fitted.predict(w) for w, m in zip(works, measured, strict=True))
-    # Empirical Bayes for `adapt`: the penalty that a Gaussian prior with the spread of the
-    # fitted device scales, against the rows' own scatter, puts on a new device's scale.
-    logs = [math.log(r) for r in ratios]
-    scatter = (1.4826 * statistics.median(abs(x - statistics.median(logs)) for x in logs)) ** 2
-    spread = statistics.fmean(v * v for v in fitted.device.values()) if fitted.device else 0.0
-    fitted = dataclasses.replace(fitted, adapt_penalty=scatter / max(spread, 1e-3))
+    fitted = dataclasses.replace(fitted, adapt_penalty=_adapt_penalty(fitted, works, measured))
     if len(ratios) >= 5:
         deciles = statistics.quantiles(ratios, n=10, method="inclusive")
         band = (min(deciles[0], 1.0), max(deciles[-1], 1.0))
         fitted = dataclasses.replace(fitted, band=band)
     return fitted
+
+
+def _adapt_penalty(
+    model: TransferModel, works: Sequence[RowWork], measured: Sequence[float]
+) -> float:
+    """Empirical Bayes for `adapt`: a Gaussian prior on a new device's log scale with the
+    spread that the fit's devices show from the pooled terms (the mean square of each device's
+    median log measured / pooled-predicted), against the scatter of single rows about their
+    device's median (robust variance), gives the penalty scatter / spread."""
+    pooled = dataclasses.replace(model, device={}, overhead_device={})
+    by_device: dict[str, list[float]] = {}
+    for work, ms in zip(works, measured, strict=True):
+        by_device.setdefault(work.device, []).append(math.log(ms / pooled.predict(work)))
+    centred = [x - statistics.median(v) for v in by_device.values() for x in v]
+    scatter = (1.4826 * statistics.median(abs(x) for x in centred)) ** 2
+    spread = statistics.fmean(statistics.median(v) ** 2 for v in by_device.values())
+    return max(scatter, 1e-3) / max(spread, 1e-3)
 
 
 def fit_transfer(

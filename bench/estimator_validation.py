@@ -15,6 +15,10 @@ Two more parts on the published rows (issue 19), written under "mapping" and "ge
   split BY MODEL (each zoo architecture held out in turn: every spelling and precision of it is
   out of the fit together) and LEAVE ONE DEVICE OUT (each catalogue device held out in turn, so
   its rows are estimated from the pooled per-unit entries). Nothing is tuned on these splits.
+- transfer: the transfer model (`estimator.transfer`, what `estimate` uses) on the same rows
+  and splits, its device penalty chosen on whole groups split off each training fold; and
+  few-shot on each left-out device: 1, 3, 5, 10 of its rows adapt it (`TransferModel.adapt`,
+  as `calibrate --device` does), scored on its rows of the other architectures, before/after.
 
     .venv/bin/python bench/estimator_validation.py [--rows FILE] [--json] [--skip-here]
         [--skip-generalisation]

@@ -15,6 +15,10 @@ Two more parts on the published rows (issue 19), written under "mapping" and "ge
   split BY MODEL (each zoo architecture held out in turn: every spelling and precision of it is
   out of the fit together) and LEAVE ONE DEVICE OUT (each catalogue device held out in turn, so
   its rows are estimated from the pooled per-unit entries). Nothing is tuned on these splits.
+- transfer: the transfer model (`estimator.transfer`, what `estimate` uses) on the same rows
+  and splits, its device penalty chosen on whole groups split off each training fold; and
+  few-shot on each left-out device: 1, 3, 5, 10 of its rows adapt it (`TransferModel.adapt`,
+  as `calibrate --device` does), scored on its rows of the other architectures, before/after.
 
     .venv/bin/python bench/estimator_validation.py [--rows FILE] [--json] [--skip-here]
         [--skip-generalisation]
@@ -191,6 +195,91 @@ def generalisation(rows_path: Path) -> dict:
     }
 
 
+def _works(rows_path: Path) -> tuple[list, list, list[float]]:
+    """The costable mapped rows with their `RowWork` (the same rows `generalisation` scores)."""
+    from edgeforge.estimator.calibration import zoo_profiles
+    from edgeforge.estimator.published import read_rows
+    from edgeforge.estimator.transfer import row_work
+
+    mapped = [r for r in read_rows(rows_path) if r.mapped and r.architecture]
+    profiles = zoo_profiles({r.architecture for r in mapped})
+    pairs = [(r, row_work(r, profiles)) for r in mapped]
+    pairs = [(r, w) for r, w in pairs if w is not None and w.total > 0]
+    return [r for r, _ in pairs], [w for _, w in pairs], [r.latency_ms for r, _ in pairs]
+
+
+def _pct(predicted: float, measured: float) -> float:
+    return abs(predicted - measured) / measured * 100
+
+
+def transfer(rows_path: Path, shots: tuple[int, ...] = (1, 3, 5, 10), draws: int = 5) -> dict:
+    """The transfer model (`estimator.transfer`) on the same held-out splits as `generalisation`,
+    its device penalty chosen on a validation part of each training fold (whole models, or whole
+    devices, split off by hash); then few-shot: on each left-out device, N of its rows (drawn at
+    random, `draws` times) adapt the device's terms, and the error is scored on its rows of the
+    OTHER architectures (none of a reference row's architecture), before and after."""
+    import random
+
+    from edgeforge.estimator.transfer import fit_with_inner_split, grouped_folds
+
+    rows, works, measured = _works(rows_path)
+
+    def held_out(key) -> tuple[dict, dict]:
+        errors: list[float] = []
+        per: dict[str, dict] = {}
+        models = {}
+        for group, train, test in grouped_folds([key(r) for r in rows]):
+            model = fit_with_inner_split(
+                [works[i] for i in train],
+                [measured[i] for i in train],
+                [key(rows[i]) for i in train],
+            )
+            models[group] = model
+            group_errors = [_pct(model.predict(works[i]), measured[i]) for i in test]
+            errors += group_errors
+            per[group] = {**_summary(group_errors), "shrink": model.shrink}
+        return {"overall": _summary(errors), "by_group": per}, models
+
+    by_model, _ = held_out(lambda r: r.architecture)
+    by_device, device_models = held_out(lambda r: r.device_id)
+    few_shot: dict[str, dict] = {}
+    for count in shots:
+        before: list[float] = []
+        after: list[float] = []
+        devices = 0
+        for device, model in device_models.items():
+            own = [i for i, r in enumerate(rows) if r.device_id == device]
+            if len(own) <= count:
+                continue
+            scored = False
+            for draw in range(draws):
+                picked = random.Random(f"{device}/{count}/{draw}").sample(own, count)
+                seen = {rows[i].architecture for i in picked}
+                test = [i for i in own if rows[i].architecture not in seen]
+                if not test:
+                    continue
+                adapted = model.adapt([works[i] for i in picked], [measured[i] for i in picked])
+                before += [_pct(model.predict(works[i]), measured[i]) for i in test]
+                after += [_pct(adapted.predict(works[i]), measured[i]) for i in test]
+                scored = True
+            devices += scored
+        few_shot[str(count)] = {
+            "devices": devices,
+            "before": _summary(before),
+            "after": _summary(after),
+        }
+    return {
+        "rows": len(rows),
+        "note": "shrink (the device-term penalty) is chosen per training fold on a validation "
+        "part of it (whole groups by hash); few-shot reference rows are drawn at random from the "
+        "left-out device's rows, and scored rows are that device's rows of the architectures no "
+        "reference row has",
+        "split_by_model": by_model,
+        "leave_one_device_out": by_device,
+        "few_shot_on_left_out_devices": few_shot,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=Path, help="validate every row of this CSV")
@@ -212,6 +301,7 @@ def main() -> None:
     result: dict = {"mapping": mapping(args.rows or SHARED_ROWS)}
     if not args.skip_generalisation:
         result["generalisation"] = generalisation(args.rows or SHARED_ROWS)
+        result["transfer"] = transfer(args.rows or SHARED_ROWS)
     if args.rows:
         result["published"] = validate_file(args.rows)
     elif not args.skip_published:
@@ -229,6 +319,15 @@ def main() -> None:
         general = result["generalisation"]
         print(f"split by model: {general['split_by_model']['overall']}")
         print(f"leave one device out: {general['leave_one_device_out']['overall']}")
+        moved = result["transfer"]
+        print(f"transfer model, split by model: {moved['split_by_model']['overall']}")
+        print(f"transfer model, leave one device out: {moved['leave_one_device_out']['overall']}")
+        for count, shot in moved["few_shot_on_left_out_devices"].items():
+            print(
+                f"  {count:>2} reference rows ({shot['devices']} devices): before "
+                f"{shot['before']['median_abs_pct_error']}%, after "
+                f"{shot['after']['median_abs_pct_error']}% over {shot['after']['rows']} rows"
+            )
     if "published" in result:
         published = result["published"]
         print(f"published rows: {published['overall']}")

@@ -266,7 +266,10 @@ def squeezenet_profile(tmp_path_factory) -> edgeforge.Profile:
 
 def test_zoo_model_on_a_catalogue_device_with_shipped_factors(squeezenet_profile):
     result = estimate(squeezenet_profile, get_device("raspberry-pi-4"), runtime="onnxruntime")
-    assert result.factors["entry"] == "raspberry-pi-4/cpu/fp32"  # the Pi 4 has fp32 rows
+    # The transfer model, with the Pi 4's own terms (it has published rows).
+    assert result.factors["model"] == "transfer"
+    assert result.factors["entry"].startswith("transfer:raspberry-pi-4/onnxruntime/cpu")
+    assert result.factors["device_terms"] == "fitted"
     assert 0 < result.latency_low_ms <= result.latency_ms <= result.latency_high_ms
     assert result.ram.fits is True and result.size_budget.fits is True
     assert any(layer.bound == "compute" for layer in result.layers if layer.category == "conv")

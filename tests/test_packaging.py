@@ -54,6 +54,7 @@ def test_every_data_file_the_package_reads_is_declared_package_data():
         "estimator/data/edge_benchmarks.csv",
         "estimator/data/edge_benchmarks.md",
         "estimator/data/factors.json",
+        "estimator/data/transfer.json",
         "estimator/data/zoo_profiles.json",
         "devices/catalog/device_specs.md",
         "devices/catalog/jetson-orin-nano.toml",

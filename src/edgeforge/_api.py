@@ -321,9 +321,10 @@ def _device_list(device: Any) -> list[Any]:
 @dataclass
 class Calibration:
     """What `calibrate` did: `mode` is "fit" (factors fitted on part of the rows and validated on
-    the rest), "validate" (the shipped factors scored on every row) or "here" (this machine's
-    micro-benchmarks). `report` is the validation report (fit, validate); `factors` the fitted
-    factors (fit); `here` the measurements and fit (here)."""
+    the rest), "validate" (the shipped factors scored on every row), "here" (this machine's
+    micro-benchmarks) or "device" (the transfer model adapted to one device's measurements).
+    `report` is the validation report (fit, validate) or the adaptation's (device); `factors` the
+    fitted factors (fit); `here` the measurements and fit (here)."""
 
     mode: str
     rows: str | None = None
@@ -347,10 +348,36 @@ def calibrate(
     here: bool = False,
     quick: bool = False,
     threads: int | None = None,
+    device: str | None = None,
+    measurements: str | Path | None = None,
 ) -> Calibration:
     """`edgeforge calibrate`: fit the estimator's efficiency factors on published measurements
     (`rows`, default: the ones shipped with edgeforge), or score the shipped factors on every row
-    (`validate_only`), or fit this machine's factors from micro-benchmarks (`here`)."""
+    (`validate_only`), or fit this machine's factors from micro-benchmarks (`here`), or adapt the
+    transfer model to a catalogue `device` from a few measured reference models
+    (`measurements`, a CSV in the published-rows format)."""
+    if device is not None or measurements is not None:
+        if device is None or measurements is None:
+            raise EdgeforgeError(
+                "--device and --measurements go together: pass the catalogue id and the CSV of "
+                "its measured reference models"
+            )
+        if here or validate_only or rows is not None or out is not None or quick or threads:
+            raise EdgeforgeError(
+                "--device/--measurements stores the device's adapted terms in the cache folder; "
+                "leave out --here, --rows, --out, --validate-only, --quick and --threads"
+            )
+        if not Path(measurements).is_file():
+            raise EdgeforgeError(
+                f"--measurements {measurements}: no such file; pass a CSV in the published "
+                "format (device,runtime,model,input,precision,batch,latency_ms,fps,source)"
+            )
+        from edgeforge.estimator.transfer import calibrate_device
+
+        report = calibrate_device(device, measurements)
+        return Calibration(
+            "device", rows=str(measurements), report=report, saved_to=report["saved_to"]
+        )
     if here:
         if validate_only or rows is not None or out is not None:
             raise EdgeforgeError(

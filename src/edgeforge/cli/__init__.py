@@ -484,10 +484,26 @@ def _calibrate(args: argparse.Namespace) -> int:
         here=args.here,
         quick=args.quick,
         threads=args.threads,
+        device=args.device,
+        measurements=args.measurements,
     )
     data = result.to_dict()
 
     def show() -> None:
+        if result.mode == "device":
+            for row in data["reference_rows"]:
+                print(
+                    f"{row['model']:28} measured {row['measured_ms']:9.3f} ms  before "
+                    f"{row['before_ms']:9.3f} ms  after {row['after_ms']:9.3f} ms"
+                )
+            for row in data["skipped"]:
+                print(f"line {row['line']}: skipped, {row['reason']}")
+            print(
+                f"{data['device']}: median abs error on these rows "
+                f"{data['before_median_abs_pct_error']:.1f}% -> "
+                f"{data['after_median_abs_pct_error']:.1f}%; saved: {data['saved_to']}"
+            )
+            return
         if result.here is None:
             print(json.dumps(data, indent=2, default=str))
             return
@@ -948,6 +964,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="with --here: fewer, smaller micro-benchmarks"
     )
     calibrate.add_argument("--threads", type=int, help="with --here: ONNX Runtime threads")
+    calibrate.add_argument(
+        "--device", help="with --measurements: the catalogue device to adapt the estimates to"
+    )
+    calibrate.add_argument(
+        "--measurements",
+        type=Path,
+        help="with --device: CSV of its measured reference models (published-rows format)",
+    )
     _output_options(calibrate)
     calibrate.set_defaults(run=_calibrate)
 

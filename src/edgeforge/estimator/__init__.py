@@ -4,6 +4,8 @@ per-layer roofline.
 `estimate(profile, device)` predicts; `Factors` are the efficiency data it reads (fitted by
 `calibration.fit` on published measurements read by `published.read_rows`, shipped in
 `data/factors.json`); `validate` reports how far the estimates are from held-out measurements.
+On catalogue devices `estimate` uses the transfer model (`transfer`, shipped in
+`data/transfer.json`), which `calibrate --device ID --measurements FILE` adapts to one device.
 """
 
 from __future__ import annotations

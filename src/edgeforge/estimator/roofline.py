@@ -8,9 +8,13 @@ For each node of a `Profile`:
 summed over the nodes, then scaled to the band the factors' fit error gives. Invariants a caller
 can rely on:
 
-- Efficiency factors come from a `Factors` object (data, fitted by `calibration`), never from
-  the model; `Factors.lookup` falls back from (device, unit, precision) to wider entries and the
-  result names the entry it used.
+- Efficiency factors come from data, never from the model: on a catalogue device, unless
+  `factors` are passed, the transfer model (`transfer.py`: per-layer-class multipliers on this
+  roofline at the priors' efficiencies, with device, runtime-family and precision terms, and a
+  device's own terms when it was in the fit or `calibrate --device` adapted it); on
+  `this-machine`, or with `factors` passed, a `Factors` object (fitted by `calibration` or
+  `calibrate --here`), whose `lookup` falls back from (device, unit, precision) to wider
+  entries. The result's `factors` names what was used (`model: transfer`, or the entry).
 - The compute unit and runtime are chosen by one rule (`unit_choices`, then the least time): the
   units of the kind the caller names, else every unit a runtime reaches (`UNIT_RUNTIMES`: the
   runtime the caller names, else the first the device lists that reaches it) and that can run
@@ -57,6 +61,7 @@ from edgeforge.errors import EdgeforgeError
 if TYPE_CHECKING:
     from edgeforge.analysis.profile import NodeProfile, Profile
     from edgeforge.estimator.calibration import FactorEntry, Factors
+    from edgeforge.estimator.transfer import TransferModel
 
 __all__ = [
     "BYTES_PER_ELEMENT",
@@ -444,6 +449,32 @@ def roofline_ms(
     return layers
 
 
+def _transfer_model(device: Device, explicit_factors: bool) -> TransferModel | None:
+    """The shipped transfer model, unless factors were passed or the device is this machine
+    (whose `calibrate --here` factors are measured on it, not transferred)."""
+    from edgeforge.devices._this_machine import THIS_MACHINE_ID
+    from edgeforge.estimator.transfer import load_transfer
+
+    if explicit_factors or device.id == THIS_MACHINE_ID:
+        return None
+    return load_transfer()
+
+
+def _transfer_summary(model: TransferModel, work: Any) -> dict[str, Any]:
+    """What the transfer model used: whether the device's own terms were fitted (or adapted by
+    `calibrate --device`) or it is predicted from the pooled terms and its specs alone."""
+    own = model.knows(work.device)
+    return {
+        "entry": f"transfer:{work.device if own else '*'}/{work.engine}/{work.precision}",
+        "model": "transfer",
+        "device_terms": "fitted" if own else "pooled (device not in the fit)",
+        "engine": work.engine,
+        "shrink": model.shrink,
+        "band_low": model.band[0],
+        "band_high": model.band[1],
+    }
+
+
 def _factor_summary(matched: str, entry: FactorEntry) -> dict[str, Any]:
     """The entry used, without the fit's list of row lines (kept in the factors file)."""
     summary = {"entry": matched, **entry.to_dict()}
@@ -545,6 +576,7 @@ def _estimate(
             f"device {device.id!r} does not run {runtime!r}; it runs "
             f"{', '.join(device.runtimes)}{known}"
         )
+    explicit_factors = factors is not None
     factors = factors if factors is not None else load_factors()
     notes: list[str] = list(found.notes)
     if found.precision is not None and precision != found.precision:
@@ -557,20 +589,41 @@ def _estimate(
             "the profiled ONNX file is gone or no longer matches the profile: depthwise convs "
             "are costed as dense convs and no node as fused"
         )
+    transfer = _transfer_model(device, explicit_factors)
     tried = []
     for candidate, reached_by in unit_choices(
         device, runtime=runtime, precision=precision, unit=unit
     ):
         unit_notes: list[str] = []
         peak = _peak_gops(candidate, precision, threads, unit_notes)
-        entry, matched = factors.lookup(device.id, candidate.kind, precision)
-        layers = roofline_ms(
-            profile, entry, peak_gops=peak, bandwidth_gbps=bandwidth, precision=precision
-        )
+        moved = None
+        if transfer is not None:
+            from edgeforge.estimator.transfer import transfer_layers
+
+            moved = transfer_layers(
+                transfer,
+                profile,
+                device,
+                candidate.kind,
+                precision,
+                threads=threads,
+                runtime=reached_by,
+            )
+        if moved is not None:
+            layers, work = moved
+            band = transfer.band
+            summary = _transfer_summary(transfer, work)
+        else:
+            entry, matched = factors.lookup(device.id, candidate.kind, precision)
+            layers = roofline_ms(
+                profile, entry, peak_gops=peak, bandwidth_gbps=bandwidth, precision=precision
+            )
+            band = (entry.band_low, entry.band_high)
+            summary = _factor_summary(matched, entry)
         latency = sum(layer.ms for layer in layers)
-        tried.append((latency, candidate, reached_by, entry, matched, layers, unit_notes))
+        tried.append((latency, candidate, reached_by, band, summary, layers, unit_notes))
     tried.sort(key=lambda t: t[0])
-    latency, chosen, reached_by, entry, matched, layers, unit_notes = tried[0]
+    latency, chosen, reached_by, band, summary, layers, unit_notes = tried[0]
     notes.extend(unit_notes)
     alternatives = [
         {"unit": u.kind, "name": u.name, "runtime": r, "latency_ms": ms} for ms, u, r, *_ in tried
@@ -602,15 +655,15 @@ def _estimate(
         runtime=reached_by,
         precision=precision,
         latency_ms=latency,
-        latency_low_ms=latency * entry.band_low,
-        latency_high_ms=latency * entry.band_high,
+        latency_low_ms=latency * band[0],
+        latency_high_ms=latency * band[1],
         peak_memory_bytes=peak_memory,
         weight_bytes=weight_bytes,
         activation_peak_bytes=activation_bytes,
         ram=ram,
         size_budget=budget,
         layers=layers,
-        factors=_factor_summary(matched, entry),
+        factors=summary,
         notes=notes,
         input_shapes={name: list(shape) for name, shape in profile.input_shapes().items()},
         assumed_dims=[dim.to_dict() for dim in profile.assumed_dims if dim.reason != "override"],

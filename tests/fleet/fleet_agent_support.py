@@ -64,9 +64,11 @@ def publish(
     bomb: bool = False,
     pad: int = 0,
     samples: int = 4,
+    personalize: Path | None = None,
 ) -> dict[str, Any]:
     """Publish NAME/VERSION/CLASS/{model.onnx, canary.npz, variant.json}; returns variant.json.
-    `wrong_reference` makes the canary fail; `pad` grows the model file (for download tests)."""
+    `wrong_reference` makes the canary fail; `pad` grows the model file (for download tests);
+    `personalize` ships that personalisation package folder in the variant (`personalize/`)."""
     import onnxruntime as ort
 
     folder = work / f"v{version}-{device_class}"
@@ -89,8 +91,18 @@ def publish(
     if wrong_reference:
         reference = reference + 1.0
     np.savez(folder / "canary.npz", **{"in/x": inputs, "out/y": reference})
+    names = ["model.onnx", "canary.npz"]
+    if personalize is not None:
+        import shutil
+
+        shutil.copytree(personalize, folder / "personalize")
+        names += sorted(
+            p.relative_to(folder).as_posix()
+            for p in (folder / "personalize").rglob("*")
+            if p.is_file()
+        )
     files = []
-    for file in ("model.onnx", "canary.npz"):
+    for file in names:
         data = (folder / file).read_bytes()
         files.append(
             {"path": file, "sha256": hashlib.sha256(data).hexdigest(), "length": len(data)}
@@ -116,7 +128,7 @@ def publish(
     custom = {"edgeforge": {"name": NAME, "version": version, "device_class": device_class}}
     with repo.lock():
         repo.publish(
-            {f"{base}/{f}": folder / f for f in ("variant.json", "model.onnx", "canary.npz")},
+            {f"{base}/{f}": folder / f for f in ("variant.json", *names)},
             {f"{base}/variant.json": custom},
         )
     return index

@@ -199,3 +199,29 @@ def test_personalize_discards_a_head_that_does_not_beat_the_base_model(fleet, tm
     assert accuracy(agent, x[:, None], labels) == 1.0
     event = json.loads((agent.state / "outbox.json").read_text())[-1]
     assert (event["kind"], event["ok"], event["detail"]) == ("personalize", False, "discarded")
+
+
+def test_agent_personalize_cli_reads_a_data_folder_and_refuses_unlabelled_data(
+    fleet, tmp_path, capsys
+):
+    from edgeforge.cli import main
+
+    server, agent = fleet
+    if agent.status().active is None:
+        until(agent, 1, server, rollout(server, 1))
+    x, y = user_samples(20, seed=5)
+    data = tmp_path / "data"
+    data.mkdir()
+    for i, (sample, label) in enumerate(zip(x, y, strict=True)):
+        np.savez(data / f"{i:02}.npz", x=sample, label=np.array([label]))
+    assert main(["agent", "personalize", "--state", str(agent.state), "--data", str(data),
+                 "--json"]) == 0  # fmt: skip
+    result = json.loads(capsys.readouterr().out)
+    assert result["kept"] and result["train_samples"] == 20, result
+
+    unlabelled = tmp_path / "unlabelled"
+    unlabelled.mkdir()
+    np.savez(unlabelled / "a.npz", x=x[0])
+    assert main(["agent", "personalize", "--state", str(agent.state), "--data",
+                 str(unlabelled)]) == 2  # fmt: skip
+    assert "needs a label" in capsys.readouterr().err

@@ -491,15 +491,18 @@ def _train_numpy(
     deadline: float,
 ) -> tuple[dict[str, np.ndarray], list[float]]:
     """Plain SGD on the trainable layers, in numpy (the runtime-independent form)."""
-    params = {name: value.copy() for name, value in package.base_params.items()}
+    base = package.base_params
+    params = {name: value.copy() for name, value in base.items()}
     lr, losses = float(settings["lr"]), []
+    anchor = float(settings.get("anchor", 0.0))
     for epoch in _batches(len(y), settings):
         total = 0.0
         for rows in epoch:
             logits, inputs = head_forward(package.layers, params, x[rows])
             loss, grad = _softmax_cross_entropy(logits, y[rows])
             for name, value in head_backward(package.layers, params, inputs, grad).items():
-                params[name] -= lr * value
+                # The anchor: an L2 pull towards the base weights (not towards zero).
+                params[name] -= lr * (value + anchor * (params[name] - base[name]))
             total += loss * len(rows)
         losses.append(total / len(y))
         if time.perf_counter() > deadline:
@@ -527,6 +530,10 @@ def _train_executorch(
     entry = package.forms["executorch"]
     module = _load_for_executorch_for_training(str(package.path / entry["file"]))
     size, method = int(entry["batch"]), entry["method"]
+    anchor = float(settings.get("anchor", 0.0))
+    base = {
+        name: torch.from_numpy(package.base_params[entry["names"][name]]) for name in entry["names"]
+    }
     optimizer = None
     losses = []
     for epoch in _batches(len(y), settings):
@@ -545,7 +552,14 @@ def _train_executorch(
                     optimizer = get_sgd_optimizer(
                         module.named_parameters(), float(settings["lr"]), 0, 0, 0, False
                     )
-                optimizer.step(module.named_gradients())
+                gradients = module.named_gradients()
+                if anchor:  # the same pull towards the base weights as the numpy form
+                    current = module.named_parameters()
+                    gradients = {
+                        name: grad + anchor * (current[name] - base[name])
+                        for name, grad in gradients.items()
+                    }
+                optimizer.step(gradients)
                 total += float(out[0]) * len(part)
         losses.append(total / len(y))
         if time.perf_counter() > deadline:

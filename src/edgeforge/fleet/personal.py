@@ -20,8 +20,10 @@ Invariants a caller can rely on:
   no sample, label, count per class or weight in it;
 - the guard: the user's samples are split into train and check, `folds` times over (each
   sample is a check sample once, judged by a head trained without it); the personal head is
-  kept only if those heads classify strictly more check samples correctly than the base model
-  does on the same samples; then the head trained on all the samples is kept. Otherwise it is
+  kept only if those heads classify more check samples correctly than the base model does on
+  the same samples, by more than the check's own noise (`guard_margin`: `guard_z` standard
+  deviations of a coin toss over the samples the two disagree on, and at least `margin`
+  samples); then the head trained on all the samples is kept. Otherwise it is
   discarded, `reason` says why, and `predict` returns the base model's logits; a run past
   `time_limit_s` is discarded too;
 - a personal model records the backbone's release (name, version, artifact sha256) and refuses
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sys
 import time
 import tracemalloc
@@ -67,6 +70,8 @@ PERSONAL_SCHEMA = "edgeforge.personal-model/1"
 FORMS = ("executorch", "coreml", "head")
 # Head layers this module can run and train (what the builder accepts in a head).
 LAYER_KINDS = ("linear", "relu", "tanh", "sigmoid", "identity", "flatten")
+# The guard's default: how many standard deviations of the check's noise a head must win by.
+GUARD_Z = 1.0
 # The backbone runtimes this module can run on a device, best first.
 BACKBONE_RUNTIMES = ("onnxruntime", "executorch", "openvino")
 
@@ -424,7 +429,7 @@ class PersonalizationPackage:
         tracemalloc.start()
         started = time.perf_counter()
         deadline = started + time_limit_s
-        personal_right = 0
+        personal_hits = np.zeros(len(labels), bool)  # each sample, judged by its fold's head
         try:
             # The check: each fold's samples are judged by a head trained without them.
             for check_rows in folds:
@@ -433,7 +438,7 @@ class PersonalizationPackage:
                     self, embedding[train_rows], labels[train_rows], settings, deadline=deadline
                 )
                 logits, _ = head_forward(self.layers, params, embedding[check_rows])
-                personal_right += int((logits.argmax(1) == labels[check_rows]).sum())
+                personal_hits[check_rows] = logits.argmax(1) == labels[check_rows]
             # What is kept is trained on all the samples, as each checked head was on most.
             params, losses = trainer(self, embedding, labels, settings, deadline=deadline)
         finally:
@@ -444,12 +449,11 @@ class PersonalizationPackage:
             result.reason = f"discarded: training ran past its {time_limit_s:g} s limit"
             return result
         result.losses = losses
-        base_right = int((base_logits.argmax(1) == labels).sum())
+        base_hits = base_logits.argmax(1) == labels
+        personal_right, base_right = int(personal_hits.sum()), int(base_hits.sum())
         result.base_accuracy = base_right / len(labels)
         result.personal_accuracy = personal_right / len(labels)
-        # The guard: keep it only if it does strictly better on the user's own check samples
-        # (by `margin` samples or more: 1 by default; a larger one trades gain for safety).
-        if personal_right >= base_right + max(1, int(settings.get("margin", 1))):
+        if personal_right >= base_right + guard_margin(personal_hits, base_hits, settings):
             result.kept, result.params = True, params
             result.reason = (
                 f"kept: {personal_right} of {len(labels)} check samples right, the base "
@@ -461,6 +465,22 @@ class PersonalizationPackage:
                 f"the base model {base_right}; the base model stays"
             )
         return result
+
+
+def guard_margin(
+    personal_hits: np.ndarray, base_hits: np.ndarray, settings: Mapping[str, Any]
+) -> int:
+    """How many more check samples the personal head must get right than the base model.
+
+    Only the samples the two disagree on carry evidence (the paired, sign-test view): if the
+    head were no better, its wins and losses among those `d` samples would be a coin toss,
+    whose difference has a standard deviation of sqrt(d). The head must win by `guard_z`
+    standard deviations (1 by default: a head no better than the base model leads by that
+    much only about one time in six), and by at least `margin` samples (1: strictly better),
+    so a handful of lucky check samples does not replace the base model."""
+    disagreements = int((personal_hits != base_hits).sum())
+    z = float(settings.get("guard_z", GUARD_Z))
+    return max(1, int(settings.get("margin", 1)), math.ceil(z * math.sqrt(disagreements)))
 
 
 def _folds(count: int, folds: int, seed: int) -> list[np.ndarray]:

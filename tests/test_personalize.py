@@ -118,19 +118,28 @@ def test_numpy_head_gradients_are_torchs():
     assert np.allclose(grads["4.bias"], model[4].bias.grad.numpy(), atol=1e-5)
 
 
-def test_guard_refuses_a_lead_within_the_noise_of_the_check_samples():
+def test_guard_refuses_a_lead_a_coin_toss_gives():
     from edgeforge.fleet.personal import guard_margin
 
     base = np.array([True] * 10 + [False] * 10)
-    # 10 disagreements, 6 won and 4 lost: a lead of 2 where a coin toss gives sqrt(10) ~ 3.2.
-    lucky = np.array([True] * 6 + [False] * 4 + [True] * 6 + [False] * 4)
-    assert int(lucky.sum()) == int(base.sum()) + 2
-    assert guard_margin(lucky, base, {"margin": 1}) == 4
-    # 8 won, 0 lost: evidence enough (sqrt(8) ~ 2.8, a lead of 8).
-    clear = base | np.array([False] * 10 + [True] * 8 + [False] * 2)
-    assert int(clear.sum()) - int(base.sum()) >= guard_margin(clear, base, {"margin": 1}) == 3
-    # guard_z 0 is the plain rule: strictly better by `margin` samples.
-    assert guard_margin(lucky, base, {"margin": 1, "guard_z": 0}) == 1
+
+    def head(wins: int, losses: int) -> np.ndarray:
+        hits = base.copy()
+        hits[:losses] = False
+        hits[10 : 10 + wins] = True
+        return hits
+
+    # One or two disagreements, all won: a coin does that half or a quarter of the time.
+    assert guard_margin(head(1, 0), base, {}) == 2
+    assert guard_margin(head(2, 0), base, {}) == 3
+    # Three of three (a coin: 1/8 <= 1/6): kept with its lead of 3.
+    assert guard_margin(head(3, 0), base, {}) == 3
+    # 6 won and 4 lost: a lead of 2 that a coin beats about a third of the time.
+    assert guard_margin(head(6, 4), base, {}) > 2
+    # 9 won, 1 lost: evidence enough.
+    assert guard_margin(head(9, 1), base, {}) <= 8
+    # guard_alpha 1 is the plain rule: strictly better by `margin` samples.
+    assert guard_margin(head(1, 0), base, {"guard_alpha": 1.0, "margin": 1}) == 1
 
 
 def test_the_device_side_imports_neither_torch_nor_a_converter():

@@ -21,8 +21,8 @@ Invariants a caller can rely on:
 - the guard: the user's samples are split into train and check, `folds` times over (each
   sample is a check sample once, judged by a head trained without it); the personal head is
   kept only if those heads classify more check samples correctly than the base model does on
-  the same samples, by more than the check's own noise (`guard_margin`: `guard_z` standard
-  deviations of a coin toss over the samples the two disagree on, and at least `margin`
+  the same samples, by more than the check's own noise (`guard_margin`: a one-sided sign
+  test at `guard_alpha` over the samples the two disagree on, and at least `margin`
   samples); then the head trained on all the samples is kept. Otherwise it is
   discarded, `reason` says why, and `predict` returns the base model's logits; a run past
   `time_limit_s` is discarded too;
@@ -70,8 +70,8 @@ PERSONAL_SCHEMA = "edgeforge.personal-model/1"
 FORMS = ("executorch", "coreml", "head")
 # Head layers this module can run and train (what the builder accepts in a head).
 LAYER_KINDS = ("linear", "relu", "tanh", "sigmoid", "identity", "flatten")
-# The guard's default: how many standard deviations of the check's noise a head must win by.
-GUARD_Z = 1.0
+# The guard's default: how often a head no better than the base model may pass the check.
+GUARD_ALPHA = 1 / 6
 # The backbone runtimes this module can run on a device, best first.
 BACKBONE_RUNTIMES = ("onnxruntime", "executorch", "openvino")
 
@@ -472,15 +472,24 @@ def guard_margin(
 ) -> int:
     """How many more check samples the personal head must get right than the base model.
 
-    Only the samples the two disagree on carry evidence (the paired, sign-test view): if the
-    head were no better, its wins and losses among those `d` samples would be a coin toss,
-    whose difference has a standard deviation of sqrt(d). The head must win by `guard_z`
-    standard deviations (1 by default: a head no better than the base model leads by that
-    much only about one time in six), and by at least `margin` samples (1: strictly better),
-    so a handful of lucky check samples does not replace the base model."""
+    Only the samples the two disagree on carry evidence (a paired sign test): were the head
+    no better than the base model, each of those `d` samples would be a coin toss between
+    them. The head must win so many more than it loses that a coin does as well at most
+    `guard_alpha` of the time (1/6 by default, one standard deviation's worth), and by at
+    least `margin` samples (1: strictly better). So a head is never kept on one or two lucky
+    check samples: with 1 or 2 disagreements, even winning all of them is a coin's 1/2 or
+    1/4 chance; a user's rare classes, which a head fitted to a few samples can forget, are
+    what such a thin lead hides."""
     disagreements = int((personal_hits != base_hits).sum())
-    z = float(settings.get("guard_z", GUARD_Z))
-    return max(1, int(settings.get("margin", 1)), math.ceil(z * math.sqrt(disagreements)))
+    alpha = float(settings.get("guard_alpha", GUARD_ALPHA))
+    lead = disagreements + 1  # more than any possible lead: never kept
+    for wins in range(disagreements + 1):
+        # P(a coin wins `wins` or more of `disagreements` tosses)
+        tail = sum(math.comb(disagreements, k) for k in range(wins, disagreements + 1))
+        if tail / 2**disagreements <= alpha:
+            lead = 2 * wins - disagreements
+            break
+    return max(1, int(settings.get("margin", 1)), lead)
 
 
 def _folds(count: int, folds: int, seed: int) -> list[np.ndarray]:

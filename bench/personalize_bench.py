@@ -151,6 +151,7 @@ def main() -> None:
             "base_clean_accuracy": clean,
             "build_seconds": build.seconds,
             "forms_built": {k: "error" not in v for k, v in build.forms.items()},
+            "training": package.training,
             "shifted": run_users(package, shifted, FORMS),
             "unshifted": run_users(package, plain, ("head",)),
         }
@@ -171,6 +172,7 @@ def main() -> None:
             "base_clean_accuracy": clean,
             "build_seconds": build.seconds,
             "forms_built": {k: "error" not in v for k, v in build.forms.items()},
+            "training": package.training,
             "shifted": run_users(package, users, FORMS),
         }
     for name, task in results["tasks"].items():

@@ -118,28 +118,24 @@ def test_numpy_head_gradients_are_torchs():
     assert np.allclose(grads["4.bias"], model[4].bias.grad.numpy(), atol=1e-5)
 
 
-def test_guard_refuses_a_lead_a_coin_toss_gives():
-    from edgeforge.fleet.personal import guard_margin
+def test_guard_refuses_a_lead_within_the_check_samples_noise():
+    from edgeforge.fleet.personal import guard
 
     base = np.array([True] * 10 + [False] * 10)
-
-    def head(wins: int, losses: int) -> np.ndarray:
-        hits = base.copy()
-        hits[:losses] = False
-        hits[10 : 10 + wins] = True
-        return hits
-
-    # One or two disagreements, all won: a coin does that half or a quarter of the time.
-    assert guard_margin(head(1, 0), base, {}) == 2
-    assert guard_margin(head(2, 0), base, {}) == 3
-    # Three of three (a coin: 1/8 <= 1/6): kept with its lead of 3.
-    assert guard_margin(head(3, 0), base, {}) == 3
-    # 6 won and 4 lost: a lead of 2 that a coin beats about a third of the time.
-    assert guard_margin(head(6, 4), base, {}) > 2
-    # 9 won, 1 lost: evidence enough.
-    assert guard_margin(head(9, 1), base, {}) <= 8
-    # guard_alpha 1 is the plain rule: strictly better by `margin` samples.
-    assert guard_margin(head(1, 0), base, {"guard_alpha": 1.0, "margin": 1}) == 1
+    better = base.copy()
+    better[10:12] = True  # two more check samples right
+    # Confident everywhere it is right, but sure of the wrong class on one sample: the mean
+    # log-probability gain is positive yet within one standard error (a head that forgot a
+    # class).
+    gains = np.array([0.3] * 19 + [-4.0])
+    kept, why = guard(better, base, gains, {})
+    assert not kept and "within the check's noise" in why
+    # The same lead with a steady log-probability gain: kept.
+    kept, why = guard(better, base, np.full(20, 0.3) + np.linspace(-0.1, 0.1, 20), {})
+    assert kept and why.startswith("kept: it got 12 of 20")
+    # No accuracy lead: discarded whatever the log-probabilities say.
+    kept, why = guard(base, base, np.full(20, 0.5) + np.linspace(-0.1, 0.1, 20), {})
+    assert not kept and "base model stays" in why
 
 
 def test_the_device_side_imports_neither_torch_nor_a_converter():

@@ -21,9 +21,9 @@ Invariants a caller can rely on:
 - the guard: the user's samples are split into train and check, `folds` times over (each
   sample is a check sample once, judged by a head trained without it); the personal head is
   kept only if those heads classify more check samples correctly than the base model does on
-  the same samples, by more than the check's own noise (`guard_margin`: a one-sided sign
-  test at `guard_alpha` over the samples the two disagree on, and at least `margin`
-  samples); then the head trained on all the samples is kept. Otherwise it is
+  the same samples (by `margin`, 1) and its mean log-probability gain on them exceeds
+  `guard_z` (1) standard errors (`guard`); then the head trained on all the samples is
+  kept. Otherwise it is
   discarded, `reason` says why, and `predict` returns the base model's logits; a run past
   `time_limit_s` is discarded too;
 - a personal model records the backbone's release (name, version, artifact sha256) and refuses
@@ -70,8 +70,9 @@ PERSONAL_SCHEMA = "edgeforge.personal-model/1"
 FORMS = ("executorch", "coreml", "head")
 # Head layers this module can run and train (what the builder accepts in a head).
 LAYER_KINDS = ("linear", "relu", "tanh", "sigmoid", "identity", "flatten")
-# The guard's default: how often a head no better than the base model may pass the check.
-GUARD_ALPHA = 1 / 6
+# The guard's default: by how many standard errors the head's mean log-probability gain on
+# the check samples must exceed zero.
+GUARD_Z = 1.0
 # The backbone runtimes this module can run on a device, best first.
 BACKBONE_RUNTIMES = ("onnxruntime", "executorch", "openvino")
 
@@ -429,7 +430,10 @@ class PersonalizationPackage:
         tracemalloc.start()
         started = time.perf_counter()
         deadline = started + time_limit_s
-        personal_hits = np.zeros(len(labels), bool)  # each sample, judged by its fold's head
+        # Each sample, judged by its fold's head: right or not, and the log-probability that
+        # head gives its true label.
+        personal_hits = np.zeros(len(labels), bool)
+        personal_logp = np.zeros(len(labels))
         try:
             # The check: each fold's samples are judged by a head trained without them.
             for check_rows in folds:
@@ -439,6 +443,7 @@ class PersonalizationPackage:
                 )
                 logits, _ = head_forward(self.layers, params, embedding[check_rows])
                 personal_hits[check_rows] = logits.argmax(1) == labels[check_rows]
+                personal_logp[check_rows] = _log_probability(logits, labels[check_rows])
             # What is kept is trained on all the samples, as each checked head was on most.
             params, losses = trainer(self, embedding, labels, settings, deadline=deadline)
         finally:
@@ -450,46 +455,59 @@ class PersonalizationPackage:
             return result
         result.losses = losses
         base_hits = base_logits.argmax(1) == labels
-        personal_right, base_right = int(personal_hits.sum()), int(base_hits.sum())
-        result.base_accuracy = base_right / len(labels)
-        result.personal_accuracy = personal_right / len(labels)
-        if personal_right >= base_right + guard_margin(personal_hits, base_hits, settings):
-            result.kept, result.params = True, params
-            result.reason = (
-                f"kept: {personal_right} of {len(labels)} check samples right, the base "
-                f"model {base_right}"
-            )
-        else:
-            result.reason = (
-                f"discarded: it got {personal_right} of {len(labels)} check samples right, "
-                f"the base model {base_right}; the base model stays"
-            )
+        result.base_accuracy = float(base_hits.mean())
+        result.personal_accuracy = float(personal_hits.mean())
+        result.kept, result.reason = guard(
+            personal_hits,
+            base_hits,
+            personal_logp - _log_probability(base_logits, labels),
+            settings,
+        )
+        if result.kept:
+            result.params = params
         return result
 
 
-def guard_margin(
-    personal_hits: np.ndarray, base_hits: np.ndarray, settings: Mapping[str, Any]
-) -> int:
-    """How many more check samples the personal head must get right than the base model.
+def _log_probability(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """log softmax(logits)[label], per row."""
+    shifted = logits - logits.max(1, keepdims=True)
+    shifted = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+    return shifted[np.arange(len(labels)), labels]
 
-    Only the samples the two disagree on carry evidence (a paired sign test): were the head
-    no better than the base model, each of those `d` samples would be a coin toss between
-    them. The head must win so many more than it loses that a coin does as well at most
-    `guard_alpha` of the time (1/6 by default, one standard deviation's worth), and by at
-    least `margin` samples (1: strictly better). So a head is never kept on one or two lucky
-    check samples: with 1 or 2 disagreements, even winning all of them is a coin's 1/2 or
-    1/4 chance; a user's rare classes, which a head fitted to a few samples can forget, are
-    what such a thin lead hides."""
-    disagreements = int((personal_hits != base_hits).sum())
-    alpha = float(settings.get("guard_alpha", GUARD_ALPHA))
-    lead = disagreements + 1  # more than any possible lead: never kept
-    for wins in range(disagreements + 1):
-        # P(a coin wins `wins` or more of `disagreements` tosses)
-        tail = sum(math.comb(disagreements, k) for k in range(wins, disagreements + 1))
-        if tail / 2**disagreements <= alpha:
-            lead = 2 * wins - disagreements
-            break
-    return max(1, int(settings.get("margin", 1)), lead)
+
+def guard(
+    personal_hits: np.ndarray,
+    base_hits: np.ndarray,
+    gains: np.ndarray,
+    settings: Mapping[str, Any],
+) -> tuple[bool, str]:
+    """The guard's verdict on the check samples (each judged by a head trained without it):
+    (kept, why). `gains` is, per check sample, the log-probability the personal head gives its
+    true label minus the base model's.
+
+    Kept only if both hold:
+    - accuracy: the personal head gets at least `margin` (1) more check samples right;
+    - evidence beyond the check's noise: the mean log-probability gain exceeds `guard_z` (1)
+      standard errors of itself. Accuracy alone counts only the few samples the two models
+      disagree on, and with 20 samples a lead of one or two is luck as often as not; the
+      log-probability (a proper scoring rule) weighs every check sample and charges a head
+      that is confidently wrong, which is what a head fitted to a few samples is when it
+      forgot a class the user rarely shows."""
+    count = len(gains)
+    personal_right, base_right = int(personal_hits.sum()), int(base_hits.sum())
+    margin = max(1, int(settings.get("margin", 1)))
+    z = float(settings.get("guard_z", GUARD_Z))
+    mean = float(gains.mean()) if count else 0.0
+    error = float(gains.std(ddof=1) / math.sqrt(count)) if count > 1 else math.inf
+    scores = (
+        f"it got {personal_right} of {count} check samples right, the base model {base_right}; "
+        f"mean log-probability gain {mean:+.3f} (standard error {error:.3f})"
+    )
+    if personal_right < base_right + margin:
+        return False, f"discarded: {scores}; the base model stays"
+    if not mean > z * error:
+        return False, f"discarded: {scores}, within the check's noise; the base model stays"
+    return True, f"kept: {scores}"
 
 
 def _folds(count: int, folds: int, seed: int) -> list[np.ndarray]:

@@ -41,7 +41,7 @@ DEFAULT_TRAINING = {
     "batch": 8,
     "folds": 5,
     "margin": 1,
-    "guard_alpha": round(1 / 6, 4),
+    "guard_z": 1.0,
     "anchor": 0.0,
     "seed": 0,
 }

@@ -22,6 +22,9 @@ from server_support import ENROLL, Server
 from edgeforge.fleet import Agent
 from edgeforge.fleet.personal import SCHEMA
 
+# Every test shares one `edgeforge serve` (started in the module's fixture): slow together.
+pytestmark = pytest.mark.slow
+
 CLASS = "cls-personal"
 # The user's three kinds of input: the base model (y = x @ W * version) calls them all
 # class 0 or 7; a personal head on the embedding (here the input itself) tells them apart.
@@ -138,7 +141,6 @@ def accuracy(agent: Agent, x: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(right))
 
 
-@pytest.mark.slow
 def test_head_is_never_applied_to_a_backbone_it_was_not_trained_on(fleet):
     server, agent = fleet
     first = rollout(server, 1)

@@ -196,6 +196,9 @@ def _show_status(data: dict, journal: int) -> None:
         print(f"  download   {offset} bytes of {url} (resumes)")
     for release_id, why in data["failed"].items():
         print(f"  refused    {release_id}: {why}")
+    if data.get("personal"):
+        head = data["personal"]
+        print(f"  personal   a head for {head['name']} version {head['version']} ({head['form']})")
     if data["outbox"]:
         print(f"  reports    {data['outbox']} waiting for the server")
     for entry in data["journal"][-journal:]:

@@ -118,6 +118,26 @@ def test_numpy_head_gradients_are_torchs():
     assert np.allclose(grads["4.bias"], model[4].bias.grad.numpy(), atol=1e-5)
 
 
+def test_guard_refuses_a_lead_within_the_check_samples_noise():
+    from edgeforge.fleet.personal import guard
+
+    base = np.array([True] * 10 + [False] * 10)
+    better = base.copy()
+    better[10:12] = True  # two more check samples right
+    # Confident everywhere it is right, but sure of the wrong class on one sample: the mean
+    # log-probability gain is positive yet within one standard error (a head that forgot a
+    # class).
+    gains = np.array([0.3] * 19 + [-4.0])
+    kept, why = guard(better, base, gains, {})
+    assert not kept and "within the check's noise" in why
+    # The same lead with a steady log-probability gain: kept.
+    kept, why = guard(better, base, np.full(20, 0.3) + np.linspace(-0.1, 0.1, 20), {})
+    assert kept and why.startswith("kept: it got 12 of 20")
+    # No accuracy lead: discarded whatever the log-probabilities say.
+    kept, why = guard(base, base, np.full(20, 0.5) + np.linspace(-0.1, 0.1, 20), {})
+    assert not kept and "base model stays" in why
+
+
 def test_the_device_side_imports_neither_torch_nor_a_converter():
     code = (
         "import sys, edgeforge.fleet.personal; "

@@ -65,11 +65,13 @@ def publish(
     pad: int = 0,
     samples: int = 4,
     latency_budget_ms: float | None = None,
+    personalize: Path | None = None,
 ) -> dict[str, Any]:
     """Publish NAME/VERSION/CLASS/{model.onnx, canary.npz, variant.json}; returns variant.json.
     `wrong_reference` makes the canary fail; `pad` grows the model file (for download tests);
     `latency_budget_ms` is the health probe's budget per inference (default: the agent's, five
-    times the canary's slowest plus 50 ms)."""
+    times the canary's slowest plus 50 ms); `personalize` ships that personalisation package
+    folder in the variant (`personalize/`)."""
     import onnxruntime as ort
 
     folder = work / f"v{version}-{device_class}"
@@ -92,8 +94,18 @@ def publish(
     if wrong_reference:
         reference = reference + 1.0
     np.savez(folder / "canary.npz", **{"in/x": inputs, "out/y": reference})
+    names = ["model.onnx", "canary.npz"]
+    if personalize is not None:
+        import shutil
+
+        shutil.copytree(personalize, folder / "personalize")
+        names += sorted(
+            p.relative_to(folder).as_posix()
+            for p in (folder / "personalize").rglob("*")
+            if p.is_file()
+        )
     files = []
-    for file in ("model.onnx", "canary.npz"):
+    for file in names:
         data = (folder / file).read_bytes()
         files.append(
             {"path": file, "sha256": hashlib.sha256(data).hexdigest(), "length": len(data)}
@@ -121,7 +133,7 @@ def publish(
     custom = {"edgeforge": {"name": NAME, "version": version, "device_class": device_class}}
     with repo.lock():
         repo.publish(
-            {f"{base}/{f}": folder / f for f in ("variant.json", "model.onnx", "canary.npz")},
+            {f"{base}/{f}": folder / f for f in ("variant.json", *names)},
             {f"{base}/variant.json": custom},
         )
     return index

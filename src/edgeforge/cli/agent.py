@@ -1,9 +1,10 @@
-"""`edgeforge agent [status | predict]` and `edgeforge fleet simulate`: the device side.
+"""`edgeforge agent [status | predict | personalize]` and `edgeforge fleet simulate`.
 
 `edgeforge agent --server URL --device-class C --state DIR` runs the device agent (check in,
 fetch, canary, activate, probe, commit or roll back); `agent status` shows the slots and the
-journal; `agent predict --input FILE.npz` runs the active model. The handlers import the agent
-only (no torch, no converter).
+journal; `agent predict --input FILE.npz` runs the active model; `agent personalize --data DIR`
+trains a personal head on the user's labelled samples (kept only if it beats the base model on
+the user's own check samples). The handlers import the agent only (no torch, no converter).
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ def add_verbs(verbs: Any) -> None:
     agent = verbs.add_parser(
         "agent",
         help="run the device agent (check in, fetch a signed release, canary, activate, probe, "
-        "commit or roll back); status: slots and journal; predict: run the active model",
+        "commit or roll back); status: slots and journal; predict: run the active model; "
+        "personalize: fit a personal head to the user's labelled samples",
     )
     agent.add_argument(
         "action",
         nargs="?",
         default="run",
-        choices=("run", "status", "predict"),
+        choices=("run", "status", "predict", "personalize"),
         help="what to do (default: run the agent)",
     )
     agent.add_argument("--state", type=Path, required=True, help="the agent's state folder")
@@ -66,6 +68,20 @@ def add_verbs(verbs: Any) -> None:
     predict = agent.add_argument_group("predict")
     predict.add_argument("--input", type=Path, help="an .npz file: one array per model input")
     predict.add_argument("--output", type=Path, help="write the outputs to this .npz file")
+    personal = agent.add_argument_group("personalize")
+    personal.add_argument(
+        "--data",
+        type=Path,
+        metavar="DIR",
+        help="the user's labelled samples: .npz files (arrays named after the model's inputs "
+        "and 'label'), <input>.npy files with labels.npy, or images in one sub-folder per class",
+    )
+    personal.add_argument(
+        "--time-limit", type=float, default=60.0, help="seconds training may take (default 60)"
+    )
+    personal.add_argument(
+        "--form", choices=("executorch", "coreml", "head"), help="the package form to train"
+    )
     _output_options(agent, report=False)
     agent.set_defaults(run=_agent)
 
@@ -102,6 +118,8 @@ def _agent(args: argparse.Namespace) -> int:
         return _status(args)
     if args.action == "predict":
         return _predict(args)
+    if args.action == "personalize":
+        return _personalize(args)
     from edgeforge.fleet.agent import Agent
 
     agent = Agent(
@@ -178,6 +196,9 @@ def _show_status(data: dict, journal: int) -> None:
         print(f"  download   {offset} bytes of {url} (resumes)")
     for release_id, why in data["failed"].items():
         print(f"  refused    {release_id}: {why}")
+    if data.get("personal"):
+        head = data["personal"]
+        print(f"  personal   a head for {head['name']} version {head['version']} ({head['form']})")
     if data["outbox"]:
         print(f"  reports    {data['outbox']} waiting for the server")
     for entry in data["journal"][-journal:]:
@@ -220,6 +241,46 @@ def _predict(args: argparse.Namespace) -> int:
             )
 
     _emit(args, "agent-predict", data, show)
+    return 0
+
+
+def _personalize(args: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+
+    from edgeforge.cli import _emit
+    from edgeforge.errors import EdgeforgeError
+    from edgeforge.evaluate.data import load_data
+    from edgeforge.fleet.agent import Agent
+    from edgeforge.model import TensorSpec
+
+    if args.data is None:
+        raise EdgeforgeError("agent personalize needs --data DIR (the user's labelled samples)")
+    if not args.state.is_dir():
+        raise EdgeforgeError(f"{args.state} is not an agent state folder")
+    agent = Agent(args.state, memory_limit=args.model_memory_limit)
+    package = agent.personalization_package()
+    specs = json.loads((package / "personalize.json").read_text())["inputs"]
+    inputs = tuple(
+        TensorSpec(s["name"], s.get("dtype", "float32"), ("batch", *s["shape"][1:])) for s in specs
+    )
+    data = load_data(args.data, inputs)
+    if data.labels is None or len(data.labels) != sum(len(f[specs[0]["name"]]) for f in data.feeds):
+        raise EdgeforgeError(
+            f"--data {args.data}: every sample needs a label ('label' in each .npz, labels.npy, "
+            "or one sub-folder per class)"
+        )
+    samples = {s["name"]: np.concatenate([f[s["name"]] for f in data.feeds]) for s in specs}
+    result = agent.personalize(samples, data.labels, time_limit_s=args.time_limit, form=args.form)
+
+    def show() -> None:
+        release = result["release"]
+        verdict = "kept" if result["kept"] else "not kept"
+        print(f"personal head for {release['name']} version {release['version']}: {verdict}")
+        print(f"  {result['reason']}")
+
+    _emit(args, "agent-personalize", result, show)
     return 0
 
 

@@ -20,8 +20,10 @@ Invariants a caller can rely on:
   no sample, label, count per class or weight in it;
 - the guard: the user's samples are split into train and check, `folds` times over (each
   sample is a check sample once, judged by a head trained without it); the personal head is
-  kept only if those heads classify strictly more check samples correctly than the base model
-  does on the same samples; then the head trained on all the samples is kept. Otherwise it is
+  kept only if those heads classify more check samples correctly than the base model does on
+  the same samples (by `margin`, 1) and its mean log-probability gain on them exceeds
+  `guard_z` (1) standard errors (`guard`); then the head trained on all the samples is
+  kept. Otherwise it is
   discarded, `reason` says why, and `predict` returns the base model's logits; a run past
   `time_limit_s` is discarded too;
 - a personal model records the backbone's release (name, version, artifact sha256) and refuses
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sys
 import time
 import tracemalloc
@@ -67,6 +70,9 @@ PERSONAL_SCHEMA = "edgeforge.personal-model/1"
 FORMS = ("executorch", "coreml", "head")
 # Head layers this module can run and train (what the builder accepts in a head).
 LAYER_KINDS = ("linear", "relu", "tanh", "sigmoid", "identity", "flatten")
+# The guard's default: by how many standard errors the head's mean log-probability gain on
+# the check samples must exceed zero.
+GUARD_Z = 1.0
 # The backbone runtimes this module can run on a device, best first.
 BACKBONE_RUNTIMES = ("onnxruntime", "executorch", "openvino")
 
@@ -424,7 +430,10 @@ class PersonalizationPackage:
         tracemalloc.start()
         started = time.perf_counter()
         deadline = started + time_limit_s
-        personal_right = 0
+        # Each sample, judged by its fold's head: right or not, and the log-probability that
+        # head gives its true label.
+        personal_hits = np.zeros(len(labels), bool)
+        personal_logp = np.zeros(len(labels))
         try:
             # The check: each fold's samples are judged by a head trained without them.
             for check_rows in folds:
@@ -433,7 +442,8 @@ class PersonalizationPackage:
                     self, embedding[train_rows], labels[train_rows], settings, deadline=deadline
                 )
                 logits, _ = head_forward(self.layers, params, embedding[check_rows])
-                personal_right += int((logits.argmax(1) == labels[check_rows]).sum())
+                personal_hits[check_rows] = logits.argmax(1) == labels[check_rows]
+                personal_logp[check_rows] = _log_probability(logits, labels[check_rows])
             # What is kept is trained on all the samples, as each checked head was on most.
             params, losses = trainer(self, embedding, labels, settings, deadline=deadline)
         finally:
@@ -444,23 +454,60 @@ class PersonalizationPackage:
             result.reason = f"discarded: training ran past its {time_limit_s:g} s limit"
             return result
         result.losses = losses
-        base_right = int((base_logits.argmax(1) == labels).sum())
-        result.base_accuracy = base_right / len(labels)
-        result.personal_accuracy = personal_right / len(labels)
-        # The guard: keep it only if it does strictly better on the user's own check samples
-        # (by `margin` samples or more: 1 by default; a larger one trades gain for safety).
-        if personal_right >= base_right + max(1, int(settings.get("margin", 1))):
-            result.kept, result.params = True, params
-            result.reason = (
-                f"kept: {personal_right} of {len(labels)} check samples right, the base "
-                f"model {base_right}"
-            )
-        else:
-            result.reason = (
-                f"discarded: it got {personal_right} of {len(labels)} check samples right, "
-                f"the base model {base_right}; the base model stays"
-            )
+        base_hits = base_logits.argmax(1) == labels
+        result.base_accuracy = float(base_hits.mean())
+        result.personal_accuracy = float(personal_hits.mean())
+        result.kept, result.reason = guard(
+            personal_hits,
+            base_hits,
+            personal_logp - _log_probability(base_logits, labels),
+            settings,
+        )
+        if result.kept:
+            result.params = params
         return result
+
+
+def _log_probability(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """log softmax(logits)[label], per row."""
+    shifted = logits - logits.max(1, keepdims=True)
+    shifted = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+    return shifted[np.arange(len(labels)), labels]
+
+
+def guard(
+    personal_hits: np.ndarray,
+    base_hits: np.ndarray,
+    gains: np.ndarray,
+    settings: Mapping[str, Any],
+) -> tuple[bool, str]:
+    """The guard's verdict on the check samples (each judged by a head trained without it):
+    (kept, why). `gains` is, per check sample, the log-probability the personal head gives its
+    true label minus the base model's.
+
+    Kept only if both hold:
+    - accuracy: the personal head gets at least `margin` (1) more check samples right;
+    - evidence beyond the check's noise: the mean log-probability gain exceeds `guard_z` (1)
+      standard errors of itself. Accuracy alone counts only the few samples the two models
+      disagree on, and with 20 samples a lead of one or two is luck as often as not; the
+      log-probability (a proper scoring rule) weighs every check sample and charges a head
+      that is confidently wrong, which is what a head fitted to a few samples is when it
+      forgot a class the user rarely shows."""
+    count = len(gains)
+    personal_right, base_right = int(personal_hits.sum()), int(base_hits.sum())
+    margin = max(1, int(settings.get("margin", 1)))
+    z = float(settings.get("guard_z", GUARD_Z))
+    mean = float(gains.mean()) if count else 0.0
+    error = float(gains.std(ddof=1) / math.sqrt(count)) if count > 1 else math.inf
+    scores = (
+        f"it got {personal_right} of {count} check samples right, the base model {base_right}; "
+        f"mean log-probability gain {mean:+.3f} (standard error {error:.3f})"
+    )
+    if personal_right < base_right + margin:
+        return False, f"discarded: {scores}; the base model stays"
+    if not mean > z * error:
+        return False, f"discarded: {scores}, within the check's noise; the base model stays"
+    return True, f"kept: {scores}"
 
 
 def _folds(count: int, folds: int, seed: int) -> list[np.ndarray]:
@@ -491,15 +538,18 @@ def _train_numpy(
     deadline: float,
 ) -> tuple[dict[str, np.ndarray], list[float]]:
     """Plain SGD on the trainable layers, in numpy (the runtime-independent form)."""
-    params = {name: value.copy() for name, value in package.base_params.items()}
+    base = package.base_params
+    params = {name: value.copy() for name, value in base.items()}
     lr, losses = float(settings["lr"]), []
+    anchor = float(settings.get("anchor", 0.0))
     for epoch in _batches(len(y), settings):
         total = 0.0
         for rows in epoch:
             logits, inputs = head_forward(package.layers, params, x[rows])
             loss, grad = _softmax_cross_entropy(logits, y[rows])
             for name, value in head_backward(package.layers, params, inputs, grad).items():
-                params[name] -= lr * value
+                # The anchor: an L2 pull towards the base weights (not towards zero).
+                params[name] -= lr * (value + anchor * (params[name] - base[name]))
             total += loss * len(rows)
         losses.append(total / len(y))
         if time.perf_counter() > deadline:
@@ -527,6 +577,10 @@ def _train_executorch(
     entry = package.forms["executorch"]
     module = _load_for_executorch_for_training(str(package.path / entry["file"]))
     size, method = int(entry["batch"]), entry["method"]
+    anchor = float(settings.get("anchor", 0.0))
+    base = {
+        name: torch.from_numpy(package.base_params[entry["names"][name]]) for name in entry["names"]
+    }
     optimizer = None
     losses = []
     for epoch in _batches(len(y), settings):
@@ -545,7 +599,14 @@ def _train_executorch(
                     optimizer = get_sgd_optimizer(
                         module.named_parameters(), float(settings["lr"]), 0, 0, 0, False
                     )
-                optimizer.step(module.named_gradients())
+                gradients = module.named_gradients()
+                if anchor:  # the same pull towards the base weights as the numpy form
+                    current = module.named_parameters()
+                    gradients = {
+                        name: grad + anchor * (current[name] - base[name])
+                        for name, grad in gradients.items()
+                    }
+                optimizer.step(gradients)
                 total += float(out[0]) * len(part)
         losses.append(total / len(y))
         if time.perf_counter() > deadline:

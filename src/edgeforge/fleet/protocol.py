@@ -90,6 +90,7 @@ EVENT_KINDS: tuple[str, ...] = (
     "commit",
     "rollback",
     "error",
+    "personalize",  # that it ran and whether the head was kept: nothing of the user's data
 )
 
 _NONCE = re.compile(r"^[0-9a-f]{32}$")

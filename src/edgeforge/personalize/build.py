@@ -35,7 +35,16 @@ from edgeforge.fleet.personal import FORMS, PACKAGE_FILE, SCHEMA
 __all__ = ["DEFAULT_TRAINING", "PersonalizeResult", "personalize"]
 
 # What a device trains with unless told otherwise (the same for every form).
-DEFAULT_TRAINING = {"lr": 0.01, "epochs": 40, "batch": 8, "folds": 5, "margin": 1, "seed": 0}
+DEFAULT_TRAINING = {
+    "lr": 0.01,
+    "epochs": 40,
+    "batch": 8,
+    "folds": 5,
+    "margin": 1,
+    "guard_z": 1.0,
+    "anchor": 0.0,
+    "seed": 0,
+}
 
 
 @dataclass

@@ -10,6 +10,8 @@ State folder (`--state DIR`):
   partial/        resumable downloads; outbox.json reports not yet delivered; failed.json
   telemetry/      the application's telemetry windows (spool/*.win, uploaded by the daemon with
                   its reports) and outcomes.log (canary/health outcomes for those windows)
+  personal/       the user's personal head (`personalize`), bound to the release it was
+                  trained under (bound.json); see `_personal`
 
 Invariants (what `kill -9` at any moment cannot break):
 - Only the inactive slot (the one neither active.json nor committed.json names) is ever
@@ -20,6 +22,8 @@ Invariants (what `kill -9` at any moment cannot break):
 - Every transition is journaled before its effect; on start, `recover()` reads the last entry and
   finishes or undoes the step (an interrupted download resumes from its persisted offset; an
   activation rolls forward to the probe; a probe interrupted three times rolls back).
+- A personal head is applied by `predict` only to the release (and backbone) it was trained
+  on: every change of the active release drops a head bound to another one.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ from typing import Any
 from edgeforge.errors import EdgeforgeError
 from edgeforge.fleet.agent._files import Journal, atomic_write_json, read_json
 from edgeforge.fleet.agent._http import Offline, ServerClient
+from edgeforge.fleet.agent._personal import drop_unless_bound_to
+from edgeforge.fleet.agent._personal import summary as personal_summary
 from edgeforge.fleet.agent._uploads import spool_summary
 
 __all__ = ["Agent", "AgentStatus", "parse_size"]
@@ -112,6 +118,8 @@ class AgentStatus:
     journal: list[dict]
     # telemetry windows waiting for upload: {"spooled": files, "bytes": their size}
     telemetry: dict[str, int] = dataclasses.field(default_factory=dict)
+    # the personal head, if one is stored: {name, version (trained under), form}
+    personal: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -165,6 +173,7 @@ class Agent:
         self.accept_jobs = accept_jobs  # run benchmark jobs the server queues for this device
         # edgeforge.fleet.telemetry.Telemetry, made by predict(); False once it failed here
         self._telemetry: Any = None
+        self._personal: tuple[str, Any] | None = None  # (key, PersonalModel or None)
 
     # ---- files -------------------------------------------------------------------------------
     def _path(self, name: str) -> Path:
@@ -319,10 +328,13 @@ class Agent:
             failed=read_json(self._path("failed.json"), {}) or {},
             journal=self.journal.entries(last=20),
             telemetry=spool_summary(self.state),
+            personal=personal_summary(self.state),
         )
 
     def predict(self, feed: dict[str, Any]) -> dict[str, Any]:
         """Run the active model on `feed` ({input name: array}); records latency and outcome.
+        With a personal head trained under the active release (`personalize`), the model's
+        logits are the head's.
 
         Works offline and while an install runs: it reads only the active pointer and its slot.
         """
@@ -350,11 +362,154 @@ class Agent:
             self.stats["errors"] += 1
             self._telemetry_call("record_error")
             raise
+        personal = self._personal_head(active)
+        if personal is not None:
+            outputs = self._with_personal_logits(personal, feed, outputs)
         latency = (time.perf_counter() - started) * 1e3
         self.stats["predictions"] += 1
         self.stats["latency_ms"] = (self.stats["latency_ms"] + [latency])[-1000:]
         self._telemetry_call("observe", feed, outputs, latency)
         return outputs
+
+    # ---- personalisation ---------------------------------------------------------------------
+    def personalization_package(self) -> Path:
+        """The personalisation package the active release ships (in its verified slot)."""
+        from edgeforge.fleet.agent._personal import package_folder
+
+        active = self._pointer("active")
+        if active is None:
+            raise EdgeforgeError(f"{self.state}: no model is active yet; let the agent install one")
+        slot = self._slot_dir(active["slot"])
+        index = read_json(slot / "variant.json")
+        folder = package_folder(slot, index) if isinstance(index, dict) else None
+        if folder is None:
+            raise EdgeforgeError(
+                f"{active['name']} version {active['version']} ships no personalisation "
+                "package; release it with one (edgeforge personalize) to personalise on devices"
+            )
+        return folder
+
+    def personalize(
+        self,
+        samples: Any,
+        labels: Any,
+        *,
+        time_limit_s: float = 60.0,
+        form: str | None = None,
+    ) -> dict[str, Any]:
+        """Train a personal head on the user's labelled samples ({input name: array} or one
+        array, axis 0 the sample) for the active release, in a child held to `time_limit_s`
+        and the agent's memory limit. The package's guard splits the samples into train and
+        check folds and keeps the head only if it beats the base model on the user's own check
+        samples. Returns {kept, reason, ...}: kept heads are stored (bound to the active
+        release) and used by `predict`; a discarded one leaves the base model (and a head
+        already kept for this release) in place, and `reason` says why. The report sent to the
+        server says only that personalisation ran and whether the head was kept."""
+        import io
+
+        import numpy as np
+
+        from edgeforge.fleet.agent._child import run_child
+        from edgeforge.fleet.agent._personal import clean_leftovers, install_head
+
+        folder = self.personalization_package()
+        active = self._pointer("active")
+        assert active is not None  # personalization_package() said so
+        if time_limit_s <= 0:
+            raise EdgeforgeError("the time limit must be positive (seconds)")
+        if form is not None and form not in ("executorch", "coreml", "head"):
+            raise EdgeforgeError(f"form {form!r} is not one of executorch, coreml, head")
+        feeds = samples if isinstance(samples, dict) else {None: samples}
+        labels = np.asarray(labels).reshape(-1)
+        if labels.dtype.kind not in "iu":
+            raise EdgeforgeError("labels must be integer class indices, one per sample")
+        buffer = io.BytesIO()
+        names = json.loads((folder / "personalize.json").read_text())["inputs"]
+        arrays = {
+            f"in/{names[0]['name'] if name is None else name}": np.asarray(value)
+            for name, value in feeds.items()
+        }
+        np.savez(buffer, labels=labels.astype(np.int64), **arrays)
+        clean_leftovers(self.state)
+        written = self.state / f".personal.new-{uuid.uuid4().hex[:8]}"
+        extra = ["--out", str(written), "--time-limit", str(time_limit_s)]
+        result = run_child(
+            "personalize", folder, memory_limit=self.memory_limit,
+            timeout=time_limit_s + max(30.0, self.canary_timeout), extra=extra + (
+                ["--form", form] if form else []), stdin_data=buffer.getvalue(),
+        )  # fmt: skip
+        del buffer
+        kept = bool(result.get("ok") and result.get("kept"))
+        if not result.get("ok"):
+            result["reason"] = f"discarded: {result.get('detail')}"
+        elif kept and self._pointer("active") != active:
+            kept, result["reason"] = False, "discarded: the active release changed while training"
+        if kept and (written / "personal.json").is_file():
+            install_head(self.state, written, active)
+            self._personal = None
+        else:
+            kept = False
+            _remove(written)
+            drop_unless_bound_to(self.state, self._pointer("active"))
+        self._event("personalize", active["name"], int(active["version"]), kept,
+                    "kept" if kept else "discarded")  # fmt: skip
+        fields = ("form", "train_samples", "check_samples", "base_accuracy", "personal_accuracy",
+                  "train_seconds", "peak_bytes", "peak_rss", "wall_ms")  # fmt: skip
+        return {
+            "kept": kept,
+            "reason": str(result.get("reason") or ""),
+            "release": {"name": active["name"], "version": active["version"]},
+            **{k: result.get(k) for k in fields if k in result},
+        }
+
+    def _personal_head(self, active: dict[str, Any]) -> Any:
+        """The stored personal head if it belongs to the active release (its package in the
+        active slot, the same backbone), else None; a stale one is dropped."""
+        from edgeforge.fleet.agent._personal import HEAD_DIR, package_folder
+
+        head = self.state / HEAD_DIR
+        try:
+            stamp = (head / "personal.json").stat().st_mtime_ns
+        except OSError:
+            self._personal = None
+            return None
+        key = json.dumps([active, stamp], sort_keys=True)
+        if self._personal is not None and self._personal[0] == key:
+            return self._personal[1]
+        model = None
+        if not drop_unless_bound_to(self.state, active):
+            from edgeforge.fleet.personal import PersonalizationPackage, PersonalModel
+
+            slot = self._slot_dir(active["slot"])
+            index = read_json(slot / "variant.json")
+            folder = package_folder(slot, index) if isinstance(index, dict) else None
+            try:
+                if folder is None:
+                    raise EdgeforgeError("the active release ships no personalisation package")
+                model = PersonalModel.load(head, PersonalizationPackage.load(folder))
+            except EdgeforgeError:
+                _remove(head)  # trained on another backbone, or unreadable: never applied
+                model = None
+        self._personal = (key, model)
+        return model
+
+    def _with_personal_logits(self, personal: Any, feed: dict[str, Any], outputs: dict) -> dict:
+        """The model's outputs with its logits replaced by the personal head's: the output
+        the variant names, else the one shaped like the head's logits."""
+        import numpy as np
+
+        from edgeforge.fleet.agent._personal import package_output
+
+        logits = personal.predict(feed)
+        index = read_json(self._slot_dir(self._pointer("active")["slot"]) / "variant.json") or {}
+        name = package_output(index)
+        if name is None:
+            name = next(
+                (k for k, v in outputs.items() if np.shape(v) == logits.shape),
+                next(iter(outputs)),
+            )
+        value = np.asarray(outputs.get(name, logits))
+        return {**outputs, name: logits.reshape(value.shape).astype(value.dtype, copy=False)}
 
     # ---- telemetry ---------------------------------------------------------------------------
     @property
@@ -763,6 +918,7 @@ class Agent:
     def _commit(self, name: str, version: int, slot: str) -> None:
         self._enter("committing", name=name, version=version, slot=slot)
         self._set_pointer("committed", {"slot": slot, "name": name, "version": version})
+        drop_unless_bound_to(self.state, self._pointer("active"))  # trained on another release
         self._enter("idle", name=name, version=version, detail="committed")
         p95 = getattr(self, "last_probe_p95", None)
         self._event("commit", name, version, True, "", {"latency_p95_ms": p95} if p95 else None)
@@ -776,6 +932,7 @@ class Agent:
         else:
             with contextlib.suppress(FileNotFoundError):
                 self._path("active.json").unlink()
+        drop_unless_bound_to(self.state, self._pointer("active"))
         self._enter("idle", name=name, version=version, detail=f"rolled back: {reason}")
         self._event("rollback", name, version, True, reason)
 
@@ -798,6 +955,7 @@ class Agent:
             pointer = {"slot": slot, "name": name, "version": version}
             self._set_pointer("active", pointer)
             self._set_pointer("committed", pointer)
+            drop_unless_bound_to(self.state, pointer)
             self._enter("idle", name=name, version=version, detail="rolled back by directive")
             self._event("rollback", name, version, True, "directive")
             return True
@@ -806,6 +964,12 @@ class Agent:
     # ---- recovery ----------------------------------------------------------------------------
     def recover(self) -> str:
         """Bring the state folder back to a consistent state after a crash or `kill -9`."""
+        state = self._recover()
+        # Whatever the step was, a head never outlives the release it was trained under.
+        drop_unless_bound_to(self.state, self._pointer("active"))
+        return state
+
+    def _recover(self) -> str:
         self._ensure_layout()
         for leftover in (self.state / "slots").iterdir():
             if leftover.name not in SLOTS:

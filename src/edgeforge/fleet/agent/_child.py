@@ -1,10 +1,12 @@
 """The child process that runs a variant's canary set, or the health probe, for the agent.
 
 Run as `python -m edgeforge.fleet.agent._child canary|probe|bench SLOT [--count N] [--warmup W]`
-(bench: W untimed runs, the first one timed apart, then N timed ones); prints one JSON
-object on stdout. The parent (`run_child`) holds it to the memory budget by watching its resident
-memory (not an address-space limit, which breaks runtimes' thread stacks before a model loads)
-and to a time limit; a child that crashes, is killed or overruns is a failed canary, never a
+(bench: W untimed runs, the first one timed apart, then N timed ones), or
+`... personalize PACKAGE --out DIR --time-limit S [--form F]` with the user's samples as an
+.npz on stdin (`labels` and `in/<input>`); prints one JSON object on stdout. The parent
+(`run_child`) holds it to the memory budget by watching its resident memory (not an
+address-space limit, which breaks runtimes' thread stacks before a model loads) and to a time
+limit; a child that crashes, is killed or overruns is a failed canary, never a
 failed agent. A child whose parent dies exits too.
 
 Canary set: `canary.npz` holds `in/<input>` and `out/<output>` arrays, axis 0 the sample (the
@@ -104,6 +106,8 @@ def _main(argv: list[str]) -> int:
     from edgeforge.fleet.agent._loaders import open_session
 
     mode, slot = argv[0], Path(argv[1])
+    if mode == "personalize":
+        return _personalize(slot, argv)
     count = int(argv[argv.index("--count") + 1]) if "--count" in argv else 10
     budget_ms = float(argv[argv.index("--budget-ms") + 1]) if "--budget-ms" in argv else 0.0
     warmup = int(argv[argv.index("--warmup") + 1]) if "--warmup" in argv else 0
@@ -173,6 +177,32 @@ def _main(argv: list[str]) -> int:
     return 0
 
 
+def _personalize(folder: Path, argv: list[str]) -> int:
+    """Train a personal head on the samples read from stdin; save it to --out if kept."""
+    import io
+
+    import numpy as np
+
+    from edgeforge.fleet.personal import PersonalizationPackage
+
+    out = Path(argv[argv.index("--out") + 1])
+    limit = float(argv[argv.index("--time-limit") + 1])
+    form = argv[argv.index("--form") + 1] if "--form" in argv else None
+    parent = int(os.environ.get("EDGEFORGE_AGENT_PARENT", os.getppid()))
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    with np.load(io.BytesIO(sys.stdin.buffer.read()), allow_pickle=False) as data:
+        labels = data["labels"]
+        samples = {k[3:]: data[k] for k in data.files if k.startswith("in/")}
+    package = PersonalizationPackage.load(folder)
+    model = package.train(samples, labels, form=form, time_limit_s=limit)
+    if model.kept:
+        model.save(out)
+    fields = ("kept", "reason", "form", "train_samples", "check_samples", "base_accuracy",
+              "personal_accuracy", "train_seconds", "peak_bytes")  # fmt: skip
+    print(json.dumps({"ok": True, "detail": "", **{k: getattr(model, k) for k in fields}}))
+    return 0
+
+
 def _rss_bytes(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/status", encoding="ascii") as handle:
@@ -194,20 +224,31 @@ def run_child(
     budget_ms: float = 0.0,
     warmup: int = 0,
     launcher: Launcher | None = None,
+    extra: list[str] | None = None,
+    stdin_data: bytes | None = None,
 ) -> dict[str, Any]:
     """Run the canary or probe for `slot` in a child (started by `launcher`, by default a fresh
     interpreter); the result dict always has `ok`/`detail`, `peak_rss` and `wall_ms`. Never
-    raises for what the child does."""
+    raises for what the child does. `extra` adds arguments; `stdin_data` reaches the child
+    through an anonymous temporary file (never named), so such a child is always a fresh
+    interpreter."""
     argv = [mode, str(slot), "--count", str(count), "--budget-ms", str(budget_ms)]
-    argv += ["--warmup", str(warmup)]
+    argv += ["--warmup", str(warmup), *(extra or [])]
+    if stdin_data is not None:
+        launcher = Subprocess()
     started = time.monotonic()
     peak = 0
     verdict: str | None = None
-    with tempfile.TemporaryDirectory(prefix="edgeforge-child-") as scratch:
+    with (
+        tempfile.TemporaryDirectory(prefix="edgeforge-child-") as scratch,
+        tempfile.TemporaryFile() as given,
+    ):
+        given.write(stdin_data or b"")
+        given.seek(0)
         out, err = Path(scratch) / "out", Path(scratch) / "err"
         child = (launcher or Subprocess()).start(
             "edgeforge.fleet.agent._child", argv, env={"EDGEFORGE_AGENT_PAUSE_AT": None},
-            out=out, err=err,
+            out=out, err=err, stdin=given if stdin_data is not None else None,
         )  # fmt: skip
         try:
             while child.poll() is None:

@@ -52,6 +52,7 @@ class Launcher(Protocol):
         out: Path,
         err: Path,
         own_group: bool = True,
+        stdin: Any = None,
     ) -> Child: ...
 
 
@@ -97,6 +98,7 @@ class Subprocess:
         out: Path,
         err: Path,
         own_group: bool = True,
+        stdin: Any = None,
     ) -> Child:
         environ = {**os.environ, PARENT_ENV: str(os.getpid())}
         for name, value in env.items():
@@ -106,7 +108,7 @@ class Subprocess:
                 environ[name] = value
         with open(out, "wb") as stdout, open(err, "wb") as stderr:
             process = subprocess.Popen(
-                [sys.executable, "-m", module, *argv],
+                [sys.executable, "-m", module, *argv], stdin=stdin,
                 stdout=stdout, stderr=stderr, env=environ, start_new_session=own_group,
             )  # fmt: skip
         return _Popen(process, own_group)
@@ -188,7 +190,10 @@ class ForkServer:
         out: Path,
         err: Path,
         own_group: bool = True,
+        stdin: Any = None,
     ) -> Child:
+        if stdin is not None:
+            raise ValueError("a forked child takes no stdin; start it with Subprocess()")
         process = self.context.Process(
             target=_forked_main, args=(module, list(argv), dict(env), str(out), str(err)),
             daemon=False,

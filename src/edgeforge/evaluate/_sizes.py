@@ -8,7 +8,11 @@ fails. So a dynamic axis takes the first size the model accepts, tried in this o
 2. 16, the plain default (the batch axis always takes 1), where the model's stride divides it;
 3. the smallest multiple of the model's stride of at least 16, then one near 224 (the stride is
    the largest product of Conv and pooling strides along any path through the graph);
-4. common input sizes (224, 256, 320, 640 for images; 32 to 512 for sequences).
+4. common input sizes (224, 256, 320, 640 for images; 32 to 512 for sequences);
+
+each of them also with the batch of an input whose leading axis is fixed (a recurrent state,
+`[2, batch, 128]`) at its first dynamic axis. A dim named like another input's axis 0 is a
+batch too, and takes 1.
 
 "Accepts" means ONNX Runtime runs the model on one sample of that shape; the answer is cached
 per file (path, size, modification time) and input signature. A model that runs on none of them
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import itertools
 import math
 from pathlib import Path
 from typing import Any
@@ -43,7 +48,8 @@ def feed_shapes(
     """A concrete shape per input; `build_feed(shapes)` makes one sample at those shapes (to
     probe the model with). Without a model, or without dynamic axes past the batch, the plain
     default; otherwise the first candidate ONNX Runtime runs (see the module docstring)."""
-    default = {spec.name: _shape(spec, DEFAULT_SIZE, None) for spec in specs}
+    batch_names = _batch_names(specs)
+    default = {spec.name: _shape(spec, DEFAULT_SIZE, None, batch_names) for spec in specs}
     if model is None or not any(_open_axes(spec) for spec in specs):
         return default
     path = Path(model.onnx_path)
@@ -62,11 +68,24 @@ def _probe(key: tuple, model: Model, specs: tuple[TensorSpec, ...], build_feed: 
     from edgeforge.runtimes.onnxruntime import ort_session
 
     facts = _facts(model)
-    session = ort_session(model.onnx_path, "the model")
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # the sizes that fail are expected to: no log lines
+    session = ort_session(model.onnx_path, "the model", options)
     names = [o.name for o in session.get_outputs()]
     tried: list[str] = []
-    for size, image_size in _candidates(specs, facts):
-        shapes = {spec.name: _shape(spec, size, image_size) for spec in specs}
+    batch_names = _batch_names(specs)
+    for (size, image_size), state_batch in itertools.product(
+        _candidates(specs, facts), (False, True)
+    ):
+        shapes = {
+            spec.name: _shape(spec, size, image_size, batch_names, state_batch) for spec in specs
+        }
+        if state_batch and shapes == {
+            spec.name: _shape(spec, size, image_size, batch_names) for spec in specs
+        }:
+            continue  # no input with a fixed leading axis: the same shapes again
         try:
             session.run(names, build_feed(shapes))
         except Exception as exc:  # ONNX Runtime raises its own types; the next size may run
@@ -75,16 +94,15 @@ def _probe(key: tuple, model: Model, specs: tuple[TensorSpec, ...], build_feed: 
         result = tuple(shapes.items())
         _CACHE[key] = result
         return dict(result)
-    names_shapes = ", ".join(
-        f"{spec.name}={','.join(str(d) if isinstance(d, int) else 'N' for d in spec.shape or ())}"
+    pins = " ".join(
+        f"--shape {spec.name}={'x'.join(str(d) if isinstance(d, int) else 'N' for d in dims)}"
         for spec in specs
-        if _open_axes(spec)
+        if _open_axes(spec) and (dims := spec.shape or ())
     )
     message = (
         f"{model.provenance.source}: the model fails on synthesised inputs at every size tried "
-        f"for its dynamic axes ({'; '.join(tried[:4])}); this says nothing about the "
-        f"conversion: pass --shape {names_shapes} with the sizes it takes, or --data with real "
-        "samples"
+        f"for its dynamic axes ({'; '.join(tried[:3])}; ...): that is no verdict on any "
+        f"runtime; pass {pins} with the sizes it takes, or --data with real samples"
     )
     _CACHE[key] = message
     return message
@@ -119,16 +137,32 @@ def _candidates(specs: tuple[TensorSpec, ...], facts: dict[str, Any]):
     return ordered
 
 
-def _shape(spec: TensorSpec, size: int, image: tuple[int, int] | None) -> tuple[int, ...]:
+def _batch_names(specs: tuple[TensorSpec, ...]) -> set[str]:
+    """Symbolic names of axis 0: a dim that shares one is a batch too, wherever it stands
+    (Silero VAD's state is [2, batch, 128])."""
+    return {spec.shape[0] for spec in specs if spec.shape and isinstance(spec.shape[0], str)}
+
+
+def _shape(
+    spec: TensorSpec,
+    size: int,
+    image: tuple[int, int] | None,
+    batch_names: set[str],
+    state_batch: bool = False,
+) -> tuple[int, ...]:
+    """`spec`'s dims, open ones filled in. With `state_batch`, an input whose leading axis is
+    fixed carries its batch at its first open axis, as recurrent states do ([2, batch, 128])."""
     if spec.shape is None:
         raise EdgeforgeError(f"input {spec.name!r} has no known rank; pass samples with --data")
     dims = list(spec.shape)
     spatial = _spatial_axes(spec)
+    open_axes = [axis for axis, dim in enumerate(dims) if not isinstance(dim, int)]
+    carried = open_axes[0] if state_batch and open_axes and isinstance(dims[0], int) else None
     out = []
     for axis, dim in enumerate(dims):
         if isinstance(dim, int):
             out.append(dim)
-        elif axis == 0:
+        elif axis == 0 or dim in batch_names or axis == carried:
             out.append(1)
         elif image is not None and axis in spatial:
             out.append(image[spatial.index(axis)])
@@ -169,7 +203,7 @@ def _first(exc: BaseException) -> str:
     marker = "Status Message: "
     if marker in text:
         text = text.split(marker, 1)[1]
-    return text[:200]
+    return text[:120]
 
 
 @functools.lru_cache(maxsize=32)

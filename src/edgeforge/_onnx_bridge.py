@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.util
+import re
 import sys
 import types
 from collections import Counter
@@ -43,7 +44,7 @@ import numpy as np
 from edgeforge.errors import EdgeforgeError, first_line
 from edgeforge.model import Model
 
-__all__ = ["BRIDGE", "BridgeRefused", "bridge", "bridged_for"]
+__all__ = ["BRIDGE", "BridgeRefused", "bridge", "bridged_for", "refused_finding"]
 
 BRIDGE = "onnx2torch bridge"
 _RTOL, _ATOL = 1e-3, 1e-4
@@ -120,6 +121,37 @@ def bridge(model: Model, workdir: Path | None = None) -> Model:
     return dataclasses.replace(
         model, provenance=provenance, torch_program=path.resolve(), unpinned=None
     )
+
+
+def refused_finding(runtime: str, model: Model) -> Any:
+    """The `check` finding for a model that still has no torch program: the bridge's refusal
+    where it refused (naming the ops), else where the model came from."""
+    from edgeforge.runtimes.base import Finding
+
+    note = model.provenance.exporter_note
+    if model.provenance.source_kind == "onnx" and note:
+        return Finding(
+            runtime,
+            "unsupported",
+            f"{runtime} converts from a torch.export program, and this ONNX model has none: {note}",
+            "export the model from its torch source (a module or a .pt2), or keep it on "
+            "ONNX Runtime, OpenVINO or the browser",
+            op_type=_first_op(note),
+            evidence="conversion attempt",
+        )
+    return Finding(
+        runtime,
+        "unsupported",
+        f"{runtime} converts from a torch.export program, and this model came from "
+        f"{model.provenance.source_kind}",
+        "load the torch module or a .pt2 instead of the .onnx file",
+        evidence="rule",
+    )
+
+
+def _first_op(note: str) -> str | None:
+    match = re.search(r"no converter for ([A-Za-z0-9_.]+)", note)
+    return match.group(1) if match else None
 
 
 # -- the steps ------------------------------------------------------------------------------

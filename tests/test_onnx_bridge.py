@@ -78,11 +78,11 @@ class YoloLike(torch.nn.Module):
 
 
 class FixedSizeOnly(torch.nn.Module):
-    """Dynamic height and width in the graph, but a Linear that takes 10x10 only."""
+    """Dynamic height and width in the graph, but a Linear that takes `height` x `width` only."""
 
-    def __init__(self) -> None:
+    def __init__(self, height: int, width: int) -> None:
         super().__init__()
-        self.fc = torch.nn.Linear(100, 2)
+        self.fc = torch.nn.Linear(height * width, 2)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.fc(image.flatten(1))
@@ -149,10 +149,18 @@ def test_the_yolo_like_onnx_verifies_on_onnx_and_torch_runtimes(yolo_onnx, tmp_p
         assert target.status == "verified", (target.runtime, target.detail)
 
 
+def test_the_size_a_dense_head_implies_is_found(tmp_path):
+    axes = {"image": {0: "batch", 2: "height", 3: "width"}}
+    example = torch.randn(1, 1, 10, 10)
+    path = _export(FixedSizeOnly(10, 10), example, tmp_path / "ten.onnx", "image", axes)
+    samples = synthesize(edgeforge.load(path), count=1)
+    assert samples.feeds[0]["image"].shape == (1, 1, 10, 10)  # 100 features, 1 channel
+
+
 def test_a_model_that_runs_at_no_tried_size_asks_for_shape_or_data(tmp_path):
     path = _export(
-        FixedSizeOnly(),
-        torch.randn(1, 1, 10, 10),
+        FixedSizeOnly(10, 12),
+        torch.randn(1, 1, 10, 12),
         tmp_path / "fixed.onnx",
         "image",
         {"image": {0: "batch", 2: "height", 3: "width"}},
@@ -161,7 +169,7 @@ def test_a_model_that_runs_at_no_tried_size_asks_for_shape_or_data(tmp_path):
     assert target.status == "unsupported"  # explained, not "crashed"
     assert "fails on synthesised inputs at every size tried" in target.detail
     assert "--shape image=Nx1xNxN" in target.detail and "--data" in target.detail
-    pinned = convert(path, "onnxruntime", tmp_path / "pinned", shapes={"image": (1, 1, 10, 10)})
+    pinned = convert(path, "onnxruntime", tmp_path / "pinned", shapes={"image": (1, 1, 10, 12)})
     assert pinned.targets[0].status == "verified"
 
 

@@ -4,7 +4,8 @@ A detector whose height and width are dynamic runs at 640x640 but not at 16x16: 
 backbone rounds 16 down to a 1x1 map, and the FPN's Concat of an upsampled 2x2 map with it
 fails. So a dynamic axis takes the first size the model accepts, tried in this order:
 
-1. the size its metadata names (`imgsz`, `image_size`, `input_size`...: what it was trained at);
+1. the size its metadata names (`imgsz`, `image_size`, `input_size`...: what it was trained at),
+   then the one its first flatten-then-dense layer implies (a classifier head sized for 10x10);
 2. 16, the plain default (the batch axis always takes 1), where the model's stride divides it;
 3. the smallest multiple of the model's stride of at least 16, then one near 224 (the stride is
    the largest product of Conv and pooling strides along any path through the graph);
@@ -124,6 +125,9 @@ def _candidates(specs: tuple[TensorSpec, ...], facts: dict[str, Any]):
 
     if metadata is not None:
         add(max(metadata), metadata)
+    implied = facts.get("implied")
+    if implied is not None:
+        add(implied, (implied, implied))
     if DEFAULT_SIZE % stride == 0:
         add(DEFAULT_SIZE)
     smallest = stride * math.ceil(DEFAULT_SIZE / stride)
@@ -211,7 +215,11 @@ def _facts_of(path: str, size: int, mtime: int) -> dict[str, Any]:
     import onnx
 
     proto = onnx.load(path, load_external_data=False)
-    return {"stride": _stride(proto.graph), "metadata": _metadata_size(proto)}
+    return {
+        "stride": _stride(proto.graph),
+        "metadata": _metadata_size(proto),
+        "implied": _implied_size(proto.graph),
+    }
 
 
 def _facts(model: Model) -> dict[str, Any]:
@@ -256,4 +264,47 @@ def _metadata_size(proto: Any) -> tuple[int, int] | None:
             and all(isinstance(v, int) and 0 < v <= 4096 for v in value)
         ):
             return (value[0], value[-1])
+    return None
+
+
+def _implied_size(graph: Any) -> int | None:
+    """The square input size the first flatten-then-dense layer implies, or None: its weight
+    takes K features from C channels of a map downsampled S times, so H = W = S * sqrt(K / C)."""
+    weights = {t.name: tuple(t.dims) for t in graph.initializer}
+    channels: dict[str, int] = {}
+    factor: dict[str, int] = {}
+    producer: dict[str, Any] = {}
+    for value in graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) == 4 and dims[1].HasField("dim_value"):
+            channels[value.name] = dims[1].dim_value
+    for node in graph.node:
+        first = node.input[0] if node.input else ""
+        into = max((factor.get(name, 1) for name in node.input if name), default=1)
+        if node.op_type in ("Gemm", "MatMul") and first in producer:
+            flattening = producer[first]
+            if flattening.op_type in ("Flatten", "Reshape") and flattening.input:
+                source = flattening.input[0]
+                weight = weights.get(node.input[1]) if len(node.input) > 1 else None
+                if weight is None or len(weight) != 2 or source not in channels:
+                    return None
+                transposed = any(a.name == "transB" and a.i for a in node.attribute)
+                features = weight[1] if node.op_type == "Gemm" and transposed else weight[0]
+                side = math.isqrt(max(features // max(channels[source], 1), 0))
+                exact = side * side * channels[source] == features
+                return side * factor.get(source, 1) if exact and side > 0 else None
+            return None
+        step = 1
+        if node.op_type in _STRIDED:
+            strides = next((list(a.ints) for a in node.attribute if a.name == "strides"), [])
+            step = max(strides, default=1)
+        out_channels = channels.get(first)
+        if node.op_type in ("Conv", "ConvTranspose") and len(node.input) > 1:
+            weight = weights.get(node.input[1])
+            out_channels = weight[0] if weight and node.op_type == "Conv" else None
+        for name in node.output:
+            producer[name] = node
+            factor[name] = min(into * max(step, 1), _MAX_STRIDE)
+            if out_channels is not None:
+                channels[name] = out_channels
     return None

@@ -205,7 +205,7 @@ def test_an_onnx_cnn_reaches_executorch_and_coreml(cnn_onnx, tmp_path):
         if target.status != "not-installed":
             assert target.status == "verified", (name, target.detail)
             notes = Artifact.load(tmp_path / name).manifest.notes
-            assert notes  # built from the bridged program, at the synthesised shapes
+            assert any(BRIDGE in note for note in notes)  # the manifest says where it came from
     assert statuses["coreml"].status in ("built-not-run", "verified", "not-installed")
 
 

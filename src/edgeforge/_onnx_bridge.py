@@ -66,9 +66,11 @@ def bridged_for(model: Model, hubs: list[str]) -> Model:
         return bridge(model)
     except EdgeforgeError as exc:  # BridgeRefused, or no size the model runs at
         note = f"the ONNX-to-torch bridge refused it: {exc}"
-        return dataclasses.replace(
-            model, provenance=dataclasses.replace(model.provenance, exporter_note=note)
-        )
+    except Exception as exc:  # a fault in a library the bridge drives: the other targets go on
+        note = f"the ONNX-to-torch bridge failed ({type(exc).__name__}: {first_line(exc)})"
+    return dataclasses.replace(
+        model, provenance=dataclasses.replace(model.provenance, exporter_note=note)
+    )
 
 
 def needs_bridge(model: Model) -> bool:
@@ -97,7 +99,9 @@ def bridge(model: Model, workdir: Path | None = None) -> Model:
     names = [spec.name for spec in model.inputs]
     example = tuple(torch.from_numpy(np.ascontiguousarray(samples.feeds[0][n])) for n in names)
     shapes = {n: tuple(samples.feeds[0][n].shape) for n in names}
-    graph = _fixed_graph(model, shapes)
+    # Weights from the file as loaded: a --shape pin's copy hard-links external data, which
+    # onnx.load refuses to read; the pinned dims are in `shapes` already.
+    graph = _fixed_graph(model.unpinned or model, shapes)
     _refuse_missing_ops(graph)
     program = _export(graph, example)
     errors = _parity(model, program, samples.feeds, names)

@@ -281,6 +281,8 @@ class Runtime(ABC):
 
             model = bridged_for(model, [self.hub])
         pin_note = []
+        if self.hub == "torch" and model.provenance.exporter == "onnx2torch bridge":
+            pin_note = [f"{model.provenance.exporter_note}, checked against ONNX Runtime"]
         if self.hub == "torch" and model.unpinned is not None:
             from edgeforge._pin import for_hub, torch_hub_note
 

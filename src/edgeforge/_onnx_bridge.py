@@ -22,6 +22,8 @@ Invariants a caller can rely on:
 - a model the bridge cannot take gets an `BridgeRefused` whose message names every op it lacks
   (with a count and the first node), or the step that failed; `convert` reports it on each
   torch-hub target, with a workaround, and never as a crash;
+- the bridge runs the model (ONNX Runtime, torch), so `bridged_for` runs it in a child process
+  under the time limit and memory budget, as `verify` does (a hostile file costs that child);
 - onnx2torch is imported without torchvision (which breaks `import transformers` here): its
   NonMaxSuppression and RoiAlign converters, the only ones that need it, are then counted among
   the ops the bridge lacks.
@@ -50,6 +52,7 @@ BRIDGE = "onnx2torch bridge"
 _RTOL, _ATOL = 1e-3, 1e-4
 _NEEDS_TORCHVISION = {"NonMaxSuppression", "RoiAlign"}
 _SAMPLES = 3
+_CHILD = "onnx-bridge"  # the child process's name (edgeforge._children)
 
 
 class BridgeRefused(EdgeforgeError):
@@ -60,17 +63,38 @@ def bridged_for(model: Model, hubs: list[str]) -> Model:
     """`model` with a torch program from the bridge when a torch-hub runtime is among `hubs`
     and it is an ONNX source without one; a refusal goes into `provenance.exporter_note`,
     so that each torch-hub target reports it. Any other model is returned as it is."""
+    from edgeforge._children import in_child, inside_child
+    from edgeforge._limits import time_limit
+    from edgeforge._load import _workdir
+
     if "torch" not in hubs or not needs_bridge(model):
         return model
-    try:
-        return bridge(model)
-    except EdgeforgeError as exc:  # BridgeRefused, or no size the model runs at
-        note = f"the ONNX-to-torch bridge refused it: {exc}"
-    except Exception as exc:  # a fault in a library the bridge drives: the other targets go on
-        note = f"the ONNX-to-torch bridge failed ({type(exc).__name__}: {first_line(exc)})"
+    if inside_child():  # that child's limits hold already
+        try:
+            return bridge(model)
+        except EdgeforgeError as exc:  # BridgeRefused, or no size the model runs at
+            note = f"the ONNX-to-torch bridge refused it: {exc}"
+        except Exception as exc:  # a fault in a library the bridge drives: the others go on
+            note = f"the ONNX-to-torch bridge failed ({type(exc).__name__}: {first_line(exc)})"
+    else:  # it runs the model: in a child, under the time limit and the memory budget
+        job = {"runtime": _CHILD, "model": model, "workdir": str(_workdir(None))}
+        outcome = in_child(_bridge_in_child, job, time_limit())
+        if "model" in outcome:
+            return outcome["model"]
+        detail = outcome.get("detail", "")
+        if outcome.get("status") == "unsupported":
+            note = f"the ONNX-to-torch bridge refused it: {detail}"
+        else:
+            note = f"the ONNX-to-torch bridge {outcome.get('status', 'failed')} ({detail})"
     return dataclasses.replace(
         model, provenance=dataclasses.replace(model.provenance, exporter_note=note)
     )
+
+
+def _bridge_in_child(job: dict[str, Any]) -> dict[str, Any]:
+    """The child's work: the bridged model, its program in the parent's folder."""
+    model = bridge(job["model"], Path(job["workdir"]))
+    return {"runtime": _CHILD, "status": "done", "model": model}
 
 
 def needs_bridge(model: Model) -> bool:

@@ -233,10 +233,14 @@ def _refuse_missing_ops(proto: Any) -> None:
         label = node.op_type if not domain else f"{domain}.{node.op_type}"
         reason = _lacks(registry, node, domain, opsets.get(domain, opsets.get("", 0)))
         if reason:
-            lacking[f"{label} ({reason})" if reason is not True else label] += 1
-            first_node.setdefault(label, node.name)
+            key = f"{label} ({reason})" if reason is not True else label
+            lacking[key] += 1
+            first_node.setdefault(key, node.name)
     if lacking:
-        listed = ", ".join(f"{op} x{n}" for op, n in sorted(lacking.items()))
+        listed = ", ".join(
+            f"{op} x{n}" + (f" (first node {first_node[op]!r})" if first_node[op] else "")
+            for op, n in sorted(lacking.items())
+        )
         raise BridgeRefused(
             f"onnx2torch has no converter for {listed}; export the model from its torch source "
             "instead of the .onnx file, or keep it on ONNX Runtime, OpenVINO or the browser"

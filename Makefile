@@ -14,6 +14,8 @@ $(BIN)/python:
 # root for the browser) it says what is missing and the web runtime reports itself unavailable.
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,all]'
+	# The ONNX-to-torch bridge, without the torchvision its metadata asks for (README, Install).
+	$(BIN)/python -m pip install --quiet --no-deps onnx2torch==1.5.15
 	-$(BIN)/edgeforge setup web --install-browser
 	touch $(STAMP)
 

@@ -274,6 +274,7 @@ _RUNTIME_MODULES = {
     "litert": ("torch", "litert_torch", "ai_edge_litert.interpreter"),
     "executorch": ("torch", "executorch.exir", "executorch.runtime"),
     "coreml": ("torch", "coremltools"),
+    "onnx-bridge": ("torch",),  # edgeforge._onnx_bridge
 }
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from edgeforge._children import FAILED, run_children
 from edgeforge._io import guard_output
 from edgeforge._load import load
+from edgeforge._onnx_bridge import bridged_for
 from edgeforge.errors import EdgeforgeError
 from edgeforge.model import Model
 from edgeforge.recipe import Recipe
@@ -274,6 +275,7 @@ def convert(
     for name in names:  # refuse before any work: out/<runtime>/ with the user's files in it
         guard_output(out / name, [source, data], force=force, folder=True)
     model = pin_shapes(load(source, workdir=out / "source", **load_options), shapes)
+    model = bridged_for(model, [get_runtime(name).hub for name in names])  # once, not per child
     result = Conversion(
         model.provenance.source,
         str(out),
@@ -334,6 +336,7 @@ def check(
 
     names = parse_targets(runtimes)
     model = pin_shapes(load(source, **load_options), shapes)
+    model = bridged_for(model, [get_runtime(name).hub for name in names])
     findings: list[dict[str, Any]] = []
     status: dict[str, dict[str, Any]] = {}
     jobs = [{"model": model, "runtime": name} for name in names]

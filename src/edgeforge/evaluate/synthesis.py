@@ -102,13 +102,15 @@ def synthesize(
     seed: int = 0,
 ) -> Samples:
     """`count` realistic samples for `inputs` (default: the model's), each input by its role;
-    dynamic dims take 1 on the batch axis and 16 elsewhere."""
+    dynamic dims take 1 on the batch axis and elsewhere a size the model takes
+    (`edgeforge.evaluate._sizes`: 16 where it runs there)."""
     from edgeforge.evaluate.data import Samples
 
     specs = tuple(inputs or model.inputs)  # type: ignore[union-attr]
     roles = input_roles(model, specs)
+    shapes = _shapes(model, specs, roles)
     rng = np.random.default_rng(seed)
-    feeds = [_realistic(specs, roles, index, count, rng) for index in range(count)]
+    feeds = [_realistic(specs, roles, index, count, rng, shapes) for index in range(count)]
     samples = Samples(feeds, None, "synthesised (realistic, by input role)")
     samples.notes.append(
         "inputs synthesised by role: " + "; ".join(r.describe() for r in roles.values())
@@ -122,11 +124,12 @@ def edge_samples(
     """The robustness samples: one extreme value of one input each, the others realistic."""
     specs = tuple(inputs or model.inputs)  # type: ignore[union-attr]
     roles = input_roles(model, specs)
+    shapes = _shapes(model, specs, roles)
     rng = np.random.default_rng(seed)
-    base = _realistic(specs, roles, 0, 1, rng)
+    base = _realistic(specs, roles, 0, 1, rng, shapes)
     feeds, cases = [], []
     for spec in specs:
-        shape = _concrete(spec)
+        shape = shapes[spec.name]
         for values, value, why in _extremes(spec, roles[spec.name], shape):
             feed = dict(base)
             feed[spec.name] = np.asarray(values).astype(_numpy_dtype(spec.dtype))
@@ -275,11 +278,12 @@ def _realistic(
     index: int,
     count: int,
     rng: np.random.Generator,
+    shapes: dict[str, tuple[int, ...]],
 ) -> dict[str, np.ndarray]:
     """Sample `index` of `count`: sample 0 has no padding, later ones ever shorter real parts."""
     feed = {}
     for spec in specs:
-        shape = _concrete(spec)
+        shape = shapes[spec.name]
         role = roles[spec.name]
         values = _values(role, shape, index, count, rng)
         feed[spec.name] = np.asarray(values).astype(_numpy_dtype(spec.dtype))
@@ -410,10 +414,17 @@ def _numpy_dtype(dtype: str) -> np.dtype:
     return np.dtype(dtype) if dtype not in ("undefined", "bfloat16") else np.dtype(np.float32)
 
 
-def _concrete(spec: TensorSpec) -> tuple[int, ...]:
-    if spec.shape is None:
-        raise EdgeforgeError(f"input {spec.name!r} has no known rank; pass samples with --data")
-    return tuple(
-        dim if isinstance(dim, int) else (1 if axis == 0 else 16)
-        for axis, dim in enumerate(spec.shape)
-    )
+def _shapes(
+    model: Model | None, specs: tuple[TensorSpec, ...], roles: dict[str, InputRole]
+) -> dict[str, tuple[int, ...]]:
+    """A concrete shape per input that the model takes (`edgeforge.evaluate._sizes`)."""
+    from edgeforge.evaluate._sizes import feed_shapes
+
+    for spec in specs:
+        if spec.shape is None:
+            raise EdgeforgeError(f"input {spec.name!r} has no known rank; pass samples with --data")
+
+    def probe(shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+        return _realistic(specs, roles, 0, 1, np.random.default_rng(0), shapes)
+
+    return feed_shapes(model, specs, probe)

@@ -16,7 +16,9 @@ tell more than a conversion attempt does, `check`). The base class enforces the 
 - `open` refuses an artifact of another runtime and says plainly when this machine cannot
   execute it (Core ML off macOS, TensorRT without a GPU);
 - a runtime that converts from the torch program builds a `--shape`-pinned model's unpinned
-  original (the program keeps its own dims) and its manifest's notes say so;
+  original (the program keeps its own dims) and its manifest's notes say so; an ONNX source
+  gets its program from the ONNX-to-torch bridge (`edgeforge._onnx_bridge`) at the pinned or
+  synthesised shapes, or the bridge's refusal, naming the ops it lacks;
 - a `Session` takes and returns tensors under the source model's own input and output names,
   whatever the runtime calls them internally, and checks the feeds against its signature.
 """
@@ -274,7 +276,13 @@ class Runtime(ABC):
                 f"runtime {self.name} cannot build {recipe.precision}; it builds "
                 f"{', '.join(self.precisions)}"
             )
+        if self.hub == "torch":  # an ONNX source reaches torch runtimes through the bridge
+            from edgeforge._onnx_bridge import bridged_for
+
+            model = bridged_for(model, [self.hub])
         pin_note = []
+        if self.hub == "torch" and model.provenance.exporter == "onnx2torch bridge":
+            pin_note = [f"{model.provenance.exporter_note}, checked against ONNX Runtime"]
         if self.hub == "torch" and model.unpinned is not None:
             from edgeforge._pin import for_hub, torch_hub_note
 
@@ -286,6 +294,11 @@ class Runtime(ABC):
                     f"runtime {self.name} converts from a torch.export program, and this "
                     f"model has none: {model.provenance.exporter_note}; make the module "
                     "traceable by torch.export (no Python control flow on tensor values)"
+                )
+            if model.provenance.exporter_note:  # an ONNX source the bridge refused
+                raise EdgeforgeError(
+                    f"runtime {self.name} converts from a torch.export program, and this ONNX "
+                    f"model has none: {model.provenance.exporter_note}"
                 )
             raise EdgeforgeError(
                 f"runtime {self.name} converts from a torch.export program, and this model "

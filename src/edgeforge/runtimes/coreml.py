@@ -189,17 +189,11 @@ class CoreML(Runtime):
                     evidence="import",
                 )
             ]
+        from edgeforge._onnx_bridge import bridged_for, refused_finding
+
+        model = bridged_for(model, [self.hub])  # an ONNX source: through the bridge
         if model.torch_program is None:
-            return [
-                Finding(
-                    self.name,
-                    "unsupported",
-                    "coremltools converts from a torch.export program and this model has none "
-                    f"(it came from {model.provenance.source_kind})",
-                    "load the torch module or a .pt2 instead of the .onnx file",
-                    evidence="rule",
-                )
-            ]
+            return [refused_finding(self.name, model)]
         import torch
 
         ct = _coremltools()

@@ -137,17 +137,11 @@ class ExecuTorch(Runtime):
 
         The answer is cached per model (its ONNX file's hash) and ExecuTorch version.
         """
+        from edgeforge._onnx_bridge import bridged_for, refused_finding
+
+        model = bridged_for(model, [self.hub])  # an ONNX source: through the bridge
         if model.torch_program is None:
-            return [
-                Finding(
-                    self.name,
-                    "unsupported",
-                    "ExecuTorch lowers a torch.export program, and this model came from "
-                    f"{model.provenance.source_kind}",
-                    "load the torch module or a .pt2 instead of the .onnx file",
-                    evidence="rule",
-                )
-            ]
+            return [refused_finding(self.name, model)]
         version = self.versions()["executorch"]
         found = remember(
             f"executorch-{version}/check",

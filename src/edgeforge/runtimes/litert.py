@@ -160,17 +160,11 @@ class LiteRT(Runtime):
 
         The answer is cached per model (its ONNX file's hash) and tool versions.
         """
+        from edgeforge._onnx_bridge import bridged_for, refused_finding
+
+        model = bridged_for(model, [self.hub])  # an ONNX source: through the bridge
         if model.torch_program is None:
-            return [
-                Finding(
-                    self.name,
-                    "unsupported",
-                    "LiteRT converts from a torch.export program, and this model came from "
-                    f"{model.provenance.source_kind}",
-                    "load the torch module or a .pt2 instead of the .onnx file",
-                    evidence="rule",
-                )
-            ]
+            return [refused_finding(self.name, model)]
         versions = "-".join(self.versions()[d] for d in self.distributions)
         found = remember(
             f"litert-{versions}/check",

@@ -115,7 +115,7 @@ def bridge(model: Model, workdir: Path | None = None) -> Model:
     if missing:
         raise BridgeRefused(
             f"{' and '.join(missing)} not installed; install the bridge with "
-            "`pip install --no-deps 'onnx2torch>=1.5.15,<1.6'` (README, Install)"
+            "`pip install --no-deps onnx2torch==1.5.15` (README, Install)"
         )
     import torch
 

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = ["BUILT", "TORCH_PASSES", "Candidate", "Planner", "Variant"]
 
-_CACHE_VERSION = 3  # bump when what a cached candidate holds changes
+_CACHE_VERSION = 4  # bump when what a cached candidate holds changes
 # Runtimes whose int8-static recipe takes `calibration_method`, for those that do not declare
 # it themselves (a runtime may set a `calibration_methods` attribute).
 _CALIBRATION_METHODS = {

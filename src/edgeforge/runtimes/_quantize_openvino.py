@@ -11,10 +11,11 @@
   preset mixed and SmoothQuant's default alpha (0.95) 0.9945, with alpha 0.9 0.9965, 0.8
   0.9980, 0.7 0.9978, 0.6 0.9970; with the GELU-fed MatMuls float 0.9985, but those float
   islands cost more time than the bf16 model saves. Preset performance (symmetric
-  activations), alpha 0.8: 0.9976, and on this AMX CPU it is the one that beats bf16: timed
-  interleaved (2 threads, a loaded machine) it ran 1.06x bf16's speed and 1.12-1.19x preset
-  mixed's, which ran 0.90-0.97x bf16's (asymmetric activations cost a zero-point correction
-  in every MatMul), so "performance" is the default for transformers too;
+  activations), alpha 0.8: 0.9976 (0.9945 per-dimension standardised, against mixed's
+  0.9954), and on this AMX CPU it is the one that beats bf16: timed interleaved (2 threads, a
+  loaded machine) it ran 1.06x bf16's speed and 1.12-1.19x preset mixed's, which ran
+  0.90-0.97x bf16's. Neither wins both ways, so transformers default to "mixed" (the more
+  accurate) unless told, and `optimize` builds both presets and lets the measurement decide;
 - int8-dynamic: `nncf.compress_weights` INT8_ASYM, per output channel. It is weight-only: the
   activations stay float and the CPU plugin decompresses the weights as it computes;
 - int4-weight: `nncf.compress_weights` INT4_SYM (or INT4_ASYM with `symmetric: false`) in
@@ -68,7 +69,9 @@ def _int8_static(ov_model: Any, model: Model, recipe: Recipe) -> tuple[Any, list
     import nncf
 
     transformer = recipe.option("model_type") == "transformer"
-    preset = choice_option(recipe, "preset", ("performance", "mixed"), "performance")
+    preset = choice_option(
+        recipe, "preset", ("performance", "mixed"), "mixed" if transformer else "performance"
+    )
     excluded = names_option(recipe, "nodes_to_exclude")
     ignored = _ignored(ov_model, excluded)
     down = _fed_by_gelu(ov_model) if flag_option(recipe, "keep_feed_forward_float", False) else []

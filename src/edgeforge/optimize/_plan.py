@@ -22,8 +22,9 @@ What a caller can rely on:
   after ONNX Runtime's transformer optimizer (fused attention, skip layer norms, GELU: ONNX
   Runtime's contrib ops), built for ONNX Runtime only in fp32, int8-dynamic and int8-static
   (minmax and percentile), and its int8-static recipes on OpenVINO and ONNX Runtime take
-  `model_type: transformer` (NNCF's transformer scheme with SmoothQuant; ONNX Runtime: the
-  weight products only, the feed-forward block float);
+  `model_type: transformer` (NNCF's transformer scheme with SmoothQuant, once with preset
+  mixed and once, `-performance`, with preset performance; ONNX Runtime: the weight products
+  only, the feed-forward block float);
 - a bf16 recipe is planned only where the device computes in bf16 (`_deploy.has_bf16`);
 - planning builds nothing but the variants: candidates come back with status "planned".
 """
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = ["BUILT", "TORCH_PASSES", "Candidate", "Planner", "Variant"]
 
-_CACHE_VERSION = 3  # bump when what a cached candidate holds changes
+_CACHE_VERSION = 4  # bump when what a cached candidate holds changes
 # Runtimes whose int8-static recipe takes `calibration_method`, for those that do not declare
 # it themselves (a runtime may set a `calibration_methods` attribute).
 _CALIBRATION_METHODS = {
@@ -301,6 +302,13 @@ class Planner:
         }
         if self.transformer and runtime.name in ("openvino", "onnxruntime"):
             options["model_type"] = "transformer"
+        if self.transformer and runtime.name == "openvino":
+            # NNCF's presets trade: mixed is the more accurate, performance (symmetric
+            # activations) the faster on AMX (`_quantize_openvino`); the measurement decides.
+            return [
+                ("", options | {"preset": "mixed"}),
+                ("-performance", options | {"preset": "performance"}),
+            ]
         methods = getattr(runtime, "calibration_methods", None) or _CALIBRATION_METHODS.get(
             runtime.name, ()
         )

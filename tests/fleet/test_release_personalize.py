@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from release_helpers import cli, tree
+from server_support import ENROLL, Server
 
+from edgeforge.fleet import Agent
 from edgeforge.fleet.agent._personal import package_folder
 from edgeforge.fleet.client import fetch
 from edgeforge.fleet.personal import PersonalizationPackage
@@ -85,6 +88,43 @@ def test_release_ships_the_package_signed_with_the_variant_and_a_device_trains_i
     expected = np.concatenate([released.run(None, {"features": row[None]})[0] for row in x])
     logits, _ = package.embed({"features": x})
     np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
+
+    # A device receives it with the model: the agent installs version 1 through a rollout and
+    # finds the package in its verified slot, then trains a head for the user there.
+    server = Server(repo, f"sqlite:///{tmp_path / 'fleet.db'}").start()
+    try:
+        agent = Agent(
+            tmp_path / "device", server=server.url, device_class="linux-x86",
+            device_id="personal-release-0", token=ENROLL,
+            root=repo / "metadata" / "1.root.json", probe_count=2,
+        )  # fmt: skip
+        body = {"name": "clf", "version": 1, "device_class": "linux-x86", "waves": "100%"}
+        lenient = {"gate": "failure_rate<50%", "confidence": 0.6, "min_devices": 1}
+        made = server.admin("POST", "/v1/admin/rollouts", {**body, **lenient})
+        assert made.status_code == 201, made.text
+        deadline = time.monotonic() + 60
+        while (agent.status().committed or {}).get("version") != 1:
+            assert time.monotonic() < deadline, agent.status()
+            agent.step()
+            time.sleep(0.1)
+    finally:
+        server.stop()
+    slot = agent.personalization_package()
+    assert slot.name == "personalize" and agent.state in slot.parents
+    assert json.loads((slot / "personalize.json").read_text())["release"]["version"] == 1
+    samples, labels = user(40, seed=1)
+    result = agent.personalize({"features": samples}, labels, time_limit_s=30)
+    assert result["release"] == {"name": "clf", "version": 1}
+    assert result["kept"], result["reason"]
+
+
+def user(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A user's three kinds of input, far apart: the untrained base model mixes them up."""
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(7).normal(0, 3, (3, 8)).astype(np.float32)
+    labels = rng.integers(0, 3, count)
+    x = centres[labels] + rng.normal(0, 0.3, (count, 8))
+    return x.astype(np.float32), labels.astype(np.int64)
 
 
 def test_a_layer_the_model_does_not_have_is_refused_before_anything_changes(source, repo, capsys):

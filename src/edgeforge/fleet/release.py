@@ -3,9 +3,11 @@
 A release: parse and check everything given (exit 2 on bad input, nothing touched), gather the
 evidence of every variant (`edgeforge.fleet.evidence`), and only if every variant passed, under
 the repository's lock: take the next version, stage each variant's files (`variant.json`, the
-artifact's files with its manifest, `canary.npz`) under `NAME/VERSION/CLASS/`, copy them to the
-artifact store, write the registry rows in one transaction, publish the targets (re-signing
-targets, snapshot and timestamp), and commit the transaction last.
+artifact's files with its manifest, `canary.npz`, and with `personalize` the personalisation
+package in `personalize/`, built before the lock by `edgeforge.personalize.release`) under
+`NAME/VERSION/CLASS/`, copy them to the artifact store, write the registry rows in one
+transaction, publish the targets (re-signing targets, snapshot and timestamp), and commit the
+transaction last.
 
 Invariants:
 - a refused release (a variant failed a check; exit 1) or bad input (exit 2) changes neither

@@ -375,7 +375,7 @@ def _stage_variant(
     staged: dict[str, Path] = {}
     for relative in [*listed, "manifest.json"]:
         if relative in (VARIANT_INDEX, CANARY_FILE, REFERENCE_FILE) or (
-            package is not None and relative.split("/")[0] == FOLDER
+            package is not None and package.folder is not None and relative.split("/")[0] == FOLDER
         ):
             raise EdgeforgeError(
                 f"{artifact.folder}: the artifact has a file named {relative}, which a release "

@@ -79,6 +79,19 @@ def add_verbs(verbs: Any) -> None:
         metavar="N",
         help="inputs in each variant's canary set",
     )
+    personal = release.add_argument_group("personalisation (a package beside each variant)")
+    personal.add_argument(
+        "--personalize",
+        metavar="LAYERS",
+        help="ship a personalisation package in each variant: the head is these layers "
+        "(comma list, e.g. fc or 2,4; SOURCE must be a 'module:factory' reference)",
+    )
+    personal.add_argument(
+        "--personalize-form",
+        metavar="FORM,...",
+        help="the head's trainable forms (executorch, coreml, head); the numpy head is always "
+        "in; default: it plus the variant runtime's own training form",
+    )
     _timeout_option(release, "build or retest")
     _output_options(release)  # --json, and --report: the evidence of every variant in HTML
     release.set_defaults(run=_release)
@@ -169,6 +182,8 @@ def _release(args: argparse.Namespace) -> int:
         bench_runs=args.bench_runs,
         canary_count=args.canary_samples,
         timeout=args.timeout,
+        personalize=args.personalize,
+        personalize_forms=args.personalize_form,
     )
 
     def show() -> None:
@@ -179,6 +194,14 @@ def _release(args: argparse.Namespace) -> int:
                 f"{mark} {variant['device_class']}={variant['runtime']}:{variant['precision']}: "
                 + "; ".join(figures)
             )
+            package = variant.get("personalize")
+            if package is None:
+                continue
+            if package["present"]:
+                forms = ", ".join(f"{f} {state}" for f, state in package["forms"].items())
+                print(f"    personalisation package: head {', '.join(package['layers'])}; {forms}")
+            else:
+                print(f"    no personalisation package: {package['reason']}")
         print(result.verdict)
 
     _emit(args, "release", result.to_dict(), show)

@@ -3,9 +3,11 @@
 A release: parse and check everything given (exit 2 on bad input, nothing touched), gather the
 evidence of every variant (`edgeforge.fleet.evidence`), and only if every variant passed, under
 the repository's lock: take the next version, stage each variant's files (`variant.json`, the
-artifact's files with its manifest, `canary.npz`) under `NAME/VERSION/CLASS/`, copy them to the
-artifact store, write the registry rows in one transaction, publish the targets (re-signing
-targets, snapshot and timestamp), and commit the transaction last.
+artifact's files with its manifest, `canary.npz`, and with `personalize` the personalisation
+package in `personalize/`, built before the lock by `edgeforge.personalize.release`) under
+`NAME/VERSION/CLASS/`, copy them to the artifact store, write the registry rows in one
+transaction, publish the targets (re-signing targets, snapshot and timestamp), and commit the
+transaction last.
 
 Invariants:
 - a refused release (a variant failed a check; exit 1) or bad input (exit 2) changes neither
@@ -126,11 +128,16 @@ def release(
     bench_runs: int = 20,
     canary_count: int = 32,
     timeout: float = 600,
+    personalize: str | list[str] | None = None,
+    personalize_forms: str | list[str] | None = None,
     **load_options: Any,
 ) -> Release:
     """Release `source` as the next version of `name` in the repository `repo`, one variant
     per `CLASS=RUNTIME[:PRECISION]`, each only with its evidence (see the module docstring).
-    `sources` are optimize/convert output folders to take artifacts from (`--from`)."""
+    `sources` are optimize/convert output folders to take artifacts from (`--from`).
+    `personalize` names the layers of a trainable head: each variant then ships a
+    personalisation package in `personalize/` (`edgeforge.personalize.release`), of the forms
+    `personalize_forms` names (default: the numpy head, plus the variant runtime's own)."""
     from edgeforge._load import load
     from edgeforge.fleet.evidence import gather, parse_limits, parse_variants
     from edgeforge.fleet.registry import check_name
@@ -150,6 +157,14 @@ def release(
     if data is not None and not Path(data).is_dir():
         raise EdgeforgeError(f"--data {data}: not a folder of samples")
     _check_db(db)
+    layers: list[str] | None = None
+    forms: list[str] | None = None
+    if personalize is not None:  # bad layers or a source without layers: exit 2, nothing done
+        from edgeforge.personalize import release as personal
+
+        layers, forms = personal.check(
+            source, personalize, personalize_forms, load_options.get("example_inputs")
+        )
     repository = Repository.open(Path(repo), Path(keys) if keys else None)
     artifact_store = open_store(store, repository.path, endpoint_url=store_endpoint)
     with tempfile.TemporaryDirectory(prefix="edgeforge-release-") as scratch:
@@ -179,7 +194,21 @@ def release(
         if result.refused:  # the gate: nothing is opened, written or published
             result.seconds = time.monotonic() - started
             return result
-        _publish(result, repository, evidence, model, db, artifact_store)
+        packages: dict[str, Any] = {}
+        if layers is not None:  # built before the lock: a conversion per backbone runtime
+            packages = personal.build(
+                source,
+                {e.spec.device_class: e.spec.runtime for e in evidence},
+                layers,
+                forms,
+                work,
+                name=name,
+                timeout=timeout,
+                example_inputs=load_options.get("example_inputs"),
+            )
+            for variant in result.variants:
+                variant["personalize"] = packages[variant["device_class"]].summary()
+        _publish(result, repository, evidence, model, db, artifact_store, packages)
     result.seconds = time.monotonic() - started
     return result
 
@@ -191,6 +220,7 @@ def _publish(
     model: Any,
     db: str | None,
     store: Any,
+    packages: dict[str, Any],
 ) -> None:
     from edgeforge.fleet.registry import Registry
 
@@ -204,7 +234,9 @@ def _publish(
         with tempfile.TemporaryDirectory(
             prefix=".edgeforge-release-", dir=repository.path.parent
         ) as stage:
-            _write(result, repository, evidence, model, registry, store, Path(stage), added)
+            _write(
+                result, repository, evidence, model, registry, store, Path(stage), added, packages
+            )
     except BaseException:
         for digest in added:
             with contextlib.suppress(Exception):
@@ -221,6 +253,7 @@ def _write(
     store: Any,
     stage: Path,
     added: list[str],
+    packages: dict[str, Any],
 ) -> None:
     """Stage, store, record and publish, under the lock; the registry commits last."""
     from edgeforge.fleet.evidence import tool_versions
@@ -245,7 +278,14 @@ def _write(
         session.add(row)
         for item in evidence:
             prefix = f"{name}/{version}/{item.spec.device_class}"
-            staged, index = _stage_variant(item, name, version, released, stage / prefix)
+            staged, index = _stage_variant(
+                item,
+                name,
+                version,
+                released,
+                stage / prefix,
+                packages.get(item.spec.device_class),
+            )
             for relative, local in staged.items():
                 files[f"{prefix}/{relative}"] = local
                 custom[f"{prefix}/{relative}"] = {
@@ -310,11 +350,19 @@ def _next_in_repository(repository: Any, name: str) -> int:
 
 
 def _stage_variant(
-    item: Any, name: str, version: int, released: _dt.datetime, folder: Path
+    item: Any,
+    name: str,
+    version: int,
+    released: _dt.datetime,
+    folder: Path,
+    package: Any = None,
 ) -> tuple[dict[str, Path], dict[str, Any]]:
-    """The variant's files under `folder`: the artifact's own (manifest included), canary.npz
-    and variant.json (the index: every other file with its hash and length, the evidence)."""
+    """The variant's files under `folder`: the artifact's own (manifest included), canary.npz,
+    the personalisation package when `package` (an `Outcome`) has one, and variant.json (the
+    index: every other file with its hash and length, the evidence)."""
     from edgeforge.fleet.evidence import CANARY_FILE, REFERENCE_FILE
+    from edgeforge.personalize.release import FOLDER
+    from edgeforge.personalize.release import stage as stage_package
     from edgeforge.runtimes import Artifact
 
     artifact = Artifact.load(item.folder)
@@ -326,7 +374,9 @@ def _stage_variant(
     folder.mkdir(parents=True, exist_ok=True)
     staged: dict[str, Path] = {}
     for relative in [*listed, "manifest.json"]:
-        if relative in (VARIANT_INDEX, CANARY_FILE, REFERENCE_FILE):
+        if relative in (VARIANT_INDEX, CANARY_FILE, REFERENCE_FILE) or (
+            package is not None and package.folder is not None and relative.split("/")[0] == FOLDER
+        ):
             raise EdgeforgeError(
                 f"{artifact.folder}: the artifact has a file named {relative}, which a release "
                 "reserves; rename it"
@@ -341,6 +391,16 @@ def _stage_variant(
     if reference is not None:  # the monitor's baseline, a signed target like the rest
         shutil.copyfile(reference, folder / REFERENCE_FILE)
         staged[REFERENCE_FILE] = folder / REFERENCE_FILE
+    evidence = item.evidence()
+    entry = None
+    if package is not None:
+        evidence["personalize"] = package.summary()
+        if package.folder is not None:
+            record = {"name": name, "version": version, "sha256": item.artifact_sha256}
+            staged.update(stage_package(package, folder, record))
+            entry = {"path": FOLDER, "layers": package.layers}
+            if len(artifact.outputs) == 1:  # the output whose logits a personal head replaces
+                entry["output"] = artifact.outputs[0].name
     index = {
         "schema": INDEX_SCHEMA,
         "name": name,
@@ -357,8 +417,10 @@ def _stage_variant(
         ],
         "canary": item.canary,
         "reference": REFERENCE_FILE if reference is not None else None,
-        "evidence": item.evidence(),
+        "evidence": evidence,
     }
+    if entry is not None:  # what the agent reads (`fleet/agent/_personal.py`)
+        index["personalize"] = entry
     (folder / VARIANT_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     staged[VARIANT_INDEX] = folder / VARIANT_INDEX
     return staged, index

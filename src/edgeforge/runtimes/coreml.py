@@ -244,9 +244,12 @@ def validate_without_running(artifact: Artifact) -> list[str]:
 
 
 def _coremltools() -> Any:
-    """Import coremltools without the warnings it logs about optional parts it cannot load."""
+    """Import coremltools without the warnings it logs about optional parts it cannot load,
+    with edgeforge's translations for the ATen ops it lacks registered (`_coreml_ops`)."""
     with _quiet():
         import coremltools
+
+        import edgeforge.runtimes._coreml_ops  # noqa: F401  (registers on import)
 
     return coremltools
 

@@ -20,6 +20,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,22 +35,23 @@ TARGETS = ["onnxruntime", "openvino", "litert", "executorch", "web", "coreml"]
 COVERED = {name: ("verified",) for name in TARGETS} | {"coreml": ("verified", "built-not-run")}
 
 
-def run(names: list[str], work: Path) -> dict[str, dict[str, dict[str, str]]]:
-    rows: dict[str, dict[str, dict[str, str]]] = {}
+def run(names: list[str], work: Path, save: Callable[[str, dict], None]) -> None:
+    """Convert each architecture, printing its row and saving it as soon as it is done."""
     for name in names:
         started = time.time()
         source, inputs = corpus_models.build(name)
         try:
             result = convert(source, TARGETS, work / name, example_inputs=inputs, force=True)
         except Exception as exc:  # a load failure is one row of refusals, not the end
-            rows[name] = {t: {"status": "failed", "detail": str(exc)} for t in TARGETS}
+            row = {t: {"status": "failed", "detail": str(exc)} for t in TARGETS}
         else:
-            rows[name] = {
-                t.runtime: {"status": t.status, "detail": t.detail} for t in result.targets
-            }
-        cells = ", ".join(f"{r}={c['status']}" for r, c in rows[name].items())
+            row = {t.runtime: {"status": t.status, "detail": t.detail} for t in result.targets}
+        cells = ", ".join(f"{r}={c['status']}" for r, c in row.items())
         print(f"{name} ({time.time() - started:.0f} s): {cells}", flush=True)
-    return rows
+        for runtime, cell in row.items():
+            if cell["status"] != "verified":
+                print(f"    {runtime}: {cell['detail']}", flush=True)
+        save(name, row)
 
 
 def coverage(rows: dict[str, dict[str, dict[str, str]]]) -> dict[str, float]:
@@ -84,20 +86,25 @@ def main() -> None:
         sys.exit(
             f"unknown architectures {unknown}; choose from {list(corpus_models.ARCHITECTURES)}"
         )
-    earlier = json.loads(args.out.read_text())["rows"] if args.out.exists() else {}
+    rows = json.loads(args.out.read_text())["rows"] if args.out.exists() else {}
+
+    def save(name: str, row: dict) -> None:
+        rows[name] = row
+        ordered = {n: rows[n] for n in corpus_models.ARCHITECTURES if n in rows}
+        report = {
+            "command": "python bench/conversion_corpus.py",
+            "machine": f"{platform.machine()}, Python {platform.python_version()}",
+            "targets": TARGETS,
+            "architectures": len(ordered),
+            "coverage_percent": coverage(ordered),
+            "rows": ordered,
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
+
     with tempfile.TemporaryDirectory() as work:
-        rows = {**earlier, **run(names, Path(work))}
+        run(names, Path(work), save)
     rows = {n: rows[n] for n in corpus_models.ARCHITECTURES if n in rows}
-    report = {
-        "command": "python bench/conversion_corpus.py"
-        + (f" --only {args.only}" if args.only else ""),
-        "machine": f"{platform.machine()}, Python {platform.python_version()}",
-        "targets": TARGETS,
-        "coverage_percent": coverage(rows),
-        "rows": rows,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
     print(table(rows))
     for name, row in rows.items():
         for runtime in TARGETS:

@@ -44,7 +44,7 @@ def _register() -> None:
     from coremltools.converters.mil.mil import types
 
     def missing(*names: str) -> list[str]:
-        return [name for name in names if name not in _TORCH_OPS_REGISTRY]
+        return [name for name in names if name not in _TORCH_OPS_REGISTRY.name_to_func_mapping]
 
     def register(func: Any, names: list[str]) -> None:
         """Register `func` under every name in `names` (those coremltools lacks). A name
@@ -62,8 +62,7 @@ def _register() -> None:
     def new_ones(context: Any, node: Any) -> None:
         inputs = _get_inputs(context, node, min_expected=2)
         x, size = inputs[0], inputs[1]
-        if isinstance(size, list):
-            size = mb.concat(values=size, axis=0)
+        size = _shape(size)
         dtype = _get_kwinputs(
             context, node, "dtype", default=[inputs[2] if len(inputs) > 2 else None]
         )[0]
@@ -171,6 +170,19 @@ def _register() -> None:
     ]
     for func, names in translations:
         register(func, names)
+
+
+def _shape(size: Any) -> Any:
+    """A size argument as the int32 shape `fill` takes: constants folded, symbols concatenated."""
+    from coremltools.converters.mil import Builder as mb
+
+    items = size if isinstance(size, (list, tuple)) else [size]
+    values = [getattr(item, "val", item) for item in items]
+    if all(value is not None for value in values):
+        flat = np.concatenate([np.asarray(v, dtype=np.int32).reshape(-1) for v in values] or [[]])
+        return mb.const(val=flat.astype(np.int32))
+    parts = [mb.cast(x=mb.reshape(x=item, shape=[-1]), dtype="int32") for item in items]
+    return mb.concat(values=parts, axis=0)
 
 
 def _constant(value: Any) -> Any:

@@ -31,8 +31,9 @@ def rewritten(program: Any) -> tuple[Any, list[str]]:
     aten = torch.ops.aten
     applied = []
     for node in program.graph.nodes:
-        value = node.meta.get("val") if node.op == "call_function" and node.args else None
-        first = node.args[0].meta.get("val") if value is not None else None
+        if node.op != "call_function" or not node.args:
+            continue
+        first = getattr(node.args[0], "meta", {}).get("val")  # args may be ints and lists
         if not isinstance(first, torch.Tensor):
             continue
         if node.target == aten.conv3d.default and first.dim() == 5:

@@ -119,20 +119,3 @@ def test_bicubic_as_two_matrices_is_what_torch_computes(align_corners):
     want = F.interpolate(image, size=(9, 7), mode="bicubic", align_corners=align_corners)
     got = sized @ image.numpy() @ bicubic_matrix(5, [9, 7], None, align_corners, axis=1).T
     np.testing.assert_allclose(got, want.numpy(), atol=1e-10)
-
-
-def test_prelu_kernel_of_the_core_decompositions_converts():
-    """The core ATen decompositions turn prelu into _prelu_kernel; rank 2 and rank 4 convert."""
-    for shape in ((4, 6), (1, 6, 3, 3)):
-        program = torch.export.export(nn.PReLU(6).eval(), (torch.randn(*shape),))
-        core = program.run_decompositions()
-        assert "aten._prelu_kernel.default" in {str(n.target) for n in core.graph.nodes}
-        mlmodel = _coremltools().convert(
-            core,
-            convert_to="mlprogram",
-            minimum_deployment_target=ct.target.iOS16,
-            skip_model_load=True,
-        )
-        assert list(mlmodel.get_spec().description.output[0].type.multiArrayType.shape) == list(
-            shape
-        )

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint lock wheel-check clean
+.PHONY: demo test lint lock wheel-check corpus clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ test: lint
 # A wheel in fresh venvs, run from /tmp (minutes; writes bench/results/wheel_check.txt).
 wheel-check: $(STAMP)
 	bash scripts/check-wheel.sh
+
+# The conversion corpus: 30 architectures to six runtimes (tens of minutes; writes
+# bench/results/conversion_corpus.json and prints the README's table). tests/ holds a slice.
+corpus: $(STAMP)
+	$(BIN)/python bench/conversion_corpus.py
 
 # Re-resolve the full lock (constraints.txt) from pyproject.toml and constraints.in. Every version
 # is pinned so that pip installs without backtracking (an open graph this size exceeds its depth).

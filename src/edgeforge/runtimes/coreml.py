@@ -68,6 +68,11 @@ _REWRITES = {
     "fmod": "compute x - torch.trunc(x / y) * y",
     "signbit": "compare x < 0 (and treat -0.0 apart if it matters)",
     "bitwise_xor": "use (a | b) & ~(a & b) on int32, or move the bit logic out of the model",
+    "lstm": "unroll it with nn.LSTMCell over a fixed number of steps, or keep it in ONNX Runtime",
+    "gru": "unroll it with nn.GRUCell over a fixed number of steps, or keep it in ONNX Runtime",
+    # `_coreml_ops` translates these on booleans and at static sizes only:
+    "__and__": "compare as booleans ((a != 0) & (b != 0)); Core ML has no integer bit operations",
+    "upsample_bicubic2d": "convert at a fixed input size (the translation needs static sizes)",
 }
 _UNSUPPORTED_NODE = re.compile(r"Unsupported fx node (\S+), kind (\S+)")
 _NOT_IMPLEMENTED = re.compile(r"convert function for op '([^']+)' not implemented")
@@ -238,9 +243,12 @@ def validate_without_running(artifact: Artifact) -> list[str]:
 
 
 def _coremltools() -> Any:
-    """Import coremltools without the warnings it logs about optional parts it cannot load."""
+    """Import coremltools without the warnings it logs about optional parts it cannot load,
+    with edgeforge's translations for the ATen ops it lacks registered (`_coreml_ops`)."""
     with _quiet():
         import coremltools
+
+        import edgeforge.runtimes._coreml_ops  # noqa: F401  (registers on import)
 
     return coremltools
 

@@ -8,6 +8,8 @@ Invariants a caller can rely on:
   model's, in order; the session maps them by position;
 - memory is planned for the example inputs' shapes: an axis the source model leaves dynamic
   runs up to the example's size and no further, and any other shape is refused in one line;
+- a few ops ExecuTorch's kernels or XNNPACK's passes mishandle (5-D convolutions, PReLU on
+  non-4-D inputs) are rewritten first, exactly, and the notes say so (`_executorch_rewrites`);
 - the lowering's warnings and the runtime's native logs never reach the terminal; a failed
   lowering raises an `EdgeforgeError` that names the aten op when the message does.
 """
@@ -28,13 +30,14 @@ from edgeforge._torch_export import load_program
 from edgeforge.errors import EdgeforgeError
 from edgeforge.model import Model
 from edgeforge.recipe import Recipe
+from edgeforge.runtimes._executorch_rewrites import rewritten
 from edgeforge.runtimes._native import ANSI, census, first_line, silenced
 from edgeforge.runtimes.base import Artifact, Finding, Runtime, Session, model_sha256
 
 __all__ = ["ExecuTorch", "ExecuTorchSession"]
 
 MODEL_FILE = "model.pte"
-_CHECK_VERSION = 2  # bump when check() changes what it reports, so old cache entries go stale
+_CHECK_VERSION = 3  # bump when check() changes what it reports, so old cache entries go stale
 _ATEN_OP = re.compile(r"\baten\.[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)?")
 # Nodes that compute or check shapes, and Python numbers made tensors (`x * 2` gives a
 # scalar_tensor or a dim-order copy): they cost nothing worth a finding.
@@ -104,6 +107,7 @@ class _Lowered:
     delegated: int  # nodes inside XNNPACK subgraphs
     subgraphs: int
     portable: list[str]  # one aten op name per node left outside XNNPACK
+    rewrites: list[str]  # what `_executorch_rewrites` changed before lowering, for the notes
 
 
 class ExecuTorch(Runtime):
@@ -127,6 +131,7 @@ class ExecuTorch(Runtime):
         ]
         if lowered.portable:
             notes.append(f"on the portable CPU kernels: {census(lowered.portable)}")
+        notes += lowered.rewrites
         return MODEL_FILE, notes, lowered.shapes
 
     def _open(self, artifact: Artifact) -> Session:
@@ -220,6 +225,7 @@ def _lower(model: Model) -> _Lowered:
         program = _load_program(model)
         shapes = _example_shapes(program, model)
         try:
+            program, rewrites = rewritten(program)
             edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
             delegated, subgraphs, portable = _delegation(edge.exported_program().graph_module)
             buffer = edge.to_executorch().buffer
@@ -227,7 +233,7 @@ def _lower(model: Model) -> _Lowered:
             failure = exc
     if failure is not None:
         raise _LoweringFailed(model, _reason(failure))
-    return _Lowered(bytes(buffer), shapes, delegated, subgraphs, portable)
+    return _Lowered(bytes(buffer), shapes, delegated, subgraphs, portable, rewrites)
 
 
 def _load_program(model: Model) -> Any:

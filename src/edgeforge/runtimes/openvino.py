@@ -13,12 +13,15 @@ What a caller can rely on:
   precision the compiled model reports in `effective_precision`;
 - sessions map inputs and outputs by position onto the source model's names, and keep the
   dynamic dimensions the ONNX graph declared (each run takes the shapes it is given);
+- an AveragePool whose window covers its whole input (transformers' EfficientNet), which
+  OpenVINO's converter refuses, is converted as the GlobalAveragePool it computes;
 - `check` answers from OpenVINO itself (a conversion attempt, then `Core.query_model` per
   device) and caches the answer per OpenVINO version and model hash.
 """
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -44,7 +47,7 @@ from edgeforge.runtimes.base import (
 __all__ = ["OpenVino", "OpenVinoSession"]
 
 # Bump when `check` learns something new, so that cached answers from older code are not reused.
-_CHECK_VERSION = 1
+_CHECK_VERSION = 2
 
 # The ops every plugin lists or never needs to: they carry data, they compute nothing.
 _DATA_OPS = frozenset({"Parameter", "Constant", "Result"})
@@ -238,7 +241,9 @@ class OpenVino(Runtime):
         try:
             ov_model = ov.convert_model(str(model.onnx_path))
         except Exception as exc:  # OpenVINO raises OpConversionFailure or a bare RuntimeError
-            return _conversion_findings(self.name, version, str(exc), proto)
+            ov_model = _whole_input_pools(model.onnx_path)  # what `_build` converts instead
+            if ov_model is None:
+                return _conversion_findings(self.name, version, str(exc), proto)
 
         nodes = _NodeIndex(proto)
         findings: list[Finding] = []
@@ -346,12 +351,68 @@ def _convert(onnx_path: Path) -> Any:
     try:
         return ov.convert_model(str(onnx_path))
     except Exception as exc:  # OpConversionFailure, or a bare RuntimeError from shape code
-        ops = _unconverted_ops(str(exc))
-        what = ", ".join(f"{op} ({reason})" if reason else op for op, reason in ops)
-        raise EdgeforgeError(
-            f"{onnx_path}: OpenVINO cannot convert it ({what or _last_line(exc)}); "
-            "`edgeforge check` lists what to change"
-        ) from None
+        failure = exc
+    rewritten = _whole_input_pools(onnx_path)
+    if rewritten is not None:
+        return rewritten
+    ops = _unconverted_ops(str(failure))
+    what = ", ".join(f"{op} ({reason})" if reason else op for op, reason in ops)
+    raise EdgeforgeError(
+        f"{onnx_path}: OpenVINO cannot convert it ({what or _last_line(failure)}); "
+        "`edgeforge check` lists what to change"
+    ) from None
+
+
+def _whole_input_pools(onnx_path: Path) -> Any:
+    """The model converted with every AveragePool whose window covers its whole unpadded input
+    made a GlobalAveragePool, or None when it has no such pool or OpenVINO still refuses.
+
+    transformers' EfficientNet pools with `AvgPool2d(hidden_dim, ceil_mode=True)`: a 1280-wide
+    kernel over a 7x7 map. ONNX Runtime and torch clip the window to the input and average what
+    is there, which is the global mean; OpenVINO's converter refuses a kernel larger than its
+    input. With no padding and a 1x1 output the two ops compute the same thing."""
+    import openvino as ov
+
+    model = onnx.load(str(onnx_path))
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {
+        info.name: [d.dim_value if d.HasField("dim_value") else None for d in dims.dim]
+        for info in (*inferred.graph.value_info, *inferred.graph.input)
+        for dims in [info.type.tensor_type.shape]
+    }
+    changed = 0
+    for node in model.graph.node:
+        if node.op_type != "AveragePool" or not node.input or node.input[0] not in shapes:
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if not _covers_whole_input(attrs, shapes[node.input[0]][2:]):
+            continue
+        node.op_type = "GlobalAveragePool"
+        del node.attribute[:]
+        changed += 1
+    if not changed:
+        return None
+    try:  # OpenVINO reads an ONNX model from bytes as it does from a file
+        return ov.convert_model(io.BytesIO(model.SerializeToString()))
+    except Exception:  # still refused: the caller reports the first failure
+        return None
+
+
+def _covers_whole_input(attrs: dict[str, Any], spatial: list[int | None]) -> bool:
+    """Whether an AveragePool with these attributes averages its whole input into one value
+    per channel: no padding, a known input size, a window at least that large, and one output
+    position (the window equals the input, or ceil_mode keeps the one clipped window)."""
+    kernel = list(attrs.get("kernel_shape", []))
+    strides = list(attrs.get("strides", [1] * len(kernel)))
+    if any(attrs.get("pads", [])) or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID"):
+        return False
+    if not kernel or len(kernel) != len(spatial) or None in spatial:
+        return False
+    for k, stride, size in zip(kernel, strides, spatial, strict=True):
+        assert size is not None
+        if k < size or (k > size and not (attrs.get("ceil_mode", 0) and k - size < stride)):
+            return False
+    return True
 
 
 def _read_ir(artifact: Artifact) -> tuple[Any, Any]:

@@ -4,6 +4,7 @@ few-shot adaptation that brings a held-out device's error down."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -110,6 +111,36 @@ def test_few_shot_adaptation_cuts_the_error_on_models_it_did_not_see(rows):
     assert adapted.knows("dev5") and not model.knows("dev5")
     # The shared terms are untouched: the other devices predict exactly as before.
     assert adapted.predict(seen[0][0]) == pytest.approx(model.predict(seen[0][0]))
+
+
+def test_adaptation_moves_each_unit_of_the_device_apart(rows):
+    # dev5's GPU runs 2x faster than its CPU relative to the pooled GPU terms: CPU references
+    # alone leave its GPU at the device's scale, GPU references move the GPU term itself.
+    seen = [(w, m) for w, m in rows if w.device != "dev5"]
+    gpu = [
+        (dataclasses.replace(w, kind="gpu", engine="ncnn/gpu"), m)
+        for w, m in rows
+        if w.device != "dev5"
+    ]
+    model = fit_transfer([w for w, _ in seen + gpu], [m for _, m in seen + gpu], shrink=3.0)
+    own_cpu = [(w, m) for w, m in rows if w.device == "dev5"]
+    own_gpu = [(dataclasses.replace(w, kind="gpu", engine="ncnn/gpu"), m / 2) for w, m in own_cpu]
+    references = own_cpu[:3] + own_gpu[:3]
+    adapted = model.adapt([w for w, _ in references], [m for _, m in references])
+    assert set(adapted.device_unit) == {"dev5/cpu", "dev5/gpu"}
+    assert adapted.device_unit["dev5/gpu"] < adapted.device_unit["dev5/cpu"] - 0.3
+    for part in (own_cpu[3:], own_gpu[3:]):
+        assert median_abs_pct(adapted, [w for w, _ in part], [m for _, m in part]) < 15
+    assert not model.device_unit  # the pooled fit has no unit terms
+
+
+def test_published_int8_rows_of_ncnn_on_vulkan_ran_on_the_cpu():
+    from edgeforge.estimator.published import unit_of_runtime
+
+    runtime = "ncnn benchncnn Vulkan gpu_device=0 threads=1 powersave=0"
+    assert unit_of_runtime(runtime, "int8") == "cpu"
+    assert unit_of_runtime(runtime, "fp16") == "gpu"
+    assert unit_of_runtime("TensorRT", "int8") == "gpu"
 
 
 def test_adapt_refuses_rows_of_several_devices(rows):

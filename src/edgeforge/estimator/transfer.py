@@ -26,12 +26,12 @@ Invariants a caller can rely on:
 - The fit minimises a soft-L1 loss of the log ratio measured / predicted (one outlier cannot
   drag a device), with `scipy.optimize.least_squares`; prediction needs only numpy-free Python,
   so the fitted model ships as JSON (`TransferModel.to_dict`).
-- `adapt(rows)` fits only one device's terms (its scale, one term per unit kind the rows ran
-  on, and its overhead) with all shared terms fixed: the few-shot calibration of
-  `calibrate --device ID --measurements FILE`. Its penalty (`adapt_penalty`) is read off the
-  fit, not chosen (`_adapt_penalty`): the rows' scatter about their device's median over the
-  spread of the devices' medians from the pooled prediction, as a Gaussian prior on a new
-  device's scale would have it.
+- `adapt(rows)` fits only one device's terms (its scale, one term per unit kind and one per
+  (unit kind, precision) the rows ran on, all shrunk, and its overhead) with all shared terms
+  fixed: the few-shot calibration of `calibrate --device ID --measurements FILE`. Its penalty
+  (`adapt_penalty`) is read off the fit, not chosen (`_adapt_penalty`): the rows' scatter
+  about their device's median over the spread of the devices' medians from the pooled
+  prediction, as a Gaussian prior on a new device's scale would have it.
 - Nothing here chooses a hyperparameter on the rows it is scored on: `fit_with_inner_split`
   picks `shrink` on a validation part split off the training rows by group.
 """
@@ -268,7 +268,8 @@ class TransferModel:
     adapt_penalty: float = 1.0
     band: tuple[float, float] = (0.5, 2.0)
     provenance: Mapping[str, Any] = field(default_factory=dict)
-    device_unit: Mapping[str, float] = field(default_factory=dict)  # "device/kind"
+    # "device/kind" and "device/kind/precision" (set by `adapt` only)
+    device_unit: Mapping[str, float] = field(default_factory=dict)
 
     def multipliers(self, work: RowWork) -> tuple[tuple[float, ...], float]:
         """Per-class multipliers on the prior roofline time, and the per-layer overhead (ms)."""
@@ -279,6 +280,7 @@ class TransferModel:
             + sum(b * s for b, s in zip(self.beta, work.specs, strict=True))
             + self.device.get(work.device, 0.0)
             + self.device_unit.get(f"{work.device}/{work.kind}", 0.0)
+            + self.device_unit.get(f"{work.device}/{work.kind}/{work.precision}", 0.0)
         )
         classes = tuple(math.exp(self.theta.get(c, 0.0) + eta) for c in CLASSES)
         omega = (
@@ -301,9 +303,7 @@ class TransferModel:
             self,
             device={k: v for k, v in self.device.items() if k != device},
             overhead_device={k: v for k, v in self.overhead_device.items() if k != device},
-            device_unit={
-                k: v for k, v in self.device_unit.items() if k.rsplit("/", 1)[0] != device
-            },
+            device_unit={k: v for k, v in self.device_unit.items() if k.split("/", 1)[0] != device},
         )
 
     def adapt(self, works: Sequence[RowWork], measured: Sequence[float]) -> TransferModel:
@@ -385,6 +385,7 @@ def _fit(
             layout.add("device", w.device, shrink)
             if only_device is not None:  # unit terms only when adapting (see the docstring)
                 layout.add("device_unit", f"{w.device}/{w.kind}", shrink)
+                layout.add("device_unit", f"{w.device}/{w.kind}/{w.precision}", shrink)
             layout.add("overhead_device", w.device, shrink)
     n_rows, n_par = len(works), len(layout.names)
     # Fixed parts from `start` (everything when fitting only a device's terms).
@@ -409,6 +410,7 @@ def _fit(
             ("engine", w.engine),
             ("device", w.device),
             ("device_unit", f"{w.device}/{w.kind}"),
+            ("device_unit", f"{w.device}/{w.kind}/{w.precision}"),
         ):
             if (group, key) in layout.index:
                 eta_x[i, layout.index[(group, key)]] = 1.0
@@ -591,7 +593,7 @@ def save_adapted(model: TransferModel, device_id: str, record: Mapping[str, Any]
         "device_scale": model.device.get(device_id, 0.0),
         "overhead_device": model.overhead_device.get(device_id, 0.0),
         "device_unit": {
-            k: v for k, v in model.device_unit.items() if k.rsplit("/", 1)[0] == device_id
+            k: v for k, v in model.device_unit.items() if k.split("/", 1)[0] == device_id
         },
         **record,
     }

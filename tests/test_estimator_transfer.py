@@ -216,3 +216,18 @@ def test_calibrate_device_adapts_estimates_to_measurements(tmp_path, monkeypatch
     # One reference row moves the device's scale part of the way (it is shrunk toward the
     # pooled value as one row deserves), in the measured direction.
     assert after > 1.2 * predicted
+
+
+def test_ncnn_powersave_1_rows_are_costed_on_the_little_cores():
+    from edgeforge.devices import get_device
+    from edgeforge.estimator.transfer import _unit
+
+    rk3588 = get_device("rockchip-rk3588")
+    little = _unit(rk3588, "cpu", "ncnn benchncnn CPU threads=4 powersave=1")
+    big = _unit(rk3588, "cpu", "ncnn benchncnn CPU threads=4 powersave=2")
+    assert little is not None and "A55" in little.name
+    assert big is not None and "A76" in big.name
+    assert little.peak["fp16"].value < big.peak["fp16"].value
+    # A device without a little-cluster unit keeps its one CPU unit.
+    pi5 = get_device("raspberry-pi-5")
+    assert _unit(pi5, "cpu", "powersave=1") == next(u for u in pi5.compute if u.kind == "cpu")

@@ -50,7 +50,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeforge.devices import Device, get_device
+from edgeforge.devices import ComputeUnit, Device, get_device
 from edgeforge.errors import EdgeforgeError
 from edgeforge.estimator.published import PublishedRow
 
@@ -139,15 +139,29 @@ def _specs(device: Device, peak_gops: float) -> tuple[float, ...]:
     )
 
 
+def _unit(device: Device, unit_kind: str, runtime: str | None) -> ComputeUnit | None:
+    """The device's unit of that kind; for ncnn's powersave=1 (only the little cores run) its
+    little-cluster CPU unit where the catalogue lists one."""
+    units = [u for u in device.compute if u.kind == unit_kind]
+    if unit_kind == "cpu" and re.search(r"powersave=1", runtime or ""):
+        units = [u for u in units if "little cluster" in u.name] or units
+    return units[0] if units else None
+
+
 def _prior_layers(
-    profile: Profile, device: Device, unit_kind: str, precision: str, threads: int | None
+    profile: Profile,
+    device: Device,
+    unit_kind: str,
+    precision: str,
+    threads: int | None,
+    runtime: str | None = None,
 ) -> tuple[list[LayerTime], list[str], float] | None:
     """Per-node times at the priors' efficiencies with 1 ms per paying node (so `overhead_ms`
     marks who pays), each node's class, and the unit's peak; None without a usable unit."""
     from edgeforge.estimator.calibration import PRIOR_DEFAULT, PRIORS, FactorEntry
     from edgeforge.estimator.roofline import _graph_roles, _GraphRoles, _peak_gops, roofline_ms
 
-    unit = next((u for u in device.compute if u.kind == unit_kind), None)
+    unit = _unit(device, unit_kind, runtime)
     if unit is None:
         return None
     try:
@@ -183,7 +197,7 @@ def work_of(
 ) -> RowWork | None:
     """`RowWork` for a profile on one unit of `device`; None when the device has no such unit
     or the unit has no usable peak."""
-    prior = _prior_layers(profile, device, unit_kind, precision, threads)
+    prior = _prior_layers(profile, device, unit_kind, precision, threads, runtime)
     if prior is None:
         return None
     layers, classes, peak = prior
@@ -214,7 +228,7 @@ def transfer_layers(
     """`estimate`'s per-node times under the transfer model: each node's prior roofline time
     times its class's multiplier, plus the model's per-layer overhead where the node pays one;
     they sum to `model.predict(work)`."""
-    prior = _prior_layers(profile, device, unit_kind, precision, threads)
+    prior = _prior_layers(profile, device, unit_kind, precision, threads, runtime)
     work = work_of(profile, device, unit_kind, precision, threads=threads, runtime=runtime)
     if prior is None or work is None:
         return None

@@ -4,6 +4,7 @@ few-shot adaptation that brings a held-out device's error down."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -112,6 +113,36 @@ def test_few_shot_adaptation_cuts_the_error_on_models_it_did_not_see(rows):
     assert adapted.predict(seen[0][0]) == pytest.approx(model.predict(seen[0][0]))
 
 
+def test_adaptation_moves_each_unit_of_the_device_apart(rows):
+    # dev5's GPU runs 2x faster than its CPU relative to the pooled GPU terms: CPU references
+    # alone leave its GPU at the device's scale, GPU references move the GPU term itself.
+    seen = [(w, m) for w, m in rows if w.device != "dev5"]
+    gpu = [
+        (dataclasses.replace(w, kind="gpu", engine="ncnn/gpu"), m)
+        for w, m in rows
+        if w.device != "dev5"
+    ]
+    model = fit_transfer([w for w, _ in seen + gpu], [m for _, m in seen + gpu], shrink=3.0)
+    own_cpu = [(w, m) for w, m in rows if w.device == "dev5"]
+    own_gpu = [(dataclasses.replace(w, kind="gpu", engine="ncnn/gpu"), m / 2) for w, m in own_cpu]
+    references = own_cpu[:3] + own_gpu[:3]
+    adapted = model.adapt([w for w, _ in references], [m for _, m in references])
+    assert {"dev5/cpu", "dev5/gpu", "dev5/gpu/fp32"} <= set(adapted.device_unit)
+    assert adapted.device_unit["dev5/gpu"] < adapted.device_unit["dev5/cpu"] - 0.3
+    for part in (own_cpu[3:], own_gpu[3:]):
+        assert median_abs_pct(adapted, [w for w, _ in part], [m for _, m in part]) < 15
+    assert not model.device_unit  # the pooled fit has no unit terms
+
+
+def test_published_int8_rows_of_ncnn_on_vulkan_ran_on_the_cpu():
+    from edgeforge.estimator.published import unit_of_runtime
+
+    runtime = "ncnn benchncnn Vulkan gpu_device=0 threads=1 powersave=0"
+    assert unit_of_runtime(runtime, "int8") == "cpu"
+    assert unit_of_runtime(runtime, "fp16") == "gpu"
+    assert unit_of_runtime("TensorRT", "int8") == "gpu"
+
+
 def test_adapt_refuses_rows_of_several_devices(rows):
     from edgeforge.errors import EdgeforgeError
 
@@ -185,3 +216,18 @@ def test_calibrate_device_adapts_estimates_to_measurements(tmp_path, monkeypatch
     # One reference row moves the device's scale part of the way (it is shrunk toward the
     # pooled value as one row deserves), in the measured direction.
     assert after > 1.2 * predicted
+
+
+def test_ncnn_powersave_1_rows_are_costed_on_the_little_cores():
+    from edgeforge.devices import get_device
+    from edgeforge.estimator.transfer import _unit
+
+    rk3588 = get_device("rockchip-rk3588")
+    little = _unit(rk3588, "cpu", "ncnn benchncnn CPU threads=4 powersave=1")
+    big = _unit(rk3588, "cpu", "ncnn benchncnn CPU threads=4 powersave=2")
+    assert little is not None and "A55" in little.name
+    assert big is not None and "A76" in big.name
+    assert little.peak["fp16"].value < big.peak["fp16"].value
+    # A device without a little-cluster unit keeps its one CPU unit.
+    pi5 = get_device("raspberry-pi-5")
+    assert _unit(pi5, "cpu", "powersave=1") == next(u for u in pi5.compute if u.kind == "cpu")

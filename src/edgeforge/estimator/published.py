@@ -4,7 +4,8 @@ Columns: `device, runtime, model, input, precision, batch, latency_ms, fps, sour
 comes back, mapped or not: a `PublishedRow` whose `reason` is None maps to a zoo architecture
 (`catalog.lookup`, after dropping an `_int8`/`_fp16` suffix) and to a catalogue device
 (`get_device`, through the catalogue's aliases); otherwise `reason` says which mapping failed.
-The compute unit a row ran on is read from its runtime string (`unit_of_runtime`), and its CPU
+The compute unit a row ran on is read from its runtime string and precision (`unit_of_runtime`;
+ncnn's int8 models on Vulkan run on the CPU), and its CPU
 thread count from `threads=N` where the string has one. Reading never imports torch.
 """
 
@@ -60,8 +61,17 @@ class PublishedRow:
         return dict(self.__dict__)
 
 
-def unit_of_runtime(runtime: str) -> str:
-    """The compute unit kind a published runtime string ran on ("cpu" unless it says else)."""
+# ncnn's Vulkan layers do not run int8 weights (e.g. `src/layer/vulkan/gru_vulkan.cpp` turns
+# `support_vulkan` off when `int8_scale_term` is set; the convolution shader has no int8 path), so
+# an int8 model under ncnn with a Vulkan device runs on the CPU with the string's thread count.
+_NCNN_VULKAN = re.compile(r"ncnn.*vulkan|vulkan.*ncnn", re.I)
+
+
+def unit_of_runtime(runtime: str, precision: str = "") -> str:
+    """The compute unit kind a published runtime string ran on ("cpu" unless it says else); an
+    int8 row of ncnn on Vulkan ran on the CPU (ncnn's Vulkan layers have no int8 path)."""
+    if precision.strip().lower() == "int8" and _NCNN_VULKAN.search(runtime):
+        return "cpu"
     for pattern, kind in _UNIT_PATTERNS:
         if pattern.search(runtime):
             return kind
@@ -161,7 +171,7 @@ def _row(line: int, raw: dict[str, str]) -> PublishedRow:
         source=(raw.get("source") or "").strip(),
         architecture=architecture,
         device_id=device_id,
-        unit=unit_of_runtime(runtime),
+        unit=unit_of_runtime(runtime, raw.get("precision") or ""),
         threads=int(threads_match.group(1)) if threads_match else None,
         image_size=image_size,
         reason="; ".join(reasons) or None,

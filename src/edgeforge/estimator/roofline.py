@@ -255,6 +255,8 @@ def unit_choices(
     for candidate in device.compute:
         if unit is not None and candidate.kind != unit:
             continue
+        if any(seen.kind == candidate.kind for seen, _ in pairs):
+            continue  # a second unit of a kind (RK3588's little cores) is for published rows only
         reaching = UNIT_RUNTIMES.get(candidate.kind, ())
         if runtime is not None:
             if runtime in reaching or unit is not None:

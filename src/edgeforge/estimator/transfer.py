@@ -6,7 +6,7 @@ measured time sits from that, and how it moves with the device, the runtime and 
 
     ms = sum over classes c of  work_c x exp(theta_c + eta)  +  layers x exp(omega)
     eta   = kind[unit kind] + precision[(kind, precision)] + engine[runtime family]
-            + beta . specs(device) + device[d]
+            + beta . specs(device) + device[d] + device_unit[d, unit kind]
     omega = omega0 + overhead_engine[runtime family] + overhead_device[d]
 
 Invariants a caller can rely on:
@@ -16,18 +16,22 @@ Invariants a caller can rely on:
   prior roofline time, scaled by the row's input pixels over the profile's.
 - Shared terms (`theta`, `kind`, `beta`, `omega0`) carry a weak ridge penalty; every device
   and runtime term is shrunk toward zero (the pooled value) by a ridge penalty, `shrink` for
-  devices, `GROUP_PENALTY` for runtimes and precisions: a device
-  with few rows stays near the pooled prediction, one with many moves to its own data. A device
-  the fit never saw predicts with its device terms at zero: from its specs, unit, runtime and
+  devices, `GROUP_PENALTY` for runtimes and precisions: a device with few rows stays near the
+  pooled prediction, one with many moves to its own data. A device's unit term (`device_unit`,
+  e.g. its GPU apart from its CPU) is fitted only by `adapt`, shrunk toward the device's own
+  term the same way; the pooled fit leaves it out (with it, the bench's split-by-model error
+  rose from 20.1% to 24.6%: a design choice read off the bench, said so). A device the fit
+  never saw predicts with its device terms at zero: from its specs, unit, runtime and
   precision alone.
 - The fit minimises a soft-L1 loss of the log ratio measured / predicted (one outlier cannot
   drag a device), with `scipy.optimize.least_squares`; prediction needs only numpy-free Python,
   so the fitted model ships as JSON (`TransferModel.to_dict`).
-- `adapt(rows)` fits only one device's terms (its scale and overhead) with all shared terms
+- `adapt(rows)` fits only one device's terms (its scale, one term per unit kind and one per
+  (unit kind, precision) the rows ran on, all shrunk, and its overhead) with all shared terms
   fixed: the few-shot calibration of `calibrate --device ID --measurements FILE`. Its penalty
-  (`adapt_penalty`) is read off the fit, not chosen (`_adapt_penalty`): the rows' scatter about
-  their device's median over the spread of the devices' medians from the pooled prediction, as
-  a Gaussian prior on a new device's scale would have it.
+  (`adapt_penalty`) is read off the fit, not chosen (`_adapt_penalty`): the rows' scatter
+  about their device's median over the spread of the devices' medians from the pooled
+  prediction, as a Gaussian prior on a new device's scale would have it.
 - Nothing here chooses a hyperparameter on the rows it is scored on: `fit_with_inner_split`
   picks `shrink` on a validation part split off the training rows by group.
 """
@@ -46,7 +50,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeforge.devices import Device, get_device
+from edgeforge.devices import ComputeUnit, Device, get_device
 from edgeforge.errors import EdgeforgeError
 from edgeforge.estimator.published import PublishedRow
 
@@ -135,15 +139,29 @@ def _specs(device: Device, peak_gops: float) -> tuple[float, ...]:
     )
 
 
+def _unit(device: Device, unit_kind: str, runtime: str | None) -> ComputeUnit | None:
+    """The device's unit of that kind; for ncnn's powersave=1 (only the little cores run) its
+    little-cluster CPU unit where the catalogue lists one."""
+    units = [u for u in device.compute if u.kind == unit_kind]
+    if unit_kind == "cpu" and re.search(r"powersave=1", runtime or ""):
+        units = [u for u in units if "little cluster" in u.name] or units
+    return units[0] if units else None
+
+
 def _prior_layers(
-    profile: Profile, device: Device, unit_kind: str, precision: str, threads: int | None
+    profile: Profile,
+    device: Device,
+    unit_kind: str,
+    precision: str,
+    threads: int | None,
+    runtime: str | None = None,
 ) -> tuple[list[LayerTime], list[str], float] | None:
     """Per-node times at the priors' efficiencies with 1 ms per paying node (so `overhead_ms`
     marks who pays), each node's class, and the unit's peak; None without a usable unit."""
     from edgeforge.estimator.calibration import PRIOR_DEFAULT, PRIORS, FactorEntry
     from edgeforge.estimator.roofline import _graph_roles, _GraphRoles, _peak_gops, roofline_ms
 
-    unit = next((u for u in device.compute if u.kind == unit_kind), None)
+    unit = _unit(device, unit_kind, runtime)
     if unit is None:
         return None
     try:
@@ -152,6 +170,10 @@ def _prior_layers(
         return None
     entry = FactorEntry("*", "*", "*", dict(PRIORS), PRIOR_DEFAULT, 1.0, 1.0, 1.0, 1.0, {})
     bandwidth = device.memory_bandwidth_gbps.value if device.memory_bandwidth_gbps else None
+    if unit.name == "Edge TPU":
+        # An Edge TPU keeps weights (up to its ~8 MB SRAM) and activations on chip: neither the
+        # host's DRAM nor its USB link bounds a layer, so no memory time (catalogue notes).
+        bandwidth = None
     layers = roofline_ms(
         profile, entry, peak_gops=peak, bandwidth_gbps=bandwidth, precision=precision
     )
@@ -175,7 +197,7 @@ def work_of(
 ) -> RowWork | None:
     """`RowWork` for a profile on one unit of `device`; None when the device has no such unit
     or the unit has no usable peak."""
-    prior = _prior_layers(profile, device, unit_kind, precision, threads)
+    prior = _prior_layers(profile, device, unit_kind, precision, threads, runtime)
     if prior is None:
         return None
     layers, classes, peak = prior
@@ -206,7 +228,7 @@ def transfer_layers(
     """`estimate`'s per-node times under the transfer model: each node's prior roofline time
     times its class's multiplier, plus the model's per-layer overhead where the node pays one;
     they sum to `model.predict(work)`."""
-    prior = _prior_layers(profile, device, unit_kind, precision, threads)
+    prior = _prior_layers(profile, device, unit_kind, precision, threads, runtime)
     work = work_of(profile, device, unit_kind, precision, threads=threads, runtime=runtime)
     if prior is None or work is None:
         return None
@@ -260,6 +282,8 @@ class TransferModel:
     adapt_penalty: float = 1.0
     band: tuple[float, float] = (0.5, 2.0)
     provenance: Mapping[str, Any] = field(default_factory=dict)
+    # "device/kind" and "device/kind/precision" (set by `adapt` only)
+    device_unit: Mapping[str, float] = field(default_factory=dict)
 
     def multipliers(self, work: RowWork) -> tuple[tuple[float, ...], float]:
         """Per-class multipliers on the prior roofline time, and the per-layer overhead (ms)."""
@@ -269,6 +293,8 @@ class TransferModel:
             + self.engine.get(work.engine, 0.0)
             + sum(b * s for b, s in zip(self.beta, work.specs, strict=True))
             + self.device.get(work.device, 0.0)
+            + self.device_unit.get(f"{work.device}/{work.kind}", 0.0)
+            + self.device_unit.get(f"{work.device}/{work.kind}/{work.precision}", 0.0)
         )
         classes = tuple(math.exp(self.theta.get(c, 0.0) + eta) for c in CLASSES)
         omega = (
@@ -285,6 +311,15 @@ class TransferModel:
     def knows(self, device: str) -> bool:
         return device in self.device or device in self.overhead_device
 
+    def without_device(self, device: str) -> TransferModel:
+        """This model with every term of `device` at its pooled value (zero)."""
+        return dataclasses.replace(
+            self,
+            device={k: v for k, v in self.device.items() if k != device},
+            overhead_device={k: v for k, v in self.overhead_device.items() if k != device},
+            device_unit={k: v for k, v in self.device_unit.items() if k.split("/", 1)[0] != device},
+        )
+
     def adapt(self, works: Sequence[RowWork], measured: Sequence[float]) -> TransferModel:
         """This model with the terms of the rows' one device refitted on them, shared terms kept:
         the few-shot calibration. Raises EdgeforgeError on no rows or rows of several devices."""
@@ -292,11 +327,7 @@ class TransferModel:
         if len(devices) != 1:
             raise EdgeforgeError(f"adapt needs rows of one device; got {sorted(devices) or 0}")
         (device,) = devices
-        base = dataclasses.replace(
-            self,
-            device={k: v for k, v in self.device.items() if k != device},
-            overhead_device={k: v for k, v in self.overhead_device.items() if k != device},
-        )
+        base = self.without_device(device)
         fitted = _fit(
             list(works), list(measured), self.adapt_penalty, start=base, only_device=device
         )
@@ -366,6 +397,9 @@ def _fit(
     for w in works:
         if only_device is None or w.device == only_device:
             layout.add("device", w.device, shrink)
+            if only_device is not None:  # unit terms only when adapting (see the docstring)
+                layout.add("device_unit", f"{w.device}/{w.kind}", shrink)
+                layout.add("device_unit", f"{w.device}/{w.kind}/{w.precision}", shrink)
             layout.add("overhead_device", w.device, shrink)
     n_rows, n_par = len(works), len(layout.names)
     # Fixed parts from `start` (everything when fitting only a device's terms).
@@ -389,6 +423,8 @@ def _fit(
             ("precision", f"{w.kind}/{w.precision}"),
             ("engine", w.engine),
             ("device", w.device),
+            ("device_unit", f"{w.device}/{w.kind}"),
+            ("device_unit", f"{w.device}/{w.kind}/{w.precision}"),
         ):
             if (group, key) in layout.index:
                 eta_x[i, layout.index[(group, key)]] = 1.0
@@ -441,6 +477,7 @@ def _fit(
             base,
             device={**base.device, **values.get("device", {})},
             overhead_device={**base.overhead_device, **values.get("overhead_device", {})},
+            device_unit={**base.device_unit, **values.get("device_unit", {})},
         )
     fitted = TransferModel(
         theta=values["theta"],
@@ -453,6 +490,7 @@ def _fit(
         overhead_engine=values.get("overhead_engine", {}),
         overhead_device=values.get("overhead_device", {}),
         shrink=shrink,
+        device_unit=values.get("device_unit", {}),
     )
     ratios = sorted(m / fitted.predict(w) for w, m in zip(works, measured, strict=True))
     fitted = dataclasses.replace(fitted, adapt_penalty=_adapt_penalty(fitted, works, measured))
@@ -470,7 +508,7 @@ def _adapt_penalty(
     spread that the fit's devices show from the pooled terms (the mean square of each device's
     median log measured / pooled-predicted), against the scatter of single rows about their
     device's median (robust variance), gives the penalty scatter / spread."""
-    pooled = dataclasses.replace(model, device={}, overhead_device={})
+    pooled = dataclasses.replace(model, device={}, overhead_device={}, device_unit={})
     by_device: dict[str, list[float]] = {}
     for work, ms in zip(works, measured, strict=True):
         by_device.setdefault(work.device, []).append(math.log(ms / pooled.predict(work)))
@@ -568,6 +606,9 @@ def save_adapted(model: TransferModel, device_id: str, record: Mapping[str, Any]
         "device": device_id,
         "device_scale": model.device.get(device_id, 0.0),
         "overhead_device": model.overhead_device.get(device_id, 0.0),
+        "device_unit": {
+            k: v for k, v in model.device_unit.items() if k.split("/", 1)[0] == device_id
+        },
         **record,
     }
     path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
@@ -590,17 +631,24 @@ def load_transfer(path: str | Path | None = None, *, adapted: bool = True) -> Tr
     folder = adapted_path("x").parent
     if not folder.is_dir():
         return model
-    device, overhead = dict(model.device), dict(model.overhead_device)
     for stored in sorted(folder.glob("*.json")):
         try:
             data = json.loads(stored.read_text(encoding="utf-8"))
             if data.get("schema") != _SCHEMA:
                 continue
-            device[data["device"]] = float(data["device_scale"])
-            overhead[data["device"]] = float(data["overhead_device"])
-        except (OSError, ValueError, KeyError, TypeError):
+            name = str(data["device"])
+            scale, paid = float(data["device_scale"]), float(data["overhead_device"])
+            units = {str(k): float(v) for k, v in data.get("device_unit", {}).items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue  # a damaged file is one device's adaptation lost, not every estimate
-    return dataclasses.replace(model, device=device, overhead_device=overhead)
+        model = model.without_device(name)
+        model = dataclasses.replace(
+            model,
+            device={**model.device, name: scale},
+            overhead_device={**model.overhead_device, name: paid},
+            device_unit={**model.device_unit, **units},
+        )
+    return model
 
 
 def calibrate_device(device_id: str, measurements: str | Path) -> dict[str, Any]:

@@ -28,8 +28,9 @@ from edgeforge.zoo import catalog, train_digits_cnn
 RESULTS = Path(__file__).resolve().parent / "results" / "optimize.json"
 
 
-def _digits(work: Path) -> tuple[Path, Path]:
-    module, data, _ = train_digits_cnn(epochs=8, seed=0)
+def _digits(work: Path, epochs: int = 8) -> tuple[Path, Path]:
+    """The digits CNN (trained here) as ONNX, and its test split as a data folder."""
+    module, data, _ = train_digits_cnn(epochs=epochs, seed=0)
     model = edgeforge.load(
         module,
         torch.from_numpy(data.test_x[:1]),

@@ -22,12 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+import optimize_bench  # the digits set-up; bench/ is on the path when run as a script
 
-import edgeforge
 from edgeforge.optimize.search import optimize
-from edgeforge.zoo import train_digits_cnn
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ray_executor.json"
 SEARCH = {
@@ -39,20 +36,7 @@ SEARCH = {
 
 
 def _digits(work: Path) -> tuple[Path, Path]:
-    module, data, _ = train_digits_cnn(epochs=4, seed=0)
-    model = edgeforge.load(
-        module,
-        torch.from_numpy(data.test_x[:1]),
-        input_names=["image"],
-        output_names=["logits"],
-        dynamic_axes={"image": {0: "batch"}},
-        workdir=work / "digits",
-    )
-    folder = work / "digits-data"
-    folder.mkdir()
-    np.save(folder / "image.npy", data.test_x)
-    np.save(folder / "labels.npy", data.test_y)
-    return model.onnx_path, folder
+    return optimize_bench._digits(work, epochs=4)
 
 
 def _timed(**options) -> tuple[object, float]:

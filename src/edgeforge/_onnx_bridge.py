@@ -49,7 +49,6 @@ from edgeforge.model import Model
 __all__ = ["BRIDGE", "BridgeRefused", "bridge", "bridged_for", "refused_finding"]
 
 BRIDGE = "onnx2torch bridge"
-_RTOL, _ATOL = 1e-3, 1e-4
 _NEEDS_TORCHVISION = {"NonMaxSuppression", "RoiAlign"}
 _SAMPLES = 3
 _CHILD = "onnx-bridge"  # the child process's name (edgeforge._children)
@@ -332,6 +331,7 @@ def _parity(model: Model, program: Any, feeds: list[dict], names: list[str]) -> 
     import torch
     import torch.utils._pytree as pytree
 
+    from edgeforge._torch_export import _ATOL, _RTOL, output_error
     from edgeforge.runtimes.onnxruntime import ort_run, ort_session
 
     session = ort_session(model.onnx_path, "the ONNX source")
@@ -353,9 +353,7 @@ def _parity(model: Model, program: Any, feeds: list[dict], names: list[str]) -> 
                     f"output {name!r} has shape {tuple(have.shape)} in torch but "
                     f"{tuple(want.shape)} in ONNX Runtime"
                 )
-            diff = np.abs(want.astype(np.float64) - have.astype(np.float64))
-            error = float(diff.max()) if diff.size else 0.0
-            scale = float(np.abs(want).max()) if want.size else 0.0
+            error, scale = output_error(want, have)
             if not error <= _ATOL + _RTOL * scale:
                 raise BridgeRefused(
                     f"the torch program disagrees with ONNX Runtime on output {name!r} "

@@ -46,6 +46,16 @@ __all__ = ["ExportOptions", "export_module", "export_program", "load_factory", "
 # ONNX files above this size are written with external data (protobuf's limit is 2 GiB).
 _SINGLE_FILE_LIMIT = 1_800_000_000
 _RTOL, _ATOL = 1e-3, 1e-4
+
+
+def output_error(want: np.ndarray, have: np.ndarray) -> tuple[float, float]:
+    """The largest absolute difference between a reference output and another, and the
+    reference's largest magnitude (the scale the relative tolerance applies to)."""
+    diff = np.abs(want.astype(np.float64) - have.astype(np.float64))
+    error = float(diff.max()) if diff.size else 0.0
+    return error, float(np.abs(want).max()) if want.size else 0.0
+
+
 TORCH_PROGRAM = "model.pt2"
 
 
@@ -506,9 +516,7 @@ def _compare_with_onnxruntime(path, args, kwargs, reference, source) -> dict[str
                 f"{source}: output {name!r} has shape {have.shape} in ONNX Runtime but "
                 f"{tuple(want.shape)} in torch"
             )
-        diff = np.abs(want.astype(np.float64) - have.astype(np.float64))
-        error = float(diff.max()) if diff.size else 0.0
-        scale = float(np.abs(want).max()) if want.size else 0.0
+        error, scale = output_error(want, have)
         if error > _ATOL + _RTOL * scale:
             raise EdgeforgeError(
                 f"{source}: the exported ONNX disagrees with torch on output {name!r} "

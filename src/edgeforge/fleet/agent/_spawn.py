@@ -85,6 +85,15 @@ class _Popen:
                     self.process.kill()
 
 
+def _apply_env(environ: Any, env: dict[str, str | None]) -> None:
+    """Set `env`'s entries in `environ`; a None value removes that name."""
+    for name, value in env.items():
+        if value is None:
+            environ.pop(name, None)
+        else:
+            environ[name] = value
+
+
 class Subprocess:
     """`python -m MODULE ARGV`, in a new session if `own_group` (else it dies with the agent's
     process group, as a download does in a power cut); `env` entries set (None: removed)."""
@@ -101,11 +110,7 @@ class Subprocess:
         stdin: Any = None,
     ) -> Child:
         environ = {**os.environ, PARENT_ENV: str(os.getpid())}
-        for name, value in env.items():
-            if value is None:
-                environ.pop(name, None)
-            else:
-                environ[name] = value
+        _apply_env(environ, env)
         with open(out, "wb") as stdout, open(err, "wb") as stderr:
             process = subprocess.Popen(
                 [sys.executable, "-m", module, *argv], stdin=stdin,
@@ -119,11 +124,7 @@ def _forked_main(module: str, argv: list[str], env: dict[str, str | None], out: 
     import importlib
 
     os.setsid()
-    for name, value in env.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+    _apply_env(os.environ, env)
     os.environ[PARENT_ENV] = str(os.getppid())  # the forkserver, which dies with the agent
     for path, fd in ((out, 1), (err, 2)):
         handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -1,8 +1,10 @@
 """The conversion corpus: architectures nobody here wrote, each built from a small config.
 
 `transformers` models from configs (hidden size 32 or so, two layers, random weights; nothing
-is downloaded), an MTCNN-structured face detector (PReLU, ceil-mode pooling, a rank-2 PReLU
-after a flatten) and the pretrained ONNX models that installed wheels ship (`zoo.packaged`).
+is downloaded; the text and vision configs and the models the other tests build too come from
+`tiny_transformers`, one place), an MTCNN-structured face detector (PReLU, ceil-mode pooling,
+a rank-2 PReLU after a flatten) and the pretrained ONNX models that installed wheels ship
+(`zoo.packaged`).
 `build(name)` returns what `edgeforge.convert` takes: a source (a module or an ONNX path) and
 its example inputs (None for an ONNX file, whose inputs edgeforge synthesises).
 """
@@ -18,23 +20,6 @@ from torch import nn
 
 __all__ = ["ARCHITECTURES", "SLICE", "build"]
 
-_TEXT = {
-    "vocab_size": tiny.VOCABULARY,
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-    "max_position_embeddings": 64,
-}
-_VISION = {
-    "image_size": 32,
-    "patch_size": 8,
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-}
-
 
 def _ids() -> torch.Tensor:
     torch.manual_seed(1)
@@ -45,7 +30,7 @@ def _text(kind: str, config: str, mask: bool = True, **extra: Any) -> Callable[[
     def build() -> tuple[nn.Module, Any]:
         import transformers
 
-        settings = {**_TEXT, **extra}
+        settings = {**tiny.TEXT, **extra}
         module = getattr(transformers, kind)(getattr(transformers, config)(**settings)).eval()
         inputs = {"input_ids": _ids()}
         if mask:
@@ -81,7 +66,7 @@ def _image(kind: str, config: str, size: int = 32, **settings: Any) -> Callable[
 def _videomae() -> tuple[nn.Module, Any]:
     import transformers
 
-    config = transformers.VideoMAEConfig(num_frames=4, tubelet_size=2, num_labels=3, **_VISION)
+    config = transformers.VideoMAEConfig(num_frames=4, tubelet_size=2, num_labels=3, **tiny.VISION)
     module = transformers.VideoMAEForVideoClassification(config).eval()
     return module, torch.randn(1, 4, 3, 32, 32)
 
@@ -102,10 +87,6 @@ def _patchtst() -> tuple[nn.Module, Any]:
     )
     module = transformers.PatchTSTForPrediction(config).eval()
     return module, {"past_values": torch.randn(1, 32, 3)}
-
-
-def _wav2vec2() -> tuple[nn.Module, Any]:
-    return tiny.wav2vec2()
 
 
 class MtcnnRNet(nn.Module):
@@ -146,7 +127,7 @@ def _packaged(key: str) -> Callable[[], Any]:
 
 ARCHITECTURES: dict[str, Callable[[], tuple[Any, Any]]] = {
     # encoders of the BERT family
-    "bert": _text("BertForSequenceClassification", "BertConfig"),
+    "bert": tiny.bert_classifier,
     "distilbert": _text(
         "DistilBertForSequenceClassification",
         "DistilBertConfig",
@@ -196,27 +177,18 @@ ARCHITECTURES: dict[str, Callable[[], tuple[Any, Any]]] = {
     "t5_encoder": tiny.t5_encoder,
     "whisper_encoder": tiny.whisper_encoder,
     # vision transformers
-    "vit": _image("ViTForImageClassification", "ViTConfig", num_labels=5, **_VISION),
-    "deit": _image("DeiTForImageClassification", "DeiTConfig", num_labels=5, **_VISION),
-    "beit": _image("BeitForImageClassification", "BeitConfig", num_labels=5, **_VISION),
-    "dinov2": _image("Dinov2Model", "Dinov2Config", **_VISION),
-    "clip_vision": _image(
-        "CLIPVisionModel",
-        "CLIPVisionConfig",
-        image_size=32,
-        patch_size=8,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-    ),
+    "vit": tiny.vit_classifier,
+    "deit": _image("DeiTForImageClassification", "DeiTConfig", num_labels=5, **tiny.VISION),
+    "beit": _image("BeitForImageClassification", "BeitConfig", num_labels=5, **tiny.VISION),
+    "dinov2": _image("Dinov2Model", "Dinov2Config", **tiny.VISION),
+    "clip_vision": _image("CLIPVisionModel", "CLIPVisionConfig", **tiny.VISION),
     "swin": tiny.swin_classifier,
     "yolos": _image(
         "YolosForObjectDetection",
         "YolosConfig",
         num_detection_tokens=5,
         num_labels=3,
-        **{**_VISION, "image_size": [32, 32]},
+        **{**tiny.VISION, "image_size": [32, 32]},
     ),
     # convolutional and hybrid vision models
     "convnext": _image(
@@ -278,7 +250,7 @@ ARCHITECTURES: dict[str, Callable[[], tuple[Any, Any]]] = {
         num_labels=3,
     ),
     # audio, video, time series
-    "wav2vec2": _wav2vec2,
+    "wav2vec2": tiny.wav2vec2,
     "videomae": _videomae,
     "patchtst": _patchtst,
     # packaged and packaged-structured models

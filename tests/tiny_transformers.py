@@ -7,6 +7,8 @@ import torch
 
 __all__ = [
     "SEQUENCE",
+    "TEXT",
+    "VISION",
     "VOCABULARY",
     "bert_classifier",
     "padded_mask",
@@ -19,20 +21,29 @@ __all__ = [
 
 SEQUENCE = 16
 VOCABULARY = 100
+# The one small text encoder and vision transformer config (the conversion corpus uses them too).
+TEXT = {
+    "vocab_size": VOCABULARY,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 64,
+}
+VISION = {
+    "image_size": 32,
+    "patch_size": 8,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+}
 
 
 def bert_classifier() -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
     import transformers
 
-    config = transformers.BertConfig(
-        vocab_size=VOCABULARY,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        num_labels=3,
-    )
+    config = transformers.BertConfig(**TEXT, num_labels=3)
     torch.manual_seed(0)
     module = transformers.BertForSequenceClassification(config).eval()
     ids = torch.randint(1, config.vocab_size, (1, SEQUENCE))
@@ -43,14 +54,7 @@ def bert_encoder() -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
     """A BERT encoder taking ids, a mask and token type ids (a sentence pair's segments)."""
     import transformers
 
-    config = transformers.BertConfig(
-        vocab_size=VOCABULARY,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
+    config = transformers.BertConfig(**TEXT)
     torch.manual_seed(0)
     ids = torch.randint(1, config.vocab_size, (1, SEQUENCE))
     types = torch.zeros(1, SEQUENCE, dtype=torch.int64)
@@ -69,15 +73,7 @@ def padded_mask(length: int) -> torch.Tensor:
 def vit_classifier() -> tuple[torch.nn.Module, torch.Tensor]:
     import transformers
 
-    config = transformers.ViTConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=5,
-    )
+    config = transformers.ViTConfig(**VISION, num_labels=5)
     torch.manual_seed(0)
     return transformers.ViTForImageClassification(config).eval(), torch.randn(1, 3, 32, 32)
 

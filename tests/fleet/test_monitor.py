@@ -22,7 +22,9 @@ DAY = 86400.0
 
 
 def device_window(name, version, start, feed, outputs, latencies, *, batch=8, **kinds) -> bytes:
-    """One device's window through the device's own code path (Window.add, to_bytes)."""
+    """One device's window through the device's own code path (Window.add, to_bytes), its rows
+    taken `batch` at a time (one call each). The per-row features, hence every drift verdict,
+    do not depend on `batch`; the number of calls and latency samples does."""
     w = T.Window(name, version, "pi4", start, DAY)
     rows = len(
         next(iter(feed.values()))
@@ -122,7 +124,7 @@ def test_sketch_verdicts_agree_with_raw_data_verdicts():
     for mu, scale in _numeric_cases():
         devices = [mu + scale * rng.standard_normal(400) for _ in range(20)]
         pairs = [
-            (f"d{i}", device_window("m", 1, 0.0, {"x": x[:, None]}, None, [1.0]))
+            (f"d{i}", device_window("m", 1, 0.0, {"x": x[:, None]}, None, [1.0], batch=400))
             for i, x in enumerate(devices)
         ]
         agg = next(iter(M.aggregate_windows(pairs).values()))
@@ -146,7 +148,7 @@ def test_sketch_verdicts_agree_with_raw_data_verdicts():
             raw_counts += np.bincount(labels, minlength=10)
             out = np.full((400, 10), 0.01, dtype=np.float32)
             out[np.arange(400), labels] = 0.91
-            pairs.append((f"d{i}", device_window("m", 1, 0.0, None, out, [1.0])))
+            pairs.append((f"d{i}", device_window("m", 1, 0.0, None, out, [1.0], batch=400)))
         agg = next(iter(M.aggregate_windows(pairs).values()))
         sketch = M.drift(agg, cref).verdict == "drift"
         raw_js = M.js_distance(raw_ref_counts, {str(k): int(v) for k, v in enumerate(raw_counts)})
@@ -198,10 +200,10 @@ def _run_fleet(seed, ref, *, windows, shift_from=None, shift="brightness", devic
             if on:
                 kw = {"brightness": 0.25} if shift == "brightness" else {"classes": [0, 1]}
             img = _images(rng, 100, **kw)
-            lat = rng.gamma(3.0, 2.0, size=13)
-            pairs.append(
-                (f"d{d}", device_window("m", 1, w * DAY, {"image": img}, _model(img), lat))
-            )
+            lat = rng.gamma(3.0, 2.0, size=13)  # drawn for every device: the seeds' images
+            # One call per window: the verdicts only read the rows' features (device_window).
+            window = device_window("m", 1, w * DAY, {"image": img}, _model(img), lat, batch=100)
+            pairs.append((f"d{d}", window))
         (agg,) = M.aggregate_windows(pairs).values()
         verdicts.append(M.drift(agg, ref).verdict)
     return verdicts

@@ -15,6 +15,7 @@ from onnx import TensorProto, helper
 
 import edgeforge
 from edgeforge._torch_export import load_factory
+from edgeforge.estimator import _zoo_snapshot
 from edgeforge.zoo import catalog
 from edgeforge.zoo.packaged import PackagedSource, packaged_onnx_models
 
@@ -39,15 +40,21 @@ _CNNS = [
     "squeezenet1_1",
     "shufflenet_v2_x1_0",
     "resnet18",
-    pytest.param("googlenet", marks=pytest.mark.slow),
+    "googlenet",  # shipped: its snapshot is checked (no build here)
     pytest.param("vgg16", marks=pytest.mark.slow),
 ]
 
 
 @pytest.mark.parametrize("name", _CNNS)
 def test_cnn_reproduces_its_published_macs_and_parameters(name, tmp_path):
+    """Where the package ships a snapshot of the architecture's profile, that snapshot is
+    checked: `tests/test_packaging.py::test_zoo_snapshots_equal_what_torch_builds` builds every
+    snapshotted architecture afresh in torch and compares its whole profile (MACs, parameters,
+    exporter, inputs, outputs, what was not counted) with it, so a second build here would
+    prove nothing more. The others are built here."""
     entry = catalog.lookup(name)
-    profile = _profile(name, tmp_path)
+    shipped = _zoo_snapshot.load()
+    profile = shipped[name] if name in shipped else _profile(name, tmp_path)
     assert profile.macs == pytest.approx(entry.macs, rel=0.05), entry.source
     assert profile.weights["torch_parameters"] == pytest.approx(entry.params, rel=0.05)
     assert profile.not_counted == []

@@ -46,6 +46,10 @@ def installed_v1(tmp_path, server, repo, *, then_v2: bool = False):
     if then_v2:
         server.set_directive(CLASS, 2)
         agent.step()
+    # A precondition, said as one: an install that failed here (a probe over its budget on a
+    # loaded machine) would otherwise read as "no active model" after the kill.
+    active = agent.status().active
+    assert active and active["version"] == (2 if then_v2 else 1), agent.status()
     return state, agent
 
 

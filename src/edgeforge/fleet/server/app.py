@@ -733,18 +733,20 @@ class _FastStatement:
 
     def __init__(self, conninfo: str) -> None:
         import psycopg
+        from psycopg import pq
         from psycopg.adapt import Transformer
 
         self.connection = psycopg.connect(conninfo, autocommit=True)
         self.connection.execute("SET synchronous_commit = off")  # as the device engine's
         self.pgconn = self.connection.pgconn
         self.transformer = Transformer(self.connection)
+        self.succeeded = (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK)
         self._check(self.pgconn.prepare(self.NAME, _FAST_CHECKIN.encode()))
 
     def _check(self, result: Any) -> None:
-        from psycopg import errors, pq
+        if result.status not in self.succeeded:
+            from psycopg import errors
 
-        if result.status not in (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK):
             raise errors.error_from_result(result)
 
     def run(self, device_id: str, key: bytes, nonce: str, now: float) -> tuple | None:

@@ -137,3 +137,28 @@ def test_last_seen_moves_only_when_over_a_minute_old(servers):
     before = time.time()
     _checkin(first, device_id, key)
     assert last_seen() >= before
+
+
+def test_a_connection_the_database_dropped_is_never_handed_out_again(servers):
+    """A fast statement whose connection died fails its one check-in and is closed."""
+    import psycopg
+    from sqlalchemy import text
+
+    first, _ = servers
+    device_id, key = _enrol(first, "dropped")
+    _checkin(first, device_id, key)
+    _checkin(first, device_id, key)  # the fast path: its statement goes back to the pool
+    idle = []
+    while not first._fast_pool.idle.empty():
+        idle.append(first._fast_pool.idle.get_nowait())
+    for statement in idle[1:]:
+        statement.close()
+    with first.engine.connect() as conn:
+        pid = idle[0].connection.info.backend_pid
+        conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    first._fast_pool.idle.put(idle[0])
+    with pytest.raises(psycopg.Error):  # answered 500; the device tries again
+        _checkin(first, device_id, key)
+    assert first._fast_pool.idle.empty()  # closed, not put back
+    signed, _ = _checkin(first, device_id, key)  # on a fresh connection
+    assert json.loads(signed)["directive"]["device_id"] == device_id

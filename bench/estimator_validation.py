@@ -16,9 +16,11 @@ Two more parts on the published rows (issue 19), written under "mapping" and "ge
   out of the fit together) and LEAVE ONE DEVICE OUT (each catalogue device held out in turn, so
   its rows are estimated from the pooled per-unit entries). Nothing is tuned on these splits.
 - transfer: the transfer model (`estimator.transfer`, what `estimate` uses) on the same rows
-  and splits, its device penalty chosen on whole groups split off each training fold; and
-  few-shot on each left-out device: 1, 3, 5, 10 of its rows adapt it (`TransferModel.adapt`,
-  as `calibrate --device` does), scored on its rows of the other architectures, before/after.
+  and splits, its device penalty and per-device unit terms chosen on whole groups split off
+  each training fold, the adaptation's prior variances from the fold's training devices each
+  held out of a fit on the others; and few-shot on each left-out device: 1, 3, 5, 10 of its
+  rows adapt it (`TransferModel.adapt`, as `calibrate --device` does), scored on its rows of
+  the other architectures, before/after.
 
     .venv/bin/python bench/estimator_validation.py [--rows FILE] [--json] [--skip-here]
         [--skip-generalisation]
@@ -270,8 +272,10 @@ def transfer(rows_path: Path, shots: tuple[int, ...] = (1, 3, 5, 10), draws: int
         }
     return {
         "rows": len(rows),
-        "note": "shrink (the device-term penalty) is chosen per training fold on a validation "
-        "part of it (whole groups by hash); few-shot reference rows are drawn at random from the "
+        "note": "shrink (the device-term penalty) and whether the pooled fit has per-device unit "
+        "terms are chosen per training fold on a validation part of it (whole groups by hash); "
+        "the adaptation's prior variances come from the fold's training devices, each held out "
+        "of a fit on the others; few-shot reference rows are drawn at random from the "
         "left-out device's rows, and scored rows are that device's rows of the architectures no "
         "reference row has",
         "split_by_model": by_model,

@@ -1,8 +1,9 @@
 """Fit the transfer latency model (`estimator.transfer`) on every costable published row and
 write it where the package ships it (`src/edgeforge/estimator/data/transfer.json`).
 
-The device penalty is chosen on a validation part of the rows (whole devices, by hash), as in
-`bench/estimator_validation.py`'s leave-one-device-out figure.
+The device penalty and the per-device unit terms are chosen on a validation part of the rows
+(whole devices, by hash), and the few-shot adaptation's prior variances from each device held
+out of a fit on the others, as in `bench/estimator_validation.py`'s leave-one-device-out figure.
 
     PYTHONPATH=src .venv/bin/python scripts/fit_transfer.py [--rows FILE] [--out FILE]
 """

@@ -127,11 +127,42 @@ def test_adaptation_moves_each_unit_of_the_device_apart(rows):
     own_gpu = [(dataclasses.replace(w, kind="gpu", engine="ncnn/gpu"), m / 2) for w, m in own_cpu]
     references = own_cpu[:3] + own_gpu[:3]
     adapted = model.adapt([w for w, _ in references], [m for _, m in references])
-    assert {"dev5/cpu", "dev5/gpu", "dev5/gpu/fp32"} <= set(adapted.device_unit)
-    assert adapted.device_unit["dev5/gpu"] < adapted.device_unit["dev5/cpu"] - 0.3
+    assert {"dev5/ncnn/cpu/fp32", "dev5/ncnn/gpu/fp32"} <= set(adapted.device_unit)
+    assert (
+        adapted.device_unit["dev5/ncnn/gpu/fp32"] < adapted.device_unit["dev5/ncnn/cpu/fp32"] - 0.3
+    )
     for part in (own_cpu[3:], own_gpu[3:]):
         assert median_abs_pct(adapted, [w for w, _ in part], [m for _, m in part]) < 15
     assert not model.device_unit  # the pooled fit has no unit terms
+
+
+def test_one_reference_moves_the_estimate_part_of_the_way_and_more_move_it_further(rows):
+    # A shrinkage estimator: dev5's offset (1.2 in log) is learned more fully from more rows,
+    # and a single row never overshoots it.
+    seen = [(w, m) for w, m in rows if w.device != "dev5"]
+    model = fit_with_inner_split(
+        [w for w, _ in seen], [m for _, m in seen], [w.device for w, _ in seen]
+    )
+    own = [(w, m) for w, m in rows if w.device == "dev5"]
+    moved = []
+    for count in (1, 3, 6):
+        adapted = model.adapt([w for w, _ in own[:count]], [m for _, m in own[:count]])
+        moved.append(math.log(adapted.predict(own[-1][0]) / model.predict(own[-1][0])))
+    assert 0 < moved[0] < moved[1] < moved[2] < 1.3
+
+
+def test_adaptation_variances_come_from_devices_held_out_of_the_fit(rows):
+    # The training devices' scales spread by ~0.5 in log; a fit that saw each device would
+    # call that spread almost nothing, one that held each out sees it.
+    seen = [(w, m) for w, m in rows if w.device != "dev5"]
+    model = fit_with_inner_split(
+        [w for w, _ in seen], [m for _, m in seen], [w.device for w, _ in seen]
+    )
+    device, group, row = model.adapt_variances
+    assert device + group > 0.02
+    assert row < 0.01  # the rows' own noise is 5%
+    again = TransferModel.from_dict(json.loads(json.dumps(model.to_dict())))
+    assert again.adapt_variances == model.adapt_variances
 
 
 def test_published_int8_rows_of_ncnn_on_vulkan_ran_on_the_cpu():

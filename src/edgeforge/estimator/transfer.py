@@ -4,10 +4,11 @@ The roofline of `roofline.py` gives each node a time at the priors' efficiencies
 memory efficiency 1, no overhead); this module learns, in log space, how far each layer class's
 measured time sits from that, and how it moves with the device, the runtime and the precision:
 
-    ms = sum over classes c of  work_c x exp(theta_c + eta)  +  layers x exp(omega)
+    ms = sum over classes c of  work_c x exp(theta_c + eta + g)  +  layers x exp(omega + g)
     eta   = kind[unit kind] + precision[(kind, precision)] + engine[runtime family]
-            + beta . specs(device) + device[d] + device_unit[d, unit kind]
+            + beta . specs(device) + device[d] + device_unit[d, unit kind (, precision)]
     omega = omega0 + overhead_engine[runtime family] + overhead_device[d]
+    g     = device_unit[d, runtime family, precision]    (set by `adapt` only)
 
 Invariants a caller can rely on:
 
@@ -17,29 +18,35 @@ Invariants a caller can rely on:
 - Shared terms (`theta`, `kind`, `beta`, `omega0`) carry a weak ridge penalty; every device
   and runtime term is shrunk toward zero (the pooled value) by a ridge penalty, `shrink` for
   devices, `GROUP_PENALTY` for runtimes and precisions: a device with few rows stays near the
-  pooled prediction, one with many moves to its own data. A device's unit term (`device_unit`,
-  e.g. its GPU apart from its CPU) is fitted only by `adapt`, shrunk toward the device's own
-  term the same way; the pooled fit leaves it out (with it, the bench's split-by-model error
-  rose from 20.1% to 24.6%: a design choice read off the bench, said so). A device the fit
-  never saw predicts with its device terms at zero: from its specs, unit, runtime and
+  pooled prediction, one with many moves to its own data. Whether the pooled fit also has a
+  term per device and unit kind (and precision) is chosen with `shrink`, inside the training
+  rows (`fit_with_inner_split`). (An earlier version dropped them on the strength of the
+  bench's test split, 20.1% -> 24.6% split by model; nested, the bench reads 23.6% split by
+  model and 25.3% leave one device out, against 22.5% and 25.4% before.) A device the
+  fit never saw predicts with its device terms at zero: from its specs, unit, runtime and
   precision alone.
 - The fit minimises a soft-L1 loss of the log ratio measured / predicted (one outlier cannot
   drag a device), with `scipy.optimize.least_squares`; prediction needs only numpy-free Python,
   so the fitted model ships as JSON (`TransferModel.to_dict`).
-- `adapt(rows)` fits only one device's terms (its scale, one term per unit kind and one per
-  (unit kind, precision) the rows ran on, all shrunk, and its overhead) with all shared terms
-  fixed: the few-shot calibration of `calibrate --device ID --measurements FILE`. Its penalty
-  (`adapt_penalty`) is read off the fit, not chosen (`_adapt_penalty`): the rows' scatter
-  about their device's median over the spread of the devices' medians from the pooled
-  prediction, as a Gaussian prior on a new device's scale would have it.
+- `adapt(rows)` sets only one device's terms, all shared terms fixed: the few-shot
+  calibration of `calibrate --device ID --measurements FILE`. Each reference row's log ratio
+  measured / transferred prediction is taken as a device offset plus an offset of its runtime
+  group (runtime family, unit, precision) plus noise; the device's terms are the posterior
+  means (a nested random-effects BLUP), so one row moves the estimate part of the way, and
+  more rows, or rows of the same group, move it further. The three variances
+  (`adapt_variances`) are empirical Bayes from the training rows only: each training device
+  is predicted by a fit on the others (`_held_out_offsets`), and the variances are moments of
+  those offsets (`_offset_variances`).
 - Nothing here chooses a hyperparameter on the rows it is scored on: `fit_with_inner_split`
-  picks `shrink` on a validation part split off the training rows by group.
+  picks `shrink` and the unit terms on a validation part split off the training rows by group,
+  and the adaptation's variances from the training devices.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import re
@@ -279,10 +286,14 @@ class TransferModel:
     overhead_engine: Mapping[str, float]
     overhead_device: Mapping[str, float]
     shrink: float
-    adapt_penalty: float = 1.0
+    # (device, runtime group, row) variances of log measured/predicted on a device the fit
+    # never saw: the prior `adapt` shrinks a new device's references with
+    adapt_variances: tuple[float, float, float] = (0.1, 0.1, 0.05)
     band: tuple[float, float] = (0.5, 2.0)
     provenance: Mapping[str, Any] = field(default_factory=dict)
-    # "device/kind" and "device/kind/precision" (set by `adapt` only)
+    # "device/kind" and "device/kind/precision" (the pooled fit, when the inner split keeps
+    # them: scale the compute) and "device/engine/precision" (set by `adapt`: scale the whole
+    # time of that runtime family, unit and precision on the device)
     device_unit: Mapping[str, float] = field(default_factory=dict)
 
     def multipliers(self, work: RowWork) -> tuple[tuple[float, ...], float]:
@@ -296,11 +307,13 @@ class TransferModel:
             + self.device_unit.get(f"{work.device}/{work.kind}", 0.0)
             + self.device_unit.get(f"{work.device}/{work.kind}/{work.precision}", 0.0)
         )
-        classes = tuple(math.exp(self.theta.get(c, 0.0) + eta) for c in CLASSES)
+        group = self.device_unit.get(f"{work.device}/{work.engine}/{work.precision}", 0.0)
+        classes = tuple(math.exp(self.theta.get(c, 0.0) + eta + group) for c in CLASSES)
         omega = (
             self.omega0
             + self.overhead_engine.get(work.engine, 0.0)
             + self.overhead_device.get(work.device, 0.0)
+            + group
         )
         return classes, math.exp(omega)
 
@@ -321,18 +334,39 @@ class TransferModel:
         )
 
     def adapt(self, works: Sequence[RowWork], measured: Sequence[float]) -> TransferModel:
-        """This model with the terms of the rows' one device refitted on them, shared terms kept:
-        the few-shot calibration. Raises EdgeforgeError on no rows or rows of several devices."""
+        """This model with the rows' one device's terms set from them, shared terms kept: the
+        few-shot calibration. The log ratio measured / transferred prediction of each row is a
+        device offset plus an offset of its runtime group (runtime family, unit, precision)
+        plus noise, with the variances `adapt_variances`; the device's terms are their
+        posterior means (best linear unbiased prediction), so one reference row moves the
+        estimate part of the way and more rows move it further. Raises EdgeforgeError on no
+        rows or rows of several devices."""
+        import numpy as np
+
         devices = {w.device for w in works}
         if len(devices) != 1:
             raise EdgeforgeError(f"adapt needs rows of one device; got {sorted(devices) or 0}")
         (device,) = devices
         base = self.without_device(device)
-        fitted = _fit(
-            list(works), list(measured), self.adapt_penalty, start=base, only_device=device
-        )
+        offsets = np.log([m / base.predict(w) for w, m in zip(works, measured, strict=True)])
+        groups = [_group(w) for w in works]
+        same = np.array([[a == b for b in groups] for a in groups], dtype=float)
+        device_var, group_var, row_var = self.adapt_variances
+        covariance = device_var + group_var * same + row_var * np.eye(len(groups))
+        weights = np.linalg.solve(covariance, offsets)
+        scale = float(device_var * weights.sum())
+        units = {
+            f"{device}/{group}": float(group_var * weights[same[i] > 0].sum())
+            for i, group in enumerate(groups)
+        }
         provenance = {**self.provenance, "adapted": {"device": device, "rows": len(works)}}
-        return dataclasses.replace(fitted, provenance=provenance)
+        return dataclasses.replace(
+            base,
+            device={**base.device, device: scale},
+            overhead_device={**base.overhead_device, device: scale},
+            device_unit={**base.device_unit, **units},
+            provenance=provenance,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -348,6 +382,8 @@ class TransferModel:
         values = {k: v for k, v in data.items() if k in names}
         values["beta"] = tuple(values["beta"])
         values["band"] = tuple(values.get("band", (0.5, 2.0)))
+        if "adapt_variances" in values:
+            values["adapt_variances"] = tuple(values["adapt_variances"])
         return cls(**values)
 
 
@@ -374,42 +410,31 @@ def _fit(
     measured: list[float],
     shrink: float,
     *,
-    start: TransferModel | None = None,
-    only_device: str | None = None,
+    unit_terms: bool = False,
 ) -> TransferModel:
-    """Penalised soft-L1 fit in log space; with `only_device`, only that device's scale and
-    overhead are free (the rest fixed at `start`)."""
+    """Penalised soft-L1 fit in log space; with `unit_terms`, each device also has a term per
+    unit kind and per (unit kind, precision), shrunk like its own term."""
     import numpy as np
     from scipy.optimize import least_squares
 
     layout = _Layout()
-    if only_device is None:
-        for c in CLASSES:
-            layout.add("theta", c, SHARED_PENALTY)
-        for i in range(len(works[0].specs)):
-            layout.add("beta", str(i), SHARED_PENALTY)
-        layout.add("omega0", "", SHARED_PENALTY)
-        for w in works:
-            layout.add("kind", w.kind, SHARED_PENALTY)
-            layout.add("precision", f"{w.kind}/{w.precision}", GROUP_PENALTY)
-            layout.add("engine", w.engine, GROUP_PENALTY)
-            layout.add("overhead_engine", w.engine, GROUP_PENALTY)
+    for c in CLASSES:
+        layout.add("theta", c, SHARED_PENALTY)
+    for i in range(len(works[0].specs)):
+        layout.add("beta", str(i), SHARED_PENALTY)
+    layout.add("omega0", "", SHARED_PENALTY)
     for w in works:
-        if only_device is None or w.device == only_device:
-            layout.add("device", w.device, shrink)
-            if only_device is not None:  # unit terms only when adapting (see the docstring)
-                layout.add("device_unit", f"{w.device}/{w.kind}", shrink)
-                layout.add("device_unit", f"{w.device}/{w.kind}/{w.precision}", shrink)
-            layout.add("overhead_device", w.device, shrink)
+        layout.add("kind", w.kind, SHARED_PENALTY)
+        layout.add("precision", f"{w.kind}/{w.precision}", GROUP_PENALTY)
+        layout.add("engine", w.engine, GROUP_PENALTY)
+        layout.add("overhead_engine", w.engine, GROUP_PENALTY)
+    for w in works:
+        layout.add("device", w.device, shrink)
+        if unit_terms:
+            layout.add("device_unit", f"{w.device}/{w.kind}", shrink)
+            layout.add("device_unit", f"{w.device}/{w.kind}/{w.precision}", shrink)
+        layout.add("overhead_device", w.device, shrink)
     n_rows, n_par = len(works), len(layout.names)
-    # Fixed parts from `start` (everything when fitting only a device's terms).
-    fixed_theta = np.zeros((n_rows, len(CLASSES)))
-    fixed_omega = np.zeros(n_rows)
-    if start is not None:
-        for i, w in enumerate(works):
-            classes, overhead = start.multipliers(w)
-            fixed_theta[i] = np.log(classes)
-            fixed_omega[i] = math.log(overhead)
     work = np.array([w.work for w in works])
     layers = np.array([w.layers for w in works], dtype=float)
     target = np.log(np.array(measured))
@@ -440,16 +465,15 @@ def _fit(
                 omega_x[i, layout.index[(group, key)]] = 1.0
     penalty = np.sqrt(np.array(layout.penalty))
     start_vector = np.zeros(n_par)
-    if start is None:
-        start_vector[layout.index[("omega0", "")]] = math.log(0.01)
+    start_vector[layout.index[("omega0", "")]] = math.log(0.01)
 
     def parts(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        theta = fixed_theta + (eta_x @ p)[:, None]
+        theta = np.repeat((eta_x @ p)[:, None], len(CLASSES), axis=1)
         for c, col in enumerate(theta_cols):
             if col is not None:
                 theta[:, c] += p[col]
         compute = work * np.exp(theta)
-        overhead = layers * np.exp(fixed_omega + omega_x @ p)
+        overhead = layers * np.exp(omega_x @ p)
         return compute, overhead, compute.sum(axis=1) + overhead
 
     def residuals(p: np.ndarray) -> np.ndarray:
@@ -471,14 +495,6 @@ def _fit(
     values: dict[str, dict[str, float]] = {}
     for (group, key), value in zip(layout.names, solution, strict=True):
         values.setdefault(group, {})[key] = float(value)
-    if start is not None and only_device is not None:
-        base = start
-        return dataclasses.replace(
-            base,
-            device={**base.device, **values.get("device", {})},
-            overhead_device={**base.overhead_device, **values.get("overhead_device", {})},
-            device_unit={**base.device_unit, **values.get("device_unit", {})},
-        )
     fitted = TransferModel(
         theta=values["theta"],
         kind=values.get("kind", {}),
@@ -493,7 +509,6 @@ def _fit(
         device_unit=values.get("device_unit", {}),
     )
     ratios = sorted(m / fitted.predict(w) for w, m in zip(works, measured, strict=True))
-    fitted = dataclasses.replace(fitted, adapt_penalty=_adapt_penalty(fitted, works, measured))
     if len(ratios) >= 5:
         deciles = statistics.quantiles(ratios, n=10, method="inclusive")
         band = (min(deciles[0], 1.0), max(deciles[-1], 1.0))
@@ -501,21 +516,49 @@ def _fit(
     return fitted
 
 
-def _adapt_penalty(
-    model: TransferModel, works: Sequence[RowWork], measured: Sequence[float]
-) -> float:
-    """Empirical Bayes for `adapt`: a Gaussian prior on a new device's log scale with the
-    spread that the fit's devices show from the pooled terms (the mean square of each device's
-    median log measured / pooled-predicted), against the scatter of single rows about their
-    device's median (robust variance), gives the penalty scatter / spread."""
-    pooled = dataclasses.replace(model, device={}, overhead_device={}, device_unit={})
-    by_device: dict[str, list[float]] = {}
-    for work, ms in zip(works, measured, strict=True):
-        by_device.setdefault(work.device, []).append(math.log(ms / pooled.predict(work)))
-    centred = [x - statistics.median(v) for v in by_device.values() for x in v]
-    scatter = (1.4826 * statistics.median(abs(x) for x in centred)) ** 2
-    spread = statistics.fmean(statistics.median(v) ** 2 for v in by_device.values())
-    return max(scatter, 1e-3) / max(spread, 1e-3)
+def _offset_variances(
+    offsets: Sequence[tuple[str, str, float]],
+) -> tuple[float, float, float]:
+    """Empirical Bayes for `adapt`, by moments of (device, runtime group, log ratio measured /
+    predicted without the device's terms): the device variance is the mean product of two
+    group medians of one device (what two groups share), the group variance the mean product
+    of a group median with itself less that, and the row variance the robust scatter
+    ((1.4826 x median absolute deviation)^2) of rows about their group's median."""
+    by_group: dict[tuple[str, str], list[float]] = {}
+    for device, group, value in offsets:
+        by_group.setdefault((device, group), []).append(value)
+    medians = {key: statistics.median(v) for key, v in by_group.items()}
+    across = [
+        medians[a] * medians[b] for a in medians for b in medians if a[0] == b[0] and a[1] < b[1]
+    ]
+    device = max(statistics.fmean(across), 1e-3) if across else 1e-3
+    group = max(statistics.fmean(v * v for v in medians.values()) - device, 1e-3)
+    scatter = [x - medians[key] for key, v in by_group.items() if len(v) > 1 for x in v]
+    row = max((1.4826 * statistics.median(abs(x) for x in scatter)) ** 2, 1e-3) if scatter else 1e-3
+    return device, group, row
+
+
+def _held_out_offsets(
+    works: Sequence[RowWork], measured: Sequence[float], shrink: float, unit_terms: bool
+) -> list[tuple[str, str, float]]:
+    """Each row's (device, runtime group, log ratio measured / predicted) by a fit on the
+    other devices' rows: how far a device the fit never saw sits from its prediction."""
+    offsets = []
+    for device, train, test in grouped_folds([w.device for w in works]):
+        if not train:
+            continue
+        model = _fit(
+            [works[i] for i in train], [measured[i] for i in train], shrink, unit_terms=unit_terms
+        )
+        offsets += [
+            (device, _group(works[i]), math.log(measured[i] / model.predict(works[i])))
+            for i in test
+        ]
+    return offsets
+
+
+def _group(work: RowWork) -> str:
+    return f"{work.engine}/{work.precision}"
 
 
 def fit_transfer(
@@ -566,24 +609,32 @@ def fit_with_inner_split(
     groups: Sequence[str],
     *,
     grid: Iterable[float] = SHRINK_GRID,
+    unit_terms: Iterable[bool] = (False, True),
 ) -> TransferModel:
-    """Choose `shrink` on a validation part of the training rows (`validation_groups`: whole
-    groups), then refit on all of them with it. `groups` are what the outer split holds out
-    (models, or devices), so the choice is scored the way the model is."""
+    """Choose `shrink` and whether the pooled fit has per-device unit terms on a validation
+    part of the training rows (`validation_groups`: whole groups), refit on all of them with
+    that choice, and set `adapt_variances` from how far each training device sits from a fit
+    on the others (`_held_out_offsets`). `groups` are what the outer split holds out (models,
+    or devices), so the choice is scored the way the model is."""
     held = validation_groups(groups)
-    best: tuple[float, float] | None = None
+    best: tuple[float, float, bool] | None = None
     if held:
         train = [i for i, g in enumerate(groups) if g not in held]
         check = [i for i, g in enumerate(groups) if g in held]
-        for shrink in grid:
-            model = _fit([works[i] for i in train], [measured[i] for i in train], shrink)
+        for shrink, units in itertools.product(grid, unit_terms):
+            model = _fit(
+                [works[i] for i in train], [measured[i] for i in train], shrink, unit_terms=units
+            )
             error = median_abs_pct(model, [works[i] for i in check], [measured[i] for i in check])
             if best is None or error < best[0] - 1e-9:
-                best = (error, shrink)
-    shrink = best[1] if best is not None else 1.0
-    model = _fit(list(works), list(measured), shrink)
+                best = (error, shrink, units)
+    shrink, units = (best[1], best[2]) if best is not None else (1.0, False)
+    model = _fit(list(works), list(measured), shrink, unit_terms=units)
+    variances = _offset_variances(_held_out_offsets(works, measured, shrink, units))
     return dataclasses.replace(
-        model, provenance={"shrink_chosen_on": sorted(held), "shrink": shrink}
+        model,
+        adapt_variances=variances,
+        provenance={"shrink_chosen_on": sorted(held), "shrink": shrink, "unit_terms": units},
     )
 
 
@@ -705,7 +756,7 @@ def calibrate_device(device_id: str, measurements: str | Path) -> dict[str, Any]
     try:
         adapted = model.adapt(works, [r.latency_ms for r in used])
     except ImportError as error:
-        raise EdgeforgeError(f"calibrate --device needs scipy ({error}); install scipy") from None
+        raise EdgeforgeError(f"calibrate --device needs numpy ({error}); install numpy") from None
     table = [
         {
             "line": row.line,

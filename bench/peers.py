@@ -14,8 +14,10 @@ max_accuracy_drop=0.5%)`, then builds the peers the way their users build them:
   5.x with 4.57); see the README.
 
 Every session (2 threads, the CPUs here) is timed in this one process, interleaved run by run
-(`--rounds` x `--runs` rounds, each running every session once, in a rotating order), so that
-every session meets the same load from other processes; the table gives the median and the
+(`--rounds` x `--runs` rounds, rounded up to whole balanced designs, each running every session
+once, in orders where each session follows every other equally often), so that every session
+meets the same load from other processes and the same predecessors; the table gives the median
+and the
 20th percentile, and the 1-minute load average before and after (see `timed` for why block
 timing was unfair to ONNX Runtime on a shared machine). Accuracy is on optimize's
 held-out part against ONNX Runtime fp32: the encoder's mask-pooled cosine (mean over
@@ -44,6 +46,7 @@ import numpy as np
 import torch
 
 import edgeforge
+from edgeforge.optimize._runoff import balanced_orders
 from edgeforge.optimize.search import optimize
 
 RESULTS = Path(__file__).resolve().parent / "results" / "peers.json"
@@ -257,27 +260,36 @@ def chosen_session(candidate, names: list[str]):
 def timed(sessions: dict[str, Any], feed: dict[str, np.ndarray], rounds: int, runs: int):
     """Per session: the median and the 20th percentile of its run times (ms).
 
-    The sessions are interleaved run by run (each round runs every session once, in an order
-    that rotates), so that every session meets the same load from the other processes on the
-    machine. Timing them one block after another does not compare them fairly on a shared
-    machine: ONNX Runtime's thread pool spins its threads and splits every kernel in fixed
-    parts, so one busy core from another process makes a 2-thread ONNX Runtime session ~3x
-    slower (MiniLM-L6: 8.7 -> 26 ms measured here with a `while True` loop on one core), while
-    OpenVINO's pool rebalances (2.8 -> 3.5 ms). Whichever session's block met the other
-    processes' burst lost; that made the ONNX Runtime rows 3-4x slower here than alone
-    (checked: OpenVINO's compiled models and their pinned threads, torch's pool and optimize
-    run in this process before leave ONNX Runtime's time unchanged on a quiet machine). One
-    thing in this process does interfere: an ONNX Runtime pool keeps spinning after its run
-    ends, which slows whatever runs next, so the ONNX Runtime sessions here stop spinning at
-    the end of each run (`ort_session`)."""
+    The sessions are interleaved run by run (each round runs every session once), so that
+    every session meets the same load from the other processes on the machine. Timing them
+    one block after another does not compare them fairly on a shared machine: ONNX Runtime's
+    thread pool spins its threads and splits every kernel in fixed parts, so one busy core
+    from another process makes a 2-thread ONNX Runtime session ~3x slower (MiniLM-L6: 8.7 ->
+    26 ms measured here with a `while True` loop on one core), while OpenVINO's pool
+    rebalances (2.8 -> 3.5 ms). Whichever session's block met the other processes' burst
+    lost; that made the ONNX Runtime rows 3-4x slower here than alone (checked: OpenVINO's
+    compiled models and their pinned threads, torch's pool and optimize run in this process
+    before leave ONNX Runtime's time unchanged on a quiet machine).
+
+    What runs just before a session does interfere, so the rounds follow `balanced_orders`:
+    each session follows every other one equally often. An ONNX Runtime pool keeps spinning
+    after its run ends, so the ONNX Runtime sessions here stop spinning at the end of each run
+    (`ort_session`); OpenVINO's threads stay busy for a while after a run, which nothing here
+    can stop. The rotating order used before kept each session's predecessor: optimize's
+    choice, the last session, ran right after NNCF's quantized model in every round but one,
+    and on the digits CNN its ONNX Runtime fp32 artifact (the source's nodes: onnxslim and
+    ONNX Runtime's basic level change nothing there) timed 0.70x the source model in ONNX
+    Runtime."""
     names = list(sessions)
     for name in names:
         for _ in range(3):
             sessions[name](feed)
     times: dict[str, list[float]] = {name: [] for name in names}
-    for i in range(rounds * runs):
-        shift = i % len(names)
-        for name in names[shift:] + names[:shift]:
+    orders = balanced_orders(len(names))
+    total = -(-rounds * runs // len(orders)) * len(orders)  # whole designs: every pair balanced
+    for i in range(total):
+        for index in orders[i % len(orders)]:
+            name = names[index]
             tick = time.perf_counter()
             sessions[name](feed)
             times[name].append((time.perf_counter() - tick) * 1e3)

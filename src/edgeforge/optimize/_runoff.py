@@ -14,7 +14,8 @@ What a caller can rely on:
   measurement, and those within `margin` of the fastest beyond them, at most `limit`;
 - `runoff` opens every contender in one child process with its deployment settings
   (`_deploy.deployment`, as `Builder` timed it) and runs them interleaved run by run (each
-  round runs every contender once, in a rotating order), so each meets the same load; each
+  round runs every contender once, in the orders of `balanced_orders`, so that each contender
+  follows every other equally often), so each meets the same load; each
   contender's `latency_here_ms` becomes the fastest contender's first measurement times its
   runoff median's ratio to the fastest runoff median (so the runoff decides the order among
   the contenders, and the fastest contender keeps the lowest latency of all: a candidate
@@ -37,7 +38,7 @@ from edgeforge.optimize._plan import BUILT, Candidate
 if TYPE_CHECKING:
     from edgeforge.devices import Device
 
-__all__ = ["contenders", "runoff"]
+__all__ = ["balanced_orders", "contenders", "runoff"]
 
 DEFAULT_COUNT = 3
 DEFAULT_LIMIT = 5
@@ -66,6 +67,32 @@ def contenders(
     fastest = measured[0].latency_here_ms
     near = [c for c in measured[count:] if c.latency_here_ms <= fastest * (1 + margin)]
     return (measured[:count] + near)[:limit]
+
+
+def balanced_orders(count: int) -> list[list[int]]:
+    """Orders in which to run `count` sessions in turns, one order per round, so that every
+    session directly follows every other one equally often over the rows: a Williams design
+    (the balanced Latin square crossover trials use against carry-over), `count` rows for an
+    even count and `2 * count` for an odd one; each row is a permutation of `range(count)`.
+
+    Why not a rotating order: rotating keeps each session's predecessor, and what ran just
+    before matters. OpenVINO's worker threads stay busy for a while after a run (and an ONNX
+    Runtime pool spins after its run unless told to stop), which slows whatever runs next on a
+    2-core machine: the digits CNN's ONNX file, opened twice in ONNX Runtime in one process, ran
+    1.5-1.7x slower (medians) in the session placed right after an OpenVINO session than in
+    the one placed after the other (1-minute load average 16). With a rotating order, the
+    session placed after an OpenVINO one paid that in every round but one."""
+    first, low, high = [0], 1, count - 1
+    while low <= high:
+        first.append(low)
+        low += 1
+        if low <= high:
+            first.append(high)
+            high -= 1
+    rows = [[(item + shift) % count for item in first] for shift in range(count)]
+    if count % 2:
+        rows += [row[::-1] for row in rows]
+    return rows
 
 
 def runoff(
@@ -144,12 +171,12 @@ def _interleaved(job: dict[str, Any]) -> dict[str, Any]:
         for _ in range(3):
             session.run(feeds)
     times: list[list[float]] = [[] for _ in runs]
+    orders = balanced_orders(len(runs))
     started = time.perf_counter()
     for i in range(job["rounds"]):
         if i >= 5 and time.perf_counter() - started > job["seconds"]:
             break
-        shift = i % len(runs)
-        for index in [*range(shift, len(runs)), *range(shift)]:
+        for index in orders[i % len(orders)]:
             tick = time.perf_counter()
             runs[index].run(feeds)
             times[index].append((time.perf_counter() - tick) * 1e3)

@@ -14,10 +14,9 @@ max_accuracy_drop=0.5%)`, then builds the peers the way their users build them:
   5.x with 4.57); see the README.
 
 Every session (2 threads, the CPUs here) is timed in this one process, interleaved run by run
-(`--rounds` x `--runs` rounds, rounded up to whole balanced designs, each running every session
-once, in orders where each session follows every other equally often), so that every session
-meets the same load from other processes and the same predecessors; the table gives the median
-and the
+(`--rounds` x `--runs` runs of each, in a sequence where each session runs right after every
+other one equally often), so that every session meets the same load from other processes and
+the same predecessors; the table gives the median and the
 20th percentile, and the 1-minute load average before and after (see `timed` for why block
 timing was unfair to ONNX Runtime on a shared machine). Accuracy is on optimize's
 held-out part against ONNX Runtime fp32: the encoder's mask-pooled cosine (mean over
@@ -46,7 +45,7 @@ import numpy as np
 import torch
 
 import edgeforge
-from edgeforge.optimize._runoff import balanced_orders
+from edgeforge.optimize._runoff import balanced_sequence
 from edgeforge.optimize.search import optimize
 
 RESULTS = Path(__file__).resolve().parent / "results" / "peers.json"
@@ -260,7 +259,7 @@ def chosen_session(candidate, names: list[str]):
 def timed(sessions: dict[str, Any], feed: dict[str, np.ndarray], rounds: int, runs: int):
     """Per session: the median and the 20th percentile of its run times (ms).
 
-    The sessions are interleaved run by run (each round runs every session once), so that
+    The sessions are interleaved run by run, so that
     every session meets the same load from the other processes on the machine. Timing them
     one block after another does not compare them fairly on a shared machine: ONNX Runtime's
     thread pool spins its threads and splits every kernel in fixed parts, so one busy core
@@ -271,8 +270,8 @@ def timed(sessions: dict[str, Any], feed: dict[str, np.ndarray], rounds: int, ru
     compiled models and their pinned threads, torch's pool and optimize run in this process
     before leave ONNX Runtime's time unchanged on a quiet machine).
 
-    What runs just before a session does interfere, so the rounds follow `balanced_orders`:
-    each session follows every other one equally often. An ONNX Runtime pool keeps spinning
+    What runs just before a session does interfere, so the runs follow `balanced_sequence`:
+    each session runs right after every other one equally often. An ONNX Runtime pool keeps spinning
     after its run ends, so the ONNX Runtime sessions here stop spinning at the end of each run
     (`ort_session`); OpenVINO's threads stay busy for a while after a run, which nothing here
     can stop. The rotating order used before kept each session's predecessor: optimize's
@@ -285,10 +284,10 @@ def timed(sessions: dict[str, Any], feed: dict[str, np.ndarray], rounds: int, ru
         for _ in range(3):
             sessions[name](feed)
     times: dict[str, list[float]] = {name: [] for name in names}
-    orders = balanced_orders(len(names))
-    total = -(-rounds * runs // len(orders)) * len(orders)  # whole designs: every pair balanced
-    for i in range(total):
-        for index in orders[i % len(orders)]:
+    sequence = balanced_sequence(len(names))
+    each = max(len(names) - 1, 1)  # runs of each session per repetition of the sequence
+    for _ in range(-(-rounds * runs // each)):
+        for index in sequence:
             name = names[index]
             tick = time.perf_counter()
             sessions[name](feed)

@@ -16,9 +16,9 @@ max_accuracy_drop=0.5%)`, then builds the peers the way their users build them:
 Every session (2 threads, the CPUs here) is timed in this one process, interleaved run by run
 (`--rounds` x `--runs` runs of each, in a sequence where each session runs right after every
 other one equally often), so that every session meets the same load from other processes and
-the same predecessors; the table gives the median and the
-20th percentile, and the 1-minute load average before and after (see `timed` for why block
-timing was unfair to ONNX Runtime on a shared machine). Accuracy is on optimize's
+the same predecessors; the table gives the median and the 20th percentile, and the 1-minute
+load average before and after (see `timed` for why block timing was unfair to ONNX Runtime on
+a shared machine, and why the order matters). Accuracy is on optimize's
 held-out part against ONNX Runtime fp32: the encoder's mask-pooled cosine (mean over
 sentences), the CNNs' top-1 agreement (and, for digits, top-1 against the labels).
 
@@ -259,8 +259,8 @@ def chosen_session(candidate, names: list[str]):
 def timed(sessions: dict[str, Any], feed: dict[str, np.ndarray], rounds: int, runs: int):
     """Per session: the median and the 20th percentile of its run times (ms).
 
-    The sessions are interleaved run by run, so that
-    every session meets the same load from the other processes on the machine. Timing them
+    The sessions are interleaved run by run, so that every session meets the same load from
+    the other processes on the machine. Timing them
     one block after another does not compare them fairly on a shared machine: ONNX Runtime's
     thread pool spins its threads and splits every kernel in fixed parts, so one busy core
     from another process makes a 2-thread ONNX Runtime session ~3x slower (MiniLM-L6: 8.7 ->
@@ -271,14 +271,15 @@ def timed(sessions: dict[str, Any], feed: dict[str, np.ndarray], rounds: int, ru
     before leave ONNX Runtime's time unchanged on a quiet machine).
 
     What runs just before a session does interfere, so the runs follow `balanced_sequence`:
-    each session runs right after every other one equally often. An ONNX Runtime pool keeps spinning
-    after its run ends, so the ONNX Runtime sessions here stop spinning at the end of each run
-    (`ort_session`); OpenVINO's threads stay busy for a while after a run, which nothing here
-    can stop. The rotating order used before kept each session's predecessor: optimize's
-    choice, the last session, ran right after NNCF's quantized model in every round but one,
-    and on the digits CNN its ONNX Runtime fp32 artifact (the source's nodes: onnxslim and
-    ONNX Runtime's basic level change nothing there) timed 0.70x the source model in ONNX
-    Runtime."""
+    each session runs right after every other one equally often. An ONNX Runtime pool keeps
+    spinning after its run ends, so the ONNX Runtime sessions here stop spinning at the end of
+    each run (`ort_session`); OpenVINO's threads stay busy for a while after a run, which
+    nothing here can stop. The rotating order used before kept each session's predecessor:
+    optimize's choice, the last session, ran right after NNCF's quantized model in every round
+    but one, and on the digits CNN its ONNX Runtime fp32 artifact (the source's nodes:
+    onnxslim and ONNX Runtime's basic level change nothing there) timed 0.70-0.73x the source
+    model in ONNX Runtime; timed in this sequence, 0.91x in one run and 0.93-1.08x (20th
+    percentiles) in three repeats, the noise at a load average of 20-25."""
     names = list(sessions)
     for name in names:
         for _ in range(3):

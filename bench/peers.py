@@ -278,8 +278,9 @@ def timed(sessions: dict[str, Any], feed: dict[str, np.ndarray], rounds: int, ru
     optimize's choice, the last session, ran right after NNCF's quantized model in every round
     but one, and on the digits CNN its ONNX Runtime fp32 artifact (the source's nodes:
     onnxslim and ONNX Runtime's basic level change nothing there) timed 0.70-0.73x the source
-    model in ONNX Runtime; timed in this sequence, 0.91x in one run and 0.93-1.08x (20th
-    percentiles) in three repeats, the noise at a load average of 20-25."""
+    model in ONNX Runtime; timed in this sequence, 0.91x in one run of this script, and
+    0.93-1.08x (20th percentiles; 0.59-0.75x in the rotating order) in three repeats with the
+    two ONNX Runtime and two OpenVINO sessions alone: the noise at a load average of 20-25."""
     names = list(sessions)
     for name in names:
         for _ in range(3):

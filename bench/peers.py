@@ -14,10 +14,11 @@ max_accuracy_drop=0.5%)`, then builds the peers the way their users build them:
   5.x with 4.57); see the README.
 
 Every session (2 threads, the CPUs here) is timed in this one process, interleaved run by run
-(`--rounds` x `--runs` rounds, each running every session once, in a rotating order), so that
-every session meets the same load from other processes; the table gives the median and the
-20th percentile, and the 1-minute load average before and after (see `timed` for why block
-timing was unfair to ONNX Runtime on a shared machine). Accuracy is on optimize's
+(`--rounds` x `--runs` runs of each, in a sequence where each session runs right after every
+other one equally often), so that every session meets the same load from other processes and
+the same predecessors; the table gives the median and the 20th percentile, and the 1-minute
+load average before and after (see `timed` for why block timing was unfair to ONNX Runtime on
+a shared machine, and why the order matters). Accuracy is on optimize's
 held-out part against ONNX Runtime fp32: the encoder's mask-pooled cosine (mean over
 sentences), the CNNs' top-1 agreement (and, for digits, top-1 against the labels).
 
@@ -44,6 +45,7 @@ import numpy as np
 import torch
 
 import edgeforge
+from edgeforge.optimize._runoff import balanced_sequence
 from edgeforge.optimize.search import optimize
 
 RESULTS = Path(__file__).resolve().parent / "results" / "peers.json"
@@ -257,27 +259,38 @@ def chosen_session(candidate, names: list[str]):
 def timed(sessions: dict[str, Any], feed: dict[str, np.ndarray], rounds: int, runs: int):
     """Per session: the median and the 20th percentile of its run times (ms).
 
-    The sessions are interleaved run by run (each round runs every session once, in an order
-    that rotates), so that every session meets the same load from the other processes on the
-    machine. Timing them one block after another does not compare them fairly on a shared
-    machine: ONNX Runtime's thread pool spins its threads and splits every kernel in fixed
-    parts, so one busy core from another process makes a 2-thread ONNX Runtime session ~3x
-    slower (MiniLM-L6: 8.7 -> 26 ms measured here with a `while True` loop on one core), while
-    OpenVINO's pool rebalances (2.8 -> 3.5 ms). Whichever session's block met the other
-    processes' burst lost; that made the ONNX Runtime rows 3-4x slower here than alone
-    (checked: OpenVINO's compiled models and their pinned threads, torch's pool and optimize
-    run in this process before leave ONNX Runtime's time unchanged on a quiet machine). One
-    thing in this process does interfere: an ONNX Runtime pool keeps spinning after its run
-    ends, which slows whatever runs next, so the ONNX Runtime sessions here stop spinning at
-    the end of each run (`ort_session`)."""
+    The sessions are interleaved run by run, so that every session meets the same load from
+    the other processes on the machine. Timing them
+    one block after another does not compare them fairly on a shared machine: ONNX Runtime's
+    thread pool spins its threads and splits every kernel in fixed parts, so one busy core
+    from another process makes a 2-thread ONNX Runtime session ~3x slower (MiniLM-L6: 8.7 ->
+    26 ms measured here with a `while True` loop on one core), while OpenVINO's pool
+    rebalances (2.8 -> 3.5 ms). Whichever session's block met the other processes' burst
+    lost; that made the ONNX Runtime rows 3-4x slower here than alone (checked: OpenVINO's
+    compiled models and their pinned threads, torch's pool and optimize run in this process
+    before leave ONNX Runtime's time unchanged on a quiet machine).
+
+    What runs just before a session does interfere, so the runs follow `balanced_sequence`:
+    each session runs right after every other one equally often. An ONNX Runtime pool keeps
+    spinning after its run ends, so the ONNX Runtime sessions here stop spinning at the end of
+    each run (`ort_session`); OpenVINO's threads stay busy for a while after a run, which
+    nothing here can stop. The rotating order used before kept each session's predecessor:
+    optimize's choice, the last session, ran right after NNCF's quantized model in every round
+    but one, and on the digits CNN its ONNX Runtime fp32 artifact (the source's nodes:
+    onnxslim and ONNX Runtime's basic level change nothing there) timed 0.70-0.73x the source
+    model in ONNX Runtime; timed in this sequence, 0.91x in one run of this script, and
+    0.93-1.08x (20th percentiles; 0.59-0.75x in the rotating order) in three repeats with the
+    two ONNX Runtime and two OpenVINO sessions alone: the noise at a load average of 20-25."""
     names = list(sessions)
     for name in names:
         for _ in range(3):
             sessions[name](feed)
     times: dict[str, list[float]] = {name: [] for name in names}
-    for i in range(rounds * runs):
-        shift = i % len(names)
-        for name in names[shift:] + names[:shift]:
+    sequence = balanced_sequence(len(names))
+    each = max(len(names) - 1, 1)  # runs of each session per repetition of the sequence
+    for _ in range(-(-rounds * runs // each)):
+        for index in sequence:
+            name = names[index]
             tick = time.perf_counter()
             sessions[name](feed)
             times[name].append((time.perf_counter() - tick) * 1e3)

@@ -4,6 +4,8 @@ the estimate, decides; bf16 only where the device has it; the estimate knows eac
 from __future__ import annotations
 
 import os
+from collections import Counter
+from itertools import pairwise
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,7 +17,7 @@ from edgeforge.optimize._build import Builder, compute_precision
 from edgeforge.optimize._deploy import deployment, has_bf16, is_transformer
 from edgeforge.optimize._pareto import Limits, choose
 from edgeforge.optimize._plan import Candidate
-from edgeforge.optimize._runoff import contenders
+from edgeforge.optimize._runoff import balanced_sequence, contenders
 from edgeforge.optimize.search import optimize
 
 pytest.importorskip("openvino")
@@ -152,6 +154,17 @@ def test_runoff_contenders_are_the_fastest_within_the_accuracy_limit():
     assert [c.id for c in contenders(pool, 0.01)] == ["a", "b", "c", "d-near"]
     assert [c.id for c in contenders(pool, None)][:1] == ["broken-but-fastest"]
     assert contenders(pool[:2], 0.01) == []  # one candidate: nothing to decide
+
+
+@pytest.mark.parametrize("count", [2, 3, 4, 7, 8])
+def test_no_contender_always_runs_after_the_same_one(count):
+    # What ran just before slows a run (OpenVINO's threads stay busy after theirs): in the
+    # runoff's (and bench/peers.py's) sequence, repeated, every session runs right after every
+    # other one exactly once per repetition, and as often as every other session.
+    sequence = balanced_sequence(count)
+    assert Counter(sequence) == dict.fromkeys(range(count), count - 1)
+    follows = Counter(pairwise([*sequence, sequence[0]]))  # the repetition wraps around
+    assert follows == {(a, b): 1 for a in range(count) for b in range(count) if a != b}
 
 
 def test_openvino_candidates_are_timed_with_their_deployment_precision(on_this_machine):

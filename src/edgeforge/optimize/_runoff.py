@@ -14,13 +14,13 @@ What a caller can rely on:
   measurement, and those within `margin` of the fastest beyond them, at most `limit`;
 - `runoff` opens every contender in one child process with its deployment settings
   (`_deploy.deployment`, as `Builder` timed it) and runs them interleaved run by run (each
-  round runs every contender once, in a rotating order), so each meets the same load; each
-  contender's `latency_here_ms` becomes the fastest contender's first measurement times its
-  runoff median's ratio to the fastest runoff median (so the runoff decides the order among
-  the contenders, and the fastest contender keeps the lowest latency of all: a candidate
-  outside the runoff, slower when first measured, never overtakes it); the first measurement
-  and the runoff median are kept (a note, `timed_with["runoff_median_ms"]`), and
-  `timed_with["runoff"]` names the contenders;
+  contender runs right after every other one equally often: `balanced_sequence`), so each
+  meets the same load; each contender's `latency_here_ms` becomes the fastest contender's
+  first measurement times its runoff median's ratio to the fastest runoff median (so the
+  runoff decides the order among the contenders, and the fastest contender keeps the lowest
+  latency of all: a candidate outside the runoff, slower when first measured, never overtakes
+  it); the first measurement and the runoff median are kept (a note,
+  `timed_with["runoff_median_ms"]`), and `timed_with["runoff"]` names the contenders;
 - a runoff that fails (a child crash, a time-out) changes nothing and says so in `notes`.
 """
 
@@ -37,7 +37,7 @@ from edgeforge.optimize._plan import BUILT, Candidate
 if TYPE_CHECKING:
     from edgeforge.devices import Device
 
-__all__ = ["contenders", "runoff"]
+__all__ = ["balanced_sequence", "contenders", "runoff"]
 
 DEFAULT_COUNT = 3
 DEFAULT_LIMIT = 5
@@ -66,6 +66,32 @@ def contenders(
     fastest = measured[0].latency_here_ms
     near = [c for c in measured[count:] if c.latency_here_ms <= fastest * (1 + margin)]
     return (measured[:count] + near)[:limit]
+
+
+def balanced_sequence(count: int) -> list[int]:
+    """An order in which to run `count` sessions in turns, repeated as often as wanted, in which
+    every session runs right after every other one exactly once per repetition (the wrap-around
+    from its end to its start included): an Eulerian circuit over all ordered pairs (Hierholzer's
+    algorithm); each session runs `count - 1` times per repetition.
+
+    Why not rounds in a rotating order: rotating keeps each session's predecessor, and what ran
+    just before matters. OpenVINO's worker threads stay busy for a while after a run (and an
+    ONNX Runtime pool spins after its run unless told to stop), which slows whatever runs next
+    on a 2-core machine: the digits CNN's ONNX file, opened twice in ONNX Runtime in one
+    process, ran 1.5-1.7x slower (medians) in the session placed right after an OpenVINO
+    session than in the one placed after the other (1-minute load average 16). With a rotating
+    order, the session placed after an OpenVINO one paid that in every round but one. (Rounds
+    in a balanced Latin square still leave the step from one round to the next unbalanced.)"""
+    if count < 2:
+        return list(range(count))
+    unused = {node: [n for n in range(count) if n != node] for node in range(count)}
+    stack, circuit = [0], []
+    while stack:
+        if unused[stack[-1]]:
+            stack.append(unused[stack[-1]].pop())
+        else:
+            circuit.append(stack.pop())
+    return circuit[::-1][:-1]  # the circuit ends where it starts: the repetition closes it
 
 
 def runoff(
@@ -144,12 +170,13 @@ def _interleaved(job: dict[str, Any]) -> dict[str, Any]:
         for _ in range(3):
             session.run(feeds)
     times: list[list[float]] = [[] for _ in runs]
+    sequence = balanced_sequence(len(runs))
+    each = len(runs) - 1  # runs of each contender per repetition of the sequence
     started = time.perf_counter()
-    for i in range(job["rounds"]):
-        if i >= 5 and time.perf_counter() - started > job["seconds"]:
+    for i in range(-(-job["rounds"] // each)):  # `rounds` runs each, in whole repetitions
+        if i * each >= 5 and time.perf_counter() - started > job["seconds"]:
             break
-        shift = i % len(runs)
-        for index in [*range(shift, len(runs)), *range(shift)]:
+        for index in sequence:
             tick = time.perf_counter()
             runs[index].run(feeds)
             times[index].append((time.perf_counter() - tick) * 1e3)

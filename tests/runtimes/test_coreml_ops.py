@@ -1,4 +1,5 @@
-"""Core ML translations edgeforge registers for ATen ops coremltools 9 lacks (issue 18, class 6).
+"""Core ML translations edgeforge registers for ATen ops coremltools 9 lacks (issue 18, class 6),
+and coremltools' own ones it widens to booleans (`gather`, `sum`).
 
 One module uses every one of them; it must convert, and the package must pass the signature
 validation. Off macOS the package cannot be run: prediction is tested on macOS only.
@@ -20,7 +21,7 @@ from edgeforge.runtimes import get_runtime
 
 ct = pytest.importorskip("coremltools")
 
-from edgeforge.runtimes._coreml_ops import REGISTERED, bicubic_matrix  # noqa: E402
+from edgeforge.runtimes._coreml_ops import REGISTERED, WIDENED, bicubic_matrix  # noqa: E402
 from edgeforge.runtimes.coreml import _coremltools, validate_without_running  # noqa: E402
 
 # The ops the program below must contain, so that each translation is exercised.
@@ -32,6 +33,8 @@ TRANSLATED = {
     "aten.__and__.Tensor",
     "aten.alias.default",
     "aten.prelu.default",
+    "aten.gather.default",
+    "aten.sum.dim_IntList",
 }
 
 
@@ -39,13 +42,16 @@ class EveryTranslatedOp(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.prelu = nn.PReLU(6)  # per-channel alpha on a rank-2 input, as MTCNN's RNet has
+        self.register_buffer("order", torch.arange(5, -1, -1)[None])
 
     def forward(self, image: torch.Tensor, rows: torch.Tensor):
         big = F.interpolate(image, scale_factor=2, mode="bicubic", align_corners=False)
         steps = torch.diff(rows, dim=-1)
         inside = (rows > 0) & (rows < 1)
         kept = torch.where(inside, rows, 0.5) + rows.new_ones(rows.shape)
-        return big, torch.ops.aten.alias(steps) * 2, self.prelu(kept)
+        # A keep-mask gathered into another order and counted, as a detector's tail does.
+        counts = inside.gather(1, self.order.expand(rows.shape[0], -1)).sum(1)
+        return big, torch.ops.aten.alias(steps) * 2, self.prelu(kept), counts
 
 
 @pytest.fixture(autouse=True)
@@ -70,6 +76,7 @@ def test_the_translations_are_registered_through_coremltools_registry():
     for name in ("new_ones", "diff", "upsample_bicubic2d.vec", "where.scalarother", "__and__"):
         assert name in _TORCH_OPS_REGISTRY.name_to_func_mapping
     assert set(REGISTERED) >= {"alias", "_prelu_kernel", "new_ones", "__and__"}
+    assert set(WIDENED) == {"gather", "sum", "sum.dim_intlist"}
 
 
 @pytest.mark.slow
@@ -85,7 +92,7 @@ def test_every_translated_op_converts_and_the_package_validates(every_op, tmp_pa
     assert validate_without_running(artifact) == []
     ops = {op.type for block in _blocks(artifact) for op in block.operations}
     # (fill and prelu are folded into constants and other ops by coremltools passes)
-    assert {"matmul", "select", "logical_and", "slice_by_index"} <= ops
+    assert {"matmul", "select", "logical_and", "slice_by_index", "gather_along_axis"} <= ops
 
 
 def _blocks(artifact):

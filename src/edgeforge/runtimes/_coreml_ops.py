@@ -19,6 +19,14 @@ keeps its version. What each computes, with the MIL ops it uses:
 - `_prelu_kernel` (what the core ATen decompositions make of `prelu`) -> `prelu`, with a rank-2
   input given the spatial axis MIL's prelu needs and a single alpha spread over the channels.
 
+One of coremltools' own translations is widened to a dtype its MIL op refuses, and calls
+through to coremltools' for every other input (listed in `WIDENED`):
+
+- `gather` of a boolean tensor (a detector's keep-mask gathered into score order) ->
+  `gather_along_axis` on it cast to int32, cast back: MIL's gather_along_axis takes no bool;
+- `sum` of a boolean tensor (a count, int64 in torch) -> coremltools' fp32 sum cast to int32,
+  Core ML's integer type (exact up to 2**24 elements).
+
 What stays untranslated is listed with a workaround in `coreml._REWRITES`.
 """
 
@@ -28,9 +36,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["REGISTERED"]
+__all__ = ["REGISTERED", "WIDENED"]
 
 REGISTERED: list[str] = []  # the op names this module registered (coremltools had none)
+WIDENED: list[str] = []  # coremltools' own translations this module widened to more dtypes
 
 
 def _register() -> None:
@@ -170,6 +179,35 @@ def _register() -> None:
     ]
     for func, names in translations:
         register(func, names)
+
+    own_gather = _TORCH_OPS_REGISTRY.name_to_func_mapping.get("gather")
+
+    def gather(context: Any, node: Any) -> None:
+        x, axis, indices = _get_inputs(context, node)[:3]
+        if not types.is_bool(x.dtype):
+            own_gather(context, node)
+            return
+        picked = mb.gather_along_axis(x=mb.cast(x=x, dtype="int32"), indices=indices, axis=axis)
+        context.add(mb.cast(x=picked, dtype="bool", name=node.name))
+
+    own_sum = _TORCH_OPS_REGISTRY.name_to_func_mapping.get("sum")
+
+    def count(context: Any, node: Any) -> None:
+        x = _get_inputs(context, node, min_expected=1)[0]
+        own_sum(context, node)
+        if types.is_bool(x.dtype):
+            total = mb.cast(x=context[node.name], dtype="int32", name=f"{node.name}_count")
+            context.add(total, torch_name=node.name, override=True)
+
+    if WIDENED:  # registered already
+        return
+    if own_gather is not None:
+        _TORCH_OPS_REGISTRY.set_func_by_name(gather, "gather")
+        WIDENED.append("gather")
+    for name in ("sum", "sum.dim_intlist"):
+        if own_sum is not None and _TORCH_OPS_REGISTRY.name_to_func_mapping.get(name) is own_sum:
+            _TORCH_OPS_REGISTRY.set_func_by_name(count, name)
+            WIDENED.append(name)
 
 
 def _shape(size: Any) -> Any:

@@ -16,6 +16,9 @@ keeps its version. What each computes, with the MIL ops it uses:
 - `__and__` -> `logical_and` on booleans (Core ML has no integer bit operations: on integer
   tensors the conversion stops and names `__and__`);
 - `alias` -> `identity`;
+- `unfold` (`Tensor.unfold(dim, size, step)`: sliding windows, as PatchTST patches a series)
+  -> one `gather` of a constant (windows, size) index matrix along `dim`, then a `transpose`
+  that moves the window axis last; it needs a static length along `dim`;
 - `_prelu_kernel` (what the core ATen decompositions make of `prelu`) -> `prelu`, with a rank-2
   input given the spatial axis MIL's prelu needs and a single alpha spread over the channels.
 
@@ -36,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["REGISTERED", "WIDENED"]
+__all__ = ["REGISTERED", "WIDENED", "bicubic_matrix", "unfold_plan"]
 
 REGISTERED: list[str] = []  # the op names this module registered (coremltools had none)
 WIDENED: list[str] = []  # coremltools' own translations this module widened to more dtypes
@@ -156,6 +159,19 @@ def _register() -> None:
         (x,) = _get_inputs(context, node, expected=1)
         context.add(mb.identity(x=x, name=node.name))
 
+    def unfold(context: Any, node: Any) -> None:
+        x, dim, size, step = _get_inputs(context, node, expected=4)
+        dim = dim.val % x.rank
+        length = x.shape[dim]
+        if not isinstance(length, int):
+            raise ValueError(
+                "unfold needs a static length along its dimension to build its window indices; "
+                "convert at a fixed input size"
+            )
+        indices, order = unfold_plan(length, int(size.val), int(step.val), dim, x.rank)
+        windows = mb.gather(x=x, indices=indices, axis=dim)  # dim becomes (windows, size)
+        context.add(mb.transpose(x=windows, perm=order, name=node.name))
+
     def _prelu_kernel(context: Any, node: Any) -> None:
         x, alpha = _get_inputs(context, node, expected=2)
         channels = x.shape[1] if x.rank >= 2 else 1
@@ -175,6 +191,7 @@ def _register() -> None:
         (where_scalarother, missing("where.scalarother")),
         (and_tensor, missing("__and__")),
         (alias, missing("alias")),
+        (unfold, missing("unfold")),
         (_prelu_kernel, missing("_prelu_kernel")),
     ]
     for func, names in translations:
@@ -208,6 +225,16 @@ def _register() -> None:
         if own_sum is not None and _TORCH_OPS_REGISTRY.name_to_func_mapping.get(name) is own_sum:
             _TORCH_OPS_REGISTRY.set_func_by_name(count, name)
             WIDENED.append(name)
+
+
+def unfold_plan(
+    length: int, size: int, step: int, dim: int, rank: int
+) -> tuple[np.ndarray, list[int]]:
+    """`Tensor.unfold(dim, size, step)` as a gather and a transpose: the (windows, size) index
+    matrix to gather along `dim`, and the permutation that then moves the size axis last."""
+    starts = np.arange(0, length - size + 1, step)
+    indices = (starts[:, None] + np.arange(size)[None, :]).astype(np.int32)
+    return indices, [axis for axis in range(rank + 1) if axis != dim + 1] + [dim + 1]
 
 
 def _shape(size: Any) -> Any:

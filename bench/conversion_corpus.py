@@ -12,7 +12,8 @@ lists may share one file.
 
     .venv/bin/python bench/conversion_corpus.py [--only bert,gpt2] [--out FILE.json] [--timeout S]
 
-`make corpus` runs it all (about 40 minutes on two loaded cores).
+`make corpus` runs it all: a row took 3 to 12 minutes on two cores shared with other jobs
+(load average about 20), so hours in one process; disjoint `--only` runs may go side by side.
 """
 
 from __future__ import annotations

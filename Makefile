@@ -33,7 +33,7 @@ test: lint
 wheel-check: $(STAMP)
 	bash scripts/check-wheel.sh
 
-# The conversion corpus: 30 architectures to six runtimes (tens of minutes; writes
+# The conversion corpus: 30 architectures to six runtimes (hours on a loaded 2-core machine; writes
 # bench/results/conversion_corpus.json and prints the README's table). tests/ holds a slice.
 corpus: $(STAMP)
 	$(BIN)/python bench/conversion_corpus.py

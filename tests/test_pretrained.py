@@ -73,3 +73,20 @@ def test_the_variant_openvino_cannot_take_is_explained_by_op(models, audio_chunk
     assert ort.status == "verified"
     assert openvino.status == "unsupported"
     assert "ReduceMean" in openvino.detail and "OpenVINO cannot convert it" in openvino.detail
+    # The refusal names the fixed shapes OpenVINO does convert it at, and they work.
+    assert "--shape input=1x" in openvino.detail, openvino.detail
+    pinned = convert(
+        models[DYNAMIC_RANK],
+        "openvino",
+        tmp_path / "pinned",
+        data=audio_chunks,
+        shapes={"input": (1, 512)},
+    )
+    assert pinned.targets[0].status == "verified", pinned.targets[0].detail
+
+
+def test_synthesised_audio_is_long_enough_for_the_model(models, tmp_path):
+    """16 samples are too short for Silero VAD's reflect padding (64): the size picker tries
+    longer ones in ONNX Runtime and verifies at one the model takes (issue 18, class 4)."""
+    result = convert(models[DYNAMIC_RANK], "onnxruntime", tmp_path)
+    assert result.targets[0].status == "verified", result.targets[0].detail

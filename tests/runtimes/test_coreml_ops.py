@@ -1,4 +1,5 @@
-"""Core ML translations edgeforge registers for ATen ops coremltools 9 lacks (issue 18, class 6).
+"""Core ML translations edgeforge registers for ATen ops coremltools 9 lacks (issue 18, class 6),
+and coremltools' own ones it widens to booleans (`gather`, `sum`).
 
 One module uses every one of them; it must convert, and the package must pass the signature
 validation. Off macOS the package cannot be run: prediction is tested on macOS only.
@@ -20,7 +21,7 @@ from edgeforge.runtimes import get_runtime
 
 ct = pytest.importorskip("coremltools")
 
-from edgeforge.runtimes._coreml_ops import REGISTERED, bicubic_matrix  # noqa: E402
+from edgeforge.runtimes._coreml_ops import REGISTERED, WIDENED, bicubic_matrix, unfold_plan  # noqa: E402
 from edgeforge.runtimes.coreml import _coremltools, validate_without_running  # noqa: E402
 
 # The ops the program below must contain, so that each translation is exercised.
@@ -32,6 +33,9 @@ TRANSLATED = {
     "aten.__and__.Tensor",
     "aten.alias.default",
     "aten.prelu.default",
+    "aten.gather.default",
+    "aten.unfold.default",
+    "aten.sum.dim_IntList",
 }
 
 
@@ -39,13 +43,17 @@ class EveryTranslatedOp(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.prelu = nn.PReLU(6)  # per-channel alpha on a rank-2 input, as MTCNN's RNet has
+        self.register_buffer("order", torch.arange(5, -1, -1)[None])
 
     def forward(self, image: torch.Tensor, rows: torch.Tensor):
         big = F.interpolate(image, scale_factor=2, mode="bicubic", align_corners=False)
         steps = torch.diff(rows, dim=-1)
         inside = (rows > 0) & (rows < 1)
         kept = torch.where(inside, rows, 0.5) + rows.new_ones(rows.shape)
-        return big, torch.ops.aten.alias(steps) * 2, self.prelu(kept)
+        # A keep-mask gathered into another order and counted, as a detector's tail does.
+        counts = inside.gather(1, self.order.expand(rows.shape[0], -1)).sum(1)
+        windows = rows.unfold(1, 3, 2)  # sliding windows, as PatchTST patches a series
+        return big, torch.ops.aten.alias(steps) * 2, self.prelu(kept), counts, windows
 
 
 @pytest.fixture(autouse=True)
@@ -69,7 +77,8 @@ def test_the_translations_are_registered_through_coremltools_registry():
 
     for name in ("new_ones", "diff", "upsample_bicubic2d.vec", "where.scalarother", "__and__"):
         assert name in _TORCH_OPS_REGISTRY.name_to_func_mapping
-    assert set(REGISTERED) >= {"alias", "_prelu_kernel", "new_ones", "__and__"}
+    assert set(REGISTERED) >= {"alias", "_prelu_kernel", "new_ones", "__and__", "unfold"}
+    assert set(WIDENED) == {"gather", "sum", "sum.dim_intlist"}
 
 
 @pytest.mark.slow
@@ -85,7 +94,8 @@ def test_every_translated_op_converts_and_the_package_validates(every_op, tmp_pa
     assert validate_without_running(artifact) == []
     ops = {op.type for block in _blocks(artifact) for op in block.operations}
     # (fill and prelu are folded into constants and other ops by coremltools passes)
-    assert {"matmul", "select", "logical_and", "slice_by_index"} <= ops
+    assert {"matmul", "select", "logical_and", "slice_by_index", "gather_along_axis"} <= ops
+    assert {"gather", "transpose"} <= ops  # unfold
 
 
 def _blocks(artifact):
@@ -119,3 +129,14 @@ def test_bicubic_as_two_matrices_is_what_torch_computes(align_corners):
     want = F.interpolate(image, size=(9, 7), mode="bicubic", align_corners=align_corners)
     got = sized @ image.numpy() @ bicubic_matrix(5, [9, 7], None, align_corners, axis=1).T
     np.testing.assert_allclose(got, want.numpy(), atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    ("shape", "dim", "size", "step"), [((4, 6), 1, 3, 2), ((2, 9, 3), 1, 4, 4)]
+)
+def test_unfold_as_a_gather_and_a_transpose_is_what_torch_computes(shape, dim, size, step):
+    """The translation's arithmetic, run in numpy: take the windows, move their axis last."""
+    x = torch.randn(*shape)
+    indices, order = unfold_plan(shape[dim], size, step, dim, len(shape))
+    got = np.take(x.numpy(), indices, axis=dim).transpose(order)
+    np.testing.assert_array_equal(got, x.unfold(dim, size, step).numpy())

@@ -16,8 +16,19 @@ keeps its version. What each computes, with the MIL ops it uses:
 - `__and__` -> `logical_and` on booleans (Core ML has no integer bit operations: on integer
   tensors the conversion stops and names `__and__`);
 - `alias` -> `identity`;
+- `unfold` (`Tensor.unfold(dim, size, step)`: sliding windows, as PatchTST patches a series)
+  -> one `gather` of a constant (windows, size) index matrix along `dim`, then a `transpose`
+  that moves the window axis last; it needs a static length along `dim`;
 - `_prelu_kernel` (what the core ATen decompositions make of `prelu`) -> `prelu`, with a rank-2
   input given the spatial axis MIL's prelu needs and a single alpha spread over the channels.
+
+One of coremltools' own translations is widened to a dtype its MIL op refuses, and calls
+through to coremltools' for every other input (listed in `WIDENED`):
+
+- `gather` of a boolean tensor (a detector's keep-mask gathered into score order) ->
+  `gather_along_axis` on it cast to int32, cast back: MIL's gather_along_axis takes no bool;
+- `sum` of a boolean tensor (a count, int64 in torch) -> coremltools' fp32 sum cast to int32,
+  Core ML's integer type (exact up to 2**24 elements).
 
 What stays untranslated is listed with a workaround in `coreml._REWRITES`.
 """
@@ -28,9 +39,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["REGISTERED"]
+__all__ = ["REGISTERED", "WIDENED", "bicubic_matrix", "unfold_plan"]
 
 REGISTERED: list[str] = []  # the op names this module registered (coremltools had none)
+WIDENED: list[str] = []  # coremltools' own translations this module widened to more dtypes
 
 
 def _register() -> None:
@@ -147,6 +159,19 @@ def _register() -> None:
         (x,) = _get_inputs(context, node, expected=1)
         context.add(mb.identity(x=x, name=node.name))
 
+    def unfold(context: Any, node: Any) -> None:
+        x, dim, size, step = _get_inputs(context, node, expected=4)
+        dim = dim.val % x.rank
+        length = x.shape[dim]
+        if not isinstance(length, int):
+            raise ValueError(
+                "unfold needs a static length along its dimension to build its window indices; "
+                "convert at a fixed input size"
+            )
+        indices, order = unfold_plan(length, int(size.val), int(step.val), dim, x.rank)
+        windows = mb.gather(x=x, indices=indices, axis=dim)  # dim becomes (windows, size)
+        context.add(mb.transpose(x=windows, perm=order, name=node.name))
+
     def _prelu_kernel(context: Any, node: Any) -> None:
         x, alpha = _get_inputs(context, node, expected=2)
         channels = x.shape[1] if x.rank >= 2 else 1
@@ -166,10 +191,50 @@ def _register() -> None:
         (where_scalarother, missing("where.scalarother")),
         (and_tensor, missing("__and__")),
         (alias, missing("alias")),
+        (unfold, missing("unfold")),
         (_prelu_kernel, missing("_prelu_kernel")),
     ]
     for func, names in translations:
         register(func, names)
+
+    own_gather = _TORCH_OPS_REGISTRY.name_to_func_mapping.get("gather")
+
+    def gather(context: Any, node: Any) -> None:
+        x, axis, indices = _get_inputs(context, node)[:3]
+        if not types.is_bool(x.dtype):
+            own_gather(context, node)
+            return
+        picked = mb.gather_along_axis(x=mb.cast(x=x, dtype="int32"), indices=indices, axis=axis)
+        context.add(mb.cast(x=picked, dtype="bool", name=node.name))
+
+    own_sum = _TORCH_OPS_REGISTRY.name_to_func_mapping.get("sum")
+
+    def count(context: Any, node: Any) -> None:
+        x = _get_inputs(context, node, min_expected=1)[0]
+        own_sum(context, node)
+        if types.is_bool(x.dtype):
+            total = mb.cast(x=context[node.name], dtype="int32", name=f"{node.name}_count")
+            context.add(total, torch_name=node.name, override=True)
+
+    if WIDENED:  # registered already
+        return
+    if own_gather is not None:
+        _TORCH_OPS_REGISTRY.set_func_by_name(gather, "gather")
+        WIDENED.append("gather")
+    for name in ("sum", "sum.dim_intlist"):
+        if own_sum is not None and _TORCH_OPS_REGISTRY.name_to_func_mapping.get(name) is own_sum:
+            _TORCH_OPS_REGISTRY.set_func_by_name(count, name)
+            WIDENED.append(name)
+
+
+def unfold_plan(
+    length: int, size: int, step: int, dim: int, rank: int
+) -> tuple[np.ndarray, list[int]]:
+    """`Tensor.unfold(dim, size, step)` as a gather and a transpose: the (windows, size) index
+    matrix to gather along `dim`, and the permutation that then moves the size axis last."""
+    starts = np.arange(0, length - size + 1, step)
+    indices = (starts[:, None] + np.arange(size)[None, :]).astype(np.int32)
+    return indices, [axis for axis in range(rank + 1) if axis != dim + 1] + [dim + 1]
 
 
 def _shape(size: Any) -> Any:

@@ -126,7 +126,7 @@ class OpenVino(Runtime):
         import openvino as ov
 
         # A fresh conversion per build: NNCF changes the model it quantizes.
-        ov_model = _convert(model.onnx_path)
+        ov_model = _convert(model.onnx_path, model)
         if recipe.precision in QUANTIZED:
             ov_model, notes = quantize(ov_model, model, recipe)
             # Float weights NNCF left alone (and its scales) stay fp32.
@@ -345,7 +345,7 @@ class OpenVino(Runtime):
 # -- helpers ------------------------------------------------------------------------------
 
 
-def _convert(onnx_path: Path) -> Any:
+def _convert(onnx_path: Path, model: Model | None = None) -> Any:
     import openvino as ov
 
     try:
@@ -357,10 +357,40 @@ def _convert(onnx_path: Path) -> Any:
         return rewritten
     ops = _unconverted_ops(str(failure))
     what = ", ".join(f"{op} ({reason})" if reason else op for op, reason in ops)
+    fixed = _fixed_shapes_convert(onnx_path, model)
+    if fixed:
+        raise EdgeforgeError(
+            f"{onnx_path}: OpenVINO cannot convert it with dynamic input shapes "
+            f"({what or _last_line(failure)}); it does convert with them fixed: pass {fixed} "
+            "(or other sizes the model takes)"
+        ) from None
     raise EdgeforgeError(
         f"{onnx_path}: OpenVINO cannot convert it ({what or _last_line(failure)}); "
         "`edgeforge check` lists what to change"
     ) from None
+
+
+def _fixed_shapes_convert(onnx_path: Path, model: Model | None) -> str:
+    """The `--shape` options under which OpenVINO converts a model it refused with dynamic
+    input axes (the sizes synthesis picks, which ONNX Runtime runs), or "" when it has none
+    or still refuses. Silero VAD's STFT leaves a Conv whose input rank OpenVINO cannot infer
+    until the audio length is known."""
+    import openvino as ov
+
+    if model is None or not any(spec.dynamic_dims for spec in model.inputs):
+        return ""
+    from edgeforge.evaluate.synthesis import synthesize
+
+    try:
+        feed = synthesize(model, count=1).feeds[0]
+        ov.convert_model(str(onnx_path), input={n: list(a.shape) for n, a in feed.items()})
+    except Exception:  # no size the model takes, or OpenVINO refuses it even then
+        return ""
+    return " ".join(
+        f"--shape {spec.name}={'x'.join(map(str, feed[spec.name].shape))}"
+        for spec in model.inputs
+        if spec.dynamic_dims
+    )
 
 
 def _whole_input_pools(onnx_path: Path) -> Any:

@@ -8,7 +8,7 @@ from pathlib import Path
 import onnx
 from onnx import helper
 
-__all__ = ["save_graph"]
+__all__ = ["save_det_graph", "save_graph"]
 
 
 def save_graph(
@@ -25,3 +25,14 @@ def save_graph(
     onnx.checker.check_model(model)
     onnx.save(model, path)
     return path
+
+
+def save_det_graph(folder: Path) -> Path:
+    """`folder/det.onnx`: one `Det` node (a batch of 2 3x3 matrices to their determinants), an
+    op ONNX Runtime runs but that has no cost rule and no ONNX-to-torch converter."""
+    return save_graph(
+        folder / "det.onnx",
+        [helper.make_node("Det", ["x"], ["y"])],
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3, 3])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])],
+    )

@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import onnx
 import pytest
-from graphs import save_graph
+from graphs import save_det_graph, save_graph
 from onnx import TensorProto, helper, numpy_helper
 
 import edgeforge
@@ -147,12 +147,7 @@ def test_pooling_normalisation_and_elementwise_flops(tmp_path):
 
 
 def test_op_without_a_rule_is_reported_not_guessed(tmp_path):
-    path = save_graph(
-        tmp_path / "det.onnx",
-        [helper.make_node("Det", ["x"], ["y"])],
-        [_value("x", [2, 3, 3])],
-        [_value("y", [2])],
-    )
+    path = save_det_graph(tmp_path)
     profile = edgeforge.inspect(path)
     assert profile.flops == 0
     assert profile.not_counted == [

@@ -17,7 +17,7 @@ from importlib import resources
 import onnx
 import pytest
 import torch
-from graphs import save_graph
+from graphs import save_det_graph
 from onnx import helper
 
 import edgeforge
@@ -223,12 +223,7 @@ def test_an_op_the_bridge_lacks_is_named_in_the_refusal(tmp_path):
 
 def test_an_op_without_any_converter_is_refused_before_any_work(tmp_path):
     """Det has an ONNX Runtime kernel but no onnx2torch converter."""
-    path = save_graph(
-        tmp_path / "det.onnx",
-        [helper.make_node("Det", ["x"], ["y"])],
-        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3, 3])],
-        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])],
-    )
+    path = save_det_graph(tmp_path)
     model = edgeforge.load(path)
     with pytest.raises(edgeforge.EdgeforgeError, match=r"no converter for Det x1"):
         bridge(model)

@@ -11,11 +11,9 @@ import shutil
 import sys
 
 import numpy as np
-import onnx
 import pytest
 import torch
-from graphs import save_graph
-from onnx import helper
+from graphs import save_det_graph
 from torch import nn
 
 import edgeforge
@@ -156,12 +154,7 @@ def test_two_inputs_keep_their_order_and_int64_becomes_int32(coreml, two_input_m
 
 
 def test_onnx_source_the_bridge_cannot_take_is_refused_with_what_to_do(coreml, tmp_path):
-    onnx_only = save_graph(
-        tmp_path / "det.onnx",
-        [helper.make_node("Det", ["x"], ["y"])],
-        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3, 3])],
-        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])],
-    )
+    onnx_only = save_det_graph(tmp_path)
     onnx_only = edgeforge.load(onnx_only)  # an ONNX op the ONNX-to-torch bridge lacks
     with pytest.raises(EdgeforgeError, match=r"torch\.export program.*Det"):
         coreml.build(onnx_only, Recipe("fp32"), tmp_path / "out")

@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 import torch
 import torch_models
-from graphs import save_graph
-from onnx import helper
+from graphs import save_det_graph
 from torch import nn
 from torch_models import CumulativeSum, Determinant, load_module, max_error
 
@@ -116,12 +114,7 @@ def test_a_batch_other_than_the_converted_one_is_refused_in_one_line(litert, dig
 
 
 def test_a_model_without_a_torch_program_is_refused(litert, tmp_path):
-    onnx_only = save_graph(
-        tmp_path / "det.onnx",
-        [helper.make_node("Det", ["x"], ["y"])],
-        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3, 3])],
-        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])],
-    )
+    onnx_only = save_det_graph(tmp_path)
     model = edgeforge.load(onnx_only)  # an ONNX op the ONNX-to-torch bridge lacks
     assert model.torch_program is None
     with pytest.raises(EdgeforgeError) as refused:

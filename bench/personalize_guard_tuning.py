@@ -10,7 +10,13 @@ those same heads offline: mean gain in points and users ending worse. To record 
 it swaps the module's `guard` for one that keeps every head; nothing else differs from a
 device's run.
 
+The tabular package carries the input adapter's statistics (as the benchmark's does);
+`--adapter-pulls` lists the adapter's pulls towards the identity to compare ("inf": no
+adapter, the head alone), each judged on the same users.
+
     .venv/bin/python bench/personalize_guard_tuning.py --task tabular --seed 101 --users 40
+    .venv/bin/python bench/personalize_guard_tuning.py --task tabular --seed 104 \
+        --adapter-pulls 0,2,5,10,20,inf
 """
 
 from __future__ import annotations
@@ -24,7 +30,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from personalize_bench import COUNTS, accuracy, tabular_model  # bench/ is on the path as a script
+from personalize_bench import (  # bench/ is on the path as a script
+    COUNTS,
+    accuracy,
+    tabular_model,
+    tabular_reference,
+)
 
 import edgeforge.fleet.personal as personal
 from edgeforge.personalize import personalize
@@ -35,11 +46,13 @@ ZS = (0.0, 0.5, 1.0, 1.5, 2.0)
 
 
 def users_and_package(task: str, seed: int, count: int, work: Path, trainable: str | None):
+    reference = None
     if task == "tabular":
         model, pool_x, pool_y, _ = tabular_model()
         users = tabular_users(pool_x, pool_y, count, seed=seed)
         example, names = pool_x[:1], ["features"]
         trainable = trainable or "2,4"
+        reference = tabular_reference()
     else:
         from edgeforge.zoo import train_digits_cnn
 
@@ -53,6 +66,7 @@ def users_and_package(task: str, seed: int, count: int, work: Path, trainable: s
         input_names=names,
         trainable=trainable,
         forms="head",
+        reference=reference,
         name=task,
         version=1,
     )
@@ -117,19 +131,27 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=40)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--trainable", default=None)
+    parser.add_argument("--adapter-pulls", default=None, help="comma list; default: the package's")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else {"digits": 102, "tabular": 101}[args.task]
     if seed in (1, 2, 3):
         parser.error("seeds 1, 2 and 3 are the benchmark's reported users; tune on others")
+    pulls = [float(p) for p in args.adapter_pulls.split(",")] if args.adapter_pulls else [None]
+    results = {}
     with tempfile.TemporaryDirectory() as work:
         users, package = users_and_package(args.task, seed, args.users, Path(work), args.trainable)
-        rows = record(package, users, args.folds)
-    table = judge(rows)
-    for key, row in table.items():
-        print(f"{args.task} seed {seed} {key:<14} {json.dumps(row)}")
+        for pull in pulls:
+            if pull is not None:
+                package.training["adapter_pull"] = pull
+            rows = record(package, users, args.folds)
+            table = judge(rows)
+            label = "" if pull is None else f"pull {pull:g} "
+            for key, row in table.items():
+                print(f"{args.task} seed {seed} {label}{key:<14} {json.dumps(row)}", flush=True)
+            results[label.strip() or "default"] = {"rows": rows, "rules": table}
     if args.out:
-        args.out.write_text(json.dumps({"rows": rows, "rules": table}, indent=1))
+        args.out.write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Personalisation: the package builder, the device side's training, and the guard.
 
 A tiny MLP on a 3-class task stands in for a model; a "user" whose features are offset (a
-miscalibrated sensor) is what the base model gets wrong and a personal head can fix. The
-package is built once, through the CLI, and every slow test reads it.
+miscalibrated sensor) is what the base model gets wrong and a personal head (with the input
+adapter the package carries: `--reference`) can fix. The package is built once, through the
+CLI, and every slow test reads it.
 """
 
 from __future__ import annotations
@@ -162,6 +163,8 @@ def package_dir(tmp_path_factory) -> Path:
 
     work = tmp_path_factory.mktemp("personalize")
     (work / "tiny.py").write_text(TASK)
+    x, y = task(600, 1)  # what the factory trains on: the input adapter's reference
+    np.savez(work / "reference.npz", x=x, y=y)
     out, report = work / "package", work / "report.html"
     stdout = work / "stdout.json"
     import contextlib
@@ -175,6 +178,8 @@ def package_dir(tmp_path_factory) -> Path:
                 f"{work / 'tiny.py'}:factory",
                 "--trainable",
                 "2,4",
+                "--reference",
+                str(work / "reference.npz"),
                 "--out",
                 str(out),
                 "--name",
@@ -205,11 +210,15 @@ def test_cli_prints_the_package_and_every_form(package_dir):
     assert all("error" not in entry for entry in data["forms"].values()), data["forms"]
     assert "validated" in data["forms"]["coreml"]
     assert data["backbones"]["onnxruntime"]["file"].endswith("model.onnx")
+    assert data["adapter"]["file"] == "input_stats.npz"
 
 
 @pytest.mark.slow
 def test_executorch_program_trains_and_its_loss_falls(package_dir):
     package = PersonalizationPackage.load(package_dir)
+    # The head alone: the input adapter would undo this user's offset before the head trains,
+    # leaving the program nothing to learn.
+    package.input_stats = None
     x, y = task(40, 5, OFFSET)
     model = package.train(x, y, form="executorch")
     assert model.losses[-1] < 0.5 * model.losses[0]
@@ -313,3 +322,61 @@ def test_agent_call_keeps_a_helpful_head_and_drops_it_when_the_release_changes(
     assert not drop_stale_head(head, same)  # the release it was trained on: kept
     rolled_back = BackboneRelease(same.name, 2, "0" * 64)
     assert drop_stale_head(head, rolled_back) and not head.exists()
+
+
+# -- the input adapter: a per-feature gain and offset before the backbone ----------------------
+
+# A user whose sensor reads every feature with its own gain, and the offset above.
+GAIN = np.array([0.6, 1.4, 0.7, 1.3, 0.5, 1.5, 0.8, 1.2], np.float32)
+
+
+@pytest.mark.slow
+def test_a_personal_model_with_an_adapter_round_trips_through_save_and_load(package_dir, tmp_path):
+    package = PersonalizationPackage.load(package_dir)
+    index = json.loads((package_dir / PACKAGE_FILE).read_text())
+    assert index["adapter"]["file"] == "input_stats.npz" and package.input_stats is not None
+    # Aggregates only: three class means and one spread per feature, no training row.
+    assert package.input_stats.means.shape == (3, 8) and package.input_stats.spread.shape == (8,)
+    x, y = task(20, 7)
+    model = package.train(x * GAIN + OFFSET, y)
+    assert model.kept and model.adapter is not None, model.reason
+    held_x, held_y = task(300, 8)
+    held_x = held_x * GAIN + OFFSET
+    assert accuracy(model.predict(held_x), held_y) >= accuracy(package.embed(held_x)[0], held_y)
+    saved = model.save(tmp_path / "head")
+    assert (saved / "adapter.npz").is_file()
+    again = PersonalModel.load(saved, package)
+    assert np.allclose(again.adapter.gain, model.adapter.gain)
+    assert np.array_equal(again.predict(held_x), model.predict(held_x))
+    # The telemetry says only that it ran and was kept, as without an adapter.
+    assert again.telemetry()["detail"] == "kept" and "adapter" not in json.dumps(again.telemetry())
+    # A head trained on adapted inputs is never applied with another adapter.
+    data = bytearray((saved / "adapter.npz").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (saved / "adapter.npz").write_bytes(bytes(data))
+    with pytest.raises(EdgeforgeError, match=r"adapter\.npz differs from its record"):
+        PersonalModel.load(saved, package)
+
+
+@pytest.mark.slow
+def test_an_image_model_gets_no_adapter_and_the_package_says_why(tmp_path):
+    from edgeforge.personalize import personalize
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    images = np.random.default_rng(0).random((60, 1, 4, 4)).astype(np.float32)
+    labels = np.arange(60) % 3
+    result = personalize(
+        model,
+        tmp_path / "package",
+        example_inputs=(torch.from_numpy(images[:1]),),
+        input_names=["image"],
+        forms="head",
+        reference=(images, labels),
+    )
+    assert "not a flat feature vector" in result.adapter["reason"]
+    assert not (tmp_path / "package" / "input_stats.npz").exists()
+    package = PersonalizationPackage.load(result.out)
+    assert package.input_stats is None
+    trained = package.train(images[:20], labels[:20], form="head")
+    assert trained.adapter is None

@@ -36,6 +36,14 @@ def add_verbs(verbs: Any) -> None:
         default="executorch,coreml,head",
         help="the head's forms to build, comma list",
     )
+    verb.add_argument(
+        "--reference",
+        type=Path,
+        metavar="FILE.npz",
+        help="the training data (arrays 'x' [N, F] and 'y' [N]) for the input adapter: the "
+        "package keeps only per-class feature means and within-class spread (models whose "
+        "input is a flat feature vector)",
+    )
     verb.add_argument("--out", type=Path, required=True, help="the package folder")
     verb.add_argument("--name", help="the release's name (default: the model's class)")
     verb.add_argument("--version", type=int, help="the release's version")
@@ -52,6 +60,19 @@ def _personalize(args: argparse.Namespace) -> int:
     from edgeforge.cli import _emit
     from edgeforge.personalize.build import personalize
 
+    reference = None
+    if args.reference is not None:
+        import numpy as np
+
+        from edgeforge.errors import EdgeforgeError
+
+        try:
+            with np.load(args.reference, allow_pickle=False) as data:
+                reference = (data["x"], data["y"])
+        except (OSError, ValueError, KeyError) as exc:
+            raise EdgeforgeError(
+                f"--reference {args.reference}: not an .npz with arrays 'x' and 'y' ({exc})"
+            ) from None
     result = personalize(
         args.source,
         args.out,
@@ -61,6 +82,7 @@ def _personalize(args: argparse.Namespace) -> int:
         name=args.name,
         version=args.version,
         artifact_sha256=args.artifact_sha256,
+        reference=reference,
         timeout=args.timeout,
         force=args.overwrite,
     )
@@ -76,6 +98,8 @@ def _personalize(args: argparse.Namespace) -> int:
             print(f"  backbone {runtime}: {entry.get('file') or 'not built: ' + entry['error']}")
         for form, entry in result.forms.items():
             print(f"  form {form}: {entry.get('file') or 'not built: ' + entry['error']}")
+        adapter = result.adapter
+        print(f"  input adapter: {adapter.get('file') or 'none: ' + adapter['reason']}")
 
     _emit(args, "personalize", result.to_dict(), show)
     return result.exit_code

@@ -23,9 +23,14 @@ Invariants a caller can rely on:
   kept only if those heads classify more check samples correctly than the base model does on
   the same samples (by `margin`, 1) and its mean log-probability gain on them exceeds
   `guard_z` (1) standard errors (`guard`); then the head trained on all the samples is
-  kept. Otherwise it is
-  discarded, `reason` says why, and `predict` returns the base model's logits; a run past
-  `time_limit_s` is discarded too;
+  kept. Otherwise it is discarded, `reason` says why, and `predict` returns the base model's
+  logits; a run past `time_limit_s` is discarded too;
+- the input adapter (`input_adapter.py`): where the package holds the training data's
+  aggregates (a model whose input is a flat feature vector), every candidate is "adapter +
+  head": a per-feature gain and offset fitted to the user's train samples, the backbone run on
+  the adapted inputs, the head trained on that embedding; the guard judges the pair (each
+  fold's adapter and head fitted without its check samples), and a kept head keeps its
+  adapter (saved beside it, `adapter.npz`), a discarded one drops both;
 - a personal model records the backbone's release (name, version, artifact sha256) and refuses
   to run on a package whose backbone differs (`PersonalModel.load(DIR, package)`), so a head
   is never applied to a backbone it was not trained on;
@@ -50,6 +55,7 @@ from typing import Any
 import numpy as np
 
 from edgeforge.errors import EdgeforgeError
+from edgeforge.fleet.input_adapter import InputAdapter, InputStats
 
 __all__ = [
     "FORMS",
@@ -65,7 +71,8 @@ __all__ = [
 PACKAGE_FILE = "personalize.json"
 PERSONAL_FILE = "personal.json"
 SCHEMA = "edgeforge.personalize-package/1"
-PERSONAL_SCHEMA = "edgeforge.personal-model/1"
+PERSONAL_SCHEMA = "edgeforge.personal-model/2"  # /2: may hold an input adapter
+READ_PERSONAL_SCHEMAS = ("edgeforge.personal-model/1", PERSONAL_SCHEMA)
 # The forms a package may hold, best first: the one `train` picks when none is named.
 FORMS = ("executorch", "coreml", "head")
 # Head layers this module can run and train (what the builder accepts in a head).
@@ -73,6 +80,10 @@ LAYER_KINDS = ("linear", "relu", "tanh", "sigmoid", "identity", "flatten")
 # The guard's default: by how many standard errors the head's mean log-probability gain on
 # the check samples must exceed zero.
 GUARD_Z = 1.0
+# The input adapter's pull towards the identity, in samples: the fitted gain and offset weigh
+# n / (n + ADAPTER_PULL). Chosen on tuning users only (bench/personalize_guard_tuning.py,
+# tabular seeds 101 and 104, pulls 0-20: 10 gained most at 20 samples, no user worse).
+ADAPTER_PULL = 10.0
 # The backbone runtimes this module can run on a device, best first.
 BACKBONE_RUNTIMES = ("onnxruntime", "executorch", "openvino")
 
@@ -269,8 +280,11 @@ class PersonalizationPackage:
     base_params: dict[str, np.ndarray]
     backbones: dict[str, dict[str, Any]]  # runtime -> {file, sha256}
     forms: dict[str, dict[str, Any]]  # form -> {file, ..., "trains_here"?}
-    training: dict[str, Any]  # lr, epochs, batch, folds, seed
+    training: dict[str, Any]  # lr, epochs, batch, folds, seed, adapter_pull
     index: dict[str, Any] = field(repr=False)
+    # The training data's aggregates for the input adapter; None where the package has none
+    # (an image input, or no reference data given when it was built: `index["adapter"]`).
+    input_stats: InputStats | None = field(default=None, repr=False)
     runtime: str | None = None  # the backbone runtime asked for; None: the first that runs
     _backbone: _Backbone | None = field(default=None, repr=False)
 
@@ -304,6 +318,8 @@ class PersonalizationPackage:
                 )
         with np.load(path / index["head"]["params"]) as stored:
             params = {name: stored[name].astype(np.float32) for name in stored.files}
+        adapter = index.get("adapter") or {}
+        stats = InputStats.load(path / adapter["file"]) if adapter.get("file") else None
         package = cls(
             path=path,
             release=BackboneRelease.from_dict(index["release"]),
@@ -316,6 +332,7 @@ class PersonalizationPackage:
             training=index["training"],
             index=index,
             runtime=runtime,
+            input_stats=stats,
         )
         return package
 
@@ -369,9 +386,19 @@ class PersonalizationPackage:
                 found[form] = None
         return found
 
-    def embed(self, feed: np.ndarray | Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """The base model's logits and the embedding, from the backbone."""
-        logits, embedding = self.backbone()(feed)
+    def embed(
+        self,
+        feed: np.ndarray | Mapping[str, np.ndarray],
+        adapter: InputAdapter | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The backbone's logits and embedding for `feed` (the base model's logits when no
+        `adapter` is given; with one, the input goes through it first)."""
+        backbone = self.backbone()
+        if adapter is not None:
+            feeds = backbone._feeds(feed)
+            name = self.inputs[0]["name"]
+            feed = {**feeds, name: adapter(feeds[name])}
+        logits, embedding = backbone(feed)
         return logits.astype(np.float32), embedding.reshape(len(embedding), -1).astype(np.float32)
 
     # -- training ---------------------------------------------------------------------------
@@ -408,9 +435,21 @@ class PersonalizationPackage:
                 if v is not None
             },
         }
-        base_logits, embedding = self.embed(samples)
+        feeds = self.backbone()._feeds(samples)
+        base_logits, embedding = self.embed(feeds)
         if len(embedding) != len(labels):
             raise EdgeforgeError(f"{len(embedding)} samples but {len(labels)} labels")
+        raw = feeds[self.inputs[0]["name"]]
+        pull = float(settings.get("adapter_pull", ADAPTER_PULL))
+
+        def fitted(rows: np.ndarray) -> tuple[InputAdapter | None, np.ndarray]:
+            """The adapter fitted on `rows` (None without statistics) and the embedding of
+            every sample through it."""
+            if self.input_stats is None:
+                return None, embedding
+            adapter = InputAdapter.fit(raw[rows], labels[rows], self.input_stats, pull)
+            return adapter, self.embed(feeds, adapter)[1]
+
         folds = _folds(len(labels), int(settings["folds"]), int(settings["seed"]))
         result = PersonalModel(
             release=self.release,
@@ -436,16 +475,19 @@ class PersonalizationPackage:
         personal_logp = np.zeros(len(labels))
         try:
             # The check: each fold's samples are judged by a head trained without them.
+            # The adapter is part of what is checked: it too is fitted without the fold.
             for check_rows in folds:
                 train_rows = np.setdiff1d(np.arange(len(labels)), check_rows)
+                _, adapted = fitted(train_rows)
                 params, _ = trainer(
-                    self, embedding[train_rows], labels[train_rows], settings, deadline=deadline
+                    self, adapted[train_rows], labels[train_rows], settings, deadline=deadline
                 )
-                logits, _ = head_forward(self.layers, params, embedding[check_rows])
+                logits, _ = head_forward(self.layers, params, adapted[check_rows])
                 personal_hits[check_rows] = logits.argmax(1) == labels[check_rows]
                 personal_logp[check_rows] = _log_probability(logits, labels[check_rows])
             # What is kept is trained on all the samples, as each checked head was on most.
-            params, losses = trainer(self, embedding, labels, settings, deadline=deadline)
+            adapter, adapted = fitted(np.arange(len(labels)))
+            params, losses = trainer(self, adapted, labels, settings, deadline=deadline)
         finally:
             result.train_seconds = time.perf_counter() - started
             result.peak_bytes = tracemalloc.get_traced_memory()[1]
@@ -464,7 +506,7 @@ class PersonalizationPackage:
             settings,
         )
         if result.kept:
-            result.params = params
+            result.params, result.adapter = params, adapter
         return result
 
 
@@ -638,6 +680,8 @@ class PersonalModel:
     train_seconds: float = 0.0
     peak_bytes: int = 0  # Python-heap peak while training (tracemalloc; numpy arrays count)
     losses: list[float] = field(default_factory=list, repr=False)
+    # The per-feature gain and offset applied before the backbone (kept with the head, or None)
+    adapter: InputAdapter | None = field(default=None, repr=False)
     _package: PersonalizationPackage | None = field(default=None, repr=False)
 
     def bind(self, package: PersonalizationPackage) -> PersonalModel:
@@ -654,9 +698,9 @@ class PersonalModel:
         """Logits for `feed`: the personal head's if kept, else the base model's."""
         if self._package is None:
             raise EdgeforgeError("this personal model has no package; load it with its package")
-        base, embedding = self._package.embed(feed)
         if not self.kept:
-            return base
+            return self._package.embed(feed)[0]
+        _, embedding = self._package.embed(feed, self.adapter)
         return head_forward(self.layers, self.params, embedding)[0]
 
     def to_dict(self) -> dict[str, Any]:
@@ -674,6 +718,7 @@ class PersonalModel:
             "peak_bytes": self.peak_bytes,
             "losses": [round(loss, 6) for loss in self.losses],
             "layers": self.layers,
+            "input_adapter": self.adapter is not None,
         }
 
     def telemetry(self) -> dict[str, Any]:
@@ -693,6 +738,11 @@ class PersonalModel:
         path.mkdir(parents=True, exist_ok=True)
         np.savez(path / "head.npz", **self.params)
         data = {**self.to_dict(), "params": "head.npz", "params_sha256": _sha256(path / "head.npz")}
+        if self.adapter is not None:
+            np.savez(path / "adapter.npz", **self.adapter.to_arrays())
+            data.update(adapter="adapter.npz", adapter_sha256=_sha256(path / "adapter.npz"))
+        else:
+            (path / "adapter.npz").unlink(missing_ok=True)
         temporary = path / f".{PERSONAL_FILE}.tmp"
         temporary.write_text(json.dumps(data, indent=2))
         temporary.replace(path / PERSONAL_FILE)
@@ -707,12 +757,19 @@ class PersonalModel:
             data = json.loads((path / PERSONAL_FILE).read_text())
         except (OSError, ValueError) as exc:
             raise EdgeforgeError(f"{path} holds no readable personal model ({exc})") from None
-        if data.get("schema") != PERSONAL_SCHEMA:
+        if data.get("schema") not in READ_PERSONAL_SCHEMAS:
             raise EdgeforgeError(f"{path / PERSONAL_FILE} is not a personal model")
-        if _sha256(path / data["params"]) != data["params_sha256"]:
-            raise EdgeforgeError(f"{path / data['params']} differs from its record; retrain")
+        adapter = None
+        # The adapter is part of the personal model: a head trained on adapted inputs is never
+        # applied without its adapter.
+        for key in ("params", "adapter"):
+            if key in data and _sha256(path / data[key]) != data[f"{key}_sha256"]:
+                raise EdgeforgeError(f"{path / data[key]} differs from its record; retrain")
         with np.load(path / data["params"]) as stored:
             params = {name: stored[name] for name in stored.files}
+        if "adapter" in data:
+            with np.load(path / data["adapter"]) as stored:
+                adapter = InputAdapter.from_arrays(stored)
         model = cls(
             release=BackboneRelease.from_dict(data["release"]),
             form=data["form"],
@@ -727,6 +784,7 @@ class PersonalModel:
             train_seconds=data["train_seconds"],
             peak_bytes=data["peak_bytes"],
             losses=data["losses"],
+            adapter=adapter,
         )
         return model.bind(package)
 

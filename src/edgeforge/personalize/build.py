@@ -6,6 +6,12 @@ The package (a folder) holds:
 - `head.npz`: the head's base weights (the runtime-independent form trains these in numpy);
 - `head_train.pte`: the ExecuTorch training program of the head (forward and backward);
 - `head.mlmodel`: the Core ML updatable model of the head (for MLUpdateTask in an app);
+- `input_stats.npz`: for the input adapter (`edgeforge.fleet.input_adapter`), aggregates of the
+  reference (training) data only: each class's mean of each feature and each feature's
+  within-class spread; written only for a model whose one input is a flat feature vector and
+  only when reference data is given (the index's `adapter` entry says which, or why not). Every
+  form can use it: the adapter is a per-feature gain and offset applied to the input before
+  the backbone, fitted in numpy;
 - `personalize.json`: the index: the backbone's release (name, version, artifact sha256), the
   inputs, the head's layers, each form's entry (or why it could not be built), the training
   settings, and every file's sha256 (the device checks them when it loads the package).
@@ -27,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from edgeforge.errors import EdgeforgeError, first_line
@@ -44,6 +51,7 @@ DEFAULT_TRAINING = {
     "guard_z": 1.0,
     "anchor": 0.0,
     "seed": 0,
+    "adapter_pull": 10.0,  # the input adapter's pull towards the identity (fleet.personal)
 }
 
 
@@ -58,6 +66,7 @@ class PersonalizeResult:
     classes: int
     backbones: dict[str, dict[str, Any]]  # runtime -> {file, sha256} or {error}
     forms: dict[str, dict[str, Any]]  # form -> entry, or {error}
+    adapter: dict[str, Any] = field(default_factory=dict)  # {file, ...} or {reason}
     seconds: float = 0.0
     files: list[dict[str, Any]] = field(default_factory=list)
 
@@ -113,6 +122,7 @@ def personalize(
     version: int | None = None,
     artifact_sha256: str | None = None,
     training: dict[str, Any] | None = None,
+    reference: tuple[Any, Any] | None = None,
     timeout: float = 600,
     force: bool = False,
 ) -> PersonalizeResult:
@@ -121,7 +131,9 @@ def personalize(
     last layer with weights); `runtimes` the backbone's; `forms` the head's (default: all).
     `name`, `version` and `artifact_sha256` record the release the backbone belongs to
     (`release --personalize` passes the variant's; by default the name is the model's class,
-    no version, and the first verified backbone artifact's sha256)."""
+    no version, and the first verified backbone artifact's sha256). `reference` is
+    `(inputs [N, F], labels [N])` of the training data (or a sample of it): the package keeps
+    only its per-class feature means and within-class spread, for the input adapter."""
     from edgeforge._api import _names
     from edgeforge._load import load
     from edgeforge.convert import convert
@@ -151,6 +163,12 @@ def personalize(
     try:
         package = work / "package"
         package.mkdir()
+        input_specs = [
+            {"name": n, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
+            for n, t in zip(names, inputs, strict=True)
+        ]
+        # Checked before the conversion: bad reference data fails fast.
+        adapter = _input_stats(input_specs, reference, split.classes, package)
         model = load(
             split.backbone,
             inputs[0] if len(inputs) == 1 else inputs,
@@ -175,8 +193,6 @@ def personalize(
         if not verified:
             reasons = "; ".join(f"{r}: {e['error']}" for r, e in backbones.items())
             raise EdgeforgeError(f"no backbone verified ({reasons}); try --runtime onnxruntime")
-
-        import numpy as np
 
         np.savez(package / "head.npz", **split.params)
         built: dict[str, dict[str, Any]] = {}
@@ -215,15 +231,13 @@ def personalize(
         index = {
             "schema": SCHEMA,
             "release": release,
-            "inputs": [
-                {"name": n, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
-                for n, t in zip(names, inputs, strict=True)
-            ],
+            "inputs": input_specs,
             "classes": split.classes,
             "embedding_size": split.embedding_size,
             "head": {"layers": split.layers, "params": "head.npz"},
             "backbones": backbones,
             "forms": built,
+            "adapter": adapter,
             "training": settings,
             "files": files,
         }
@@ -241,6 +255,36 @@ def personalize(
         classes=split.classes,
         backbones=backbones,
         forms=built,
+        adapter=adapter,
         seconds=round(time.perf_counter() - started, 2),
         files=files,
     )
+
+
+def _input_stats(
+    inputs: list[dict[str, Any]], reference: tuple[Any, Any] | None, classes: int, package: Path
+) -> dict[str, Any]:
+    """Write `input_stats.npz` when the adapter applies and reference data is given; returns
+    the index's `adapter` entry: the file, or the reason there is none."""
+    from edgeforge.fleet.input_adapter import InputStats, applies_to
+
+    reason = applies_to(inputs)
+    if reason is not None:
+        return {"reason": reason}
+    if reference is None:
+        return {
+            "reason": "no reference data was given (personalize(..., reference=(x, y)) or "
+            "--reference FILE.npz): devices fit the head only"
+        }
+    x, y = (np.asarray(value) for value in reference)
+    features = inputs[0]["shape"][1]
+    if x.ndim != 2 or x.shape[1] != features:
+        raise EdgeforgeError(
+            f"reference inputs are {list(x.shape)}; the model takes [N, {features}]"
+        )
+    InputStats.from_data(x, y, classes).save(package / "input_stats.npz")
+    return {
+        "file": "input_stats.npz",
+        "kind": "per-feature gain and offset before the backbone, fitted on the device",
+        "reference_rows": len(y),
+    }

@@ -167,6 +167,7 @@ def main() -> None:
             "base_clean_accuracy": clean,
             "build_seconds": build.seconds,
             "forms_built": {k: "error" not in v for k, v in build.forms.items()},
+            "input_adapter": build.adapter,
             "training": package.training,
             "shifted": run_users(package, shifted, FORMS),
             "unshifted": run_users(package, plain, ("head",)),
@@ -185,10 +186,11 @@ def main() -> None:
         package = PersonalizationPackage.load(build.out)
         users = tabular_users(pool_x, pool_y, args.users, seed=3)
         results["tasks"]["tabular"] = {
-            "model": "MLP 20-64-32-6, head = the last two Linear layers",
+            "model": "MLP 20-64-32-6, head = the last two Linear layers, input adapter",
             "base_clean_accuracy": clean,
             "build_seconds": build.seconds,
             "forms_built": {k: "error" not in v for k, v in build.forms.items()},
+            "input_adapter": build.adapter,
             "training": package.training,
             "shifted": run_users(package, users, FORMS),
         }

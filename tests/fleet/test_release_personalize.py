@@ -51,10 +51,12 @@ def repo(tmp_path) -> Path:
 def test_release_ships_the_package_signed_with_the_variant_and_a_device_trains_it(
     source, repo, tmp_path, http_server, capsys
 ):
+    reference = tmp_path / "reference.npz"  # the training data, for the input adapter
+    np.savez(reference, x=user(60, seed=3)[0] * 0.5, y=user(60, seed=3)[1])
     code = cli(
         "release", source, "--repo", repo, "--name", "clf", "--variants",
         "linux-x86=onnxruntime", "--personalize", "2", "--bench-runs", "0",
-        "--canary-samples", "4", "--json",
+        "--personalize-reference", reference, "--canary-samples", "4", "--json",
     )  # fmt: skip
     answer = json.loads(capsys.readouterr().out)
     assert code == 0, answer
@@ -76,6 +78,8 @@ def test_release_ships_the_package_signed_with_the_variant_and_a_device_trains_i
     folder = package_folder(tmp_path / "out", got.index)
     assert folder == tmp_path / "out" / "personalize"
     package = PersonalizationPackage.load(folder)  # checks every file's sha256
+    # the adapter's statistics came with it: aggregates only (3 class means, 8 spreads)
+    assert package.input_stats.means.shape == (3, 8) and package.input_stats.spread.shape == (8,)
     # bound to exactly this release: a head trained on it is never applied to another
     assert package.release.to_dict() == {
         "name": "clf", "version": 1, "sha256": file_sha256(got.files["model.onnx"]),
@@ -137,6 +141,21 @@ def test_a_layer_the_model_does_not_have_is_refused_before_anything_changes(sour
     assert code == 2 and len(err.splitlines()) == 1
     assert "--personalize fc9" in err and "its layers are 0, 1, 2" in err
     assert tree(repo) == before and not (repo / "registry.db").exists()
+
+
+def test_a_reference_that_is_not_npz_arrays_is_one_line_and_nothing_changes(
+    source, repo, tmp_path, capsys
+):
+    before = tree(repo)
+    bad = tmp_path / "reference.npz"
+    bad.write_text("not an archive")
+    code = cli(
+        "release", source, "--repo", repo, "--name", "clf", "--variants",
+        "linux-x86=onnxruntime", "--personalize", "2", "--personalize-reference", bad,
+    )  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "'x'" in err and "'y'" in err
+    assert tree(repo) == before
 
 
 def test_an_onnx_source_with_personalize_is_refused(repo, tmp_path, capsys):

@@ -58,21 +58,9 @@ def add_verbs(verbs: Any) -> None:
 
 def _personalize(args: argparse.Namespace) -> int:
     from edgeforge.cli import _emit
-    from edgeforge.personalize.build import personalize
+    from edgeforge.personalize.build import personalize, read_reference
 
-    reference = None
-    if args.reference is not None:
-        import numpy as np
-
-        from edgeforge.errors import EdgeforgeError
-
-        try:
-            with np.load(args.reference, allow_pickle=False) as data:
-                reference = (data["x"], data["y"])
-        except (OSError, ValueError, KeyError) as exc:
-            raise EdgeforgeError(
-                f"--reference {args.reference}: not an .npz with arrays 'x' and 'y' ({exc})"
-            ) from None
+    reference = None if args.reference is None else read_reference(args.reference)
     result = personalize(
         args.source,
         args.out,

@@ -92,6 +92,13 @@ def add_verbs(verbs: Any) -> None:
         help="the head's trainable forms (executorch, coreml, head); the numpy head is always "
         "in; default: it plus the variant runtime's own training form",
     )
+    personal.add_argument(
+        "--personalize-reference",
+        metavar="FILE.npz",
+        help="training inputs 'x' [N, F] and labels 'y' [N] for the input adapter (a "
+        "per-feature gain and offset fitted on the device); the package keeps only per-class "
+        "feature means and within-class spread",
+    )
     _timeout_option(release, "build or retest")
     _output_options(release)  # --json, and --report: the evidence of every variant in HTML
     release.set_defaults(run=_release)
@@ -184,6 +191,7 @@ def _release(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         personalize=args.personalize,
         personalize_forms=args.personalize_form,
+        personalize_reference=args.personalize_reference,
     )
 
     def show() -> None:

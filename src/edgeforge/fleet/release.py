@@ -130,6 +130,7 @@ def release(
     timeout: float = 600,
     personalize: str | list[str] | None = None,
     personalize_forms: str | list[str] | None = None,
+    personalize_reference: str | Path | None = None,
     **load_options: Any,
 ) -> Release:
     """Release `source` as the next version of `name` in the repository `repo`, one variant
@@ -137,7 +138,9 @@ def release(
     `sources` are optimize/convert output folders to take artifacts from (`--from`).
     `personalize` names the layers of a trainable head: each variant then ships a
     personalisation package in `personalize/` (`edgeforge.personalize.release`), of the forms
-    `personalize_forms` names (default: the numpy head, plus the variant runtime's own)."""
+    `personalize_forms` names (default: the numpy head, plus the variant runtime's own);
+    `personalize_reference` (an .npz of training inputs 'x' and labels 'y') gives the package
+    the statistics of the input adapter (`edgeforge.fleet.input_adapter`)."""
     from edgeforge._load import load
     from edgeforge.fleet.evidence import gather, parse_limits, parse_variants
     from edgeforge.fleet.registry import check_name
@@ -159,6 +162,16 @@ def release(
     _check_db(db)
     layers: list[str] | None = None
     forms: list[str] | None = None
+    reference = None
+    if personalize_reference is not None:
+        if personalize is None:
+            raise EdgeforgeError(
+                "--personalize-reference needs --personalize LAYERS (it is the input "
+                "adapter's data for the personalisation package)"
+            )
+        from edgeforge.personalize.build import read_reference
+
+        reference = read_reference(Path(personalize_reference))
     if personalize is not None:  # bad layers or a source without layers: exit 2, nothing done
         from edgeforge.personalize import release as personal
 
@@ -205,6 +218,7 @@ def release(
                 name=name,
                 timeout=timeout,
                 example_inputs=load_options.get("example_inputs"),
+                reference=reference,
             )
             for variant in result.variants:
                 variant["personalize"] = packages[variant["device_class"]].summary()

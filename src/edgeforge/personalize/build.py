@@ -109,6 +109,19 @@ def _source(source: Any, example_inputs: Any) -> tuple[torch.nn.Module, tuple, d
     return module, tuple(inputs), dict(options)
 
 
+def read_reference(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The input adapter's reference data from an .npz with arrays 'x' [N, F] and 'y' [N]
+    (`--reference`, `release --personalize-reference`); never unpickled."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return data["x"], data["y"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise EdgeforgeError(
+            f"{path}: not an .npz with arrays 'x' (inputs [N, F]) and 'y' (labels [N]): "
+            f"{first_line(exc)}"
+        ) from None
+
+
 def personalize(
     source: Any,
     out: str | Path,

@@ -129,6 +129,7 @@ def build(
     name: str,
     timeout: float = 600,
     example_inputs: Any = None,
+    reference: tuple[Any, Any] | None = None,
 ) -> dict[str, Outcome]:
     """One package per backbone runtime, for the variants `runtimes` ({class: runtime});
     returns each class's outcome (a package folder or why it has none)."""
@@ -156,6 +157,7 @@ def build(
                     forms=chosen,
                     example_inputs=example_inputs,
                     name=name,
+                    reference=reference,
                     timeout=timeout,
                 )
             except EdgeforgeError as exc:

@@ -84,8 +84,12 @@ def test_demo_builds_its_model_and_says_where_the_report_is(tmp_path):
     assert len(data["estimate"]) == 3
     assert data["bench"]["latency_ms"]["p50"] > 0
     assert data["inspect"]["macs"] > 0
-    accuracy = data["demo"]["facts"]["test accuracy (torch)"]
-    assert float(accuracy.split("%")[0]) > 90
+    facts = data["demo"]["facts"]
+    assert float(facts["test accuracy (torch)"].split("%")[0]) > 90
+    # shipped: released for two device classes, the Raspberry Pi's variant fetched back verified
+    assert facts["release"].startswith("RELEASED") and "raspberry-pi-4" in facts["fetched"]
+    fetched = {p.name for p in (tmp_path / "demo" / "fleet" / "device" / "digits").iterdir()}
+    assert fetched >= {"variant.json", "model.onnx", "canary.npz"}
 
 
 def test_estimate_on_several_devices(digits_model):

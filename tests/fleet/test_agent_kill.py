@@ -111,7 +111,11 @@ def test_hundred_kills_at_random_moments(tmp_path, server, repo):
     kills = 0
     seen: dict[str, int] = {}  # journal state at the moment of each kill
     version = 1
-    for _ in range(100):
+    # A hundred runs cut about 55 short; a loaded machine slows the agent's start and cuts
+    # fewer, so it runs on (to 160) until 55 were killed.
+    for _ in range(160):
+        if kills >= 55:
+            break
         # Always some work: once the agent runs what it was told, tell it another version
         # (downloaded unless the other slot holds it), now and then as a rollback directive.
         status = Agent(state).status()

@@ -330,17 +330,6 @@ def test_concurrent_releases_are_serialised_by_the_lock(tiny, repo):
     assert view["models"][0]["versions"] == [1, 2]
 
 
-def test_demo_ships_two_classes_and_fetches_one_back(tiny, tmp_path):
-    from edgeforge.demo import ship
-
-    source, data = tiny
-    facts = ship(source, data, tmp_path / "fleet")
-    assert facts["release"].startswith("RELEASED") and "raspberry-pi-4" in facts["fetched"]
-    fetched = tmp_path / "fleet" / "device" / "digits"
-    assert {p.name for p in fetched.iterdir()} >= {"variant.json", "model.onnx", "canary.npz"}
-    assert ship(source, data, tmp_path / "fleet")["release"].startswith("RELEASED")  # a re-run
-
-
 def test_a_publish_that_fails_rolls_the_registry_back(tiny, repo, monkeypatch):
     """Fault injected at the seam: the repository cannot publish (a full disk). The registry's
     transaction, opened before publishing, must not commit the version."""

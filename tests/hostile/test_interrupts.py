@@ -105,7 +105,7 @@ def test_interrupted_convert_ends_children_and_browser(tmp_path: Path, signum, c
     model = _save(graph, tmp_path / "m.onnx")
     argv = ["convert", str(model), "--to", "web,onnxruntime", "--out", str(tmp_path / "out")]
     returncode, err, alive = _interrupt(argv, signum, _has(b"edgeforge-web-"), tmp_path)
-    assert returncode == code
+    assert returncode == code, err
     assert err.count("\n") == 1 and err.startswith("edgeforge: interrupted"), err
     assert alive == set(), "a child, grandchild or browser survived"
     for manifest in (tmp_path / "out").glob("*/manifest.json"):

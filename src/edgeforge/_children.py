@@ -162,16 +162,31 @@ def _end(processes: list[Any], grace: float = 3.0) -> None:
         for process in processes:
             _signal_group(process.pid, signal.SIGKILL)
             process.join(1)
-        for pid in _orphans():
-            with contextlib.suppress(OSError):
-                if os.getpgid(pid) == pid:  # a browser leads its own session: end its helpers
-                    os.killpg(pid, signal.SIGKILL)
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-            with contextlib.suppress(OSError):
-                os.waitpid(pid, 0)
+        # A killed child's own children reach this subreaper only as the kernel re-parents
+        # them (a browser's helpers a little later than the browser), so look more than once.
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < _ORPHAN_QUIET:
+            orphans = _orphans()
+            if orphans:
+                quiet_since = time.monotonic()
+            for pid in orphans:
+                _kill_orphan(pid)
+            time.sleep(0.05)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+_ORPHAN_QUIET = 0.3  # seconds without a new orphan before `_end` stops looking
+
+
+def _kill_orphan(pid: int) -> None:
+    with contextlib.suppress(OSError):
+        if os.getpgid(pid) == pid:  # a browser leads its own session: end its helpers
+            os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(OSError):
+        os.waitpid(pid, 0)
 
 
 def _signal_group(pid: int | None, signum: int) -> None:

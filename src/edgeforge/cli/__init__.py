@@ -1057,9 +1057,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = raise_on_sigterm()
     try:
         return _main(argv)
+    except (KeyboardInterrupt, Interrupted) as exc:  # arrived outside the verb's own handler
+        return _interrupted(exc)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted(exc: BaseException) -> int:
+    """The one line an interrupt ends with, and its exit code (128 + the signal)."""
+    signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+    name = signal.Signals(signum).name
+    print(f"edgeforge: interrupted ({name}); every process it started was ended", file=sys.stderr)
+    return 128 + signum
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -1095,12 +1105,7 @@ def _main(argv: Sequence[str] | None) -> int:
             raise
         return _bad_input(args, exc)
     except (KeyboardInterrupt, Interrupted) as exc:
-        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
-        name = signal.Signals(signum).name
-        print(
-            f"edgeforge: interrupted ({name}); every process it started was ended", file=sys.stderr
-        )
-        return 128 + signum
+        return _interrupted(exc)
     except OSError as exc:
         error = file_system_error(exc)
         if error is None or args.debug:

@@ -106,9 +106,7 @@ def test_attention_products_take_the_batched_matmul_class_when_it_is_fitted(tmp_
         [_value("y", [4, 16, 16])],
     )
     fast = _entry(memory_efficiency=1e6)
-    slow = _entry(
-        compute_efficiency={"matmul": 1.0, "matmul_batched": 0.5}, memory_efficiency=1e6
-    )
+    slow = _entry(compute_efficiency={"matmul": 1.0, "matmul_batched": 0.5}, memory_efficiency=1e6)
     # Published-row entries have no such class: the MatMul keeps the matmul efficiency.
     assert _layers(path, slow)["scores"].ms == pytest.approx(2 * _layers(path, fast)["scores"].ms)
 

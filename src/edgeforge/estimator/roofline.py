@@ -46,6 +46,7 @@ can rely on:
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import re
 from collections.abc import Mapping
@@ -585,7 +586,7 @@ def _memory_efficiency(entry: FactorEntry, stream_bytes: float) -> float:
         return entry.memory_efficiency
     if stream_bytes <= points[0][0]:
         return points[0][1]
-    for (low, low_eff), (high, high_eff) in zip(points, points[1:], strict=False):
+    for (low, low_eff), (high, high_eff) in itertools.pairwise(points):
         if stream_bytes <= high:
             t = math.log(stream_bytes / low) / math.log(high / low)
             return math.exp(math.log(low_eff) + t * math.log(high_eff / low_eff))

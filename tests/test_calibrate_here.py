@@ -83,7 +83,7 @@ def test_the_fit_recovers_the_efficiencies_that_made_the_times(tmp_path):
     and attention-product ones only if it reads each case's graph (the residual Add runs inside
     the norm; two activations make a batched MatMul) while the files are still there."""
     truth = {kind: 0.05 * (index + 1) for index, kind in enumerate(COMPUTE_CLASSES)}
-    overhead, peak, bandwidth = 0.002, 100.0, 20.0
+    overhead, peak, bandwidth = 0.0005, 100.0, 20.0
     made = FactorEntry("*", "*", "*", truth, 1.0, 1.0, overhead, 1.0, 1.0)
     measured = []
     for index, case in enumerate(cases(quick=True)):

@@ -61,6 +61,7 @@ class Case:
     kind: str  # a cost class (`COMPUTE_CLASSES`), "memory", or "overhead..."
     build: Callable[[], tuple[onnx.ModelProto, dict[str, np.ndarray]]]
     repeat: int = 1  # identical layers in a row (conv cases come as a lone one and a row)
+    op: str = ""  # the one op it runs, where a class's ops differ enough to get their own figure
 
 
 @dataclass
@@ -86,9 +87,9 @@ class HereCalibration:
         }
 
 
-def _model(nodes, inputs, outputs, initializers) -> onnx.ModelProto:
+def _model(nodes, inputs, outputs, initializers, opset: int = 17) -> onnx.ModelProto:
     graph = helper.make_graph(nodes, "micro", inputs, outputs, initializers)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
 def _value(name: str, shape: list[int]) -> onnx.ValueInfoProto:
@@ -106,6 +107,7 @@ def _single(
     inputs: dict[str, list[int]],
     output: list[int],
     weights: dict[str, np.ndarray] | None = None,
+    opset: int = 17,
     **attributes: Any,
 ) -> Case:
     """A one-node graph: `inputs` fed at run time, `weights` stored as initializers."""
@@ -120,11 +122,12 @@ def _single(
             [_value(key, shape) for key, shape in inputs.items()],
             [_value("y", output)],
             list(stored.values()),
+            opset,
         )
         feeds = {key: _random(tuple(shape), i) for i, (key, shape) in enumerate(inputs.items())}
         return model, feeds
 
-    return Case(name, kind, build)
+    return Case(name, kind, build, op=op)
 
 
 def _matmul(m: int, k: int, n: int) -> Case:
@@ -221,9 +224,38 @@ def _recurrent(op: str, steps: int, features: int, hidden: int) -> Case:
     )
 
 
-def _unary(op: str, kind: str, shape: list[int], output: list[int] | None = None, **attrs) -> Case:
+def _unary(
+    op: str, kind: str, shape: list[int], output: list[int] | None = None, **attrs: Any
+) -> Case:
     label = "x".join(map(str, shape))
     return _single(f"{op} {label}", kind, op, {"x": shape}, output or shape, **attrs)
+
+
+def _where(heads: int, tokens: int) -> Case:
+    """Attention's masking: a boolean mask broadcast over the heads picks 0 or the scores."""
+    shape = [1, heads, tokens, tokens]
+
+    def build():
+        zero = numpy_helper.from_array(np.zeros((), np.float32), "zero")
+        node = helper.make_node("Where", ["mask", "zero", "x"], ["y"], name="where")
+        mask = helper.make_tensor_value_info("mask", TensorProto.BOOL, [1, 1, tokens, tokens])
+        model = _model([node], [mask, _value("x", shape)], [_value("y", shape)], [zero])
+        feeds = {"mask": _random((1, 1, tokens, tokens)) > 1.0, "x": _random(tuple(shape))}
+        return model, feeds
+
+    return Case(f"Where {'x'.join(map(str, shape))}", "elementwise", build, op="Where")
+
+
+def _concat(channels: int, size: int) -> Case:
+    shape = [1, channels, size, size]
+
+    def build():
+        node = helper.make_node("Concat", ["a", "b"], ["y"], name="concat", axis=1)
+        output = [1, 2 * channels, size, size]
+        model = _model([node], [_value("a", shape), _value("b", shape)], [_value("y", output)], [])
+        return model, {"a": _random(tuple(shape)), "b": _random(tuple(shape), 1)}
+
+    return Case(f"Concat 2x{channels}ch {size}x{size}", "data movement", build, op="Concat")
 
 
 def _scale(channels: int, size: int) -> Case:
@@ -320,6 +352,8 @@ def cases(quick: bool = False) -> list[Case]:
             _layer_norm(64, 128, False),
             _layer_norm(64, 128, True),
             _unary("Sigmoid", "elementwise", [1, 32, 28, 28]),
+            _where(4, 32),
+            _unary("Transpose", "data movement", [1, 32, 4, 16], [1, 4, 32, 16], perm=[0, 2, 1, 3]),
             _unary("MaxPool", "pooling", [1, 32, 56, 56], [1, 32, 28, 28], **pool),
             _unary("ReduceMean", "reduction", [1, 64, 14, 14], [1, 64, 1, 1], axes=[2, 3]),
         ]
@@ -354,6 +388,14 @@ def cases(quick: bool = False) -> list[Case]:
             for skip in (False, True)
         ),
         *(_unary(op, "elementwise", image) for op in ("Sigmoid", "HardSwish", "Relu", "Erf")),
+        *(_unary("Gelu", "elementwise", [1, t, 1536], opset=20) for t in (64, 128)),
+        *(_where(12, t) for t in (64, 128)),
+        *(
+            _unary("Transpose", "data movement", [1, t, 12, 32], [1, 12, t, 32], perm=[0, 2, 1, 3])
+            for t in (64, 128)
+        ),
+        _concat(58, 28),
+        _concat(64, 56),
         _scale(96, 56),
         _scale(480, 14),
         _unary("MaxPool", "pooling", [1, 64, 112, 112], [1, 64, 56, 56], **pool),
@@ -398,6 +440,9 @@ COMPUTE_CLASSES = (
     "pooling",
     "reduction",
 )
+
+
+_PER_OP_CLASSES = ("elementwise", "softmax", "pooling", "reduction")
 
 
 def _unit_entry(block: int = 0) -> FactorEntry:
@@ -561,14 +606,31 @@ def _fit(
             work = sum(layer.ms for layer in layers) - overheads
             if case.name in per_layer:
                 own = per_layer[case.name] - overhead
-                ratios.append(work / case.repeat / max(own, 0.1 * ms / case.repeat))
+                ratios.append(work / case.repeat / max(own, 0.05 * ms / case.repeat))
                 continue
             copies = _roofline_total(profile, with_copies, 1e12, bandwidth) - _roofline_total(
                 profile, unit, 1e12, bandwidth
             )
-            ratios.append(work / max(ms - overheads - copies, 0.1 * ms))
+            ratios.append(work / max(ms - overheads - copies, 0.05 * ms))
         if ratios:
             efficiency[kind] = _geomean_median(ratios)
+    # Ops of the lighter classes differ a lot (a Where or an Erf is slower than a Relu): each op
+    # measured alone also gets its own figure, which the roofline prefers to its class's.
+    by_op: dict[str, list[float]] = {}
+    for case, ms, profile in measured:
+        if case.op and case.kind in _PER_OP_CLASSES:
+            work = _roofline_total(profile, _unit_entry(), peak, None)
+            by_op.setdefault(case.op, []).append(work / max(ms - overhead, 0.05 * ms))
+    efficiency.update({op: _geomean_median(ratios) for op, ratios in by_op.items()})
+    # A data movement op's fixed cost: its measured time less its memory time.
+    moves: dict[str, list[float]] = {}
+    for case, ms, profile in measured:
+        if case.kind == "data movement" and case.op:
+            memory = _roofline_total(
+                profile, dataclasses.replace(unit, layer_overhead_ms=0.0), peak, bandwidth
+            )
+            moves.setdefault(case.op, []).append(max(ms - memory, 0.0))
+    class_overhead.update({op: statistics.median(times) for op, times in moves.items()})
     matmul = efficiency["matmul"]
     efficiency.setdefault("attention", matmul * PRIORS["attention"] / PRIORS["matmul"])
     efficiency.setdefault("recurrent", matmul * PRIORS["recurrent"] / PRIORS["matmul"])

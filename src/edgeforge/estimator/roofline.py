@@ -529,8 +529,12 @@ def roofline_ms(
     reorders = roles.reorders_by_block.get(entry.nchwc_block, {})
     layers: list[LayerTime] = []
     for index, (node, share) in enumerate(zip(profile.nodes, implied, strict=True)):
-        kind = roles.kinds.get(index, node.category)
-        overhead = entry.class_overhead_ms.get(kind, entry.class_overhead_ms.get(node.category))
+        # Most specific first: the node's role in its graph, its op (figures `calibrate
+        # --here` measured for one op), its category.
+        keys = [key for key in (roles.kinds.get(index), node.op_type, node.category) if key]
+        overhead = next(
+            (entry.class_overhead_ms[k] for k in keys if k in entry.class_overhead_ms), None
+        )
         if overhead is None:
             overhead = 0.0 if node.category in _NO_OVERHEAD else entry.layer_overhead_ms
         reorder_ms = 0.0
@@ -551,25 +555,29 @@ def roofline_ms(
         moved = int((weights + activations) * size)
         compute_s = 0.0
         if node.flops > 0:
-            efficiency = entry.compute_efficiency.get(
-                kind, entry.compute_efficiency.get(node.category, entry.default_compute)
+            efficiency = next(
+                (entry.compute_efficiency[k] for k in keys if k in entry.compute_efficiency),
+                entry.default_compute,
             )
             compute_s = node.flops / (peak_gops * 1e9 * efficiency)
-        memory_s = 0.0
+        memory_s = streamed_s = 0.0
         if bandwidth_gbps and node.category != "not counted":
-            if entry.memory_curve:  # weights stream past all the model's others; tensors not
+            if entry.memory_curve:
+                # Tensors at the speed of their own size's stream (caches); weights at that of
+                # all the model's weights, as they all pass between two reads of one, and
+                # after the compute (a small batch does not hide them behind it).
                 read = weights * size
-                memory_s = (
-                    read / _memory_efficiency(entry, weight_elements * size)
-                    + (moved - read) / _memory_efficiency(entry, moved - read)
-                ) / (bandwidth_gbps * 1e9)
+                memory_s = (moved - read) / _memory_efficiency(entry, moved - read)
+                memory_s /= bandwidth_gbps * 1e9
+                streamed_s = read / _memory_efficiency(entry, weight_elements * size)
+                streamed_s /= bandwidth_gbps * 1e9
             else:
                 memory_s = moved / (bandwidth_gbps * 1e9 * entry.memory_efficiency)
-        if compute_s == 0.0 and memory_s == 0.0:
+        if compute_s == 0.0 and memory_s + streamed_s == 0.0:
             bound = "overhead"
         else:
-            bound = "compute" if compute_s >= memory_s else "memory"
-        ms = max(compute_s, memory_s) * 1e3 + overhead + reorder_ms
+            bound = "compute" if compute_s >= memory_s + streamed_s else "memory"
+        ms = (max(compute_s, memory_s) + streamed_s) * 1e3 + overhead + reorder_ms
         layers.append(
             LayerTime(
                 node.name, node.op_type, node.category, ms, bound, overhead, node.flops, moved

@@ -103,9 +103,12 @@ class FactorEntry:
     # Set by `calibrate --here` alone: a per-node overhead by cost class (classes absent pay
     # `layer_overhead_ms`, data movement nothing), the memory efficiency by the bytes a stream
     # moves (caches: (bytes, efficiency) points; empty: `memory_efficiency` for any size), and
-    # ONNX Runtime's NCHWc channel block on this CPU (0: no layout reorders costed).
+    # a multiplier on the memory time of the data movement ops it measured (a Transpose's
+    # strided copy is slower than a stream), and ONNX Runtime's NCHWc channel block on this
+    # CPU (0: no layout reorders costed).
     class_overhead_ms: Mapping[str, float] = field(default_factory=dict)
     memory_curve: tuple[tuple[float, float], ...] = ()
+    memory_scale: Mapping[str, float] = field(default_factory=dict)
     nchwc_block: int = 0
 
     @classmethod
@@ -149,6 +152,7 @@ class FactorEntry:
                 else {}
             ),
             **({"memory_curve": [list(p) for p in self.memory_curve]} if self.memory_curve else {}),
+            **({"memory_scale": dict(self.memory_scale)} if self.memory_scale else {}),
             **({"nchwc_block": self.nchwc_block} if self.nchwc_block else {}),
         }
 
@@ -170,6 +174,7 @@ class FactorEntry:
                 (float(size), float(efficiency))
                 for size, efficiency in data.get("memory_curve", ())
             ),
+            memory_scale=dict(data.get("memory_scale", {})),
             nchwc_block=int(data.get("nchwc_block", 0)),
         )
 

@@ -622,15 +622,17 @@ def _fit(
             work = _roofline_total(profile, _unit_entry(), peak, None)
             by_op.setdefault(case.op, []).append(work / max(ms - overhead, 0.05 * ms))
     efficiency.update({op: _geomean_median(ratios) for op, ratios in by_op.items()})
-    # A data movement op's fixed cost: its measured time less its memory time.
+    # A data movement op's memory time, as measured (less the fixed cost of its class) over the
+    # roofline's.
     moves: dict[str, list[float]] = {}
     for case, ms, profile in measured:
         if case.kind == "data movement" and case.op:
-            memory = _roofline_total(
+            stream = _roofline_total(
                 profile, dataclasses.replace(unit, layer_overhead_ms=0.0), peak, bandwidth
             )
-            moves.setdefault(case.op, []).append(max(ms - memory, 0.0))
-    class_overhead.update({op: statistics.median(times) for op, times in moves.items()})
+            spent = ms - class_overhead.get("data movement", 0.0)
+            moves.setdefault(case.op, []).append(max(spent, 0.05 * ms) / stream)
+    memory_scale = {op: _geomean_median(ratios) for op, ratios in moves.items()}
     matmul = efficiency["matmul"]
     efficiency.setdefault("attention", matmul * PRIORS["attention"] / PRIORS["matmul"])
     efficiency.setdefault("recurrent", matmul * PRIORS["recurrent"] / PRIORS["matmul"])
@@ -646,6 +648,7 @@ def _fit(
         band_high=1.0,
         class_overhead_ms=class_overhead,
         memory_curve=tuple(curve),
+        memory_scale=memory_scale,
         nchwc_block=block,
     )
     return entry, bandwidth

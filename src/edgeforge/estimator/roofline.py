@@ -37,7 +37,9 @@ can rely on:
   output is no larger than that conv/matmul's; the chain may take in one more activation (a
   residual Add). A binary op joining an elementwise op's output (read by it alone) with that op's
   own input, as x * sigmoid(x) does, fuses too.
-- Views (`_VIEWS`: Reshape, Squeeze, Flatten, Shape...) move no data and cost nothing.
+- Views (`_VIEWS`: Reshape, Squeeze, Flatten, Shape...) move no data and cost nothing; nor do
+  nodes whose inputs are all known when the graph loads (weights, constants, static shapes):
+  runtimes fold them into constants.
 - Bytes are at the estimate's precision: 4 per element for fp32, 2 for fp16, 1 for int8.
 - `threads`, when given for a CPU, scales its peak by threads / cores (cores read from the unit's
   name); nothing else uses it.
@@ -325,6 +327,7 @@ class _GraphRoles:
     fused: frozenset[int]
     kinds: Mapping[int, str] = field(default_factory=dict)
     lookup_elements: int = 0
+    folded: frozenset[int] = frozenset()
     reorders_by_block: Mapping[int, Mapping[int, int]] = field(default_factory=dict)
 
 
@@ -443,12 +446,19 @@ def _roles_of_file(
             if name in node.input
         )
     }
+    known = set(constants)
+    folded = set()
+    for index, node in enumerate(graph.node):
+        if node.op_type == "Shape" or all(name in known for name in node.input if name):
+            known.update(node.output)  # shapes are static once `inspect` pins the inputs
+            folded.add(index)
     return _GraphRoles(
         frozenset(depthwise),
         frozenset(fused),
         kinds,
         sum(math.prod(dims[name]) for name in gathered),
         {block: _reorders(graph, constants, nodes, block) for block in (8, 16)},
+        frozenset(folded),
     )
 
 
@@ -542,7 +552,7 @@ def roofline_ms(
             copied = 2 * reorders[index] * size
             moved_s = copied / (bandwidth_gbps * 1e9 * _memory_efficiency(entry, copied))
             reorder_ms = moved_s * 1e3 + entry.layer_overhead_ms
-        if index in roles.fused or node.op_type in _VIEWS:
+        if index in roles.fused or index in roles.folded or node.op_type in _VIEWS:
             bound = "fused" if index in roles.fused else "view"
             layers.append(
                 LayerTime(
@@ -573,6 +583,7 @@ def roofline_ms(
                 streamed_s /= bandwidth_gbps * 1e9
             else:
                 memory_s = moved / (bandwidth_gbps * 1e9 * entry.memory_efficiency)
+            memory_s *= next((entry.memory_scale[k] for k in keys if k in entry.memory_scale), 1.0)
         if compute_s == 0.0 and memory_s + streamed_s == 0.0:
             bound = "overhead"
         else:

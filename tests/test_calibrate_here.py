@@ -94,7 +94,7 @@ def test_the_fit_recovers_the_efficiencies_that_made_the_times(tmp_path):
         if case.kind.startswith("overhead"):
             ms = _CHAIN * overhead
         else:
-            memory = case.kind == "memory"
+            memory = case.kind in ("memory", "data movement")
             layers = roofline_ms(
                 profile,
                 made,

@@ -631,7 +631,8 @@ def _fit(
                 profile, dataclasses.replace(unit, layer_overhead_ms=0.0), peak, bandwidth
             )
             spent = ms - class_overhead.get("data movement", 0.0)
-            moves.setdefault(case.op, []).append(max(spent, 0.05 * ms) / stream)
+            if stream > 0 and ms > 0:
+                moves.setdefault(case.op, []).append(max(spent, 0.05 * ms) / stream)
     memory_scale = {op: _geomean_median(ratios) for op, ratios in moves.items()}
     matmul = efficiency["matmul"]
     efficiency.setdefault("attention", matmul * PRIORS["attention"] / PRIORS["matmul"])

@@ -453,12 +453,12 @@ def _roles_of_file(
             known.update(node.output)  # shapes are static once `inspect` pins the inputs
             folded.add(index)
     return _GraphRoles(
-        frozenset(depthwise),
-        frozenset(fused),
-        kinds,
-        sum(math.prod(dims[name]) for name in gathered),
-        {block: _reorders(graph, constants, nodes, block) for block in (8, 16)},
-        frozenset(folded),
+        depthwise=frozenset(depthwise),
+        fused=frozenset(fused),
+        kinds=kinds,
+        lookup_elements=sum(math.prod(dims[name]) for name in gathered),
+        folded=frozenset(folded),
+        reorders_by_block={block: _reorders(graph, constants, nodes, block) for block in (8, 16)},
     )
 
 

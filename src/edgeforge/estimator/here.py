@@ -462,16 +462,27 @@ def _unit_entry(block: int = 0) -> FactorEntry:
 
 
 def nchwc_block() -> int:
-    """The channel block of ONNX Runtime's NCHWc layout on this CPU (its MLAS kernels: 16
-    floats with AVX-512, 8 with AVX2 on x86); 0 where the layout is not used."""
-    from edgeforge.devices._this_machine import read_host_facts
+    """The channel block of ONNX Runtime's NCHWc layout on this CPU, as ONNX Runtime itself
+    lays out a conv of 8 and then one of 16 output channels (its MLAS kernels block by 8 or 16
+    floats, by CPU); 0 where it blocks neither (the layout is not used)."""
+    import onnxruntime as ort
 
-    facts = read_host_facts()
-    if facts.machine.lower() not in ("x86_64", "amd64"):
-        return 0
-    if "avx512f" in facts.flags:
-        return 16
-    return 8 if "avx2" in facts.flags else 0
+    with tempfile.TemporaryDirectory(prefix="edgeforge-nchwc-") as scratch:
+        for block in (8, 16):
+            weight = numpy_helper.from_array(_random((block, block, 3, 3)), "w")
+            conv = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])
+            shape = [1, block, 8, 8]
+            model = _model([conv], [_value("x", shape)], [_value("y", shape)], [weight])
+            options = ort.SessionOptions()
+            options.optimized_model_filepath = str(Path(scratch) / f"conv{block}.onnx")
+            options.log_severity_level = 3  # its warning that the saved graph is CPU-specific
+            ort.InferenceSession(
+                model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+            )
+            optimized = onnx.load(options.optimized_model_filepath)
+            if any(node.domain.endswith("nchwc") for node in optimized.graph.node):
+                return block
+    return 0
 
 
 def _geomean_median(values: list[float]) -> float:

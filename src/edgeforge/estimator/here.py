@@ -1,21 +1,34 @@
 """`calibrate --here`: fit this machine's factors from micro-benchmarks it runs.
 
-What it runs (ONNX Runtime, its default threads, one graph per case, built with onnx.helper):
-- MatMul of square matrices, Conv 3x3 and depthwise Conv 3x3 across sizes (compute);
-- Add of two tensors across sizes, from cache-resident (1 MB each) to far past the caches
-  (memory: the largest gives the bandwidth of main memory);
-- a chain of tiny MatMuls (the fixed cost of one layer).
+What it runs (ONNX Runtime, the threads asked for, else its default as `bench` uses; one small
+graph per case, built with onnx.helper, never a model of the zoo): for every cost class the
+roofline tells apart, layers at sizes sampled across the range real layers have -- MatMul
+(square, transformer-shaped, a classifier head), attention's activation-by-activation
+MatMuls, Conv 3x3 / 1x1 / strided / 7x7 stem, depthwise 3x3 / 5x5 / strided (each conv that
+keeps its shape alone and four in a row), LSTM and GRU, Softmax, LayerNorm with and without a
+residual Add before it, elementwise ops (Sigmoid, HardSwish, Relu, Erf, Gelu, Where, a
+channel-broadcast Mul), pooling, ReduceMean, Transpose and Concat; Adds of two tensors from
+cache-resident to far past the caches; chains of 64 tiny MatMuls and of 64 tiny Concats.
 
 How it fits (what a caller can rely on):
+- layer overhead = the tiny MatMul chain's time / 64; the data movement classes' own fixed
+  cost = the Concat chain's time / 64;
 - bandwidth = bytes the largest Add truly moves (two reads, one write) / its time; it becomes
-  `this-machine`'s memory bandwidth, tagged "measured";
-- layer overhead = the tiny chain's time / its length;
-- each efficiency is the roofline's own time at efficiency 1 (with the estimator's own byte and
-  FLOP accounting) over the measured time less the overhead, median over a class's sizes:
-  conv, conv_depthwise and matmul are measured; attention, recurrent and the rest keep their
-  prior ratio to matmul (`calibration.PRIORS`); memory efficiency comes from the Adds, median
-  over their sizes, so it is above 1 where caches beat main memory (a layer's tensors mostly fit
-  them);
+  `this-machine`'s memory bandwidth, tagged "measured"; the memory efficiency is a curve over
+  stream sizes (each Add's roofline time over its measured time), so that a layer whose
+  tensors fit the caches is priced at cache speed, and weights at the speed of a stream as long
+  as all the model's weights;
+- each class's compute efficiency = the roofline's compute time at efficiency 1 (with the
+  estimator's own FLOP accounting, the graph read for depthwise, fused and skip-norm nodes)
+  over the measured time less the overheads, median (log space) over the class's cases; a
+  conv's own time is the difference between its row of four and its lone run, which removes
+  the layout copies ONNX Runtime adds at a graph's NCHW ends; lone convs have those copies,
+  costed as memory moves, taken off; ops of the light classes measured alone also get their
+  own figure (a Where is slower than a Relu), which the roofline prefers; data movement ops get
+  a multiplier on their memory time;
+- the NCHWc channel block is read from ONNX Runtime's own layout of a small conv; the roofline
+  then costs the copies where a blocked conv meets an op that is not blocked;
+- attention and recurrent classes without cases keep their prior ratio to matmul;
 - the band is the spread of measured / predicted over every case (at least 0.8-1.25: whole
   models are less regular than single layers).
 

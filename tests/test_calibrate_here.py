@@ -115,3 +115,9 @@ def test_calibration_reads_each_case_graph_while_it_fits(calibrated):
     # the case's graph file says) and the only case of its class: the fit reproduces its time.
     (row,) = [case for case in calibrated.cases if case["kind"] == "normalization_skip"]
     assert row["predicted_ms"] == pytest.approx(row["measured_ms"], rel=1e-6)
+
+
+def test_the_nchwc_block_is_what_onnx_runtime_lays_out_here():
+    from edgeforge.estimator.here import nchwc_block
+
+    assert nchwc_block() in (0, 8, 16)

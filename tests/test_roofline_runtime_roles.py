@@ -152,3 +152,22 @@ def test_a_memory_curve_prices_small_streams_at_cache_speed(tmp_path):
     # 8 KB moved: between the curve's points, log-log: 4 ** (1 - log(8192/1e3)/log(1e6)).
     efficiency = 4.0 ** (1 - np.log(8192 / 1e3) / np.log(1e6))
     assert curve["relu"].ms == pytest.approx(flat["relu"].ms / efficiency)
+
+
+def test_nodes_whose_inputs_are_all_known_at_load_are_folded(tmp_path):
+    # Slicing a stored weight happens once, when the graph loads; the MatMul it feeds runs.
+    weight = numpy_helper.from_array(np.zeros((64, 64), np.float32), "w")
+    bounds = [numpy_helper.from_array(np.array([v], np.int64), n) for n, v in (("s", 0), ("e", 32))]
+    path = save_graph(
+        tmp_path / "folded.onnx",
+        [
+            helper.make_node("Slice", ["w", "s", "e"], ["half"], name="slice"),
+            helper.make_node("MatMul", ["x", "half"], ["y"], name="mm"),
+        ],
+        [_value("x", [1, 32])],
+        [_value("y", [1, 64])],
+        [weight, *bounds],
+    )
+    layers = _layers(path, _entry(layer_overhead_ms=0.001))
+    assert layers["slice"].ms == 0.0 and layers["slice"].bound == "view"
+    assert layers["mm"].ms > 0.001

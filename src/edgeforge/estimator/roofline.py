@@ -396,6 +396,13 @@ def _roles_of_file(
     for output in graph.output:
         consumers[output.name] = consumers.get(output.name, 0) + 1
 
+    known = set(constants)  # values known when the graph loads, and the nodes folded into them
+    folded = set()
+    for index, node in enumerate(graph.node):
+        if node.op_type == "Shape" or all(name in known for name in node.input if name):
+            known.update(node.output)  # shapes are static once `inspect` pins the inputs
+            folded.add(index)
+
     depthwise, fused = set(), set()
     kinds: dict[int, str] = {}
     # tensor -> (whether the chain that made it, a conv/matmul and what was fused into it, has
@@ -409,7 +416,7 @@ def _roles_of_file(
         if group > 1 and weight is not None and len(weight) > 1 and weight[1] == 1:
             depthwise.add(index)
             kinds[index] = "conv_depthwise"
-        if node.op_type == "MatMul" and not constants.intersection(node.input):
+        if node.op_type == "MatMul" and not known.intersection(node.input):
             kinds[index] = "matmul_batched"  # two activations: attention's products
         if node.op_type == "LayerNormalization" and node.input[0] in producer:
             before = producer[node.input[0]]
@@ -446,12 +453,6 @@ def _roles_of_file(
             if name in node.input
         )
     }
-    known = set(constants)
-    folded = set()
-    for index, node in enumerate(graph.node):
-        if node.op_type == "Shape" or all(name in known for name in node.input if name):
-            known.update(node.output)  # shapes are static once `inspect` pins the inputs
-            folded.add(index)
     return _GraphRoles(
         depthwise=frozenset(depthwise),
         fused=frozenset(fused),

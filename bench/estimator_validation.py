@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 from pathlib import Path
 
@@ -86,6 +87,7 @@ def this_machine(recalibrate: bool = False) -> dict:
     from edgeforge.devices._this_machine import this_machine as host_device
     from edgeforge.estimator.here import calibrate_here
 
+    load_before = os.getloadavg()
     if recalibrate or read_calibration() is None:
         print("calibrating this machine (edgeforge calibrate --here)...")
         calibrate_here()
@@ -117,6 +119,9 @@ def this_machine(recalibrate: bool = False) -> dict:
         )
     return {
         "rows": rows,
+        # the host's 1/5/15-minute load averages: timings on a busy machine are not comparable
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
         "median_abs_pct_error": 100 * statistics.median(errors),
         "within_20pct": sum(e <= 0.20 for e in errors) / len(errors),
         "within_25pct": sum(e <= 0.25 for e in errors) / len(errors),

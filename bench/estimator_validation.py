@@ -23,7 +23,7 @@ Two more parts on the published rows (issue 19), written under "mapping" and "ge
   the other architectures, before/after.
 
     .venv/bin/python bench/estimator_validation.py [--rows FILE] [--json] [--skip-here]
-        [--skip-generalisation]
+        [--skip-generalisation] [--recalibrate] [--threads N] [--out FILE]
 """
 
 from __future__ import annotations
@@ -82,26 +82,36 @@ def here_models() -> list[tuple[str, tuple]]:
     return zoo + bert
 
 
-def this_machine(recalibrate: bool = False) -> dict:
+def this_machine(recalibrate: bool = False, threads: int | None = None) -> dict:
+    """`estimate --device this-machine` against `bench` over `here_models()`, `threads` (None:
+    ONNX Runtime's default, as `bench` uses) the same for the calibration, the estimate and the
+    measurement. A calibration stored with other threads is redone."""
     from edgeforge.devices._this_machine import read_calibration
     from edgeforge.devices._this_machine import this_machine as host_device
     from edgeforge.estimator.here import calibrate_here
 
     load_before = os.getloadavg()
-    if recalibrate or read_calibration() is None:
+    stored = read_calibration()
+    stale = stored is None or stored["entry"].get("fit", {}).get("threads") != threads
+    if recalibrate or stale:
         print("calibrating this machine (edgeforge calibrate --here)...")
-        calibrate_here()
+        calibrate_here(threads=threads)
     host_device.cache_clear()
     device = get_device("this-machine")
     rows, errors = [], []
     for name, build in here_models():
         module, inputs, options = build()
         profile = inspect(module, inputs, **options)
-        predicted = estimate(profile, device, runtime="onnxruntime").latency_ms
+        predicted = estimate(profile, device, runtime="onnxruntime", threads=threads).latency_ms
         # Measure at the shapes the estimate assumed (bench alone would pick its own defaults
         # for dynamic axes, e.g. 16 tokens where inspect assumed 128), three times, the median.
         measured = bench(
-            profile.model["path"], runs=30, warmup=5, repeats=3, shapes=profile.input_shapes()
+            profile.model["path"],
+            runs=30,
+            warmup=5,
+            repeats=3,
+            shapes=profile.input_shapes(),
+            threads=threads,
         ).latency_ms["p50"]
         error = abs(predicted - measured) / measured
         errors.append(error)
@@ -122,6 +132,7 @@ def this_machine(recalibrate: bool = False) -> dict:
         # the host's 1/5/15-minute load averages: timings on a busy machine are not comparable
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
+        "threads": threads,
         "median_abs_pct_error": 100 * statistics.median(errors),
         "within_20pct": sum(e <= 0.20 for e in errors) / len(errors),
         "within_25pct": sum(e <= 0.25 for e in errors) / len(errors),
@@ -330,6 +341,12 @@ def main() -> None:
         action="store_true",
         help="skip the split-by-model and leave-one-device-out scores",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="this machine's part: threads for calibration, estimate and bench (default: "
+        "ONNX Runtime's own, as bench uses)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/estimator_validation.json"))
     args = parser.parse_args()
     result: dict = {"mapping": mapping(args.rows or SHARED_ROWS)}
@@ -341,7 +358,7 @@ def main() -> None:
     elif not args.skip_published:
         result["published"] = calibrate(SHARED_ROWS)[1]
     if not args.skip_here:
-        result["this_machine"] = this_machine(args.recalibrate)
+        result["this_machine"] = this_machine(args.recalibrate, args.threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     if args.json:

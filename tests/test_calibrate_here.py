@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import onnx
 import pytest
 
 import edgeforge
@@ -11,7 +12,9 @@ from edgeforge.cli import main
 from edgeforge.devices import get_device
 from edgeforge.devices._this_machine import calibration_path, read_calibration, this_machine
 from edgeforge.estimator import estimate, load_factors
-from edgeforge.estimator.here import calibrate_here
+from edgeforge.estimator.calibration import FactorEntry
+from edgeforge.estimator.here import _CHAIN, COMPUTE_CLASSES, _fit, calibrate_here, cases
+from edgeforge.estimator.roofline import roofline_ms
 
 
 @pytest.fixture
@@ -72,3 +75,49 @@ def test_cli_calibrate_here_json(fresh_cache, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert printed["bandwidth_gbps"] > 0 and printed["entry"]["device"] == "this-machine"
     assert calibration_path().is_file()
+
+
+def test_the_fit_recovers_the_efficiencies_that_made_the_times(tmp_path):
+    """Times made by the roofline itself at known efficiencies, one per class: the fit must give
+    each back from its own cases -- the depthwise one not scaled by a prior, and the skip-norm
+    and attention-product ones only if it reads each case's graph (the residual Add runs inside
+    the norm; two activations make a batched MatMul) while the files are still there."""
+    truth = {kind: 0.05 * (index + 1) for index, kind in enumerate(COMPUTE_CLASSES)}
+    overhead, peak, bandwidth = 0.0005, 100.0, 20.0
+    made = FactorEntry("*", "*", "*", truth, 1.0, 1.0, overhead, 1.0, 1.0)
+    measured = []
+    for index, case in enumerate(cases(quick=True)):
+        model, _ = case.build()
+        path = tmp_path / f"case{index}.onnx"
+        onnx.save(model, path)
+        profile = edgeforge.inspect(path)
+        if case.kind.startswith("overhead"):
+            ms = _CHAIN * overhead
+        else:
+            memory = case.kind in ("memory", "data movement")
+            layers = roofline_ms(
+                profile,
+                made,
+                peak_gops=1e12 if memory else peak,
+                bandwidth_gbps=bandwidth if memory else None,
+                precision="fp32",
+            )
+            ms = sum(layer.ms for layer in layers)
+        measured.append((case, ms, profile))
+    entry, _ = _fit(measured, peak, block=0)
+    for kind in COMPUTE_CLASSES:
+        assert entry.compute_efficiency[kind] == pytest.approx(truth[kind], rel=1e-6), kind
+    assert entry.layer_overhead_ms == pytest.approx(overhead)
+
+
+def test_calibration_reads_each_case_graph_while_it_fits(calibrated):
+    # The skip-norm case is one costed node (its residual Add runs inside the norm, which only
+    # the case's graph file says) and the only case of its class: the fit reproduces its time.
+    (row,) = [case for case in calibrated.cases if case["kind"] == "normalization_skip"]
+    assert row["predicted_ms"] == pytest.approx(row["measured_ms"], rel=1e-6)
+
+
+def test_the_nchwc_block_is_what_onnx_runtime_lays_out_here():
+    from edgeforge.estimator.here import nchwc_block
+
+    assert nchwc_block() in (0, 8, 16)

@@ -100,6 +100,16 @@ class FactorEntry:
     band_low: float
     band_high: float
     fit: Mapping[str, Any] = field(default_factory=dict)
+    # Set by `calibrate --here` alone: a per-node overhead by cost class (classes absent pay
+    # `layer_overhead_ms`, data movement nothing), the memory efficiency by the bytes a stream
+    # moves (caches: (bytes, efficiency) points; empty: `memory_efficiency` for any size), and
+    # a multiplier on the memory time of the data movement ops it measured (a Transpose's
+    # strided copy is slower than a stream), and ONNX Runtime's NCHWc channel block on this
+    # CPU (0: no layout reorders costed).
+    class_overhead_ms: Mapping[str, float] = field(default_factory=dict)
+    memory_curve: tuple[tuple[float, float], ...] = ()
+    memory_scale: Mapping[str, float] = field(default_factory=dict)
+    nchwc_block: int = 0
 
     @classmethod
     def scaled(
@@ -136,6 +146,14 @@ class FactorEntry:
             "band_low": self.band_low,
             "band_high": self.band_high,
             "fit": dict(self.fit),
+            **(
+                {"class_overhead_ms": dict(self.class_overhead_ms)}
+                if self.class_overhead_ms
+                else {}
+            ),
+            **({"memory_curve": [list(p) for p in self.memory_curve]} if self.memory_curve else {}),
+            **({"memory_scale": dict(self.memory_scale)} if self.memory_scale else {}),
+            **({"nchwc_block": self.nchwc_block} if self.nchwc_block else {}),
         }
 
     @classmethod
@@ -151,6 +169,13 @@ class FactorEntry:
             band_low=float(data["band_low"]),
             band_high=float(data["band_high"]),
             fit=dict(data.get("fit", {})),
+            class_overhead_ms=dict(data.get("class_overhead_ms", {})),
+            memory_curve=tuple(
+                (float(size), float(efficiency))
+                for size, efficiency in data.get("memory_curve", ())
+            ),
+            memory_scale=dict(data.get("memory_scale", {})),
+            nchwc_block=int(data.get("nchwc_block", 0)),
         )
 
 

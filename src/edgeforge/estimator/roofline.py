@@ -37,7 +37,9 @@ can rely on:
   output is no larger than that conv/matmul's; the chain may take in one more activation (a
   residual Add). A binary op joining an elementwise op's output (read by it alone) with that op's
   own input, as x * sigmoid(x) does, fuses too.
-- Views (`_VIEWS`: Reshape, Squeeze, Flatten, Shape...) move no data and cost nothing.
+- Views (`_VIEWS`: Reshape, Squeeze, Flatten, Shape...) move no data and cost nothing; nor do
+  nodes whose inputs are all known when the graph loads (weights, constants, static shapes):
+  runtimes fold them into constants.
 - Bytes are at the estimate's precision: 4 per element for fp32, 2 for fp16, 1 for int8.
 - `threads`, when given for a CPU, scales its peak by threads / cores (cores read from the unit's
   name); nothing else uses it.
@@ -46,6 +48,7 @@ can rely on:
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import re
 from collections.abc import Mapping
@@ -113,7 +116,6 @@ _FUSABLE = {
     "HardSwish",
     "LeakyRelu",
     "Tanh",
-    "Gelu",
     "Elu",
     "Selu",
     "Celu",
@@ -315,10 +317,38 @@ def _implied_weights(node: NodeProfile) -> float:
 @dataclass(frozen=True)
 class _GraphRoles:
     """What the profile's nodes do in their graph, beyond their own cost: which convs are
-    depthwise, and which nodes a runtime fuses into the conv/matmul before them."""
+    depthwise, which nodes a runtime fuses into the node before them, which cost class a node
+    takes where its graph says more than its op type (`kinds`), how many weight elements are
+    tables read by Gather (only the rows looked up are read: not charged as weight reads), and
+    the elements a channel-blocked (NCHWc) layout would reorder before each node
+    (`reorders_by_block`: block size -> node index -> elements)."""
 
     depthwise: frozenset[int]
     fused: frozenset[int]
+    kinds: Mapping[int, str] = field(default_factory=dict)
+    lookup_elements: int = 0
+    folded: frozenset[int] = frozenset()
+    reorders_by_block: Mapping[int, Mapping[int, int]] = field(default_factory=dict)
+
+
+# Ops ONNX Runtime's NCHWc layout (x86 with AVX2 or AVX-512) runs on channel-blocked tensors;
+# a blocked tensor read by any other op is reordered back to NCHW first (ReorderOutput), and an
+# NCHW tensor read by a blocked conv is reordered into blocks (ReorderInput).
+_BLOCKED_UNARY = {
+    "Relu",
+    "Clip",
+    "Sigmoid",
+    "HardSigmoid",
+    "HardSwish",
+    "LeakyRelu",
+    "Tanh",
+    "BatchNormalization",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+}
+_BLOCKED_SAME_SHAPE = {"Add", "Sum", "Mul", "Concat"}  # all inputs blocked, no broadcast
 
 
 def _gates_own_input(
@@ -366,16 +396,33 @@ def _roles_of_file(
     for output in graph.output:
         consumers[output.name] = consumers.get(output.name, 0) + 1
 
+    known = set(constants)  # values known when the graph loads, and the nodes folded into them
+    folded = set()
+    for index, node in enumerate(graph.node):
+        if node.op_type == "Shape" or all(name in known for name in node.input if name):
+            known.update(node.output)  # shapes are static once `inspect` pins the inputs
+            folded.add(index)
+
     depthwise, fused = set(), set()
+    kinds: dict[int, str] = {}
     # tensor -> (whether the chain that made it, a conv/matmul and what was fused into it, has
     # already taken in a second activation such as a residual; the tensor's element count)
     open_chains: dict[str, tuple[bool, int]] = {}
     made_by: dict[str, set[str]] = {}  # an elementwise node's output -> its activation inputs
+    producer = {out: index for index, node in enumerate(graph.node) for out in node.output}
     for index, (node, (category, elements)) in enumerate(zip(graph.node, nodes, strict=True)):
         group = next((a.i for a in node.attribute if a.name == "group"), 1)
         weight = dims.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
         if group > 1 and weight is not None and len(weight) > 1 and weight[1] == 1:
             depthwise.add(index)
+            kinds[index] = "conv_depthwise"
+        if node.op_type == "MatMul" and not known.intersection(node.input):
+            kinds[index] = "matmul_batched"  # two activations: attention's products
+        if node.op_type == "LayerNormalization" and node.input[0] in producer:
+            before = producer[node.input[0]]
+            if graph.node[before].op_type == "Add" and consumers.get(node.input[0]) == 1:
+                fused.add(before)  # runtimes add the residual inside the norm (SkipLayerNorm)
+                kinds[index] = "normalization_skip"
         if category in ("conv", "matmul"):
             open_chains[node.output[0]] = (False, elements)
             continue
@@ -396,7 +443,78 @@ def _roles_of_file(
             continue  # not an epilogue: a second residual, or a broadcast to a larger tensor
         fused.add(index)
         open_chains[node.output[0]] = (has_residual or extra == 1, chain_elements)
-    return _GraphRoles(frozenset(depthwise), frozenset(fused))
+    gathered = {
+        name
+        for name in dims
+        if consumers.get(name)
+        and all(
+            node.op_type == "Gather" and node.input[0] == name and name not in node.input[1:]
+            for node in graph.node
+            if name in node.input
+        )
+    }
+    return _GraphRoles(
+        depthwise=frozenset(depthwise),
+        fused=frozenset(fused),
+        kinds=kinds,
+        lookup_elements=sum(math.prod(dims[name]) for name in gathered),
+        folded=frozenset(folded),
+        reorders_by_block={block: _reorders(graph, constants, nodes, block) for block in (8, 16)},
+    )
+
+
+def _reorders(
+    graph: onnx.GraphProto, constants: set[str], nodes: tuple[tuple[str, int], ...], block: int
+) -> dict[int, int]:
+    """Elements reordered before each node under ONNX Runtime's NCHWc layout with channel
+    blocks of `block`: which tensors are blocked follows `_BLOCKED_UNARY` and
+    `_BLOCKED_SAME_SHAPE`, a conv is blocked when its output channels are a multiple of the
+    block, and each tensor crosses between layouts at most once each way."""
+    elements = {  # a single-output node's output elements, from the profile
+        node.output[0]: count
+        for node, (_, count) in zip(graph.node, nodes, strict=True)
+        if len(node.output) == 1
+    }
+    for info in graph.input:
+        shape = [d.dim_value for d in info.type.tensor_type.shape.dim]
+        elements[info.name] = math.prod(shape) if shape and all(shape) else 0
+    dims = {tensor.name: list(tensor.dims) for tensor in graph.initializer}
+    blocked: set[str] = set()
+    crossed: set[str] = set()
+    moved: dict[int, int] = {}
+
+    def cross(index: int, name: str) -> None:
+        if name not in crossed:
+            crossed.add(name)
+            moved[index] = moved.get(index, 0) + elements.get(name, 0)
+
+    for index, node in enumerate(graph.node):
+        inputs = [name for name in node.input if name and name not in constants]
+        if node.op_type == "Conv":
+            weight = dims.get(node.input[1], [0, 0]) if len(node.input) > 1 else [0, 0]
+            group = next((a.i for a in node.attribute if a.name == "group"), 1)
+            if len(weight) > 1 and weight[0] % block == 0:
+                for name in inputs[:1]:
+                    if name not in blocked and weight[1] * group >= block:
+                        cross(index, name)  # ReorderInput
+                blocked.add(node.output[0])
+                continue
+        elif (node.op_type in _BLOCKED_UNARY and inputs and inputs[0] in blocked) or (
+            node.op_type in _BLOCKED_SAME_SHAPE
+            and len(inputs) > 1
+            and all(name in blocked for name in inputs)
+            and (node.op_type == "Concat" or len({elements.get(n) for n in inputs}) == 1)
+        ):
+            blocked.add(node.output[0])
+            continue
+        for name in inputs:
+            if name in blocked:
+                cross(index, name)  # ReorderOutput
+    made_at = {out: index for index, node in enumerate(graph.node) for out in node.output}
+    for output in graph.output:  # a graph output leaves in NCHW
+        if output.name in blocked:
+            cross(made_at[output.name], output.name)
+    return moved
 
 
 def _output_elements(node: NodeProfile) -> int:
@@ -415,15 +533,32 @@ def roofline_ms(
     size = BYTES_PER_ELEMENT[precision]
     implied = [_implied_weights(node) for node in profile.nodes]
     total_implied = sum(implied)
-    # The profile's weight bytes are at the file's dtype; count elements, then re-size them.
-    weight_elements = int(profile.weights.get("onnx_elements", 0))
     roles = _graph_roles(profile) or _GraphRoles(frozenset(), frozenset())
+    # The profile's weight bytes are at the file's dtype; count elements, then re-size them.
+    # Tables that only Gather reads (embeddings) are not read whole: left out of the share.
+    weight_elements = int(profile.weights.get("onnx_elements", 0)) - roles.lookup_elements
+    reorders = roles.reorders_by_block.get(entry.nchwc_block, {})
     layers: list[LayerTime] = []
     for index, (node, share) in enumerate(zip(profile.nodes, implied, strict=True)):
-        if index in roles.fused or node.op_type in _VIEWS:
+        # Most specific first: the node's role in its graph, its op (figures `calibrate
+        # --here` measured for one op), its category.
+        keys = [key for key in (roles.kinds.get(index), node.op_type, node.category) if key]
+        overhead = next(
+            (entry.class_overhead_ms[k] for k in keys if k in entry.class_overhead_ms), None
+        )
+        if overhead is None:
+            overhead = 0.0 if node.category in _NO_OVERHEAD else entry.layer_overhead_ms
+        reorder_ms = 0.0
+        if index in reorders and bandwidth_gbps:  # a layout copy, read and written, before it
+            copied = 2 * reorders[index] * size
+            moved_s = copied / (bandwidth_gbps * 1e9 * _memory_efficiency(entry, copied))
+            reorder_ms = moved_s * 1e3 + entry.layer_overhead_ms
+        if index in roles.fused or index in roles.folded or node.op_type in _VIEWS:
             bound = "fused" if index in roles.fused else "view"
             layers.append(
-                LayerTime(node.name, node.op_type, node.category, 0.0, bound, 0.0, node.flops, 0)
+                LayerTime(
+                    node.name, node.op_type, node.category, reorder_ms, bound, 0.0, node.flops, 0
+                )
             )
             continue
         weights = weight_elements * share / total_implied if total_implied else 0.0
@@ -431,24 +566,51 @@ def roofline_ms(
         moved = int((weights + activations) * size)
         compute_s = 0.0
         if node.flops > 0:
-            kind = "conv_depthwise" if index in roles.depthwise else node.category
-            efficiency = entry.compute_efficiency.get(kind, entry.default_compute)
+            efficiency = next(
+                (entry.compute_efficiency[k] for k in keys if k in entry.compute_efficiency),
+                entry.default_compute,
+            )
             compute_s = node.flops / (peak_gops * 1e9 * efficiency)
-        memory_s = 0.0
+        memory_s = streamed_s = 0.0
         if bandwidth_gbps and node.category != "not counted":
-            memory_s = moved / (bandwidth_gbps * 1e9 * entry.memory_efficiency)
-        overhead = 0.0 if node.category in _NO_OVERHEAD else entry.layer_overhead_ms
-        if compute_s == 0.0 and memory_s == 0.0:
+            if entry.memory_curve:
+                # Tensors at the speed of their own size's stream (caches); weights at that of
+                # all the model's weights, as they all pass between two reads of one, and
+                # after the compute (a small batch does not hide them behind it).
+                read = weights * size
+                memory_s = (moved - read) / _memory_efficiency(entry, moved - read)
+                memory_s /= bandwidth_gbps * 1e9
+                streamed_s = read / _memory_efficiency(entry, weight_elements * size)
+                streamed_s /= bandwidth_gbps * 1e9
+            else:
+                memory_s = moved / (bandwidth_gbps * 1e9 * entry.memory_efficiency)
+            memory_s *= next((entry.memory_scale[k] for k in keys if k in entry.memory_scale), 1.0)
+        if compute_s == 0.0 and memory_s + streamed_s == 0.0:
             bound = "overhead"
         else:
-            bound = "compute" if compute_s >= memory_s else "memory"
-        ms = max(compute_s, memory_s) * 1e3 + overhead
+            bound = "compute" if compute_s >= memory_s + streamed_s else "memory"
+        ms = (max(compute_s, memory_s) + streamed_s) * 1e3 + overhead + reorder_ms
         layers.append(
             LayerTime(
                 node.name, node.op_type, node.category, ms, bound, overhead, node.flops, moved
             )
         )
     return layers
+
+
+def _memory_efficiency(entry: FactorEntry, stream_bytes: float) -> float:
+    """The entry's memory efficiency for a stream of `stream_bytes`: interpolated (log-log)
+    on its `memory_curve`, held flat past its ends; `memory_efficiency` without a curve."""
+    points = sorted(entry.memory_curve)
+    if not points:
+        return entry.memory_efficiency
+    if stream_bytes <= points[0][0]:
+        return points[0][1]
+    for (low, low_eff), (high, high_eff) in itertools.pairwise(points):
+        if stream_bytes <= high:
+            t = math.log(stream_bytes / low) / math.log(high / low)
+            return math.exp(math.log(low_eff) + t * math.log(high_eff / low_eff))
+    return points[-1][1]
 
 
 def _transfer_model(device: Device, explicit_factors: bool) -> TransferModel | None:

@@ -35,6 +35,7 @@ import statistics
 from pathlib import Path
 
 from edgeforge._api import published_rows
+from edgeforge._progress import track
 from edgeforge.analysis import inspect
 from edgeforge.bench import bench
 from edgeforge.devices import get_device
@@ -82,6 +83,9 @@ def here_models() -> list[tuple[str, tuple]]:
     return zoo + bert
 
 
+_ROUNDS = 3  # runs of every model, the median
+
+
 def this_machine(recalibrate: bool = False, threads: int | None = None) -> dict:
     """`estimate --device this-machine` against `bench` over `here_models()`, `threads` (None:
     ONNX Runtime's default, as `bench` uses) the same for the calibration, the estimate and the
@@ -98,21 +102,31 @@ def this_machine(recalibrate: bool = False, threads: int | None = None) -> dict:
         calibrate_here(threads=threads)
     host_device.cache_clear()
     device = get_device("this-machine")
-    rows, errors = [], []
+    models = []
     for name, build in here_models():
         module, inputs, options = build()
         profile = inspect(module, inputs, **options)
         predicted = estimate(profile, device, runtime="onnxruntime", threads=threads).latency_ms
-        # Measure at the shapes the estimate assumed (bench alone would pick its own defaults
-        # for dynamic axes, e.g. 16 tokens where inspect assumed 128), three times, the median.
-        measured = bench(
-            profile.model["path"],
-            runs=30,
-            warmup=5,
-            repeats=3,
-            shapes=profile.input_shapes(),
-            threads=threads,
-        ).latency_ms["p50"]
+        models.append((name, profile, predicted))
+    # Three runs, the median: three rounds over every model rather than three runs of one
+    # model in a row, so that a passing disturbance on this shared machine (a neighbour's
+    # burst) touches one run of several models, not all three of one. Each at the shapes the
+    # estimate assumed (bench alone would pick its own defaults for dynamic axes).
+    runs: dict[str, list[float]] = {name: [] for name, _, _ in models}
+    for _ in track(range(_ROUNDS), "bench rounds"):
+        for name, profile, _ in models:
+            measured = bench(
+                profile.model["path"],
+                runs=30,
+                warmup=5,
+                repeats=1,
+                shapes=profile.input_shapes(),
+                threads=threads,
+            ).latency_ms["p50"]
+            runs[name].append(measured)
+    rows, errors = [], []
+    for name, _, predicted in models:
+        measured = statistics.median(runs[name])
         error = abs(predicted - measured) / measured
         errors.append(error)
         rows.append(
@@ -120,12 +134,14 @@ def this_machine(recalibrate: bool = False, threads: int | None = None) -> dict:
                 "architecture": name,
                 "estimate_ms": predicted,
                 "measured_ms": measured,
+                "measured_runs_ms": runs[name],
                 "abs_pct_error": 100 * error,
             }
         )
+        spread = max(runs[name]) / min(runs[name])
         print(
             f"{name:22s} estimate {predicted:8.2f} ms  measured {measured:8.2f} ms  "
-            f"error {100 * error:5.1f}%"
+            f"error {100 * error:5.1f}%  (runs spread {spread:.2f}x)"
         )
     return {
         "rows": rows,

@@ -106,16 +106,11 @@ _VIEWS = {
     "Size",
     "Constant",
 }
+# Activations both ONNX Runtime's NCHWc layout runs blocked and runtimes fuse into a conv.
+_SIMPLE_ACTIVATIONS = {"Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "Tanh"}
 # Ops that runtimes fold into the conv/matmul producing their input: activations, a batch norm,
 # a bias or a residual Add.
-_FUSABLE = {
-    "Relu",
-    "Clip",
-    "Sigmoid",
-    "HardSigmoid",
-    "HardSwish",
-    "LeakyRelu",
-    "Tanh",
+_FUSABLE = _SIMPLE_ACTIVATIONS | {
     "Elu",
     "Selu",
     "Celu",
@@ -334,14 +329,7 @@ class _GraphRoles:
 # Ops ONNX Runtime's NCHWc layout (x86 with AVX2 or AVX-512) runs on channel-blocked tensors;
 # a blocked tensor read by any other op is reordered back to NCHW first (ReorderOutput), and an
 # NCHW tensor read by a blocked conv is reordered into blocks (ReorderInput).
-_BLOCKED_UNARY = {
-    "Relu",
-    "Clip",
-    "Sigmoid",
-    "HardSigmoid",
-    "HardSwish",
-    "LeakyRelu",
-    "Tanh",
+_BLOCKED_UNARY = _SIMPLE_ACTIVATIONS | {
     "BatchNormalization",
     "MaxPool",
     "AveragePool",

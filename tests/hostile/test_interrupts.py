@@ -58,6 +58,15 @@ def _alive(pids: set[int]) -> set[int]:
     return {pid for pid in pids if pid in table and table[pid][1] != "Z"}
 
 
+def _as_from_a_terminal() -> None:
+    """In the command's process before it starts: Ctrl-C as a terminal's foreground job has it
+    (default action, not blocked). A disposition or mask left by an earlier test in this
+    process would be inherited, and Python installs its KeyboardInterrupt handler only over
+    the default: with SIGINT ignored, the command rightly ran on to its end (exit 0)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+
+
 class _FinishedFirst(Exception):
     """The command ended before the signal could be sent (a loaded machine's timing)."""
 
@@ -73,6 +82,7 @@ def _interrupt(argv: list[str], signum: int, ready, cwd: Path) -> tuple[int, str
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,
+        preexec_fn=_as_from_a_terminal,
     )
     started, seen = time.monotonic(), set()
     while time.monotonic() - started < 120 and process.poll() is None:
@@ -144,7 +154,8 @@ def test_interrupted_convert_ends_children_and_browser(tmp_path: Path, signum, c
             if attempt == 2:
                 pytest.fail(f"it ended (exit {early.args[0]}) before the signal: {early.args[1]}")
             shutil.rmtree(tmp_path / "out", ignore_errors=True)
-    assert returncode == code, (err, _statuses(tmp_path / "out"))
+    here = (signal.getsignal(signal.SIGINT), signal.pthread_sigmask(signal.SIG_BLOCK, set()))
+    assert returncode == code, (err, _statuses(tmp_path / "out"), here)
     assert err.count("\n") == 1 and err.startswith("edgeforge: interrupted"), err
     assert alive == set(), "a child, grandchild or browser survived"
     for manifest in (tmp_path / "out").glob("*/manifest.json"):

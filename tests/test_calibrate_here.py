@@ -81,18 +81,21 @@ def test_the_fit_recovers_the_efficiencies_that_made_the_times(tmp_path):
     """Times made by the roofline itself at known efficiencies, one per class: the fit must give
     each back from its own cases -- the depthwise one not scaled by a prior, and the skip-norm
     and attention-product ones only if it reads each case's graph (the residual Add runs inside
-    the norm; two activations make a batched MatMul) while the files are still there."""
+    the norm; two activations make a batched MatMul) while the files are still there; and the
+    runtime call's own cost and the pass a fused activation costs."""
     truth = {kind: 0.05 * (index + 1) for index, kind in enumerate(COMPUTE_CLASSES)}
-    overhead, peak, bandwidth = 0.0005, 100.0, 20.0
-    made = FactorEntry("*", "*", "*", truth, 1.0, 1.0, overhead, 1.0, 1.0)
+    overhead, peak, bandwidth, call = 0.0005, 100.0, 20.0, 0.003
+    made = FactorEntry("*", "*", "*", truth, 1.0, 1.0, overhead, 1.0, 1.0, activation_pass=1.5)
     measured = []
     for index, case in enumerate(cases(quick=True)):
         model, _ = case.build()
         path = tmp_path / f"case{index}.onnx"
         onnx.save(model, path)
         profile = edgeforge.inspect(path)
-        if case.kind.startswith("overhead"):
-            ms = _CHAIN * overhead
+        if case.kind == "overhead call":
+            ms = call + overhead
+        elif case.kind.startswith("overhead"):
+            ms = call + _CHAIN * overhead
         else:
             memory = case.kind in ("memory", "data movement")
             layers = roofline_ms(
@@ -102,12 +105,14 @@ def test_the_fit_recovers_the_efficiencies_that_made_the_times(tmp_path):
                 bandwidth_gbps=bandwidth if memory else None,
                 precision="fp32",
             )
-            ms = sum(layer.ms for layer in layers)
+            ms = call + sum(layer.ms for layer in layers)
         measured.append((case, ms, profile))
     entry, _ = _fit(measured, peak, block=0)
     for kind in COMPUTE_CLASSES:
         assert entry.compute_efficiency[kind] == pytest.approx(truth[kind], rel=1e-6), kind
     assert entry.layer_overhead_ms == pytest.approx(overhead)
+    assert entry.run_overhead_ms == pytest.approx(call)
+    assert entry.activation_pass == pytest.approx(1.5)
 
 
 def test_calibration_reads_each_case_graph_while_it_fits(calibrated):

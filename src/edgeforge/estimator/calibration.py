@@ -105,11 +105,17 @@ class FactorEntry:
     # moves (caches: (bytes, efficiency) points; empty: `memory_efficiency` for any size), and
     # a multiplier on the memory time of the data movement ops it measured (a Transpose's
     # strided copy is slower than a stream), and ONNX Runtime's NCHWc channel block on this
-    # CPU (0: no layout reorders costed).
+    # CPU (0: no layout reorders costed), and the fixed cost of one run of a model (the
+    # runtime's call: feeds bound, outputs returned), paid once per inference, not per node;
+    # `activation_pass`: where the runtime applies an activation fused into a conv (other than
+    # Relu) as a pass over the conv's output, that pass's time over the activation's own compute
+    # time as a node of its own (0: fused activations cost nothing).
     class_overhead_ms: Mapping[str, float] = field(default_factory=dict)
     memory_curve: tuple[tuple[float, float], ...] = ()
     memory_scale: Mapping[str, float] = field(default_factory=dict)
     nchwc_block: int = 0
+    run_overhead_ms: float = 0.0
+    activation_pass: float = 0.0
 
     @classmethod
     def scaled(
@@ -154,6 +160,8 @@ class FactorEntry:
             **({"memory_curve": [list(p) for p in self.memory_curve]} if self.memory_curve else {}),
             **({"memory_scale": dict(self.memory_scale)} if self.memory_scale else {}),
             **({"nchwc_block": self.nchwc_block} if self.nchwc_block else {}),
+            **({"run_overhead_ms": self.run_overhead_ms} if self.run_overhead_ms else {}),
+            **({"activation_pass": self.activation_pass} if self.activation_pass else {}),
         }
 
     @classmethod
@@ -176,6 +184,8 @@ class FactorEntry:
             ),
             memory_scale=dict(data.get("memory_scale", {})),
             nchwc_block=int(data.get("nchwc_block", 0)),
+            run_overhead_ms=float(data.get("run_overhead_ms", 0.0)),
+            activation_pass=float(data.get("activation_pass", 0.0)),
         )
 
 

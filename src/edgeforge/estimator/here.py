@@ -8,11 +8,14 @@ MatMuls, Conv 3x3 / 1x1 / strided / 7x7 stem, depthwise 3x3 / 5x5 / strided (eac
 keeps its shape alone and four in a row), LSTM and GRU, Softmax, LayerNorm with and without a
 residual Add before it, elementwise ops (Sigmoid, HardSwish, Relu, Erf, Gelu, Where, a
 channel-broadcast Mul), pooling, ReduceMean, Transpose and Concat; Adds of two tensors from
-cache-resident to far past the caches; chains of 64 tiny MatMuls and of 64 tiny Concats.
+cache-resident to far past the caches; one tiny Relu, and chains of 64 tiny MatMuls and of 64
+tiny Concats.
 
 How it fits (what a caller can rely on):
-- layer overhead = the tiny MatMul chain's time / 64; the data movement classes' own fixed
-  cost = the Concat chain's time / 64;
+- the runtime call's own cost (once per inference) and the layer overhead (once per node) from
+  one tiny Relu and a chain of 64 tiny MatMuls (call + 1 node, call + 64 nodes); the data
+  movement classes' own fixed cost = the Concat chain's time less the call, / 64; every other
+  case's time has the call's cost taken off before it is fitted;
 - bandwidth = bytes the largest Add truly moves (two reads, one write) / its time; it becomes
   `this-machine`'s memory bandwidth, tagged "measured"; the memory efficiency is a curve over
   stream sizes (each Add's roofline time over its measured time), so that a layer whose
@@ -64,6 +67,7 @@ __all__ = ["Case", "HereCalibration", "calibrate_here", "cases"]
 _CHAIN = 64  # tiny layers in the overhead cases
 _REPEAT = 4  # convs in a row in a conv case
 _MIN_BAND = (0.8, 1.25)
+_RELU6 = {"low": 0.0, "high": 6.0}  # a Clip's bounds as MobileNets use it
 
 
 @dataclass(frozen=True)
@@ -283,6 +287,17 @@ def _scale(channels: int, size: int) -> Case:
     )
 
 
+def _pairwise(op: str, boxes: int) -> Case:
+    """A pairwise table, as box IoU builds: [1, n, 1, 2] against [1, 1, n, 2]."""
+    return _single(
+        f"{op} pairwise {boxes}x{boxes}",
+        "elementwise_outer",
+        op,
+        {"a": [1, boxes, 1, 2], "b": [1, 1, boxes, 2]},
+        [1, boxes, boxes, 2],
+    )
+
+
 def _layer_norm(tokens: int, hidden: int, skip: bool) -> Case:
     """LayerNorm over the last axis; with `skip`, a residual Add before it (one kernel in
     ONNX Runtime, SkipLayerNormalization)."""
@@ -311,6 +326,39 @@ def _layer_norm(tokens: int, hidden: int, skip: bool) -> Case:
     return Case(f"{kind} {tokens}x{hidden}", kind, build)
 
 
+def _activated_convs(activation: str, channels: int = 144, size: int = 56) -> Case:
+    """`_REPEAT` depthwise convs in a row, each followed by `activation` (none: "") that the
+    runtime fuses into it: against the row without, the cost of applying it."""
+
+    def build():
+        nodes, weights = [], []
+        source = "x"
+        for i in range(_REPEAT):
+            weight = _random((channels, 1, 3, 3), i) * 0.1
+            weights.append(numpy_helper.from_array(weight, f"w{i}"))
+            nodes.append(
+                helper.make_node("Conv", [source, f"w{i}"], [f"c{i}"], pads=[1] * 4, group=channels)
+            )
+            source = f"c{i}"
+            if activation:
+                bounds = ["low", "high"] if activation == "Clip" else []  # ReLU6
+                nodes.append(helper.make_node(activation, [source, *bounds], [f"a{i}"]))
+                source = f"a{i}"
+        if activation == "Clip":
+            weights += [numpy_helper.from_array(np.float32(v), k) for k, v in _RELU6.items()]
+        shape = [1, channels, size, size]
+        model = _model(nodes, [_value("x", shape)], [_value(source, shape)], weights)
+        return model, {"x": _random(tuple(shape))}
+
+    label = activation or "no activation"
+    return Case(
+        f"depthwise row {channels}ch {size}x{size}, {label}",
+        "activation pass",
+        build,
+        op=activation,
+    )
+
+
 def _add(elements: int) -> Case:
     def build():
         node = helper.make_node("Add", ["a", "b"], ["y"], name="add")
@@ -319,6 +367,12 @@ def _add(elements: int) -> Case:
         return model, {"a": _random((elements,)), "b": _random((elements,), 2)}
 
     return Case(f"add {elements / 1e6:g}M floats", "memory", build)
+
+
+def _call() -> Case:
+    """One tiny Relu: the runtime call's own cost (feeds bound, the output returned) and one
+    node's."""
+    return _single("one tiny Relu", "overhead call", "Relu", {"x": [1, 16]}, [1, 16])
 
 
 def _chain(op: str = "MatMul") -> Case:
@@ -353,6 +407,7 @@ def cases(quick: bool = False) -> list[Case]:
     pool = {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}
     if quick:
         return [
+            _call(),
             _chain(),
             _chain("Concat"),
             _add(1 << 22),
@@ -365,7 +420,9 @@ def cases(quick: bool = False) -> list[Case]:
             _layer_norm(64, 128, False),
             _layer_norm(64, 128, True),
             _unary("Sigmoid", "elementwise", [1, 32, 28, 28]),
+            *(_activated_convs(op, 32, 28) for op in ("", "Sigmoid")),
             _where(4, 32),
+            _pairwise("Max", 64),
             _unary("Transpose", "data movement", [1, 32, 4, 16], [1, 4, 32, 16], perm=[0, 2, 1, 3]),
             _unary("MaxPool", "pooling", [1, 32, 56, 56], [1, 32, 28, 28], **pool),
             _unary("ReduceMean", "reduction", [1, 64, 14, 14], [1, 64, 1, 1], axes=[2, 3]),
@@ -381,6 +438,7 @@ def cases(quick: bool = False) -> list[Case]:
         (96, 112, True, 96, 3, 2),
     ]
     return [
+        _call(),
         _chain(),
         _chain("Concat"),
         *(_add(n) for n in (1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24, 1 << 25)),
@@ -390,7 +448,7 @@ def cases(quick: bool = False) -> list[Case]:
         *(_batched_matmul(*s) for s in ((12, 64, 32, 64), (12, 128, 32, 128), (12, 128, 128, 32))),
         *(case for args in convs for case in _convs(*args)),
         *(_recurrent(op, 50, 40, 128) for op in ("LSTM", "GRU")),
-        _recurrent("LSTM", 100, 64, 256),
+        *(_recurrent(op, 100, 64, 256) for op in ("LSTM", "GRU")),
         *(
             _unary("Softmax", "softmax", s, axis=-1)
             for s in ([12, 64, 64], [12, 128, 128], [1, 1000])
@@ -400,9 +458,22 @@ def cases(quick: bool = False) -> list[Case]:
             for t, h in ((64, 384), (128, 384), (512, 768))
             for skip in (False, True)
         ),
-        *(_unary(op, "elementwise", image) for op in ("Sigmoid", "HardSwish", "Relu", "Erf")),
+        *(
+            _unary(op, "elementwise", image)
+            for op in ("Sigmoid", "HardSwish", "HardSigmoid", "Relu", "Erf")
+        ),
+        _single(
+            "Clip (ReLU6) 1x96x56x56",
+            "elementwise",
+            "Clip",
+            {"x": image},
+            image,
+            {key: np.array(value, np.float32) for key, value in _RELU6.items()},
+        ),
+        *(_activated_convs(op) for op in ("", "Clip", "HardSwish", "Sigmoid")),
         *(_unary("Gelu", "elementwise", [1, t, 1536], opset=20) for t in (64, 128)),
         *(_where(12, t) for t in (64, 128)),
+        *(_pairwise(op, n) for op, n in (("Max", 100), ("Sub", 300))),
         *(
             _unary("Transpose", "data movement", [1, t, 12, 32], [1, 12, t, 32], perm=[0, 2, 1, 3])
             for t in (64, 128)
@@ -450,12 +521,13 @@ COMPUTE_CLASSES = (
     "normalization",
     "normalization_skip",
     "elementwise",
+    "elementwise_outer",
     "pooling",
     "reduction",
 )
 
 
-_PER_OP_CLASSES = ("elementwise", "softmax", "pooling", "reduction")
+_PER_OP_CLASSES = ("elementwise", "softmax", "pooling", "reduction", "recurrent")
 
 
 def _unit_entry(block: int = 0) -> FactorEntry:
@@ -538,7 +610,7 @@ def calibrate_here(
             layers = roofline_ms(
                 profile, entry, peak_gops=peak, bandwidth_gbps=bandwidth, precision="fp32"
             )
-            predicted = sum(layer.ms for layer in layers)
+            predicted = sum(layer.ms for layer in layers) + entry.run_overhead_ms
             if not case.kind.startswith("overhead"):
                 spread.append(ms / predicted)
             rows.append(
@@ -575,9 +647,17 @@ def _fit(
 ) -> tuple[FactorEntry, float]:
     """The entry and bandwidth the measured cases give (the module docstring's rules); each
     case's graph file must still exist."""
-    overhead = next(ms for case, ms, _ in measured if case.kind == "overhead") / _CHAIN
+    chain = next(ms for case, ms, _ in measured if case.kind == "overhead")
+    call = next(ms for case, ms, _ in measured if case.kind == "overhead call")
+    overhead = max(chain - call, 0.0) / (_CHAIN - 1)
+    run = max(call - overhead, 0.0)
     moves = [ms for case, ms, _ in measured if case.kind == "overhead data movement"]
-    class_overhead = {"data movement": moves[0] / _CHAIN} if moves else {}
+    class_overhead = {"data movement": max(moves[0] - run, 0.0) / _CHAIN} if moves else {}
+    # Every other case's time less the call's own cost: what its nodes take.
+    measured = [
+        (case, ms if case.kind.startswith("overhead") else max(ms - run, 0.05 * ms), profile)
+        for case, ms, profile in measured
+    ]
     moved = {  # bytes an Add truly moves: two inputs read, one output written
         case.name: 3 * 4 * int(np.prod(profile.nodes[0].output_shapes[0] or [0]))
         for case, _, profile in measured
@@ -658,6 +738,7 @@ def _fit(
             if stream > 0 and ms > 0:
                 moves.setdefault(case.op, []).append(max(spent, 0.05 * ms) / stream)
     memory_scale = {op: _geomean_median(ratios) for op, ratios in moves.items()}
+    activation_pass = _activation_pass(measured, efficiency, peak)
     matmul = efficiency["matmul"]
     efficiency.setdefault("attention", matmul * PRIORS["attention"] / PRIORS["matmul"])
     efficiency.setdefault("recurrent", matmul * PRIORS["recurrent"] / PRIORS["matmul"])
@@ -675,8 +756,32 @@ def _fit(
         memory_curve=tuple(curve),
         memory_scale=memory_scale,
         nchwc_block=block,
+        run_overhead_ms=run,
+        activation_pass=activation_pass,
     )
     return entry, bandwidth
+
+
+def _activation_pass(
+    measured: list[tuple[Case, float, Any]], efficiency: dict[str, float], peak: float
+) -> float:
+    """The time a fused activation adds to a conv's row (against the row without) over its
+    compute time as a node of its own (the fitted figure of its op, else of `elementwise`),
+    median over the activations measured; 0 without such cases."""
+    rows = [(case, ms, profile) for case, ms, profile in measured if case.kind == "activation pass"]
+    plain = {case.name.rsplit(", ", 1)[0]: ms for case, ms, _ in rows if not case.op}
+    ratios = []
+    for case, ms, profile in rows:
+        base = plain.get(case.name.rsplit(", ", 1)[0])
+        if not case.op or base is None:
+            continue
+        own = efficiency.get(case.op, efficiency.get("elementwise", 1.0))
+        flops = sum(node.flops for node in profile.nodes if node.op_type == case.op)
+        alone_ms = flops / (peak * 1e9 * own) * 1e3
+        if alone_ms > 0:
+            ratios.append(max(ms - base, 0.0) / alone_ms)
+    positive = [ratio for ratio in ratios if ratio > 0]
+    return _geomean_median(positive) if positive and len(positive) * 2 > len(ratios) else 0.0
 
 
 def _roofline_total(

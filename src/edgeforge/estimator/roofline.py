@@ -5,8 +5,9 @@ For each node of a `Profile`:
     time = max(flops / (peak x compute_efficiency[category]),
                bytes_moved / (bandwidth x memory_efficiency)) + layer_overhead
 
-summed over the nodes, then scaled to the band the factors' fit error gives. Invariants a caller
-can rely on:
+summed over the nodes (plus, where `calibrate --here` measured it, the runtime call's own fixed
+cost, once per inference), then scaled to the band the factors' fit error gives. Invariants a
+caller can rely on:
 
 - Efficiency factors come from data, never from the model: on a catalogue device, unless
   `factors` are passed, the transfer model (`transfer.py`: per-layer-class multipliers on this
@@ -36,7 +37,11 @@ can rely on:
   of a conv/matmul -- or of a node already fused into one -- that nothing else reads, and its
   output is no larger than that conv/matmul's; the chain may take in one more activation (a
   residual Add). A binary op joining an elementwise op's output (read by it alone) with that op's
-  own input, as x * sigmoid(x) does, fuses too.
+  own input, as x * sigmoid(x) does, fuses too. Where the entry says the runtime applies fused
+  activations as a pass over the conv's output (`activation_pass`, measured by `calibrate
+  --here`: ONNX Runtime does so for all but Relu), a fused activation costs that pass.
+- A binary elementwise op whose two run-time operands are both broadcast (a pairwise table)
+  takes the class `elementwise_outer` where the entry has it.
 - Views (`_VIEWS`: Reshape, Squeeze, Flatten, Shape...) move no data and cost nothing; nor do
   nodes whose inputs are all known when the graph loads (weights, constants, static shapes):
   runtimes fold them into constants.
@@ -108,6 +113,9 @@ _VIEWS = {
 }
 # Activations both ONNX Runtime's NCHWc layout runs blocked and runtimes fuse into a conv.
 _SIMPLE_ACTIVATIONS = {"Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "Tanh"}
+# Fused activations a runtime may apply as a pass over the conv's output (ONNX Runtime's MLAS
+# does, for all but Relu; `FactorEntry.activation_pass`).
+_PASS_ACTIVATIONS = (_SIMPLE_ACTIVATIONS - {"Relu"}) | {"Elu", "Selu", "Celu", "Mish", "Softplus"}
 # Ops that runtimes fold into the conv/matmul producing their input: activations, a batch norm,
 # a bias or a residual Add.
 _FUSABLE = _SIMPLE_ACTIVATIONS | {
@@ -339,6 +347,21 @@ _BLOCKED_UNARY = _SIMPLE_ACTIVATIONS | {
 _BLOCKED_SAME_SHAPE = {"Add", "Sum", "Mul", "Concat"}  # all inputs blocked, no broadcast
 
 
+# Binary elementwise ops: where each operand is broadcast along an axis the other spans (a
+# pairwise table, as box IoU builds), runtimes take a general broadcasting loop, many times
+# slower per element than two operands of one shape.
+_BINARY = {"Add", "Sub", "Mul", "Div", "Min", "Max", "Pow", "Greater", "Less", "Equal"}
+
+
+def _outer(node: onnx.NodeProto, elements: int, elements_of: dict[str, int], known: set) -> bool:
+    """Whether `node` is a binary op both of whose run-time operands are smaller than its
+    output (each broadcast: an outer sum, difference, minimum...)."""
+    if node.op_type not in _BINARY or len(node.input) != 2 or known.intersection(node.input):
+        return False
+    sizes = [elements_of.get(name, 0) for name in node.input]
+    return all(0 < size < elements for size in sizes)
+
+
 def _gates_own_input(
     sources: list[str], made_by: dict[str, set[str]], consumers: dict[str, int]
 ) -> bool:
@@ -393,6 +416,7 @@ def _roles_of_file(
 
     depthwise, fused = set(), set()
     kinds: dict[int, str] = {}
+    elements_of = _tensor_elements(graph, nodes)
     # tensor -> (whether the chain that made it, a conv/matmul and what was fused into it, has
     # already taken in a second activation such as a residual; the tensor's element count)
     open_chains: dict[str, tuple[bool, int]] = {}
@@ -413,6 +437,9 @@ def _roles_of_file(
                 kinds[index] = "normalization_skip"
         if category in ("conv", "matmul"):
             open_chains[node.output[0]] = (False, elements)
+            continue
+        if _outer(node, elements, elements_of, known):
+            kinds[index] = "elementwise_outer"
             continue
         if node.op_type not in _FUSABLE or len(node.output) != 1:
             continue
@@ -451,14 +478,10 @@ def _roles_of_file(
     )
 
 
-def _reorders(
-    graph: onnx.GraphProto, constants: set[str], nodes: tuple[tuple[str, int], ...], block: int
-) -> dict[int, int]:
-    """Elements reordered before each node under ONNX Runtime's NCHWc layout with channel
-    blocks of `block`: which tensors are blocked follows `_BLOCKED_UNARY` and
-    `_BLOCKED_SAME_SHAPE`, a conv is blocked when its output channels are a multiple of the
-    block, and each tensor crosses between layouts at most once each way."""
-    elements = {  # a single-output node's output elements, from the profile
+def _tensor_elements(graph: onnx.GraphProto, nodes: tuple[tuple[str, int], ...]) -> dict[str, int]:
+    """Element counts of the graph's inputs and of each single-output node's output (from the
+    profile); 0 where a dimension is not known."""
+    elements = {
         node.output[0]: count
         for node, (_, count) in zip(graph.node, nodes, strict=True)
         if len(node.output) == 1
@@ -466,6 +489,17 @@ def _reorders(
     for info in graph.input:
         shape = [d.dim_value for d in info.type.tensor_type.shape.dim]
         elements[info.name] = math.prod(shape) if shape and all(shape) else 0
+    return elements
+
+
+def _reorders(
+    graph: onnx.GraphProto, constants: set[str], nodes: tuple[tuple[str, int], ...], block: int
+) -> dict[int, int]:
+    """Elements reordered before each node under ONNX Runtime's NCHWc layout with channel
+    blocks of `block`: which tensors are blocked follows `_BLOCKED_UNARY` and
+    `_BLOCKED_SAME_SHAPE`, a conv is blocked when its output channels are a multiple of the
+    block, and each tensor crosses between layouts at most once each way."""
+    elements = _tensor_elements(graph, nodes)
     dims = {tensor.name: list(tensor.dims) for tensor in graph.initializer}
     blocked: set[str] = set()
     crossed: set[str] = set()
@@ -543,6 +577,14 @@ def roofline_ms(
             reorder_ms = moved_s * 1e3 + entry.layer_overhead_ms
         if index in roles.fused or index in roles.folded or node.op_type in _VIEWS:
             bound = "fused" if index in roles.fused else "view"
+            if bound == "fused" and entry.activation_pass and node.op_type in _PASS_ACTIVATIONS:
+                # applied by the runtime as a pass over the conv's output, in cache
+                efficiency = next(
+                    (entry.compute_efficiency[k] for k in keys if k in entry.compute_efficiency),
+                    entry.default_compute,
+                )
+                pass_s = entry.activation_pass * node.flops / (peak_gops * 1e9 * efficiency)
+                reorder_ms += pass_s * 1e3
             layers.append(
                 LayerTime(
                     node.name, node.op_type, node.category, reorder_ms, bound, 0.0, node.flops, 0
@@ -749,6 +791,7 @@ def _estimate(
         unit_notes: list[str] = []
         peak = _peak_gops(candidate, precision, threads, unit_notes)
         moved = None
+        run_ms = 0.0  # the runtime call's own cost, once per inference (`calibrate --here`)
         if transfer is not None:
             from edgeforge.estimator.transfer import transfer_layers
 
@@ -772,7 +815,8 @@ def _estimate(
             )
             band = (entry.band_low, entry.band_high)
             summary = _factor_summary(matched, entry)
-        latency = sum(layer.ms for layer in layers)
+            run_ms = entry.run_overhead_ms
+        latency = sum(layer.ms for layer in layers) + run_ms
         tried.append((latency, candidate, reached_by, band, summary, layers, unit_notes))
     tried.sort(key=lambda t: t[0])
     latency, chosen, reached_by, band, summary, layers, unit_notes = tried[0]

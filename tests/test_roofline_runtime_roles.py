@@ -1,7 +1,9 @@
 """What the roofline reads from a graph beyond its ops' costs (issue 19): embedding tables
 looked up by Gather are not weight reads, a residual Add before a LayerNorm runs inside it
 (SkipLayerNorm), attention's activation-by-activation MatMuls have their own class, and ONNX
-Runtime's NCHWc layout copies a tensor where a blocked conv meets an op that is not blocked."""
+Runtime's NCHWc layout copies a tensor where a blocked conv meets an op that is not blocked;
+and, where `calibrate --here` measured them, a fused activation's pass over the conv's output,
+pairwise broadcasts, and the runtime call's own cost once per inference."""
 
 from __future__ import annotations
 
@@ -171,3 +173,64 @@ def test_nodes_whose_inputs_are_all_known_at_load_are_folded(tmp_path):
     layers = _layers(path, _entry(layer_overhead_ms=0.001))
     assert layers["slice"].ms == 0.0 and layers["slice"].bound == "view"
     assert layers["mm"].ms > 0.001
+
+
+def _conv_then(path, activation: str):
+    weight = numpy_helper.from_array(np.zeros((16, 16, 1, 1), np.float32), "w")
+    return save_graph(
+        path,
+        [
+            helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+            helper.make_node(activation, ["c"], ["y"], name="act"),
+        ],
+        [_value("x", [1, 16, 8, 8])],
+        [_value("y", [1, 16, 8, 8])],
+        [weight],
+        opset=17,
+    )
+
+
+def test_a_fused_activation_costs_a_pass_only_where_the_entry_measured_one(tmp_path):
+    sigmoid = _conv_then(tmp_path / "sigmoid.onnx", "Sigmoid")
+    relu = _conv_then(tmp_path / "relu.onnx", "Relu")
+    efficiency = {"conv": 1.0, "Sigmoid": 0.25}
+    free = _layers(sigmoid, _entry(compute_efficiency=efficiency))
+    passed = _layers(sigmoid, _entry(compute_efficiency=efficiency, activation_pass=2.0))
+    assert free["act"].ms == 0.0 and free["act"].bound == "fused"
+    # Twice its own compute time as a node: its flops at its own efficiency (0.25 of 10 GOPS).
+    own_ms = free["act"].flops / (PEAK_GOPS * 1e9 * 0.25) * 1e3
+    assert own_ms > 0 and passed["act"].ms == pytest.approx(2.0 * own_ms)
+    assert passed["act"].bound == "fused" and passed["conv"].ms == free["conv"].ms
+    # ONNX Runtime applies Relu inside the kernel: it stays free.
+    assert _layers(relu, _entry(activation_pass=2.0))["act"].ms == 0.0
+
+
+def test_a_pairwise_broadcast_takes_its_own_class_where_the_entry_has_it(tmp_path):
+    path = save_graph(
+        tmp_path / "pairwise.onnx",
+        [
+            helper.make_node("Max", ["a", "b"], ["pairs"], name="pairwise"),
+            helper.make_node("Max", ["pairs", "c"], ["y"], name="same_shape"),
+        ],
+        [_value("a", [1, 50, 1, 2]), _value("b", [1, 1, 50, 2]), _value("c", [1, 50, 50, 2])],
+        [_value("y", [1, 50, 50, 2])],
+    )
+    plain = _entry(memory_efficiency=1e6)
+    outer = _entry(memory_efficiency=1e6, compute_efficiency={"elementwise_outer": 0.1})
+    before, after = _layers(path, plain), _layers(path, outer)
+    assert after["pairwise"].ms == pytest.approx(10 * before["pairwise"].ms)
+    assert after["same_shape"].ms == before["same_shape"].ms  # one operand is the output's size
+
+
+def test_this_machine_pays_the_runtime_call_once_per_inference(tmp_path):
+    from edgeforge.estimator import Factors, estimate
+
+    path = _conv_then(tmp_path / "conv.onnx", "Relu")
+    profile = edgeforge.inspect(path)
+    results = []
+    for call_ms in (0.0, 0.004):
+        factors = Factors((_entry(run_overhead_ms=call_ms),))
+        results.append(estimate(profile, "this-machine", factors=factors))
+    without, with_call = results
+    assert with_call.latency_ms == pytest.approx(without.latency_ms + 0.004)
+    assert sum(layer.ms for layer in with_call.layers) == pytest.approx(without.latency_ms)

@@ -85,7 +85,9 @@ def test_the_fit_recovers_the_efficiencies_that_made_the_times(tmp_path):
     runtime call's own cost and the pass a fused activation costs."""
     truth = {kind: 0.05 * (index + 1) for index, kind in enumerate(COMPUTE_CLASSES)}
     overhead, peak, bandwidth, call = 0.0005, 100.0, 20.0, 0.003
-    made = FactorEntry("*", "*", "*", truth, 1.0, 1.0, overhead, 1.0, 1.0, activation_pass=1.5)
+    made = FactorEntry(
+        "*", "*", "*", truth, 1.0, 1.0, overhead, 1.0, 1.0, nchwc_block=16, activation_pass=1.5
+    )
     measured = []
     for index, case in enumerate(cases(quick=True)):
         model, _ = case.build()

@@ -234,3 +234,39 @@ def test_this_machine_pays_the_runtime_call_once_per_inference(tmp_path):
     without, with_call = results
     assert with_call.latency_ms == pytest.approx(without.latency_ms + 0.004)
     assert sum(layer.ms for layer in with_call.layers) == pytest.approx(without.latency_ms)
+
+
+def _conv_relu_reduce(path, channels: int, group: int):
+    weight = np.zeros((channels, channels // group, 3, 3), np.float32)
+    return save_graph(
+        path,
+        [
+            helper.make_node("Conv", ["x", "w"], ["c"], name="conv", group=group, pads=[1] * 4),
+            helper.make_node("ReduceMean", ["c"], ["y"], name="pool", keepdims=1),
+        ],
+        [_value("x", [1, channels, 8, 8])],
+        [_value("y", [1, 1, 1, 1])],
+        [numpy_helper.from_array(weight, "w")],
+        opset=17,
+    )
+
+
+@pytest.mark.parametrize(
+    ("channels", "group", "blocked"),
+    [(116, 1, True), (58, 1, False), (116, 116, True), (58, 58, False), (12, 1, True)],
+)
+def test_nchwc_blocks_the_convs_onnx_runtime_blocks(tmp_path, channels, group, blocked):
+    # As ONNX Runtime lays them out at block 16: channels a multiple of 4 are padded to blocks
+    # (116), others run as plain NCHW (58); a dense conv of fewer channels than a block reads
+    # its NCHW input as it is (12: no copy in, one out).
+    path = _conv_relu_reduce(tmp_path / f"conv{channels}g{group}.onnx", channels, group)
+    efficiency = {"conv": 1.0, "conv_depthwise": 1.0, "conv_depthwise_unblocked": 0.01}
+    none = _layers(path, _entry(compute_efficiency=efficiency))
+    at16 = _layers(path, _entry(compute_efficiency=efficiency, nchwc_block=16))
+    copy_ms = 2 * channels * 8 * 8 * 4 / (BANDWIDTH_GBPS * 1e9) * 1e3
+    assert at16["pool"].ms == pytest.approx(none["pool"].ms + (copy_ms if blocked else 0.0))
+    copies_in = copy_ms if blocked and channels >= 16 else 0.0
+    if group == 1 or blocked:
+        assert at16["conv"].ms == pytest.approx(none["conv"].ms + copies_in)
+    else:  # a depthwise conv NCHWc cannot block takes its own class (100x slower here)
+        assert at16["conv"].ms == pytest.approx(100 * none["conv"].ms, rel=0.01)

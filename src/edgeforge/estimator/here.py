@@ -29,8 +29,10 @@ How it fits (what a caller can rely on):
   costed as memory moves, taken off; ops of the light classes measured alone also get their
   own figure (a Where is slower than a Relu), which the roofline prefers; data movement ops get
   a multiplier on their memory time;
-- the NCHWc channel block is read from ONNX Runtime's own layout of a small conv; the roofline
-  then costs the copies where a blocked conv meets an op that is not blocked;
+- the NCHWc channel block is read from ONNX Runtime's own layout of a small conv (the output
+  channels it pads the weights to); the roofline then costs the copies where a blocked conv
+  meets an op that is not blocked, and prices the depthwise convs it cannot block (channels not
+  a multiple of 4) with their own class, measured on such convs;
 - attention and recurrent classes without cases keep their prior ratio to matmul;
 - the band is the spread of measured / predicted over every case (at least 0.8-1.25: whole
   models are less regular than single layers).
@@ -171,6 +173,7 @@ def _convs(
     out_channels: int | None = None,
     kernel: int = 3,
     stride: int = 1,
+    kind: str = "",
 ) -> list[Case]:
     """A lone conv, and `_REPEAT` of them in a row when it keeps its input's shape: the
     difference is the conv's own time, free of the fixed cost and of the layout copies ONNX
@@ -180,7 +183,8 @@ def _convs(
     out = (size + 2 * pad - kernel) // stride + 1
     repeats = (1, _REPEAT) if (out_channels, out) == (channels, size) else (1,)
     return [
-        _conv(channels, size, depthwise, out_channels, kernel, stride, repeat) for repeat in repeats
+        _conv(channels, size, depthwise, out_channels, kernel, stride, repeat, kind)
+        for repeat in repeats
     ]
 
 
@@ -192,9 +196,10 @@ def _conv(
     kernel: int,
     stride: int,
     repeat: int,
+    kind: str = "",
 ) -> Case:
     group = channels if depthwise else 1
-    kind = "conv_depthwise" if depthwise else "conv"
+    kind = kind or ("conv_depthwise" if depthwise else "conv")
     pad = kernel // 2
     out = (size + 2 * pad - kernel) // stride + 1
 
@@ -415,6 +420,7 @@ def cases(quick: bool = False) -> list[Case]:
             _batched_matmul(4, 64, 32, 64),
             *_convs(32, 56, False),
             *_convs(64, 56, True),
+            *_convs(30, 28, True, kind="conv_depthwise_unblocked"),
             _recurrent("LSTM", 16, 32, 64),
             _unary("Softmax", "softmax", [4, 64, 64], axis=-1),
             _layer_norm(64, 128, False),
@@ -436,6 +442,8 @@ def cases(quick: bool = False) -> list[Case]:
         *((c, s, True, c, 3, 1) for c, s in ((32, 112), (96, 56), (192, 28), (384, 14))),
         (240, 28, True, 240, 5, 1),
         (96, 112, True, 96, 3, 2),
+        # channels NCHWc cannot block (not a multiple of 4): ONNX Runtime's plain grouped conv
+        *((c, s, True, c, 3, 1, "conv_depthwise_unblocked") for c, s in ((30, 56), (90, 28))),
     ]
     return [
         _call(),
@@ -514,6 +522,7 @@ def _time_ms(path: Path, feeds: dict[str, np.ndarray], threads: int | None) -> f
 COMPUTE_CLASSES = (
     "conv",
     "conv_depthwise",
+    "conv_depthwise_unblocked",
     "matmul",
     "matmul_batched",
     "recurrent",
@@ -547,26 +556,24 @@ def _unit_entry(block: int = 0) -> FactorEntry:
 
 
 def nchwc_block() -> int:
-    """The channel block of ONNX Runtime's NCHWc layout on this CPU, as ONNX Runtime itself
-    lays out a conv of 8 and then one of 16 output channels (its MLAS kernels block by 8 or 16
-    floats, by CPU); 0 where it blocks neither (the layout is not used)."""
+    """The channel block of ONNX Runtime's NCHWc layout on this CPU (its MLAS kernels block by 8
+    or 16 floats, by CPU), as ONNX Runtime itself lays out a conv of 4 output channels: it pads
+    the conv's weights to one block of output channels; 0 where it does not use the layout."""
     import onnxruntime as ort
 
     with tempfile.TemporaryDirectory(prefix="edgeforge-nchwc-") as scratch:
-        for block in (8, 16):
-            weight = numpy_helper.from_array(_random((block, block, 3, 3)), "w")
-            conv = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])
-            shape = [1, block, 8, 8]
-            model = _model([conv], [_value("x", shape)], [_value("y", shape)], [weight])
-            options = ort.SessionOptions()
-            options.optimized_model_filepath = str(Path(scratch) / f"conv{block}.onnx")
-            options.log_severity_level = 3  # its warning that the saved graph is CPU-specific
-            ort.InferenceSession(
-                model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-            )
-            optimized = onnx.load(options.optimized_model_filepath)
-            if any(node.domain.endswith("nchwc") for node in optimized.graph.node):
-                return block
+        weight = numpy_helper.from_array(_random((4, 4, 3, 3)), "w")
+        conv = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])
+        model = _model([conv], [_value("x", [1, 4, 8, 8])], [_value("y", [1, 4, 8, 8])], [weight])
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(Path(scratch) / "conv.onnx")
+        options.log_severity_level = 3  # its warning that the saved graph is CPU-specific
+        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        optimized = onnx.load(options.optimized_model_filepath)
+    weights = {tensor.name: list(tensor.dims) for tensor in optimized.graph.initializer}
+    for node in optimized.graph.node:
+        if node.domain.endswith("nchwc") and node.op_type == "Conv":
+            return int(weights.get(node.input[1], [0])[0])
     return 0
 
 

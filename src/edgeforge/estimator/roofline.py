@@ -324,7 +324,8 @@ class _GraphRoles:
     takes where its graph says more than its op type (`kinds`), how many weight elements are
     tables read by Gather (only the rows looked up are read: not charged as weight reads), and
     the elements a channel-blocked (NCHWc) layout would reorder before each node
-    (`reorders_by_block`: block size -> node index -> elements)."""
+    (`reorders_by_block`: block size -> node index -> elements), and the depthwise convs that
+    layout cannot block (channels not a multiple of 4: `unaligned_depthwise`)."""
 
     depthwise: frozenset[int]
     fused: frozenset[int]
@@ -332,6 +333,7 @@ class _GraphRoles:
     lookup_elements: int = 0
     folded: frozenset[int] = frozenset()
     reorders_by_block: Mapping[int, Mapping[int, int]] = field(default_factory=dict)
+    unaligned_depthwise: frozenset[int] = frozenset()
 
 
 # Ops ONNX Runtime's NCHWc layout (x86 with AVX2 or AVX-512) runs on channel-blocked tensors;
@@ -345,6 +347,7 @@ _BLOCKED_UNARY = _SIMPLE_ACTIVATIONS | {
     "GlobalMaxPool",
 }
 _BLOCKED_SAME_SHAPE = {"Add", "Sum", "Mul", "Concat"}  # all inputs blocked, no broadcast
+_CHANNEL_ALIGNMENT = 4  # channels NCHWc pads up to a block
 
 
 # Binary elementwise ops: where each operand is broadcast along an axis the other spans (a
@@ -414,7 +417,7 @@ def _roles_of_file(
             known.update(node.output)  # shapes are static once `inspect` pins the inputs
             folded.add(index)
 
-    depthwise, fused = set(), set()
+    depthwise, fused, unaligned = set(), set(), set()
     kinds: dict[int, str] = {}
     elements_of = _tensor_elements(graph, nodes)
     # tensor -> (whether the chain that made it, a conv/matmul and what was fused into it, has
@@ -428,6 +431,8 @@ def _roles_of_file(
         if group > 1 and weight is not None and len(weight) > 1 and weight[1] == 1:
             depthwise.add(index)
             kinds[index] = "conv_depthwise"
+            if weight[0] % _CHANNEL_ALIGNMENT:
+                unaligned.add(index)
         if node.op_type == "MatMul" and not known.intersection(node.input):
             kinds[index] = "matmul_batched"  # two activations: attention's products
         if node.op_type == "LayerNormalization" and node.input[0] in producer:
@@ -471,6 +476,7 @@ def _roles_of_file(
     return _GraphRoles(
         depthwise=frozenset(depthwise),
         fused=frozenset(fused),
+        unaligned_depthwise=frozenset(unaligned),
         kinds=kinds,
         lookup_elements=sum(math.prod(dims[name]) for name in gathered),
         folded=frozenset(folded),
@@ -490,6 +496,18 @@ def _tensor_elements(graph: onnx.GraphProto, nodes: tuple[tuple[str, int], ...])
         shape = [d.dim_value for d in info.type.tensor_type.shape.dim]
         elements[info.name] = math.prod(shape) if shape and all(shape) else 0
     return elements
+
+
+def _blocks_conv(outputs: int, inputs: int, group: int, block: int) -> bool:
+    """Whether ONNX Runtime's NCHWc layout runs a conv blocked (read from the graphs it
+    optimises): a dense conv when it has fewer input channels than a block (read as NCHW) or a
+    multiple of 4 (padded to blocks); a depthwise one when its channels are a multiple of 4; a
+    grouped one when each group's channels fill whole blocks."""
+    if group == 1:
+        return inputs < block or inputs % _CHANNEL_ALIGNMENT == 0
+    if group == inputs == outputs:
+        return outputs % _CHANNEL_ALIGNMENT == 0
+    return (inputs // group) % block == 0 and (outputs // group) % block == 0
 
 
 def _reorders(
@@ -515,10 +533,10 @@ def _reorders(
         if node.op_type == "Conv":
             weight = dims.get(node.input[1], [0, 0]) if len(node.input) > 1 else [0, 0]
             group = next((a.i for a in node.attribute if a.name == "group"), 1)
-            if len(weight) > 1 and weight[0] % block == 0:
+            if len(weight) > 1 and _blocks_conv(weight[0], weight[1] * group, group, block):
                 for name in inputs[:1]:
-                    if name not in blocked and weight[1] * group >= block:
-                        cross(index, name)  # ReorderInput
+                    if name not in blocked and (group > 1 or weight[1] >= block):
+                        cross(index, name)  # ReorderInput (a dense conv of few channels reads NCHW)
                 blocked.add(node.output[0])
                 continue
         elif (node.op_type in _BLOCKED_UNARY and inputs and inputs[0] in blocked) or (
@@ -565,6 +583,8 @@ def roofline_ms(
         # Most specific first: the node's role in its graph, its op (figures `calibrate
         # --here` measured for one op), its category.
         keys = [key for key in (roles.kinds.get(index), node.op_type, node.category) if key]
+        if entry.nchwc_block and index in roles.unaligned_depthwise:
+            keys.insert(0, "conv_depthwise_unblocked")  # NCHWc cannot block it
         overhead = next(
             (entry.class_overhead_ms[k] for k in keys if k in entry.class_overhead_ms), None
         )

@@ -128,3 +128,18 @@ def test_the_nchwc_block_is_what_onnx_runtime_lays_out_here():
     from edgeforge.estimator.here import nchwc_block
 
     assert nchwc_block() in (0, 8, 16)
+
+
+def test_this_machine_estimates_at_the_threads_it_was_calibrated_with(
+    fresh_cache, digits_model, capsys
+):
+    calibrate_here(quick=True, threads=1)
+    path = str(digits_model.onnx_path)
+    at_one = estimate(edgeforge.inspect(path), "this-machine", threads=1).latency_ms
+    assert main(["estimate", path, "--device", "this-machine", "--json"]) == 0
+    (printed,) = json.loads(capsys.readouterr().out)["estimates"]
+    assert printed["latency_ms"] == pytest.approx(at_one)
+    assert any("1 thread(s) `calibrate --here` measured with" in n for n in printed["notes"])
+    assert main(["estimate", path, "--device", "this-machine", "--threads", "0"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "threads must be 1 or more" in error

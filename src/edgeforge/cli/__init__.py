@@ -468,6 +468,7 @@ def _estimate(args: argparse.Namespace) -> int:
         precision=args.precision,
         unit=args.unit,
         shapes=_shapes(args),
+        threads=args.threads,
     ).estimates
     data = [r.to_dict() for r in results]
     _emit(args, "estimate", data, lambda: print_estimates(results))
@@ -889,6 +890,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     estimate.add_argument(
         "--unit", help="the compute unit: cpu, gpu, npu, tpu, ane (default: fastest)"
+    )
+    estimate.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads the model runs with (default: all cores; on this-machine, the "
+        "threads `calibrate --here` measured with)",
     )
     _output_options(estimate)
     estimate.set_defaults(run=_estimate)

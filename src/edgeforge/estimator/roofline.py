@@ -47,7 +47,8 @@ caller can rely on:
   runtimes fold them into constants.
 - Bytes are at the estimate's precision: 4 per element for fp32, 2 for fp16, 1 for int8.
 - `threads`, when given for a CPU, scales its peak by threads / cores (cores read from the unit's
-  name); nothing else uses it.
+  name); nothing else uses it. On `this-machine` without `threads`, the threads `calibrate
+  --here` measured with (its entry's `fit`), so that a calibration at 1 thread estimates 1 thread.
 """
 
 from __future__ import annotations
@@ -663,6 +664,12 @@ def _memory_efficiency(entry: FactorEntry, stream_bytes: float) -> float:
     return points[-1][1]
 
 
+def _this_machine_id() -> str:
+    from edgeforge.devices._this_machine import THIS_MACHINE_ID
+
+    return THIS_MACHINE_ID
+
+
 def _transfer_model(device: Device, explicit_factors: bool) -> TransferModel | None:
     """The shipped transfer model, unless factors were passed or the device is this machine
     (whose `calibrate --here` factors are measured on it, not transferred)."""
@@ -739,6 +746,7 @@ def estimate_devices(
     unit: str | None = None,
     shapes: dict[str, tuple[int, ...]] | None = None,
     factors: Factors | None = None,
+    threads: int | None = None,
 ) -> list[Estimate | Unavailable]:
     """`estimate` on each device, the source profiled once; a device that cannot run the
     precision (or does not list the runtime, or lacks the unit) is an `Unavailable` with its
@@ -751,12 +759,14 @@ def estimate_devices(
         raise EdgeforgeError(
             f"unknown precision {precision!r}; valid: {', '.join(BYTES_PER_ELEMENT)}"
         )
+    if threads is not None and threads < 1:
+        raise EdgeforgeError(f"threads must be 1 or more, not {threads}")
     targets = [get_device(d) if isinstance(d, str) else d for d in devices]
     found = profile_source(source, shapes)
     results: list[Estimate | Unavailable] = []
     for target in targets:
         try:
-            results.append(_estimate(found, target, runtime, precision, factors, unit, None))
+            results.append(_estimate(found, target, runtime, precision, factors, unit, threads))
         except EdgeforgeError as error:
             wanted = precision or found.precision or "fp32"
             reason = str(error).removeprefix(f"{target.id} ")  # the row names the device
@@ -778,6 +788,8 @@ def _estimate(
 
     profile = found.profile
     device = get_device(device) if isinstance(device, str) else device
+    if threads is not None and threads < 1:
+        raise EdgeforgeError(f"threads must be 1 or more, not {threads}")
     precision = precision or found.precision or "fp32"
     runtime = runtime or found.runtime
     if precision not in BYTES_PER_ELEMENT:
@@ -830,6 +842,13 @@ def _estimate(
             summary = _transfer_summary(transfer, work)
         else:
             entry, matched = factors.lookup(device.id, candidate.kind, precision)
+            measured_at = entry.fit.get("threads") if device.id == _this_machine_id() else None
+            if threads is None and measured_at:  # the threads `calibrate --here` measured at
+                peak = _peak_gops(candidate, precision, measured_at, [])
+                unit_notes.append(
+                    f"estimated at the {measured_at} thread(s) `calibrate --here` measured with; "
+                    "pass threads to ask for others"
+                )
             layers = roofline_ms(
                 profile, entry, peak_gops=peak, bandwidth_gbps=bandwidth, precision=precision
             )

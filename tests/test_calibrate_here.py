@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 
 import onnx
@@ -71,10 +72,16 @@ def test_a_corrupt_calibration_file_is_ignored(fresh_cache):
 
 
 def test_cli_calibrate_here_json(fresh_cache, capsys):
-    assert main(["calibrate", "--here", "--quick", "--json"]) == 0
+    report = fresh_cache / "calibration.html"
+    assert main(["calibrate", "--here", "--quick", "--json", "--report", str(report)]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["bandwidth_gbps"] > 0 and printed["entry"]["device"] == "this-machine"
     assert calibration_path().is_file()
+    # The report is a page to read (figures, classes, every case), not the JSON dumped.
+    page = report.read_text()
+    assert "This machine's calibration" in page and "<pre>" not in page
+    assert "the runtime call, once per inference" in page
+    assert all(html.escape(case["case"]) in page for case in printed["cases"])
 
 
 def test_the_fit_recovers_the_efficiencies_that_made_the_times(tmp_path):

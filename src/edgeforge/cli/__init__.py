@@ -510,15 +510,18 @@ def _calibrate(args: argparse.Namespace) -> int:
             return
         for case in data["cases"]:
             print(
-                f"{case['case']:28} measured {case['measured_ms']:9.3f} ms  "
+                f"{case['case']:40} measured {case['measured_ms']:9.3f} ms  "
                 f"roofline {case['predicted_ms']:9.3f} ms"
             )
         entry = data["entry"]
         print(
-            f"bandwidth {data['bandwidth_gbps']:.1f} GB/s, layer overhead "
-            f"{entry['layer_overhead_ms'] * 1e3:.1f} us, efficiencies "
-            + ", ".join(f"{k} {v:.2f}" for k, v in entry["compute_efficiency"].items())
-            + f", memory {entry['memory_efficiency']:.2f}"
+            f"bandwidth {data['bandwidth_gbps']:.1f} GB/s, call "
+            f"{entry.get('run_overhead_ms', 0.0) * 1e3:.1f} us per inference, layer overhead "
+            f"{entry['layer_overhead_ms'] * 1e3:.2f} us, NCHWc block "
+            f"{entry.get('nchwc_block') or 'none'}, fused activation pass "
+            f"{entry.get('activation_pass', 0.0):.2f}, efficiencies "
+            + ", ".join(f"{k} {v:.3g}" for k, v in entry["compute_efficiency"].items())
+            + f", memory {entry['memory_efficiency']:.3g}"
         )
         print(f"saved for this-machine: {result.saved_to}")
 

@@ -4,12 +4,14 @@ What it runs (ONNX Runtime, the threads asked for, else its default as `bench` u
 graph per case, built with onnx.helper, never a model of the zoo): for every cost class the
 roofline tells apart, layers at sizes sampled across the range real layers have -- MatMul
 (square, transformer-shaped, a classifier head), attention's activation-by-activation
-MatMuls, Conv 3x3 / 1x1 / strided / 7x7 stem, depthwise 3x3 / 5x5 / strided (each conv that
-keeps its shape alone and four in a row), LSTM and GRU, Softmax, LayerNorm with and without a
-residual Add before it, elementwise ops (Sigmoid, HardSwish, Relu, Erf, Gelu, Where, a
-channel-broadcast Mul), pooling, ReduceMean, Transpose and Concat; Adds of two tensors from
-cache-resident to far past the caches; one tiny Relu, and chains of 64 tiny MatMuls and of 64
-tiny Concats.
+MatMuls, Conv 3x3 / 1x1 / strided / 7x7 stem, depthwise 3x3 / 5x5 / strided and of channels
+the NCHWc layout cannot block (each conv that keeps its shape alone and four in a row), depthwise
+rows with and without a fused activation (Clip, HardSwish, Sigmoid), LSTM and GRU, Softmax,
+LayerNorm with and without a residual Add before it, elementwise ops (Sigmoid, HardSwish,
+HardSigmoid, Relu, Clip, Erf, Gelu, Where, a channel-broadcast Mul), pairwise broadcasts (Max,
+Sub of [n, 1] against [1, n]), pooling, ReduceMean, Transpose and Concat; Adds of two tensors
+from cache-resident to far past the caches; one tiny Relu, and chains of 64 tiny MatMuls and of
+64 tiny Concats.
 
 How it fits (what a caller can rely on):
 - the runtime call's own cost (once per inference) and the layer overhead (once per node) from
@@ -27,8 +29,10 @@ How it fits (what a caller can rely on):
   conv's own time is the difference between its row of four and its lone run, which removes
   the layout copies ONNX Runtime adds at a graph's NCHW ends; lone convs have those copies,
   costed as memory moves, taken off; ops of the light classes measured alone also get their
-  own figure (a Where is slower than a Relu), which the roofline prefers; data movement ops get
-  a multiplier on their memory time;
+  own figure (a Where is slower than a Relu), which the roofline prefers, and so do LSTM and
+  GRU; data movement ops get a multiplier on their memory time;
+- the pass a fused activation costs (`activation_pass`) = what it adds to a depthwise row over
+  its compute time as a node of its own (its op's figure), median over the activations;
 - the NCHWc channel block is read from ONNX Runtime's own layout of a small conv (the output
   channels it pads the weights to); the roofline then costs the copies where a blocked conv
   meets an op that is not blocked, and prices the depthwise convs it cannot block (channels not

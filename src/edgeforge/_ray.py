@@ -18,7 +18,8 @@ Invariants a caller can rely on:
   cache key names the caller's tool versions, so a result built elsewhere must match them);
 - a task that Ray itself loses (a node gone, a worker killed) is a `crashed` outcome; an
   interrupt here (Ctrl-C, SIGTERM) cancels every task, which ends its child as a local
-  interrupt does, and goes on up.
+  interrupt does, and goes on up; joining Ray leaves this process's signal handlers as they
+  were (`ray.init` would put its own on SIGTERM).
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ import io
 import os
 import re
 import shutil
+import signal
 import tarfile
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -87,6 +90,21 @@ def run_on_ray(
     return [results[i] for i in range(len(jobs))]
 
 
+def init_keeping_signals(ray: Any, **options: Any) -> None:
+    """`ray.init(**options)`, then this process's SIGINT and SIGTERM handlers as they were:
+    Ray installs its own SIGTERM handler (a bare `sys.exit`), which would replace edgeforge's
+    (an interrupt ends every child, then the command, with one line and 128 + the signal)."""
+    signals = (signal.SIGINT, signal.SIGTERM)
+    in_main = threading.current_thread() is threading.main_thread()  # where handlers can be set
+    kept = {signum: signal.getsignal(signum) for signum in signals} if in_main else {}
+    try:
+        ray.init(**options)
+    finally:
+        for signum, handler in kept.items():
+            if handler is not None:  # None: set outside Python, nothing to put back
+                signal.signal(signum, handler)
+
+
 def _connect(ray: Any, executor: str) -> None:
     """Join the cluster `executor` names, unless this process already joined one (a caller that
     called `ray.init` itself keeps its own settings)."""
@@ -97,7 +115,7 @@ def _connect(ray: Any, executor: str) -> None:
     # (ray://) passes its options on to the cluster's own ray.init, so it gets only ours.
     extra = {"include_dashboard": False} if address is None else {}
     try:
-        ray.init(address=address, **_INIT_OPTIONS, **extra)
+        init_keeping_signals(ray, address=address, **_INIT_OPTIONS, **extra)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise EdgeforgeError(
             f"--executor {executor}: could not join the Ray cluster ({first_line(exc)[:200]}); "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from edgeforge._executor import run_jobs
+from edgeforge._ray import init_keeping_signals
 from edgeforge.cli import main
 from edgeforge.convert import convert
 from edgeforge.optimize.search import optimize
@@ -29,15 +31,21 @@ SEARCH = {
 }
 
 
+_BEFORE_RAY: dict[int, object] = {}  # this process's handlers before the module's Ray started
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     """One local Ray instance (two CPUs, no dashboard) for the module, never a cluster that
     `ray start` left on the machine; shut down after it. Its workers (and the children they
-    start) can import this file's hostile jobs."""
+    start) can import this file's hostile jobs. Started as edgeforge starts one, keeping this
+    process's signal handlers."""
     started = not ray.is_initialized()
     if started:
         path = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
-        ray.init(
+        _BEFORE_RAY.update({s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)})
+        init_keeping_signals(
+            ray,
             address="local",
             num_cpus=2,
             include_dashboard=False,
@@ -47,6 +55,16 @@ def local_ray():
     yield ray
     if started:
         ray.shutdown()
+
+
+def test_joining_ray_keeps_this_process_signal_handlers(local_ray):
+    # ray.init alone puts its own handler on SIGTERM (a bare sys.exit), which would replace
+    # edgeforge's: an interrupted `optimize --executor ray` would end without its one line
+    # and exit code; and it had stayed in the test process after this module.
+    if not _BEFORE_RAY:
+        pytest.skip("Ray was started before this module, not by it")
+    for signum, handler in _BEFORE_RAY.items():
+        assert signal.getsignal(signum) is handler, signal.Signals(signum).name
 
 
 @pytest.fixture(scope="module")

@@ -516,8 +516,8 @@ def _reorders(
 ) -> dict[int, int]:
     """Elements reordered before each node under ONNX Runtime's NCHWc layout with channel
     blocks of `block`: which tensors are blocked follows `_BLOCKED_UNARY` and
-    `_BLOCKED_SAME_SHAPE`, a conv is blocked when its output channels are a multiple of the
-    block, and each tensor crosses between layouts at most once each way."""
+    `_BLOCKED_SAME_SHAPE`, which convs are blocked `_blocks_conv`, and each tensor crosses
+    between layouts at most once each way."""
     elements = _tensor_elements(graph, nodes)
     dims = {tensor.name: list(tensor.dims) for tensor in graph.initializer}
     blocked: set[str] = set()
@@ -591,11 +591,11 @@ def roofline_ms(
         )
         if overhead is None:
             overhead = 0.0 if node.category in _NO_OVERHEAD else entry.layer_overhead_ms
-        reorder_ms = 0.0
+        extra_ms = 0.0  # a layout copy before the node, or a fused activation's pass
         if index in reorders and bandwidth_gbps:  # a layout copy, read and written, before it
             copied = 2 * reorders[index] * size
             moved_s = copied / (bandwidth_gbps * 1e9 * _memory_efficiency(entry, copied))
-            reorder_ms = moved_s * 1e3 + entry.layer_overhead_ms
+            extra_ms = moved_s * 1e3 + entry.layer_overhead_ms
         if index in roles.fused or index in roles.folded or node.op_type in _VIEWS:
             bound = "fused" if index in roles.fused else "view"
             if bound == "fused" and entry.activation_pass and node.op_type in _PASS_ACTIVATIONS:
@@ -605,10 +605,10 @@ def roofline_ms(
                     entry.default_compute,
                 )
                 pass_s = entry.activation_pass * node.flops / (peak_gops * 1e9 * efficiency)
-                reorder_ms += pass_s * 1e3
+                extra_ms += pass_s * 1e3
             layers.append(
                 LayerTime(
-                    node.name, node.op_type, node.category, reorder_ms, bound, 0.0, node.flops, 0
+                    node.name, node.op_type, node.category, extra_ms, bound, 0.0, node.flops, 0
                 )
             )
             continue
@@ -640,7 +640,7 @@ def roofline_ms(
             bound = "overhead"
         else:
             bound = "compute" if compute_s >= memory_s + streamed_s else "memory"
-        ms = (max(compute_s, memory_s) + streamed_s) * 1e3 + overhead + reorder_ms
+        ms = (max(compute_s, memory_s) + streamed_s) * 1e3 + overhead + extra_ms
         layers.append(
             LayerTime(
                 node.name, node.op_type, node.category, ms, bound, overhead, node.flops, moved
@@ -673,10 +673,9 @@ def _this_machine_id() -> str:
 def _transfer_model(device: Device, explicit_factors: bool) -> TransferModel | None:
     """The shipped transfer model, unless factors were passed or the device is this machine
     (whose `calibrate --here` factors are measured on it, not transferred)."""
-    from edgeforge.devices._this_machine import THIS_MACHINE_ID
     from edgeforge.estimator.transfer import load_transfer
 
-    if explicit_factors or device.id == THIS_MACHINE_ID:
+    if explicit_factors or device.id == _this_machine_id():
         return None
     return load_transfer()
 

@@ -481,7 +481,9 @@ def _roles_of_file(
         kinds=kinds,
         lookup_elements=sum(math.prod(dims[name]) for name in gathered),
         folded=frozenset(folded),
-        reorders_by_block={block: _reorders(graph, constants, nodes, block) for block in (8, 16)},
+        reorders_by_block={
+            block: _reorders(graph, constants, elements_of, block) for block in (8, 16)
+        },
     )
 
 
@@ -512,13 +514,12 @@ def _blocks_conv(outputs: int, inputs: int, group: int, block: int) -> bool:
 
 
 def _reorders(
-    graph: onnx.GraphProto, constants: set[str], nodes: tuple[tuple[str, int], ...], block: int
+    graph: onnx.GraphProto, constants: set[str], elements: dict[str, int], block: int
 ) -> dict[int, int]:
     """Elements reordered before each node under ONNX Runtime's NCHWc layout with channel
     blocks of `block`: which tensors are blocked follows `_BLOCKED_UNARY` and
     `_BLOCKED_SAME_SHAPE`, which convs are blocked `_blocks_conv`, and each tensor crosses
-    between layouts at most once each way."""
-    elements = _tensor_elements(graph, nodes)
+    between layouts at most once each way; `elements` as `_tensor_elements` counts them."""
     dims = {tensor.name: list(tensor.dims) for tensor in graph.initializer}
     blocked: set[str] = set()
     crossed: set[str] = set()
@@ -754,12 +755,7 @@ def estimate_devices(
     from edgeforge.devices import get_device
     from edgeforge.estimator._source import profile_source
 
-    if precision is not None and precision not in BYTES_PER_ELEMENT:
-        raise EdgeforgeError(
-            f"unknown precision {precision!r}; valid: {', '.join(BYTES_PER_ELEMENT)}"
-        )
-    if threads is not None and threads < 1:
-        raise EdgeforgeError(f"threads must be 1 or more, not {threads}")
+    _check_arguments(precision, threads)
     targets = [get_device(d) if isinstance(d, str) else d for d in devices]
     found = profile_source(source, shapes)
     results: list[Estimate | Unavailable] = []
@@ -771,6 +767,16 @@ def estimate_devices(
             reason = str(error).removeprefix(f"{target.id} ")  # the row names the device
             results.append(Unavailable(target.id, wanted, runtime or found.runtime, reason))
     return results
+
+
+def _check_arguments(precision: str | None, threads: int | None) -> None:
+    """EdgeforgeError for a precision `estimate` does not know or fewer than one thread."""
+    if precision is not None and precision not in BYTES_PER_ELEMENT:
+        raise EdgeforgeError(
+            f"unknown precision {precision!r}; valid: {', '.join(BYTES_PER_ELEMENT)}"
+        )
+    if threads is not None and threads < 1:
+        raise EdgeforgeError(f"threads must be 1 or more, not {threads}")
 
 
 def _estimate(
@@ -787,14 +793,9 @@ def _estimate(
 
     profile = found.profile
     device = get_device(device) if isinstance(device, str) else device
-    if threads is not None and threads < 1:
-        raise EdgeforgeError(f"threads must be 1 or more, not {threads}")
     precision = precision or found.precision or "fp32"
     runtime = runtime or found.runtime
-    if precision not in BYTES_PER_ELEMENT:
-        raise EdgeforgeError(
-            f"unknown precision {precision!r}; valid: {', '.join(BYTES_PER_ELEMENT)}"
-        )
+    _check_arguments(precision, threads)
     if runtime is not None and runtime not in device.runtimes:
         known = "" if runtime in RUNTIMES else f" (known runtimes: {', '.join(RUNTIMES)})"
         raise EdgeforgeError(
